@@ -1,0 +1,1 @@
+"""Authentication: users, credential checkers and the realm."""

@@ -1,0 +1,1 @@
+"""Exec requests: shell-free command parsing, scp, rsync and hash commands."""

@@ -1,0 +1,1 @@
+"""The SFTP protocol layer: sans-IO codec, request handler and Twisted glue."""

@@ -1,0 +1,1 @@
+"""Jailed storage: the one place file-system calls happen."""
