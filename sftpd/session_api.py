@@ -1,0 +1,68 @@
+"""The contract between a session channel and the app serving it (SFTP, scp, rsync, hashes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from sftpd.blocking import Blocking
+from sftpd.config import ExecConfig, SftpConfig
+from sftpd.storage.base import Storage
+
+
+class ChannelIO(Protocol):
+    """What the session channel offers the app running on it."""
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to the client's stdout (buffered by the channel; never blocks)."""
+        ...
+
+    def write_stderr(self, data: bytes) -> None:
+        """Send bytes to the client's stderr (SSH extended data type 1)."""
+        ...
+
+    def exit(self, status: int) -> None:
+        """Send exit-status ``status``, then EOF and close the channel. Idempotent."""
+        ...
+
+    def pending_output(self) -> int:
+        """Bytes written but not yet sent because the peer's window is full."""
+        ...
+
+
+class ChannelApp(Protocol):
+    """An app on a session channel. The channel calls these; the app answers through ChannelIO."""
+
+    def data_received(self, data: bytes) -> None:
+        """Client stdin bytes."""
+        ...
+
+    def eof_received(self) -> None:
+        """The client sent EOF on stdin."""
+        ...
+
+    def output_drained(self) -> None:
+        """Output that was pending has been sent (resume producing if paused)."""
+        ...
+
+    def connection_lost(self) -> None:
+        """The channel is closed: release every resource (handles, processes)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SessionContext:
+    """Everything an app needs about the logged-in user. ``host_root`` never reaches a client."""
+
+    username: str
+    home: str
+    read_only: bool
+    storage: Storage
+    blocking: Blocking
+    host_root: Path
+    sftp: SftpConfig = field(default_factory=SftpConfig)
+    exec: ExecConfig = field(default_factory=ExecConfig)
+    client_version: bytes = b""
+    reactor: Any = None
+    session_id: str = ""
