@@ -1,11 +1,27 @@
-"""Configuration: frozen dataclasses loaded from TOML, with errors naming file, key and expectation."""
+"""Configuration: frozen dataclasses loaded from TOML; errors name file, key and expectation."""
 
 from __future__ import annotations
 
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import bcrypt
 
 from sftpd import __version__
+from sftpd.config_values import (
+    Check,
+    Values,
+    got,
+    parse_authorized_key,
+    read_authorized_keys_lines,
+)
+from sftpd.errors import ConfigError
 
 # Algorithm names offered by default (modern only). Admins may opt in to others by
 # listing them explicitly in [server]; see config.example.toml.
@@ -40,6 +56,15 @@ DEFAULT_HOST_KEY_ALGORITHMS = (
     "rsa-sha2-512",
     "rsa-sha2-256",
 )
+
+# Legacy names Conch can negotiate; never offered unless an admin lists them.
+LEGACY_KEX = ("diffie-hellman-group14-sha1", "diffie-hellman-group-exchange-sha1")
+LEGACY_CIPHERS = ("aes128-cbc", "aes192-cbc", "aes256-cbc", "3des-cbc")
+LEGACY_MACS = ("hmac-sha1", "hmac-md5")
+LEGACY_HOST_KEY_ALGORITHMS = ("ssh-rsa", "ssh-dss")
+
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+EMBEDDED_SOURCE = "(embedded default)"
 
 
 @dataclass(frozen=True)
@@ -109,3 +134,236 @@ class Config:
     exec: ExecConfig = field(default_factory=ExecConfig)
     users: tuple[UserConfig, ...] = ()
     source: Path | None = None
+
+
+class ConfigErrors(ConfigError):
+    """Several problems at once: ``str()`` gives one ``FILE: key: message`` line per problem.
+
+    ``source``/``key``/``message`` are those of the first problem; ``errors`` holds all.
+    """
+
+    def __init__(self, errors: Iterable[ConfigError]) -> None:
+        self.errors = tuple(errors)
+        first = self.errors[0]
+        super().__init__(first.source, first.key, first.message)
+        self.args = ("\n".join(str(e) for e in self.errors),)
+
+
+class _Loader(Values):
+    """Builds the dataclasses from the parsed TOML document, collecting every problem."""
+
+    # Sections.
+
+    def load(self, data: dict[str, Any]) -> tuple[Config, list[tuple[str, Path]]]:
+        sections: dict[str, Check] = {
+            "server": self.section_check(self.server_checks()),
+            "sftp": self.section_check(
+                {"umask": self.umask, "max_handles": self.integer(1, 1 << 20)}
+            ),
+            "exec": self.section_check(
+                {
+                    "allow_scp": self.boolean,
+                    "allow_hashes": self.boolean,
+                    "allow_rsync": self.boolean,
+                    "rsync_path": self.string,
+                    "bwrap_path": self.string,
+                }
+            ),
+            "users": self.users_check,
+        }
+        got = self.table(data, "", sections)
+        if "users" not in data:
+            self.errors.append(self.err("users", "missing; expected at least one [[users]] entry"))
+        users: list[tuple[UserConfig, str]] = got.get("users", [])
+        config = Config(
+            server=ServerConfig(**got.get("server", {})),
+            sftp=SftpConfig(**got.get("sftp", {})),
+            exec=ExecConfig(**got.get("exec", {})),
+            users=tuple(u for u, _ in users),
+        )
+        return config, [(where, u.root) for u, where in users]
+
+    def section_check(self, checks: dict[str, Check]) -> Check:
+        def check(where: str, value: Any) -> dict[str, Any]:
+            if not isinstance(value, dict):
+                raise self.err(where, f"expected a table ([{where}]), {got(value)}")
+            return self.table(value, where, checks)
+
+        return check
+
+    def server_checks(self) -> dict[str, Check]:
+        return {
+            "listen": self.listen,
+            "host_keys_dir": self.path,
+            "banner": self.banner,
+            "login_grace_time": self.number(1, 86400),
+            "max_auth_tries": self.integer(1, 100),
+            "auth_failure_delay": self.number(0, 60),
+            "max_sessions": self.integer(1, 1000),
+            "moduli_file": self.moduli,
+            "kex_algorithms": self.algorithms(DEFAULT_KEX, LEGACY_KEX),
+            "ciphers": self.algorithms(DEFAULT_CIPHERS, LEGACY_CIPHERS),
+            "macs": self.algorithms(DEFAULT_MACS, LEGACY_MACS),
+            "host_key_algorithms": self.algorithms(
+                DEFAULT_HOST_KEY_ALGORITHMS, LEGACY_HOST_KEY_ALGORITHMS
+            ),
+            "rekey_bytes": self.integer(1 << 16, 1 << 62),
+            "rekey_seconds": self.number(1, 1 << 31),
+            "workers": self.integer(1, 1024),
+            "log_format": self.choice(("text", "json")),
+            "log_level": self.choice(LOG_LEVELS),
+        }
+
+    def users_check(self, where: str, value: Any) -> list[tuple[UserConfig, str]]:
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self.err(where, f"expected an array of tables ([[users]]), {got(value)}")
+        if not value:
+            raise self.err(where, "empty; expected at least one [[users]] entry")
+        out: list[tuple[UserConfig, str]] = []
+        seen: dict[str, str] = {}
+        for i, data in enumerate(value):
+            prefix = f"{where}[{i}]"
+            user = self.user(prefix, data)
+            if user is None:
+                continue
+            if user.name in seen:
+                self.errors.append(
+                    self.err(
+                        f"{prefix}.name",
+                        f"duplicate user name {user.name!r} (already used by {seen[user.name]}); "
+                        "expected each name once",
+                    )
+                )
+            seen.setdefault(user.name, prefix)
+            out.append((user, f"{prefix}.root"))
+        return out
+
+    def user(self, prefix: str, data: dict[str, Any]) -> UserConfig | None:
+        before = len(self.errors)
+        checks: dict[str, Check] = {
+            "name": self.user_name,
+            "root": self.path,
+            "home": self.home,
+            "password_hash": self.password_hash,
+            "authorized_keys": self.keys,
+            "authorized_keys_file": self.keys_file,
+            "read_only": self.boolean,
+            "allow_rsync": self.optional_boolean,
+            "allow_exec": self.optional_boolean,
+        }
+        got = self.table(data, prefix, checks)
+        for key, what in (("name", "the login name"), ("root", "the directory the user sees as /")):
+            if key not in data:
+                self.errors.append(self.err(f"{prefix}.{key}", f"missing; expected {what}"))
+        if len(self.errors) > before:
+            return None
+        keys = got.pop("authorized_keys", ()) + got.pop("authorized_keys_file", ())
+        got["authorized_keys"] = tuple(dict.fromkeys(keys))
+        if not got["authorized_keys"] and "password_hash" not in got:
+            source = (
+                " (authorized_keys_file has no key lines)" if "authorized_keys_file" in data else ""
+            )
+            self.errors.append(
+                self.err(
+                    prefix,
+                    f"user {got['name']!r} has no way to log in{source}; expected password_hash, "
+                    "authorized_keys or authorized_keys_file",
+                )
+            )
+            return None
+        return UserConfig(**got)
+
+
+def make_root(root: Path) -> None:
+    """Create a user's root directory (mode 0o750) if missing; OSError or NotADirectoryError."""
+    root.mkdir(mode=0o750, parents=True, exist_ok=True)
+
+
+def _create_root(source: str, where: str, root: Path) -> ConfigError | None:
+    try:
+        make_root(root)
+    except FileExistsError:
+        return ConfigError(
+            source, where, f"{root} exists but is not a directory; expected a directory"
+        )
+    except OSError as e:
+        return ConfigError(
+            source,
+            where,
+            f"cannot create {root}: {e.strerror}; expected an existing directory or one "
+            "sftpd may create",
+        )
+    return None
+
+
+def load_config(path: Path) -> Config:
+    """Load and validate a TOML config file; user roots are created (mode 0o750) when missing.
+
+    Every problem raises ConfigError naming the file and the key path, e.g.
+    ``sftpd.toml: users[1].root: ...``; array indexes are 0-based (``users[0]`` is the first
+    ``[[users]]`` entry). Several problems raise ConfigErrors, one line each.
+    Relative paths are relative to the directory of the config file.
+    """
+    source = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(source, "", f"cannot read: {e.strerror}; expected a TOML file") from None
+    except tomllib.TOMLDecodeError as e:
+        text = str(e)
+        m = re.fullmatch(r"(.*) \(at (line \d+, column \d+)\)", text)
+        where, what = (m[2], m[1]) if m else ("", text)
+        raise ConfigError(source, where, f"invalid TOML: {what}") from None
+    loader = _Loader(source, Path(os.path.abspath(path)).parent)
+    config, roots = loader.load(data)
+    if not loader.errors:
+        for where, root in roots:
+            problem = _create_root(source, where, root)
+            if problem is not None:
+                loader.errors.append(problem)
+    if len(loader.errors) == 1:
+        raise loader.errors[0]
+    if loader.errors:
+        raise ConfigErrors(loader.errors)
+    return Config(
+        server=config.server, sftp=config.sftp, exec=config.exec, users=config.users, source=path
+    )
+
+
+def _home_keys(home: Path) -> tuple[bytes, ...]:
+    files = [home / ".ssh" / "authorized_keys", *sorted((home / ".ssh").glob("id_*.pub"))]
+    keys: list[bytes] = []
+    for file in files:
+        try:
+            text = file.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for _, line in read_authorized_keys_lines(text):
+            try:
+                keys.append(parse_authorized_key(line))
+            except ValueError:
+                continue
+    return tuple(dict.fromkeys(keys))
+
+
+def embedded_default(cwd: Path, home: Path, username: str) -> tuple[Config, str]:
+    """The no-config setup: ``username`` gets ``cwd/data`` on 127.0.0.1:2222.
+
+    Login works with any key in ``home/.ssh/authorized_keys`` or ``home/.ssh/id_*.pub`` or
+    with the returned random password (only its bcrypt hash is kept). Host keys live in
+    ``cwd/keys``. Raises ConfigError when ``cwd/data`` cannot be created.
+    """
+    root = Path(os.path.abspath(cwd / "data"))
+    problem = _create_root(EMBEDDED_SOURCE, "users[0].root", root)
+    if problem is not None:
+        raise problem
+    password = secrets.token_urlsafe(12)
+    user = UserConfig(
+        name=username,
+        root=root,
+        password_hash=bcrypt.hashpw(password.encode(), bcrypt.gensalt(10)),
+        authorized_keys=_home_keys(home),
+    )
+    server = ServerConfig(host_keys_dir=Path(os.path.abspath(cwd / "keys")))
+    return Config(server=server, users=(user,)), password

@@ -1,0 +1,309 @@
+"""Typed checks of raw TOML config values, and OpenSSH public key line parsing."""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from sftpd.errors import ConfigError
+from sftpd.storage.vpath import normalize
+
+# Public key types accepted for user authentication.
+USER_KEY_TYPES = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+)
+USER_NAME_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+BCRYPT_RE = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+
+
+def _refused_key_type(kind: str) -> str | None:
+    if kind == "ssh-dss":
+        return "ssh-dss (DSA) keys are refused as obsolete; use an ssh-ed25519 key"
+    if kind.startswith("sk-"):
+        return f"{kind} (FIDO security key) keys are not supported; use an ssh-ed25519 key"
+    if "-cert-v01@openssh.com" in kind:
+        return f"{kind} certificates are not supported; give the plain public key"
+    return None
+
+
+def parse_authorized_key(line: str) -> bytes:
+    """Return the wire blob of an OpenSSH key line ``TYPE BASE64 [COMMENT]``.
+
+    Raises ValueError with a message saying what was wrong and what was expected.
+    """
+    fields = line.split()
+    expected = "expected 'TYPE BASE64 [COMMENT]' with TYPE one of " + ", ".join(USER_KEY_TYPES)
+    if not fields:
+        raise ValueError(f"empty key line; {expected}")
+    kind = fields[0]
+    if kind not in USER_KEY_TYPES:
+        refused = _refused_key_type(kind)
+        if refused:
+            raise ValueError(refused)
+        if any(f in USER_KEY_TYPES or _refused_key_type(f) for f in fields[1:]):
+            raise ValueError(
+                "key options are not supported (text before the key type, such as "
+                'from="..." or command="..."); give only \'TYPE BASE64 [COMMENT]\''
+            )
+        shown = kind if len(kind) <= 40 else kind[:37] + "..."
+        raise ValueError(f"{shown!r} is not a key type; {expected}")
+    if len(fields) < 2:
+        raise ValueError(f"{kind} key has no base64 key data; {expected}")
+    try:
+        blob = base64.b64decode(fields[1], validate=True)
+        key = serialization.load_ssh_public_key(f"{kind} {fields[1]}".encode())
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise ValueError(f"{kind} key data does not parse ({e}); {expected}") from None
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < 1024:
+        raise ValueError(f"ssh-rsa key has {key.key_size} bits; expected at least 1024 (2048+)")
+    return blob
+
+
+def read_authorized_keys_lines(text: str) -> list[tuple[int, str]]:
+    """Return (1-based line number, line) of the key lines in an authorized_keys text."""
+    out = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            out.append((number, line))
+    return out
+
+
+def type_name(value: object) -> str:
+    names = {bool: "boolean", int: "integer", float: "float", str: "string"}
+    names.update({list: "array", dict: "table"})
+    return names.get(type(value), "date/time")
+
+
+def got(value: object) -> str:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"got {type_name(value)} {shown}"
+
+
+Check = Callable[[str, Any], Any]
+
+
+class Values:
+    """Checks raw TOML values; ``table`` collects every problem instead of stopping at one."""
+
+    def __init__(self, source: str, base: Path) -> None:
+        self.source = source
+        self.base = base
+        self.errors: list[ConfigError] = []
+
+    def err(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.source, key, message)
+
+    def table(self, data: dict[str, Any], prefix: str, checks: dict[str, Check]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            where = f"{prefix}.{key}" if prefix else key
+            check = checks.get(key)
+            if check is None:
+                close = difflib.get_close_matches(key, list(checks), n=1, cutoff=0.6)
+                hint = f'did you mean "{close[0]}"? ' if close else ""
+                known = ", ".join(checks)
+                self.errors.append(self.err(where, f"unknown key; {hint}expected one of: {known}"))
+                continue
+            try:
+                out[key] = check(where, value)
+            except ConfigError as e:
+                self.errors.append(e)
+        return out
+
+    # Value checks: each returns a function (key path, raw TOML value) -> converted value.
+
+    def boolean(self, where: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.err(where, f"expected a boolean (true or false), {got(value)}")
+        return value
+
+    def optional_boolean(self, where: str, value: Any) -> bool | None:
+        return self.boolean(where, value)
+
+    def integer(self, lo: int, hi: int) -> Check:
+        def check(where: str, value: Any) -> int:
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                raise self.err(where, f"expected an integer from {lo} to {hi}, {got(value)}")
+            return value
+
+        return check
+
+    def number(self, lo: float, hi: float) -> Check:
+        def check(where: str, value: Any) -> float:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not ok or not lo <= value <= hi:
+                raise self.err(
+                    where, f"expected a number of seconds from {lo} to {hi}, {got(value)}"
+                )
+            return float(value)
+
+        return check
+
+    def string(self, where: str, value: Any) -> str:
+        if not isinstance(value, str) or not value or "\x00" in value:
+            raise self.err(where, f"expected a non-empty string, {got(value)}")
+        return value
+
+    def choice(self, choices: tuple[str, ...]) -> Check:
+        def check(where: str, value: Any) -> str:
+            if value not in choices:
+                wanted = " or ".join(f'"{c}"' for c in choices)
+                raise self.err(where, f"expected {wanted}, {got(value)}")
+            return str(value)
+
+        return check
+
+    def path(self, where: str, value: Any) -> Path:
+        return Path(os.path.abspath(self.base / self.string(where, value)))
+
+    def strings(self, where: str, value: Any, what: str) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.err(where, f"expected an array of strings ({what}), {got(value)}")
+        return value
+
+    def banner(self, where: str, value: Any) -> str:
+        text = self.string(where, value)
+        if not all(" " <= c <= "~" for c in text) or "-" in text.split(" ")[0] or len(text) > 200:
+            raise self.err(
+                where,
+                f"expected printable ASCII without '-' before the first space "
+                f"(it follows 'SSH-2.0-'), {got(value)}",
+            )
+        return text
+
+    def algorithms(self, defaults: tuple[str, ...], legacy: tuple[str, ...]) -> Check:
+        known = defaults + legacy
+
+        def check(where: str, value: Any) -> tuple[str, ...]:
+            names = self.strings(where, value, "algorithm names")
+            for i, name in enumerate(names):
+                if name not in known:
+                    close = difflib.get_close_matches(name, known, n=1)
+                    hint = f'did you mean "{close[0]}"? ' if close else ""
+                    raise self.err(
+                        f"{where}[{i}]",
+                        f"unknown algorithm {name!r}; {hint}expected one of: {', '.join(known)}",
+                    )
+                if name in names[:i]:
+                    raise self.err(f"{where}[{i}]", f"{name!r} is listed twice; list it once")
+            if not names:
+                raise self.err(where, "empty list; expected at least one algorithm name")
+            return tuple(names)
+
+        return check
+
+    def listen(self, where: str, value: Any) -> tuple[tuple[str, int], ...]:
+        items = self.strings(where, value, 'addresses like "127.0.0.1:2222" or "[::1]:2222"')
+        if not items:
+            raise self.err(where, 'empty list; expected at least one address like "127.0.0.1:2222"')
+        out: list[tuple[str, int]] = []
+        for i, item in enumerate(items):
+            addr = self.listen_one(f"{where}[{i}]", item)
+            if addr in out:
+                raise self.err(f"{where}[{i}]", f"{item!r} is listed twice; list it once")
+            out.append(addr)
+        return tuple(out)
+
+    def listen_one(self, where: str, text: str) -> tuple[str, int]:
+        expected = 'expected "IPV4:PORT" (like "0.0.0.0:22") or "[IPV6]:PORT" (like "[::1]:2222")'
+        m = re.fullmatch(r"\[([^\[\]]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", text)
+        if m is None:
+            raise self.err(where, f"cannot parse {text!r} as an address; {expected}")
+        host, port = (m[1], m[2]) if m[1] is not None else (m[3], m[4])
+        try:
+            if m[1] is not None:
+                ipaddress.IPv6Address(host)
+            else:
+                ipaddress.IPv4Address(host)
+        except ValueError:
+            raise self.err(where, f"{host!r} is not an IP address; {expected}") from None
+        if not 0 <= int(port) <= 65535:
+            raise self.err(where, f"port {port} is out of range; expected 1 to 65535 (0: any free)")
+        return host, int(port)
+
+    def umask(self, where: str, value: Any) -> int:
+        number: int | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str) and re.fullmatch(r"(0o)?[0-7]{1,4}", value):
+            number = int(value.removeprefix("0o"), 8)
+        if number is None or not 0 <= number <= 0o777:
+            raise self.err(where, f'expected an octal mode like "022" or 0o022, {got(value)}')
+        return number
+
+    def moduli(self, where: str, value: Any) -> Path:
+        path = self.path(where, value)
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise self.err(where, f"{path} is not a readable file; expected an OpenSSH moduli file")
+        return path
+
+    def home(self, where: str, value: Any) -> str:
+        text = self.string(where, value)
+        if not text.startswith("/"):
+            raise self.err(
+                where,
+                f'{text!r} is not absolute; expected a path inside the root like "/" or "/in"',
+            )
+        return normalize(text)
+
+    def user_name(self, where: str, value: Any) -> str:
+        text = self.string(where, value)
+        if not USER_NAME_RE.fullmatch(text):
+            raise self.err(
+                where,
+                f"invalid user name {text!r}; expected 1 to 32 characters of a-z, 0-9, '_', '.', "
+                "'-', starting with a letter or '_'",
+            )
+        return text
+
+    def password_hash(self, where: str, value: Any) -> bytes:
+        text = self.string(where, value)
+        if not BCRYPT_RE.fullmatch(text):
+            raise self.err(
+                where,
+                "not a bcrypt hash; expected $2b$ (or $2a$/$2y$) followed by the cost and 53 "
+                "characters, as printed by `sftpd hash-password`",
+            )
+        return text.encode("ascii")
+
+    def keys(self, where: str, value: Any) -> tuple[bytes, ...]:
+        lines = self.strings(where, value, "OpenSSH public key lines")
+        out: list[bytes] = []
+        for i, line in enumerate(lines):
+            try:
+                out.append(parse_authorized_key(line))
+            except ValueError as e:
+                raise self.err(f"{where}[{i}]", str(e)) from None
+        return tuple(out)
+
+    def keys_file(self, where: str, value: Any) -> tuple[bytes, ...]:
+        path = self.path(where, value)
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            raise self.err(
+                where, f"cannot read {path}: {e.strerror}; expected a readable authorized_keys file"
+            ) from None
+        out: list[bytes] = []
+        for number, line in read_authorized_keys_lines(text):
+            try:
+                out.append(parse_authorized_key(line))
+            except ValueError as e:
+                raise self.err(where, f"{path} line {number}: {e}") from None
+        return tuple(out)
