@@ -1,0 +1,123 @@
+"""Credential checkers: bcrypt passwords off the reactor thread, and public keys (no SHA-1)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from typing import Any
+
+import bcrypt
+from twisted.conch.error import ValidPublicKey
+from twisted.conch.ssh import keys
+from twisted.conch.ssh.common import getNS
+from twisted.cred import credentials
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+from twisted.cred.checkers import ICredentialsChecker
+
+from sftpd.auth.users import UserDB
+from sftpd.blocking import Blocking
+
+# Signature algorithms accepted for user keys. SHA-1 "ssh-rsa" and "ssh-dss" are refused.
+ACCEPTED_SIGNATURES = frozenset(
+    {
+        b"ssh-ed25519",
+        b"ecdsa-sha2-nistp256",
+        b"ecdsa-sha2-nistp384",
+        b"ecdsa-sha2-nistp521",
+        b"rsa-sha2-256",
+        b"rsa-sha2-512",
+    }
+)
+
+log = Logger(namespace="sftpd.auth")
+
+
+def fingerprint(blob: bytes) -> str:
+    """A key fingerprint as ``ssh-keygen -l`` prints it: SHA256:<unpadded base64>."""
+    digest = hashlib.sha256(blob).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def make_dummy_hash(rounds: int = 12) -> bytes:
+    """A bcrypt hash of a random secret: checked for unknown users so they cost the same."""
+    return bcrypt.hashpw(os.urandom(16).hex().encode("ascii"), bcrypt.gensalt(rounds))
+
+
+@implementer(ICredentialsChecker)
+class PasswordChecker:
+    """Checks bcrypt password hashes in a thread; unknown users hash against a dummy."""
+
+    credentialInterfaces = (credentials.IUsernamePassword,)
+
+    def __init__(self, users: UserDB, blocking: Blocking, dummy_hash: bytes) -> None:
+        self._users = users
+        self._blocking = blocking
+        self._dummy = dummy_hash
+
+    def requestAvatarId(self, creds: Any) -> defer.Deferred[bytes]:
+        name = creds.username.decode("utf-8", "replace")
+        user = self._users.get(name)
+        stored = user.password_hash if user is not None and user.password_hash else None
+        password: bytes = creds.password
+
+        def check() -> bool:
+            ok = bcrypt.checkpw(password, stored or self._dummy)
+            return ok and stored is not None
+
+        d = self._blocking.run(check)
+
+        def decide(ok: bool) -> bytes:
+            if not ok:
+                raise UnauthorizedLogin("wrong password or unknown user")
+            return creds.username  # type: ignore[no-any-return]
+
+        return d.addCallback(decide)
+
+
+def _signature_algorithm(signature: bytes) -> bytes:
+    try:
+        name, _ = getNS(signature)
+    except Exception:
+        return b""
+    return bytes(name)
+
+
+@implementer(ICredentialsChecker)
+class PublicKeyChecker:
+    """Accepts a key listed for the user, signed with an accepted (non-SHA-1) algorithm."""
+
+    credentialInterfaces = (credentials.ISSHPrivateKey,)
+
+    def __init__(self, users: UserDB) -> None:
+        self._users = users
+
+    def requestAvatarId(self, creds: Any) -> defer.Deferred[bytes]:
+        try:
+            return defer.succeed(self._check(creds))
+        except Exception:
+            return defer.fail()
+
+    def _check(self, creds: Any) -> bytes:
+        name = creds.username.decode("utf-8", "replace")
+        user = self._users.get(name)
+        blob: bytes = creds.blob
+        if creds.algName not in ACCEPTED_SIGNATURES:
+            raise UnauthorizedLogin(f"signature algorithm {creds.algName!r} refused")
+        if user is None or blob not in user.authorized_keys:
+            raise UnauthorizedLogin("key not authorized")
+        if creds.signature is None:
+            raise ValidPublicKey()
+        if _signature_algorithm(creds.signature) != creds.algName:
+            raise UnauthorizedLogin("signature algorithm mismatch")
+        try:
+            key = keys.Key.fromString(blob)
+            good = key.verify(creds.signature, creds.sigData)
+        except Exception as exc:
+            raise UnauthorizedLogin("bad signature") from exc
+        if not good:
+            raise UnauthorizedLogin("bad signature")
+        return creds.username  # type: ignore[no-any-return]

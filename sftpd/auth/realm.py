@@ -1,0 +1,43 @@
+"""The realm: turns an authenticated user name into an Avatar with its jailed storage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.conch.interfaces import IConchUser
+from twisted.cred.portal import IRealm
+from zope.interface import implementer
+
+from sftpd.auth.users import UserDB
+from sftpd.avatar import Avatar
+from sftpd.config import UserConfig
+from sftpd.session_api import SessionContext
+
+
+@implementer(IRealm)
+class Realm:
+    """Builds one Avatar per login; ``make_context`` opens the user's jail."""
+
+    def __init__(
+        self,
+        users: UserDB,
+        make_context: Callable[[UserConfig], SessionContext],
+        *,
+        clock: Any,
+        max_sessions: int,
+    ) -> None:
+        self._users = users
+        self._make_context = make_context
+        self._clock = clock
+        self._max_sessions = max_sessions
+
+    def requestAvatar(self, avatarId: bytes, mind: Any, *interfaces: Any) -> tuple[Any, Avatar, Callable[[], None]]:
+        if IConchUser not in interfaces:
+            raise NotImplementedError("only SSH users")
+        user = self._users.get(avatarId.decode("utf-8"))
+        if user is None:
+            raise KeyError("user vanished")
+        ctx = self._make_context(user)
+        avatar = Avatar(ctx, clock=self._clock, max_sessions=self._max_sessions)
+        return IConchUser, avatar, avatar.logout

@@ -1,0 +1,110 @@
+"""The logged-in user: only 'session' channels, at most N of them; a connection that ignores late messages."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from twisted.conch.avatar import ConchUser
+from twisted.conch.error import ConchError
+from twisted.conch.ssh import connection
+from twisted.logger import Logger
+
+from sftpd.session import SessionChannel
+from sftpd.session_api import SessionContext
+
+log = Logger(namespace="sftpd.avatar")
+
+
+class Avatar(ConchUser):  # type: ignore[misc]
+    """One authenticated connection of one user."""
+
+    def __init__(
+        self,
+        ctx: SessionContext,
+        *,
+        clock: Any,
+        max_sessions: int,
+        on_logout: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self._clock = clock
+        self._max_sessions = max_sessions
+        self._sessions: set[SessionChannel] = set()
+        self._on_logout = on_logout
+        self.channelLookup = {}
+        self.subsystemLookup = {}
+
+    def lookupChannel(
+        self, channelType: bytes, windowSize: int, maxPacket: int, data: bytes
+    ) -> SessionChannel:
+        if channelType != b"session":
+            raise ConchError("only session channels are allowed", connection.OPEN_UNKNOWN_CHANNEL_TYPE)
+        if len(self._sessions) >= self._max_sessions:
+            raise ConchError("too many sessions", connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
+        if maxPacket < 1:
+            raise ConchError("maximum packet size too small", connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
+        ch = SessionChannel(
+            self.ctx,
+            clock=self._clock,
+            on_closed=self._sessions.discard,
+            remoteWindow=windowSize,
+            remoteMaxPacket=maxPacket,
+            data=data,
+            avatar=self,
+        )
+        self._sessions.add(ch)
+        return ch
+
+    def gotGlobalRequest(self, requestType: bytes, data: bytes) -> int:
+        return 0  # no port forwarding, no keepalive replies beyond failure
+
+    def logout(self) -> None:
+        close = getattr(self.ctx.storage, "close", None)
+        if close is not None:
+            try:
+                close()
+            except OSError:
+                pass
+        if self._on_logout is not None:
+            self._on_logout()
+
+
+def _guard(name: str) -> Callable[[Any, bytes], Any]:
+    original = getattr(connection.SSHConnection, name)
+
+    def method(self: connection.SSHConnection, packet: bytes) -> Any:
+        if len(packet) < 4:
+            self.transport.sendDisconnect(
+                connection.transport.DISCONNECT_PROTOCOL_ERROR, b"short channel message"
+            )
+            return None
+        (local,) = struct.unpack(">L", packet[:4])
+        if local not in self.channels:
+            log.debug("message {name} for unknown channel {local}", name=name, local=local)
+            return None
+        return original(self, packet)
+
+    method.__name__ = name
+    return method
+
+
+class Connection(connection.SSHConnection):  # type: ignore[misc]
+    """Conch's connection service, tolerant of messages for channels that are gone."""
+
+
+for _name in (
+    "ssh_CHANNEL_OPEN_CONFIRMATION",
+    "ssh_CHANNEL_OPEN_FAILURE",
+    "ssh_CHANNEL_WINDOW_ADJUST",
+    "ssh_CHANNEL_DATA",
+    "ssh_CHANNEL_EXTENDED_DATA",
+    "ssh_CHANNEL_EOF",
+    "ssh_CHANNEL_CLOSE",
+    "ssh_CHANNEL_REQUEST",
+    "ssh_CHANNEL_SUCCESS",
+    "ssh_CHANNEL_FAILURE",
+):
+    setattr(Connection, _name, _guard(_name))

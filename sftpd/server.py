@@ -1,0 +1,250 @@
+"""The one assembly point: config -> host keys, portal, algorithm policy, listeners, run."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+from dataclasses import replace
+from typing import Any
+
+from twisted.conch.ssh import factory as ssh_factory
+from twisted.conch.ssh import keys
+from twisted.cred.portal import Portal
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from sftpd.auth.checkers import PasswordChecker, PublicKeyChecker, make_dummy_hash
+from sftpd.auth.realm import Realm
+from sftpd.auth.userauth import AuthSettings, UserAuthServer
+from sftpd.auth.users import UserDB
+from sftpd.avatar import Connection
+from sftpd.blocking import Blocking, ThreadPoolBlocking
+from sftpd.config import Config, ExecConfig, UserConfig
+from sftpd.policy import apply_policy
+from sftpd.session_api import SessionContext
+from sftpd.ssh.transport import ServerTransport, TransportPolicy
+
+log = Logger(namespace="sftpd.server")
+
+
+class ConnectionTransport(ServerTransport):
+    """The server transport plus connection open/close log lines."""
+
+    _opened = 0.0
+
+    def connectionMade(self) -> None:
+        self._opened = time.monotonic()
+        self.factory.live.add(self)
+        log.info("connection open: peer={peer}", peer=self._peer_text(), event="connection_open")
+        super().connectionMade()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.factory.live.discard(self)
+        log.info(
+            "connection closed: peer={peer} duration={duration:.3f}",
+            peer=self._peer_text(),
+            duration=time.monotonic() - self._opened,
+            event="connection_close",
+        )
+        super().connectionLost(reason)
+
+    def _peer_text(self) -> str:
+        try:
+            peer = self.transport.getPeer()
+            return f"{peer.host}:{peer.port}"
+        except Exception:
+            return "?"
+
+
+class Factory(ssh_factory.SSHFactory):  # type: ignore[misc]
+    """SSHFactory with everything injected; ``buildProtocol`` applies the algorithm policy."""
+
+    services = {b"ssh-userauth": UserAuthServer, b"ssh-connection": Connection}
+
+    def __init__(
+        self,
+        *,
+        portal: Portal,
+        host_keys: dict[bytes, keys.Key],
+        policy: TransportPolicy,
+        auth_settings: AuthSettings,
+        clock: Any,
+        primes: dict[int, list[tuple[int, int]]] | None = None,
+    ) -> None:
+        self.portal = portal
+        self.privateKeys = host_keys
+        self.publicKeys = {name: key.public() for name, key in host_keys.items()}
+        self.primes = primes
+        self.policy = policy
+        self.auth_settings = auth_settings
+        self.clock = clock
+        self.live: set[ConnectionTransport] = set()
+        self.key_algorithms = [
+            alg for key in host_keys.values() for alg in key.supportedSignatureAlgorithms()
+        ]
+
+    def buildProtocol(self, addr: Any) -> ConnectionTransport:
+        t = ConnectionTransport()
+        t.factory = self
+        t.apply_policy(self.policy, self.key_algorithms)
+        return t
+
+
+def transport_policy(config: Config, *, have_moduli: bool) -> TransportPolicy:
+    """The algorithm policy from [server]."""
+    s = config.server
+    return TransportPolicy(
+        kex=s.kex_algorithms,
+        ciphers=s.ciphers,
+        macs=s.macs,
+        host_key_algorithms=s.host_key_algorithms,
+        version=s.banner,
+        have_moduli=have_moduli,
+        rekey_bytes=s.rekey_bytes,
+        rekey_seconds=s.rekey_seconds,
+    )
+
+
+def exec_settings(base: ExecConfig, user: UserConfig) -> ExecConfig:
+    """The exec settings in force for ``user`` (per-user switches override the server's)."""
+    cfg = base
+    if user.allow_rsync is not None:
+        cfg = replace(cfg, allow_rsync=user.allow_rsync)
+    if user.allow_exec is False:
+        cfg = replace(cfg, allow_scp=False, allow_hashes=False, allow_rsync=False)
+    return cfg
+
+
+def context_maker(config: Config, *, reactor: Any, blocking: Blocking) -> Any:
+    """A function that opens a user's jail and builds the context every app receives."""
+    from sftpd.storage.local import LocalStorage
+
+    counter = itertools.count(1)
+
+    def make(user: UserConfig) -> SessionContext:
+        storage = apply_policy(LocalStorage(user.root), read_only=user.read_only)
+        return SessionContext(
+            username=user.name,
+            home=user.home,
+            read_only=user.read_only,
+            storage=storage,
+            blocking=blocking,
+            host_root=user.root,
+            sftp=config.sftp,
+            exec=exec_settings(config.exec, user),
+            reactor=reactor,
+            session_id=f"{os.getpid()}-{next(counter)}",
+        )
+
+    return make
+
+
+def load_primes(config: Config) -> dict[int, list[tuple[int, int]]] | None:
+    """Diffie-Hellman group-exchange primes from the configured moduli file, if any."""
+    path = config.server.moduli_file
+    if path is None:
+        return None
+    from twisted.conch.openssh_compat.primes import parseModuliFile
+
+    primes: dict[int, list[tuple[int, int]]] = parseModuliFile(str(path))
+    return primes or None
+
+
+def build_factory(
+    config: Config,
+    *,
+    reactor: Any,
+    blocking: Blocking,
+    auth_blocking: Blocking,
+    host_keys: dict[bytes, keys.Key],
+    dummy_hash: bytes | None = None,
+) -> Factory:
+    """Assemble the SSH factory: portal (realm + checkers), keys, policy, limits."""
+    users = UserDB(config.users)
+    realm = Realm(
+        users,
+        context_maker(config, reactor=reactor, blocking=blocking),
+        clock=reactor,
+        max_sessions=config.server.max_sessions,
+    )
+    portal = Portal(realm)
+    portal.registerChecker(PasswordChecker(users, auth_blocking, dummy_hash or make_dummy_hash()))
+    portal.registerChecker(PublicKeyChecker(users))
+    primes = load_primes(config)
+    s = config.server
+    return Factory(
+        portal=portal,
+        host_keys=host_keys,
+        policy=transport_policy(config, have_moduli=primes is not None),
+        auth_settings=AuthSettings(s.login_grace_time, s.max_auth_tries, s.auth_failure_delay),
+        clock=reactor,
+        primes=primes,
+    )
+
+
+def _dummy_rounds(config: Config) -> int:
+    for user in config.users:
+        h = user.password_hash
+        if h and len(h) > 6 and h[4:6].isdigit():
+            return int(h[4:6])
+    return 12
+
+
+def listen(factory: Factory, config: Config, reactor: Any) -> list[IListeningPort]:
+    """Listen on every configured address; print each bound address (port 0 = ephemeral)."""
+    ports: list[IListeningPort] = []
+    for host, port in config.server.listen:
+        p = reactor.listenTCP(port, factory, interface=host)
+        addr = p.getHost()
+        shown = f"[{addr.host}]" if ":" in addr.host else addr.host
+        print(f"sftpd: listening on {shown}:{addr.port}", file=sys.stderr, flush=True)
+        ports.append(p)
+    return ports
+
+
+def serve(config: Config, *, log_format: str | None = None, reactor: Any = None) -> int:
+    """Run the server in the foreground until SIGINT/SIGTERM; return the exit code."""
+    from sftpd.hostkeys import load_host_keys
+    from sftpd.log import start_logging
+
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    start_logging(log_format or config.server.log_format, config.server.log_level)
+    pool = ThreadPool(minthreads=0, maxthreads=16, name="sftpd-storage")
+    auth_pool = ThreadPool(minthreads=0, maxthreads=2, name="sftpd-bcrypt")
+    host_keys = load_host_keys(config.server.host_keys_dir)
+    factory = build_factory(
+        config,
+        reactor=reactor,
+        blocking=ThreadPoolBlocking(reactor, pool),
+        auth_blocking=ThreadPoolBlocking(reactor, auth_pool),
+        host_keys=host_keys,
+        dummy_hash=make_dummy_hash(_dummy_rounds(config)),
+    )
+    try:
+        ports = listen(factory, config, reactor)
+    except Exception as exc:
+        print(f"sftpd: cannot listen: {exc}", file=sys.stderr)
+        return 1
+
+    def shutdown() -> Any:
+        from twisted.internet import defer
+
+        waits = [defer.maybeDeferred(p.stopListening) for p in ports]
+        for t in list(factory.live):
+            t.loseConnection()
+        return defer.DeferredList(waits)
+
+    pool.start()
+    auth_pool.start()
+    reactor.addSystemEventTrigger("before", "shutdown", shutdown)
+    reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
+    reactor.addSystemEventTrigger("after", "shutdown", auth_pool.stop)
+    reactor.run()
+    log.info("stopped")
+    return 0

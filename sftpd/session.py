@@ -1,0 +1,253 @@
+"""The SSH session channel: routes sftp/exec requests to apps, refuses shells, buffers output."""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from twisted.conch.ssh import channel, connection
+from twisted.conch.ssh.common import getNS
+from twisted.logger import Logger
+
+from sftpd.session_api import ChannelApp, SessionContext
+
+SFTP_ONLY = b"This service allows SFTP connections only.\r\n"
+# The client may have this much in flight towards us; sized so 64 outstanding 32 KiB
+# writes (OpenSSH's default) never wait for a window adjust.
+LOCAL_WINDOW = 4 * 1024 * 1024
+LOCAL_MAX_PACKET = 256 * 1024
+
+log = Logger(namespace="sftpd.session")
+
+AppFactory = Callable[[SessionContext, "SessionChannel"], ChannelApp]
+
+
+def _sftp_app(ctx: SessionContext, io: SessionChannel) -> ChannelApp:
+    from sftpd.sftp.protocol import make_sftp_app
+
+    return make_sftp_app(ctx, io)
+
+
+def _exec_app(command: bytes) -> AppFactory:
+    def make(ctx: SessionContext, io: SessionChannel) -> ChannelApp:
+        from sftpd.exec.dispatch import make_exec_app
+
+        return make_exec_app(command, ctx, io)
+
+    return make
+
+
+class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
+    """One 'session' channel. Implements ChannelIO for the app it runs (one app at most)."""
+
+    name = b"session"
+
+    def __init__(
+        self,
+        ctx: SessionContext,
+        *,
+        clock: Any,
+        on_closed: Callable[[SessionChannel], None],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(localWindow=LOCAL_WINDOW, localMaxPacket=LOCAL_MAX_PACKET, **kwargs)
+        self._ctx = ctx
+        self._clock = clock
+        self._on_closed = on_closed
+        self._app: ChannelApp | None = None
+        self._out: deque[tuple[int, bytes | memoryview]] = deque()
+        self._pending = 0
+        self._holding = False  # output held until the request's reply is sent
+        self._exit_status: int | None = None
+        self._finished = False
+        self._started = time.monotonic()
+        self.kind = "session"
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # ---- requests ---------------------------------------------------------------------
+    def request_subsystem(self, data: bytes) -> int:
+        name = bytes(getNS(data)[0])
+        if self._app is not None or name != b"sftp":
+            log.info("refused subsystem {name!r}", name=name)
+            return 0
+        self.kind = "sftp"
+        return self._start(_sftp_app)
+
+    def request_exec(self, data: bytes) -> int:
+        if self._app is not None:
+            return 0
+        command = bytes(getNS(data)[0])
+        self.kind = "exec"
+        log.info("exec {command!r} by {user}", command=command, user=self._ctx.username)
+        return self._start(_exec_app(command))
+
+    def request_shell(self, data: bytes) -> int:
+        if self._app is not None:
+            return 0
+        self.kind = "shell"
+        self._holding = True
+        self.write_stderr(SFTP_ONLY)
+        self.exit(1)
+        self._release_soon()
+        return 1
+
+    # pty, x11, agent forwarding, env, signals: refused (Conch answers 0 for unknown names).
+    def request_pty_req(self, data: bytes) -> int:
+        return 0
+
+    def request_x11_req(self, data: bytes) -> int:
+        return 0
+
+    def request_env(self, data: bytes) -> int:
+        return 0
+
+    def _start(self, factory: AppFactory) -> int:
+        ctx = replace(self._ctx, client_version=self._client_version())
+        self._holding = True
+        try:
+            self._app = factory(ctx, self)
+        except Exception:
+            log.failure("could not start {kind}", kind=self.kind)
+            self._holding = False
+            self._out.clear()
+            self._pending = 0
+            return 0
+        self._release_soon()
+        return 1
+
+    def _client_version(self) -> bytes:
+        transport = getattr(self.conn, "transport", None)
+        return bytes(getattr(transport, "otherVersionString", b"") or b"")
+
+    def _release_soon(self) -> None:
+        # Conch sends CHANNEL_SUCCESS right after the request handler returns; anything the
+        # app wrote (or an exit) while starting goes out after it, on the next turn.
+        self._clock.callLater(0, self._release)
+
+    def _release(self) -> None:
+        self._holding = False
+        self._flush()
+
+    # ---- ChannelIO --------------------------------------------------------------------
+    def write(self, data: bytes | memoryview) -> None:
+        self._queue(0, data)
+
+    def write_stderr(self, data: bytes) -> None:
+        self._queue(connection.EXTENDED_DATA_STDERR, data)
+
+    def pending_output(self) -> int:
+        return self._pending
+
+    def exit(self, status: int) -> None:
+        if self._exit_status is not None or self._finished:
+            return
+        self._exit_status = status
+        if not self._out and not self._holding:
+            self._finish()
+
+    # ---- output path ------------------------------------------------------------------
+    def _queue(self, ext: int, data: bytes | memoryview) -> None:
+        if self._finished or self.localClosed or not len(data):
+            return
+        self.bytes_out += len(data)
+        if self._out or self._holding or self.remoteWindowLeft <= 0:
+            self._out.append((ext, data))
+            self._pending += len(data)
+            return
+        rest = self._send(ext, data)
+        if rest is not None:
+            self._out.append((ext, rest))
+            self._pending += len(rest)
+
+    def _send(self, ext: int, data: bytes | memoryview) -> bytes | memoryview | None:
+        """Send what the peer's window allows; return the unsent tail (or None)."""
+        size = len(data)
+        n = min(size, self.remoteWindowLeft)
+        step = max(1, self.remoteMaxPacket)
+        view = memoryview(data) if n < size or n > step else data
+        conn = self.conn
+        for off in range(0, n, step):
+            chunk = view[off : off + step] if view is not data else data
+            if ext:
+                conn.sendExtendedData(self, ext, bytes(chunk))
+            else:
+                conn.sendData(self, chunk)
+        self.remoteWindowLeft -= n
+        return view[n:] if n < size else None
+
+    def _flush(self) -> None:
+        if self._holding:
+            return
+        had = bool(self._out)
+        while self._out and self.remoteWindowLeft > 0:
+            ext, data = self._out.popleft()
+            self._pending -= len(data)
+            rest = self._send(ext, data)
+            if rest is not None:
+                self._out.appendleft((ext, rest))
+                self._pending += len(rest)
+                break
+        if self._out:
+            return
+        if had and self._app is not None:
+            self._app.output_drained()
+        if self._exit_status is not None and not self._finished:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._finished = True
+        if self.localClosed:
+            return
+        status = self._exit_status if self._exit_status is not None else 0
+        self.conn.sendRequest(self, b"exit-status", struct.pack(">L", status & 0xFFFFFFFF))
+        self.conn.sendEOF(self)
+        self.conn.sendClose(self)
+
+    def addWindowBytes(self, data: int) -> None:
+        self.remoteWindowLeft += data
+        self._flush()
+
+    # ---- input and lifecycle ----------------------------------------------------------
+    def dataReceived(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self._app is not None:
+            self._app.data_received(data)
+
+    def extReceived(self, dataType: int, data: bytes) -> None:
+        pass  # a client's stderr means nothing to us
+
+    def eofReceived(self) -> None:
+        if self._app is not None:
+            self._app.eof_received()
+
+    def closeReceived(self) -> None:
+        self._out.clear()
+        self._pending = 0
+        self._finished = True
+        self.conn.sendClose(self)
+
+    def closed(self) -> None:
+        app, self._app = self._app, None
+        self._out.clear()
+        self._pending = 0
+        if app is not None:
+            try:
+                app.connection_lost()
+            except Exception:
+                log.failure("error while closing {kind}", kind=self.kind)
+        log.info(
+            "session closed: user={user} kind={kind} bytes_in={bytes_in} bytes_out={bytes_out} "
+            "duration={duration:.3f}",
+            user=self._ctx.username,
+            kind=self.kind,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            duration=time.monotonic() - self._started,
+            event="session_close",
+        )
+        self._on_closed(self)
