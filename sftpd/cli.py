@@ -1,0 +1,243 @@
+"""Command line: sftpd serve | check-config | hash-password | keygen."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+import bcrypt
+
+from sftpd import __version__
+from sftpd.config import Config, embedded_default, load_config
+from sftpd.errors import ConfigError
+from sftpd.hostkeys import HostKeyInfo, ensure_host_keys, host_keys_problems
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+DESCRIPTION = """\
+sftpd: an SFTP server that confines each user to a directory.
+
+Without a config file, `sftpd serve` shares ./data with you (the current OS user) on
+127.0.0.1:2222: log in with any key from ~/.ssh/authorized_keys or ~/.ssh/id_*.pub, or with
+the random password printed at start. See config.example.toml for a multi-user setup.
+"""
+
+EPILOG = """\
+exit status: 0 success, 1 failure (e.g. passwords do not match), 2 invalid configuration.
+
+examples:
+  sftpd serve                          share ./data on 127.0.0.1:2222 with yourself
+  sftpd serve --config /etc/sftpd/sftpd.toml
+  sftpd check-config /etc/sftpd/sftpd.toml
+  sftpd hash-password                  prints a bcrypt hash for a [[users]] password_hash
+  sftpd keygen /etc/sftpd/keys         creates missing host keys, prints fingerprints
+"""
+
+
+def _rounds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 4 <= value <= 31:
+        raise argparse.ArgumentTypeError(f"expected an integer from 4 to 31, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser for every subcommand (also the source of ``--help``)."""
+
+    def raw(prog: str) -> argparse.HelpFormatter:
+        return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+    parser = argparse.ArgumentParser(
+        prog="sftpd", description=DESCRIPTION, epilog=EPILOG, formatter_class=raw
+    )
+    parser.add_argument("--version", action="version", version=f"sftpd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the server in the foreground",
+        formatter_class=raw,
+        description="Run the server in the foreground, logging to stderr, until SIGINT or "
+        "SIGTERM\n(then it stops listening, closes sessions and exits 0). Missing host keys "
+        "are created\nfirst. Prints how to connect and the host key fingerprints.\n\n"
+        "Without --config it runs the embedded default: 127.0.0.1:2222, host keys in ./keys,\n"
+        "./data served to the current OS user, who logs in with a key from\n"
+        "~/.ssh/authorized_keys or ~/.ssh/id_*.pub, or with a random password printed once.",
+    )
+    serve.add_argument("-c", "--config", metavar="FILE", type=Path, help="TOML configuration file")
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines as text or JSON objects (default: [server] log_format, else text)",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a configuration file",
+        description="Validate FILE (including that the host key directory is usable; user "
+        "roots are created if missing). Prints 'FILE: OK' and exits 0, or prints one "
+        "'FILE: key: problem' line per problem on stderr and exits 2. Array indexes in key "
+        "paths are 0-based: users[0] is the first [[users]] entry.",
+    )
+    check.add_argument("file", metavar="FILE", type=Path, help="TOML configuration file")
+    check.set_defaults(func=cmd_check_config)
+
+    hashpw = sub.add_parser(
+        "hash-password",
+        help="print a bcrypt hash for password_hash",
+        description="Print a bcrypt hash of a password, for password_hash in [[users]]. On a "
+        "terminal it asks twice (without echo); otherwise it reads one line from stdin.",
+    )
+    hashpw.add_argument(
+        "--rounds",
+        type=_rounds,
+        default=12,
+        metavar="N",
+        help="bcrypt cost factor, 4 to 31; each step doubles the work (default: 12)",
+    )
+    hashpw.set_defaults(func=cmd_hash_password)
+
+    keygen = sub.add_parser(
+        "keygen",
+        help="create missing host keys and print fingerprints",
+        description="Create the missing host keys in DIR (ssh_host_ed25519_key, "
+        "ssh_host_ecdsa_key (nistp256), ssh_host_rsa_key (3072 bits); private files mode "
+        "0600, DIR mode 0700 if created) and print the fingerprints of all of them. "
+        "Existing keys are never replaced.",
+    )
+    keygen.add_argument(
+        "dir", metavar="DIR", nargs="?", type=Path, default=Path("keys"), help="default: ./keys"
+    )
+    keygen.set_defaults(func=cmd_keygen)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one sftpd command; returns the process exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version and usage errors
+        return e.code if isinstance(e.code, int) else EXIT_CONFIG
+    try:
+        status: int = args.func(args)
+    except ConfigError as e:
+        _error(str(e))
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    return status
+
+
+def _error(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _connect_command(user: str, host: str, port: int) -> str:
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    if ":" in host:
+        host = f"[{host}]"
+    option = "" if port == 22 else f"-P {port} "
+    return f"sftp {option}{user}@{host}"
+
+
+def print_banner(
+    config: Config, infos: Sequence[HostKeyInfo], password: str | None, out: TextIO
+) -> None:
+    """Tell the operator how to connect, and which host key fingerprints clients will see."""
+    users = config.users
+    user = users[0].name if len(users) == 1 else "USER"
+    source = config.source if config.source is not None else "embedded default"
+    print(f"sftpd {__version__} ({source}): {len(users)} user(s)", file=out)
+    print("Connect with:", file=out)
+    for host, port in config.server.listen:
+        print(f"  {_connect_command(user, host, port)}", file=out)
+    if password is not None:
+        only = users[0]
+        print(f"User {only.name!r} serves {only.root}", file=out)
+        print(f"  public keys from ~/.ssh accepted: {len(only.authorized_keys)}", file=out)
+        print(f"  password (shown only now): {password}", file=out)
+    print("Host key fingerprints:", file=out)
+    for info in infos:
+        print(f"  {info.bits} {info.fingerprint} ({info.label})", file=out)
+    out.flush()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``sftpd serve``: load the config (or embedded default), ensure keys, run the server."""
+    password: str | None = None
+    if args.config is not None:
+        config = load_config(args.config)
+    else:
+        try:
+            username = getpass.getuser()
+        except OSError as e:
+            _error(f"sftpd serve: cannot tell the current user name ({e}); use --config")
+            return EXIT_CONFIG
+        config, password = embedded_default(Path.cwd(), Path.home(), username)
+    infos = ensure_host_keys(config.server.host_keys_dir)
+    print_banner(config, infos, password, sys.stdout)
+    log_format = args.log_format or config.server.log_format
+
+    from sftpd.server import serve  # lazy: keeps the Twisted reactor out of other commands
+
+    return serve(config, log_format=log_format)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """``sftpd check-config FILE``: 0 and "FILE: OK", or 2 and one line per problem."""
+    config = load_config(args.file)
+    problems = host_keys_problems(config.server.host_keys_dir)
+    for problem in problems:
+        _error(f"{args.file}: server.host_keys_dir: {problem}")
+    if problems:
+        return EXIT_CONFIG
+    print(f"{args.file}: OK")
+    return EXIT_OK
+
+
+def _read_password() -> str | None:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Password again: ") != first:
+            _error("sftpd hash-password: the passwords do not match")
+            return None
+        return first
+    return sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """``sftpd hash-password``: print a bcrypt hash of a password read from tty or stdin."""
+    try:
+        password = _read_password()
+    except EOFError:
+        password = ""
+    if password is None:
+        return EXIT_FAILURE
+    secret = password.encode("utf-8")
+    if not secret:
+        _error("sftpd hash-password: empty password; expected at least one character")
+        return EXIT_FAILURE
+    if len(secret) > 72:
+        _error("sftpd hash-password: bcrypt uses at most 72 bytes; expected a shorter password")
+        return EXIT_FAILURE
+    print(bcrypt.hashpw(secret, bcrypt.gensalt(args.rounds)).decode("ascii"))
+    return EXIT_OK
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """``sftpd keygen [DIR]``: create missing host keys and print all fingerprints."""
+    for info in ensure_host_keys(args.dir):
+        state = "created" if info.created else "exists "
+        print(f"{state} {info.describe()}")
+    return EXIT_OK
