@@ -1,0 +1,147 @@
+"""End-to-end: OpenSSH, paramiko and asyncssh clients log in (or are refused) against a real sftpd."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import ALICE_PASSWORD, Env, askpass_env
+
+pytestmark = pytest.mark.e2e
+
+
+def _password_sftp(env: Env, password: str, batch: str, user: str = "alice") -> subprocess.CompletedProcess[str]:
+    cmd = [
+        "sftp", *env.ssh_opts(key=False),
+        "-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no",
+        "-o", "NumberOfPasswordPrompts=1", f"{user}@127.0.0.1",
+    ]
+    return subprocess.run(cmd, input=batch, capture_output=True, text=True, timeout=60,
+                          env=askpass_env(env.tmp, password), cwd=env.tmp)
+
+
+def test_openssh_sftp_with_key_puts_bytes(server: Env) -> None:
+    src = server.tmp / "key-upload.bin"
+    src.write_bytes(b"key auth works\n" * 100)
+    server.sftp(f"put {src} key-upload.bin\n")
+    assert (server.alice.root / "key-upload.bin").read_bytes() == src.read_bytes()
+
+
+def test_openssh_sftp_with_password_via_askpass(server: Env) -> None:
+    src = server.tmp / "pw-upload.txt"
+    src.write_bytes(b"password auth works\n")
+    res = _password_sftp(server, ALICE_PASSWORD, f"put {src} pw-upload.txt\n")
+    assert res.returncode == 0, res.stderr
+    assert (server.alice.root / "pw-upload.txt").read_bytes() == src.read_bytes()
+    assert "auth ok: user=alice method=password" in server.server.log_text()
+
+
+def test_wrong_password_and_unknown_user_refused(server: Env) -> None:
+    assert _password_sftp(server, "wrong", "ls\n").returncode != 0
+    assert _password_sftp(server, ALICE_PASSWORD, "ls\n", user="mallory").returncode != 0
+    log = server.server.log_text()
+    assert "auth failed: user=alice method=password" in log
+    assert "auth failed: user=mallory method=password" in log
+    assert ALICE_PASSWORD not in log and "wrong" not in log.split("auth failed")[-1]
+
+
+def test_unknown_key_refused(server: Env, tmp_path: Path) -> None:
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    cmd = ["sftp", *server.ssh_opts(key=False), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+           "-i", str(other), "-b", "-", "alice@127.0.0.1"]
+    res = subprocess.run(cmd, input="ls\n", capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    assert "Permission denied" in res.stderr
+
+
+def test_none_auth_refused_by_paramiko(server: Env) -> None:
+    paramiko = pytest.importorskip("paramiko")
+    t = paramiko.Transport(("127.0.0.1", server.port))
+    try:
+        t.start_client(timeout=20)
+        with pytest.raises(paramiko.BadAuthenticationType) as err:
+            t.auth_none("alice")
+        assert "none" not in err.value.allowed_types
+        assert set(err.value.allowed_types) <= {"publickey", "password"}
+        assert not t.is_authenticated()
+    finally:
+        t.close()
+
+
+def test_paramiko_client_with_key_and_password(server: Env) -> None:
+    paramiko = pytest.importorskip("paramiko")
+    key = paramiko.Ed25519Key.from_private_key_file(str(server.key_path))
+    for kwargs in ({"pkey": key}, {"password": ALICE_PASSWORD}):
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        client.connect("127.0.0.1", port=server.port, username="alice", look_for_keys=False,
+                       allow_agent=False, timeout=20, **kwargs)
+        try:
+            sftp = client.open_sftp()
+            name = f"paramiko-{'key' if 'pkey' in kwargs else 'pw'}.txt"
+            with sftp.open(name, "w") as f:
+                f.write(b"from paramiko\n")
+            sftp.close()
+        finally:
+            client.close()
+        assert (server.alice.root / name).read_bytes() == b"from paramiko\n"
+
+
+def test_asyncssh_client_with_key(server: Env) -> None:
+    asyncssh = pytest.importorskip("asyncssh")
+    import asyncio
+
+    async def run() -> None:
+        async with asyncssh.connect(
+            "127.0.0.1", port=server.port, username="alice", client_keys=[str(server.key_path)],
+            known_hosts=None,
+        ) as conn:
+            async with conn.start_sftp_client() as sftp:
+                async with sftp.open("asyncssh.txt", "wb") as f:
+                    await f.write(b"from asyncssh\n")
+
+    asyncio.run(run())
+    assert (server.alice.root / "asyncssh.txt").read_bytes() == b"from asyncssh\n"
+
+
+def test_shell_request_gets_sftp_only_message(server: Env) -> None:
+    res = server.ssh(None, "-T")
+    assert res.returncode == 1
+    assert b"This service allows SFTP connections only." in res.stderr
+    assert res.stdout == b""
+
+
+def test_pty_and_forwarding_refused(server: Env) -> None:
+    res = server.ssh(None, "-tt", "-o", "ExitOnForwardFailure=yes", "-L", "0:127.0.0.1:9")
+    assert res.returncode != 0
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        ["-c", "3des-cbc"],
+        ["-c", "aes128-cbc"],
+        ["-o", "MACs=hmac-sha1"],
+        ["-o", "MACs=hmac-md5"],
+        ["-o", "KexAlgorithms=diffie-hellman-group14-sha1"],
+        ["-o", "KexAlgorithms=diffie-hellman-group1-sha1"],
+        ["-o", "HostKeyAlgorithms=ssh-rsa"],
+        ["-o", "HostKeyAlgorithms=ssh-dss"],
+    ],
+    ids=lambda o: o[-1],
+)
+def test_weak_algorithms_not_negotiable(server: Env, opts: list[str]) -> None:
+    res = server.ssh(None, "-T", *opts)
+    assert res.returncode == 255
+    assert b"This service allows SFTP" not in res.stderr
+
+
+def test_server_banner_and_sigterm_exit_zero(make_server) -> None:  # type: ignore[no-untyped-def]
+    env = make_server()
+    res = subprocess.run(["ssh", *env.ssh_opts(port_flag="-p"), "-v", "-T", "alice@127.0.0.1"],
+                         capture_output=True, timeout=60)
+    assert b"Remote protocol version 2.0, remote software version sftpd_" in res.stderr
+    assert env.server.stop() == 0
