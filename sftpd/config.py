@@ -312,7 +312,7 @@ def load_config(path: Path) -> Config:
         raise ConfigError(source, "", f"cannot read: {e.strerror}; expected a TOML file") from None
     except tomllib.TOMLDecodeError as e:
         text = str(e)
-        m = re.fullmatch(r"(.*) \(at (line \d+, column \d+)\)", text)
+        m = re.fullmatch(r"(.*) \(at (line \d+, column \d+|end of document)\)", text)
         where, what = (m[2], m[1]) if m else ("", text)
         raise ConfigError(source, where, f"invalid TOML: {what}") from None
     loader = _Loader(source, Path(os.path.abspath(path)).parent)
