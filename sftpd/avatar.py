@@ -1,4 +1,4 @@
-"""The logged-in user: only 'session' channels, at most N of them; a connection that ignores late messages."""
+"""The logged-in user (session channels only, at most N); a connection tolerant of late messages."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.conch.avatar import ConchUser
 from twisted.conch.error import ConchError
-from twisted.conch.ssh import connection
+from twisted.conch.ssh import connection, transport
 from twisted.logger import Logger
 
 from sftpd.session import SessionChannel
@@ -41,11 +41,15 @@ class Avatar(ConchUser):  # type: ignore[misc]
         self, channelType: bytes, windowSize: int, maxPacket: int, data: bytes
     ) -> SessionChannel:
         if channelType != b"session":
-            raise ConchError("only session channels are allowed", connection.OPEN_UNKNOWN_CHANNEL_TYPE)
+            raise ConchError(
+                "only session channels are allowed", connection.OPEN_UNKNOWN_CHANNEL_TYPE
+            )
         if len(self._sessions) >= self._max_sessions:
             raise ConchError("too many sessions", connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
         if maxPacket < 1:
-            raise ConchError("maximum packet size too small", connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
+            raise ConchError(
+                "maximum packet size too small", connection.OPEN_ADMINISTRATIVELY_PROHIBITED
+            )
         ch = SessionChannel(
             self.ctx,
             clock=self._clock,
@@ -77,9 +81,8 @@ def _guard(name: str) -> Callable[[Any, bytes], Any]:
 
     def method(self: connection.SSHConnection, packet: bytes) -> Any:
         if len(packet) < 4:
-            self.transport.sendDisconnect(
-                connection.transport.DISCONNECT_PROTOCOL_ERROR, b"short channel message"
-            )
+            t: Any = self.transport
+            t.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"short channel message")
             return None
         (local,) = struct.unpack(">L", packet[:4])
         if local not in self.channels:

@@ -107,7 +107,9 @@ class ReadOnlyStorage:
     def statvfs(self, path: str) -> os.statvfs_result:
         return self._inner.statvfs(path)
 
-    def copy_range(self, src: File, src_offset: int, length: int, dst: File, dst_offset: int) -> None:
+    def copy_range(
+        self, src: File, src_offset: int, length: int, dst: File, dst_offset: int
+    ) -> None:
         # dst can only be open for writing if open() allowed it, which it never does here.
         raise _denied()
 

@@ -14,6 +14,7 @@ from twisted.conch.ssh import keys
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from sftpd.auth.checkers import PasswordChecker, PublicKeyChecker, make_dummy_hash
@@ -34,6 +35,7 @@ class ConnectionTransport(ServerTransport):
     """The server transport plus connection open/close log lines."""
 
     _opened = 0.0
+    factory: Factory
 
     def connectionMade(self) -> None:
         self._opened = time.monotonic()
@@ -41,7 +43,7 @@ class ConnectionTransport(ServerTransport):
         log.info("connection open: peer={peer}", peer=self._peer_text(), event="connection_open")
         super().connectionMade()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.factory.live.discard(self)
         log.info(
             "connection closed: peer={peer} duration={duration:.3f}",
@@ -53,7 +55,8 @@ class ConnectionTransport(ServerTransport):
 
     def _peer_text(self) -> str:
         try:
-            peer = self.transport.getPeer()
+            tcp: Any = self.transport
+            peer = tcp.getPeer()
             return f"{peer.host}:{peer.port}"
         except Exception:
             return "?"

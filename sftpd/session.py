@@ -29,14 +29,16 @@ AppFactory = Callable[[SessionContext, "SessionChannel"], ChannelApp]
 def _sftp_app(ctx: SessionContext, io: SessionChannel) -> ChannelApp:
     from sftpd.sftp.protocol import make_sftp_app
 
-    return make_sftp_app(ctx, io)
+    app: ChannelApp = make_sftp_app(ctx, io)
+    return app
 
 
 def _exec_app(command: bytes) -> AppFactory:
     def make(ctx: SessionContext, io: SessionChannel) -> ChannelApp:
         from sftpd.exec.dispatch import make_exec_app
 
-        return make_exec_app(command, ctx, io)
+        app: ChannelApp = make_exec_app(command, ctx, io)
+        return app
 
     return make
 
@@ -170,9 +172,9 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
         n = min(size, self.remoteWindowLeft)
         step = max(1, self.remoteMaxPacket)
         view = memoryview(data) if n < size or n > step else data
-        conn = self.conn
+        conn: Any = self.conn
         for off in range(0, n, step):
-            chunk = view[off : off + step] if view is not data else data
+            chunk = view[off : min(off + step, n)] if view is not data else data
             if ext:
                 conn.sendExtendedData(self, ext, bytes(chunk))
             else:
@@ -204,9 +206,10 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
         if self.localClosed:
             return
         status = self._exit_status if self._exit_status is not None else 0
-        self.conn.sendRequest(self, b"exit-status", struct.pack(">L", status & 0xFFFFFFFF))
-        self.conn.sendEOF(self)
-        self.conn.sendClose(self)
+        conn: Any = self.conn
+        conn.sendRequest(self, b"exit-status", struct.pack(">L", status & 0xFFFFFFFF))
+        conn.sendEOF(self)
+        conn.sendClose(self)
 
     def addWindowBytes(self, data: int) -> None:
         self.remoteWindowLeft += data
@@ -229,7 +232,8 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
         self._out.clear()
         self._pending = 0
         self._finished = True
-        self.conn.sendClose(self)
+        conn: Any = self.conn
+        conn.sendClose(self)
 
     def closed(self) -> None:
         app, self._app = self._app, None

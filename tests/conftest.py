@@ -40,8 +40,13 @@ def make_server(
     """Start a server with alice (+ optional more users / config lines); stopped at teardown."""
     started: list[SftpdProcess] = []
 
-    def make(*, users: list[User] | None = None, server_extra: str = "", tail: str = "",
-             alice_extra: str = "") -> Env:
+    def make(
+        *,
+        users: list[User] | None = None,
+        server_extra: str = "",
+        tail: str = "",
+        alice_extra: str = "",
+    ) -> Env:
         alice = User("alice", tmp_path / "alice-root", client_key[1], ALICE_PASSWORD, alice_extra)
         cfg = tmp_path / f"sftpd-{len(started)}.toml"
         write_config(cfg, [alice, *(users or [])], host_keys_dir, server_extra, tail)

@@ -81,8 +81,14 @@ def write_config(
     path.write_text("\n".join(lines) + "\n")
 
 
-def start_sftpd(config_path: Path, *, cwd: Path | None = None, env: dict[str, str] | None = None,
-                args: list[str] | None = None, timeout: float = 30.0) -> SftpdProcess:
+def start_sftpd(
+    config_path: Path,
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+    timeout: float = 30.0,
+) -> SftpdProcess:
     cmd = [sys.executable, "-m", "sftpd", "serve"]
     if config_path is not None:
         cmd += ["--config", str(config_path)]
@@ -134,22 +140,29 @@ class Env:
 
     def ssh_opts(self, *, port_flag: str = "-P", key: bool = True) -> list[str]:
         opts = [
-            "-F", "/dev/null",
-            "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "LogLevel=ERROR",
-            port_flag, str(self.port),
+            "-F",
+            "/dev/null",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            port_flag,
+            str(self.port),
         ]
         if key:
             opts += ["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", str(self.key_path)]
         return opts
 
-    def sftp(self, batch: str, *extra: str, user: str = "alice", check: bool = True,
-             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def sftp(
+        self, batch: str, *extra: str, user: str = "alice", check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         """Run `sftp -b -` with ``batch`` on stdin; return the completed process."""
         cmd = ["sftp", *self.ssh_opts(), *extra, "-b", "-", f"{user}@127.0.0.1"]
-        res = subprocess.run(cmd, input=batch, capture_output=True, text=True, timeout=timeout,
-                             cwd=self.tmp)
+        res = subprocess.run(
+            cmd, input=batch, capture_output=True, text=True, timeout=timeout, cwd=self.tmp
+        )
         if check and res.returncode != 0:
             raise AssertionError(
                 f"sftp failed ({res.returncode}):\nstdout:{res.stdout}\nstderr:{res.stderr}\n"
@@ -157,13 +170,20 @@ class Env:
             )
         return res
 
-    def ssh(self, command: str | None, *extra: str, user: str = "alice", input: bytes | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    def ssh(
+        self,
+        command: str | None,
+        *extra: str,
+        user: str = "alice",
+        input: bytes | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[bytes]:
         cmd = ["ssh", *self.ssh_opts(port_flag="-p"), *extra, f"{user}@127.0.0.1"]
         if command is not None:
             cmd.append(command)
-        return subprocess.run(cmd, input=input if input is not None else b"",
-                              capture_output=True, timeout=timeout)
+        return subprocess.run(
+            cmd, input=input if input is not None else b"", capture_output=True, timeout=timeout
+        )
 
 
 def askpass_env(tmp: Path, password: str) -> dict[str, str]:

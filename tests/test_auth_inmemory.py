@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
-import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from twisted.conch.error import ValidPublicKey
@@ -27,7 +26,9 @@ PW = b"right-password"
 
 
 def _user(tmp: Path, **kw: Any) -> UserConfig:
-    return UserConfig(name="alice", root=tmp, password_hash=bcrypt.hashpw(PW, bcrypt.gensalt(4)), **kw)
+    return UserConfig(
+        name="alice", root=tmp, password_hash=bcrypt.hashpw(PW, bcrypt.gensalt(4)), **kw
+    )
 
 
 class FakeTransport:
@@ -48,7 +49,7 @@ class FakeTransport:
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
         self.disconnected.append((reason, desc))
 
-    class transport:  # noqa: N801 - the TCP transport's getPeer
+    class transport:
         @staticmethod
         def getPeer() -> Any:
             class P:
@@ -72,7 +73,9 @@ class _Realm:
 def _service(tmp: Path, settings: AuthSettings) -> tuple[UserAuthServer, FakeTransport, Clock]:
     users = UserDB([_user(tmp)])
     portal = Portal(_Realm())  # type: ignore[arg-type]
-    portal.registerChecker(PasswordChecker(users, InlineBlocking(), bcrypt.hashpw(b"x", bcrypt.gensalt(4))))
+    portal.registerChecker(
+        PasswordChecker(users, InlineBlocking(), bcrypt.hashpw(b"x", bcrypt.gensalt(4)))
+    )
     clock = Clock()
     t = FakeTransport(FakeFactory(portal, clock, settings))
     svc = UserAuthServer()
@@ -167,14 +170,20 @@ def test_public_key_checker(tmp_path: Path) -> None:
     # SHA-1 RSA signatures are refused even for an authorized key
     assert outcome(_key_creds(rsa_key, b"ssh-rsa")).check(UnauthorizedLogin)
     # a signature whose algorithm differs from the one claimed is refused
-    assert outcome(_key_creds(rsa_key, b"rsa-sha2-512", sig_alg=b"ssh-rsa")).check(UnauthorizedLogin)
+    assert outcome(_key_creds(rsa_key, b"rsa-sha2-512", sig_alg=b"ssh-rsa")).check(
+        UnauthorizedLogin
+    )
 
 
 def test_fingerprint_matches_ssh_keygen(tmp_path: Path) -> None:
     import subprocess
 
     priv = ed25519.Ed25519PrivateKey.generate()
-    pub = priv.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    pub = priv.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
     (tmp_path / "k.pub").write_bytes(pub + b" test\n")
-    out = subprocess.run(["ssh-keygen", "-lf", str(tmp_path / "k.pub")], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["ssh-keygen", "-lf", str(tmp_path / "k.pub")], capture_output=True, text=True, check=True
+    )
     assert fingerprint(keys.Key(priv).public().blob()) == out.stdout.split()[1]

@@ -1,4 +1,4 @@
-"""End-to-end: OpenSSH, paramiko and asyncssh clients log in (or are refused) against a real sftpd."""
+"""End-to-end: OpenSSH, paramiko and asyncssh clients log in or are refused by a real sftpd."""
 
 from __future__ import annotations
 
@@ -12,14 +12,29 @@ from tests.support import ALICE_PASSWORD, Env, askpass_env
 pytestmark = pytest.mark.e2e
 
 
-def _password_sftp(env: Env, password: str, batch: str, user: str = "alice") -> subprocess.CompletedProcess[str]:
+def _password_sftp(
+    env: Env, password: str, batch: str, user: str = "alice"
+) -> subprocess.CompletedProcess[str]:
     cmd = [
-        "sftp", *env.ssh_opts(key=False),
-        "-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no",
-        "-o", "NumberOfPasswordPrompts=1", f"{user}@127.0.0.1",
+        "sftp",
+        *env.ssh_opts(key=False),
+        "-o",
+        "PreferredAuthentications=password",
+        "-o",
+        "PubkeyAuthentication=no",
+        "-o",
+        "NumberOfPasswordPrompts=1",
+        f"{user}@127.0.0.1",
     ]
-    return subprocess.run(cmd, input=batch, capture_output=True, text=True, timeout=60,
-                          env=askpass_env(env.tmp, password), cwd=env.tmp)
+    return subprocess.run(
+        cmd,
+        input=batch,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=askpass_env(env.tmp, password),
+        cwd=env.tmp,
+    )
 
 
 def test_openssh_sftp_with_key_puts_bytes(server: Env) -> None:
@@ -50,8 +65,19 @@ def test_wrong_password_and_unknown_user_refused(server: Env) -> None:
 def test_unknown_key_refused(server: Env, tmp_path: Path) -> None:
     other = tmp_path / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
-    cmd = ["sftp", *server.ssh_opts(key=False), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-           "-i", str(other), "-b", "-", "alice@127.0.0.1"]
+    cmd = [
+        "sftp",
+        *server.ssh_opts(key=False),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-i",
+        str(other),
+        "-b",
+        "-",
+        "alice@127.0.0.1",
+    ]
     res = subprocess.run(cmd, input="ls\n", capture_output=True, text=True, timeout=60)
     assert res.returncode != 0
     assert "Permission denied" in res.stderr
@@ -77,8 +103,15 @@ def test_paramiko_client_with_key_and_password(server: Env) -> None:
     for kwargs in ({"pkey": key}, {"password": ALICE_PASSWORD}):
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        client.connect("127.0.0.1", port=server.port, username="alice", look_for_keys=False,
-                       allow_agent=False, timeout=20, **kwargs)
+        client.connect(
+            "127.0.0.1",
+            port=server.port,
+            username="alice",
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=20,
+            **kwargs,
+        )
         try:
             sftp = client.open_sftp()
             name = f"paramiko-{'key' if 'pkey' in kwargs else 'pw'}.txt"
@@ -96,7 +129,10 @@ def test_asyncssh_client_with_key(server: Env) -> None:
 
     async def run() -> None:
         async with asyncssh.connect(
-            "127.0.0.1", port=server.port, username="alice", client_keys=[str(server.key_path)],
+            "127.0.0.1",
+            port=server.port,
+            username="alice",
+            client_keys=[str(server.key_path)],
             known_hosts=None,
         ) as conn:
             async with conn.start_sftp_client() as sftp:
@@ -141,7 +177,10 @@ def test_weak_algorithms_not_negotiable(server: Env, opts: list[str]) -> None:
 
 def test_server_banner_and_sigterm_exit_zero(make_server) -> None:  # type: ignore[no-untyped-def]
     env = make_server()
-    res = subprocess.run(["ssh", *env.ssh_opts(port_flag="-p"), "-v", "-T", "alice@127.0.0.1"],
-                         capture_output=True, timeout=60)
+    res = subprocess.run(
+        ["ssh", *env.ssh_opts(port_flag="-p"), "-v", "-T", "alice@127.0.0.1"],
+        capture_output=True,
+        timeout=60,
+    )
     assert b"Remote protocol version 2.0, remote software version sftpd_" in res.stderr
     assert env.server.stop() == 0

@@ -12,11 +12,11 @@ from twisted.conch.error import ValidPublicKey
 from twisted.conch.ssh import keys
 from twisted.conch.ssh.common import getNS
 from twisted.cred import credentials
+from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
-from twisted.cred.checkers import ICredentialsChecker
 
 from sftpd.auth.users import UserDB
 from sftpd.blocking import Blocking
@@ -58,7 +58,7 @@ class PasswordChecker:
         self._blocking = blocking
         self._dummy = dummy_hash
 
-    def requestAvatarId(self, creds: Any) -> defer.Deferred[bytes]:
+    def requestAvatarId(self, creds: Any) -> defer.Deferred[bytes | tuple[()]]:
         name = creds.username.decode("utf-8", "replace")
         user = self._users.get(name)
         stored = user.password_hash if user is not None and user.password_hash else None
@@ -70,7 +70,7 @@ class PasswordChecker:
 
         d = self._blocking.run(check)
 
-        def decide(ok: bool) -> bytes:
+        def decide(ok: bool) -> bytes | tuple[()]:
             if not ok:
                 raise UnauthorizedLogin("wrong password or unknown user")
             return creds.username  # type: ignore[no-any-return]
@@ -95,13 +95,13 @@ class PublicKeyChecker:
     def __init__(self, users: UserDB) -> None:
         self._users = users
 
-    def requestAvatarId(self, creds: Any) -> defer.Deferred[bytes]:
+    def requestAvatarId(self, creds: Any) -> defer.Deferred[bytes | tuple[()]]:
         try:
             return defer.succeed(self._check(creds))
         except Exception:
             return defer.fail()
 
-    def _check(self, creds: Any) -> bytes:
+    def _check(self, creds: Any) -> bytes | tuple[()]:
         name = creds.username.decode("utf-8", "replace")
         user = self._users.get(name)
         blob: bytes = creds.blob

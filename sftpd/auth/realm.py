@@ -32,8 +32,10 @@ class Realm:
         self._clock = clock
         self._max_sessions = max_sessions
 
-    def requestAvatar(self, avatarId: bytes, mind: Any, *interfaces: Any) -> tuple[Any, Avatar, Callable[[], None]]:
-        if IConchUser not in interfaces:
+    def requestAvatar(
+        self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any
+    ) -> tuple[Any, Avatar, Callable[[], None]]:
+        if IConchUser not in interfaces or not isinstance(avatarId, bytes):
             raise NotImplementedError("only SSH users")
         user = self._users.get(avatarId.decode("utf-8"))
         if user is None:

@@ -30,18 +30,20 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
     """Conch's userauth with sftpd's limits and one log line per decided attempt."""
 
     def serviceStarted(self) -> None:
-        factory = self.transport.factory
+        t: Any = self.transport
+        factory = t.factory
         settings: AuthSettings = factory.auth_settings
         self.clock = factory.clock
-        self.loginTimeout = settings.login_grace_time
+        self.loginTimeout = settings.login_grace_time  # type: ignore[assignment]
         # Conch disconnects once failures exceed this; OpenSSH's MaxAuthTries counts to N.
         self.attemptsBeforeDisconnect = max(0, settings.max_auth_tries - 1)
-        self.passwordDelay = settings.failure_delay
+        self.passwordDelay = settings.failure_delay  # type: ignore[assignment]
         super().serviceStarted()
 
     def _peer(self) -> str:
         try:
-            peer = self.transport.transport.getPeer()
+            t: Any = self.transport
+            peer = t.transport.getPeer()
             return f"{peer.host}:{peer.port}"
         except Exception:
             return "?"
