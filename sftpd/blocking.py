@@ -16,7 +16,9 @@ T = TypeVar("T")
 class Blocking(Protocol):
     """Something that runs a blocking callable and returns a Deferred of its result."""
 
-    def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> defer.Deferred[T]: ...
+    def run(
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> defer.Deferred[T]: ...
 
 
 class ThreadPoolBlocking:

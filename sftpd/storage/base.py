@@ -92,7 +92,9 @@ class Storage(Protocol):
 
     def statvfs(self, path: str) -> os.statvfs_result: ...
 
-    def copy_range(self, src: File, src_offset: int, length: int, dst: File, dst_offset: int) -> None:
+    def copy_range(
+        self, src: File, src_offset: int, length: int, dst: File, dst_offset: int
+    ) -> None:
         """Copy ``length`` bytes (0 = to end of file) between two open files, in kernel
         (copy_file_range, reflinks where the file system has them) where possible."""
         ...
