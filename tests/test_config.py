@@ -109,7 +109,7 @@ authorized_keys_file = "alice.pub"
 
 def test_every_key(tmp_path: Path) -> None:
     (tmp_path / "moduli").write_text("")
-    alice = user(
+    alice_toml = user(
         'home = "/in/../up"\nread_only = true\nallow_rsync = false\nallow_exec = true\n'
         f'authorized_keys = ["{KEY}"]'
     )
@@ -143,7 +143,7 @@ allow_hashes = false
 allow_rsync = false
 rsync_path = "/usr/bin/rsync"
 bwrap_path = "/usr/bin/bwrap"
-{alice}
+{alice_toml}
 """,
     )
     config = load_config(cfg)

@@ -99,8 +99,8 @@ def test_missing_pub_file_is_rewritten(
 def test_load_host_keys_maps_type_to_private_key(created: tuple[Path, list[HostKeyInfo]]) -> None:
     keys = load_host_keys(created[0])
     assert sorted(keys) == [b"ecdsa-sha2-nistp256", b"ssh-ed25519", b"ssh-rsa"]
-    assert all(not k.isPublic() for k in keys.values())
-    assert keys[b"ssh-rsa"].size() == 3072
+    assert all(not k.isPublic() for k in keys.values())  # type: ignore[no-untyped-call]
+    assert keys[b"ssh-rsa"].size() == 3072  # type: ignore[no-untyped-call]
 
 
 def test_group_readable_private_key_is_refused(
