@@ -40,7 +40,12 @@ class ConnectionTransport(ServerTransport):
     def connectionMade(self) -> None:
         self._opened = time.monotonic()
         self.factory.live.add(self)
-        log.info("connection open: peer={peer}", peer=self._peer_text(), event="connection_open")
+        log.info(
+            "connection open: peer={peer} pid={pid}",
+            peer=self._peer_text(),
+            pid=os.getpid(),
+            event="connection_open",
+        )
         super().connectionMade()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -208,10 +213,25 @@ def listen(factory: Factory, config: Config, reactor: Any) -> list[IListeningPor
     return ports
 
 
+def adopt(factory: Factory, fds: str, reactor: Any) -> list[IListeningPort]:
+    """Accept on listening sockets inherited from the worker supervisor."""
+    from sftpd.workers import decode_fds
+
+    return [reactor.adoptStreamPort(fd, family, factory) for fd, family in decode_fds(fds)]
+
+
 def serve(config: Config, *, log_format: str | None = None, reactor: Any = None) -> int:
-    """Run the server in the foreground until SIGINT/SIGTERM; return the exit code."""
+    """Run the server in the foreground until SIGINT/SIGTERM; return the exit code.
+
+    With ``workers > 1`` this process becomes a supervisor of that many worker processes
+    sharing the listening sockets (each a full server on its own core)."""
     from sftpd.hostkeys import load_host_keys
     from sftpd.log import start_logging
+    from sftpd.workers import WORKER_FDS_ENV, supervise
+
+    inherited = os.environ.get(WORKER_FDS_ENV)
+    if inherited is None and config.server.workers > 1:
+        return supervise(config, log_format=log_format)
 
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -230,7 +250,9 @@ def serve(config: Config, *, log_format: str | None = None, reactor: Any = None)
         dummy_hash=make_dummy_hash(_dummy_rounds(config)),
     )
     try:
-        ports = listen(factory, config, reactor)
+        ports = (
+            adopt(factory, inherited, reactor) if inherited else listen(factory, config, reactor)
+        )
     except Exception as exc:
         print(f"sftpd: cannot listen: {exc}", file=sys.stderr)
         return 1

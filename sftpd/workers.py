@@ -1,0 +1,103 @@
+"""Several full server processes sharing the listening sockets, so sessions use every core."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sftpd.config import Config
+
+WORKER_FDS_ENV = "SFTPD_WORKER_FDS"
+
+
+def bind_sockets(listen: Sequence[tuple[str, int]]) -> list[socket.socket]:
+    """Bind and listen on each address once (port 0 picks a free port)."""
+    socks: list[socket.socket] = []
+    for host, port in listen:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind((host, port))
+        s.listen(512)
+        s.setblocking(False)
+        socks.append(s)
+    return socks
+
+
+def encode_fds(socks: Sequence[socket.socket]) -> str:
+    """The environment value a worker reads: 'fd:family,...'."""
+    return ",".join(f"{s.fileno()}:{int(s.family)}" for s in socks)
+
+
+def decode_fds(value: str) -> list[tuple[int, socket.AddressFamily]]:
+    """Parse WORKER_FDS_ENV."""
+    out: list[tuple[int, socket.AddressFamily]] = []
+    for item in value.split(","):
+        fd, fam = item.split(":")
+        out.append((int(fd), socket.AddressFamily(int(fam))))
+    return out
+
+
+def supervise(config: Config, *, log_format: str | None = None) -> int:
+    """Start ``config.server.workers`` worker processes on shared sockets; restart any that
+    die; on SIGTERM/SIGINT stop them all and return 0."""
+    if config.source is None:
+        print("sftpd: workers > 1 needs a configuration file", file=sys.stderr)
+        return 2
+    try:
+        socks = bind_sockets(config.server.listen)
+    except OSError as exc:
+        print(f"sftpd: cannot listen: {exc.strerror}", file=sys.stderr)
+        return 1
+    for s in socks:
+        host, port = s.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"sftpd: listening on {shown}:{port}", file=sys.stderr, flush=True)
+    argv = [sys.executable, "-m", "sftpd", "serve", "--config", str(config.source)]
+    if log_format:
+        argv += ["--log-format", log_format]
+    env = dict(os.environ, **{WORKER_FDS_ENV: encode_fds(socks)})
+    fds = [s.fileno() for s in socks]
+    children: dict[int, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def spawn() -> None:
+        p = subprocess.Popen(argv, env=env, pass_fds=fds, stdin=subprocess.DEVNULL)
+        children[p.pid] = p
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in children.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for _ in range(config.server.workers):
+        spawn()
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        children.pop(pid, None)
+        if not stopping:
+            code = os.waitstatus_to_exitcode(status)
+            print(
+                f"sftpd: worker {pid} exited with {code}; restarting", file=sys.stderr, flush=True
+            )
+            time.sleep(1.0)
+            if not stopping:
+                spawn()
+    for s in socks:
+        s.close()
+    return 0
