@@ -6,6 +6,8 @@ import base64
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import bcrypt
@@ -607,3 +609,11 @@ def test_embedded_default_data_not_creatable(tmp_path: Path) -> None:
         f"(embedded default): users[0].root: {tmp_path / 'data'} exists but is not a "
         "directory; expected a directory"
     )
+
+
+def test_config_modules_do_not_import_twisted() -> None:
+    code = (
+        "import sys, sftpd.config, sftpd.config_values\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope')]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
