@@ -410,3 +410,12 @@ Response = (
     | AttrsResponse
     | ExtendedReply
 )
+
+
+class StatusError(Exception):
+    """Raised inside request handling to answer with a specific status and message."""
+
+    def __init__(self, code: Status, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

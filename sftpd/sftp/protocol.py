@@ -1,0 +1,167 @@
+"""Thin glue for the sftp subsystem: channel bytes -> framer -> handler -> channel."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sftpd.errors import FramingError
+from sftpd.session_api import ChannelIO, SessionContext
+from sftpd.sftp import messages as m
+from sftpd.sftp.codec import Framer, Packet, decode_request, encode_response
+from sftpd.sftp.handler import SftpHandler
+
+log = Logger(namespace="sftpd.sftp")
+
+# Stop dispatching while this much of our output waits for the client's window.
+MAX_PENDING_OUTPUT = 4 * 1024 * 1024
+# At most this many requests being served at once (replies may complete out of order).
+MAX_IN_FLIGHT = 128
+# Received but not yet dispatched input beyond this closes the session.
+MAX_BUFFERED_INPUT = 8 * 1024 * 1024
+
+
+class SftpApp:
+    """One SFTP session on a channel (implements ChannelApp).
+
+    Requests are dispatched in arrival order; their replies are written as they
+    complete. While the channel holds more than ``max_pending_output`` unsent bytes, or
+    ``max_in_flight`` requests are being served, further packets stay queued
+    (undecoded) until ``output_drained`` or a reply frees room; a client that keeps
+    sending past ``max_buffered_input`` queued bytes is disconnected.
+    """
+
+    def __init__(
+        self,
+        ctx: SessionContext,
+        io: ChannelIO,
+        *,
+        handler: SftpHandler | None = None,
+        max_pending_output: int = MAX_PENDING_OUTPUT,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        max_buffered_input: int = MAX_BUFFERED_INPUT,
+    ) -> None:
+        self._ctx = ctx
+        self._io = io
+        self._handler = handler if handler is not None else SftpHandler(ctx)
+        self._max_pending_output = max_pending_output
+        self._max_in_flight = max_in_flight
+        self._max_buffered_input = max_buffered_input
+        self._framer = Framer()
+        self._queue: deque[Packet] = deque()
+        self._queued_bytes = 0
+        self._in_flight = 0
+        self._pumping = False
+        self._closed = False
+        self._eof = False
+
+    @property
+    def handler(self) -> SftpHandler:
+        return self._handler
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def queued(self) -> int:
+        """Received bytes not yet dispatched (queued packets plus a partial one)."""
+        return self._queued_bytes + self._framer.buffered()
+
+    # ---- ChannelApp ------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            packets = self._framer.feed(data)
+        except FramingError as exc:
+            self._abort("framing error: {error}", error=str(exc))
+            return
+        if packets:
+            self._queue.extend(packets)
+            self._queued_bytes += sum(len(packet) for packet in packets)
+        if self.queued() > self._max_buffered_input:
+            self._abort("client sent {size} bytes without reading replies", size=self.queued())
+            return
+        self._pump()
+
+    def eof_received(self) -> None:
+        self._eof = True
+        self._maybe_finish()
+
+    def output_drained(self) -> None:
+        self._pump()
+
+    def connection_lost(self) -> None:
+        self._closed = True
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._handler.close_all()
+
+    # ---- dispatch --------------------------------------------------------------------
+    def _pump(self) -> None:
+        if self._pumping:
+            return  # a reply completed synchronously inside the loop below
+        self._pumping = True
+        try:
+            queue = self._queue
+            while queue and not self._closed:
+                if self._in_flight >= self._max_in_flight:
+                    break
+                if self._io.pending_output() > self._max_pending_output:
+                    break
+                packet = queue.popleft()
+                self._queued_bytes -= len(packet)
+                self._dispatch(packet)
+        finally:
+            self._pumping = False
+        self._maybe_finish()
+
+    def _dispatch(self, packet: Packet) -> None:
+        try:
+            request = decode_request(packet)
+        except m.RequestDecodeError as exc:
+            if exc.request_id is None:
+                self._abort("undecodable packet without a request id: {error}", error=str(exc))
+                return
+            log.debug("bad message {error}", error=str(exc))
+            self._io.write(encode_response(SftpHandler.bad_message(exc.request_id, exc)))
+            return
+        self._in_flight += 1
+        d = self._handler.handle(request)
+        d.addCallback(self._reply)
+        d.addErrback(self._reply_failed)
+
+    def _reply(self, response: m.Response) -> None:
+        self._in_flight -= 1
+        if not self._closed:
+            self._io.write(encode_response(response))
+            self._pump()
+
+    def _reply_failed(self, failure: Failure) -> None:
+        log.failure("SFTP reply could not be sent", failure)
+
+    def _maybe_finish(self) -> None:
+        if self._eof and not self._closed and not self._queue and not self._in_flight:
+            self._closed = True
+            self._io.exit(0)
+            self._handler.close_all()
+
+    def _abort(self, reason: str, **fields: object) -> None:
+        log.warn(
+            "closing SFTP session of {user} ({session}): " + reason,
+            user=self._ctx.username,
+            session=self._ctx.session_id,
+            **fields,
+        )
+        self._closed = True
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._io.exit(1)
+        self._handler.close_all()
+
+
+def make_sftp_app(ctx: SessionContext, io: ChannelIO) -> SftpApp:
+    """The app the session channel runs for the 'sftp' subsystem."""
+    return SftpApp(ctx, io)
