@@ -1,0 +1,442 @@
+"""SSH packet protection for one direction: none, CTR/CBC + HMAC (EtM or not), AES-GCM, ChaCha20."""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
+from cryptography.hazmat.primitives.ciphers import (
+    Cipher,
+    CipherAlgorithm,
+    CipherContext,
+    algorithms,
+    modes,
+)
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+# Largest packet_length accepted (RFC 4253 asks for at least 35000; OpenSSH sends up to 256 KiB).
+MAX_PACKET = 1 << 20
+_MASK64 = (1 << 64) - 1
+
+_SEQ = struct.Struct(">I")
+_LEN = struct.Struct(">I")
+_HEAD = struct.Struct(">IBB")  # packet_length, padding_length, message type
+_PADTYPE = struct.Struct(">BB")  # padding_length, message type
+_NONCE64 = struct.Struct(">Q")
+_ZERO8 = bytes(8)
+_ZERO16 = bytes(16)
+_ZERO64 = bytes(64)
+
+Padding = Callable[[int], bytes]
+
+
+class PacketError(Exception):
+    """The peer sent a malformed packet (bad length, alignment or padding)."""
+
+
+class MacError(PacketError):
+    """A packet failed its integrity check."""
+
+
+class Sealer(Protocol):
+    """Turns one outgoing message into wire bytes (a list of chunks to write in order)."""
+
+    def seal(self, seq: int, msg_type: int, body: bytes) -> list[bytes]: ...
+
+
+class Opener(Protocol):
+    """Reads incoming packets: ``start`` on the first ``head_size`` bytes, ``finish`` on all."""
+
+    head_size: int
+
+    def start(self, seq: int, head: memoryview) -> int:
+        """Return the packet's whole size on the wire (length field, packet, tag)."""
+        ...
+
+    def finish(self, seq: int, wire: memoryview) -> tuple[int, bytes]:
+        """Check and decrypt the packet; return (message type, message body)."""
+        ...
+
+
+@dataclass(frozen=True)
+class CipherSpec:
+    """Key material sizes, padding block size and construction of one cipher."""
+
+    key_size: int
+    iv_size: int
+    block_size: int
+    kind: str  # "none", "stream" (CTR/CBC contexts), "gcm", "chacha"
+    algorithm: Callable[[bytes], CipherAlgorithm] | None = None
+    mode: Callable[[bytes], modes.CBC | modes.CTR] | None = None
+
+
+@dataclass(frozen=True)
+class MacSpec:
+    """Hash, key/tag size and ordering (encrypt-then-MAC or not) of one MAC."""
+
+    hash: Callable[[], hashes.HashAlgorithm]
+    size: int
+    etm: bool
+
+
+CIPHERS: dict[bytes, CipherSpec] = {
+    b"chacha20-poly1305@openssh.com": CipherSpec(64, 0, 8, "chacha"),
+    b"aes128-gcm@openssh.com": CipherSpec(16, 12, 16, "gcm"),
+    b"aes256-gcm@openssh.com": CipherSpec(32, 12, 16, "gcm"),
+    b"aes128-ctr": CipherSpec(16, 16, 16, "stream", algorithms.AES, modes.CTR),
+    b"aes192-ctr": CipherSpec(24, 16, 16, "stream", algorithms.AES, modes.CTR),
+    b"aes256-ctr": CipherSpec(32, 16, 16, "stream", algorithms.AES, modes.CTR),
+    # Legacy, offered only when an administrator lists them explicitly.
+    b"aes128-cbc": CipherSpec(16, 16, 16, "stream", algorithms.AES, modes.CBC),
+    b"aes192-cbc": CipherSpec(24, 16, 16, "stream", algorithms.AES, modes.CBC),
+    b"aes256-cbc": CipherSpec(32, 16, 16, "stream", algorithms.AES, modes.CBC),
+    b"3des-cbc": CipherSpec(24, 8, 8, "stream", TripleDES, modes.CBC),
+}
+NONE_CIPHER = CipherSpec(0, 0, 8, "none")
+
+MACS: dict[bytes, MacSpec] = {
+    b"hmac-sha2-256-etm@openssh.com": MacSpec(hashes.SHA256, 32, True),
+    b"hmac-sha2-512-etm@openssh.com": MacSpec(hashes.SHA512, 64, True),
+    b"hmac-sha2-256": MacSpec(hashes.SHA256, 32, False),
+    b"hmac-sha2-512": MacSpec(hashes.SHA512, 64, False),
+    # Legacy, offered only when an administrator lists them explicitly.
+    b"hmac-sha1": MacSpec(hashes.SHA1, 20, False),
+    b"hmac-md5": MacSpec(hashes.MD5, 16, False),
+}
+
+
+def is_aead(cipher: bytes) -> bool:
+    """True when the cipher authenticates by itself (no MAC is negotiated with it)."""
+    spec = CIPHERS.get(cipher)
+    return spec is not None and spec.kind in ("gcm", "chacha")
+
+
+def _padding_length(payload_len: int, block: int, aad: bool) -> int:
+    """Random padding length: at least 4, aligning the (non-AAD part of the) packet to ``block``."""
+    covered = payload_len + 1 + (0 if aad else 4)
+    pad = block - covered % block
+    return pad + block if pad < 4 else pad
+
+
+def _split(plain: bytes, length: int) -> tuple[int, int]:
+    """Validate padding_length of a decrypted packet; return (padding length, body end)."""
+    padlen = plain[0]
+    if padlen < 4 or padlen > length - 2:
+        raise PacketError(f"bad padding length {padlen} in packet of {length}")
+    return padlen, 4 + length - padlen
+
+
+class _Hmac:
+    """One keyed HMAC template per direction, copied for each packet."""
+
+    __slots__ = ("size", "template")
+
+    def __init__(self, spec: MacSpec, key: bytes) -> None:
+        self.size = spec.size
+        self.template = crypto_hmac.HMAC(key[: spec.size], spec.hash())
+
+    def check(self, h: crypto_hmac.HMAC, tag: memoryview) -> None:
+        try:
+            h.verify(bytes(tag))
+        except InvalidSignature:
+            raise MacError("bad MAC") from None
+
+
+class StreamSealer:
+    """none, or a CTR/CBC context with an HMAC, either over plaintext or (EtM) over ciphertext."""
+
+    def __init__(
+        self,
+        block: int,
+        ctx: CipherContext | None,
+        mac: _Hmac | None,
+        etm: bool,
+        padding: Padding = os.urandom,
+    ) -> None:
+        self._block = block
+        self._ctx = ctx
+        self._mac = mac
+        self._etm = etm
+        self._padding = padding
+
+    def seal(self, seq: int, msg_type: int, body: bytes) -> list[bytes]:
+        etm = self._etm
+        padlen = _padding_length(len(body) + 1, self._block, etm)
+        head = _HEAD.pack(len(body) + 2 + padlen, padlen, msg_type)
+        pad = self._padding(padlen)
+        ctx = self._ctx
+        mac = self._mac
+        if ctx is None:
+            return [head, body, pad]
+        if mac is None:
+            return [ctx.update(head), ctx.update(body), ctx.update(pad)]
+        h = mac.template.copy()
+        h.update(_SEQ.pack(seq))
+        if etm:
+            clear = head[:4]
+            out = [clear, ctx.update(head[4:]), ctx.update(body), ctx.update(pad)]
+            for chunk in out:
+                h.update(chunk)
+            out.append(h.finalize())
+            return out
+        h.update(head)
+        h.update(body)
+        h.update(pad)
+        return [ctx.update(head), ctx.update(body), ctx.update(pad), h.finalize()]
+
+
+class StreamOpener:
+    """Inverse of StreamSealer. EtM verifies before it decrypts; the old order cannot."""
+
+    def __init__(
+        self,
+        block: int,
+        ctx: CipherContext | None,
+        mac: _Hmac | None,
+        etm: bool,
+        chained: bool = False,
+    ) -> None:
+        self._block = block
+        self._chained = chained  # CBC: decrypt whole blocks only
+        self._ctx = ctx
+        self._mac = mac
+        self._etm = etm
+        self._tag = mac.size if mac else 0
+        self.head_size = 4 if etm else block
+        self._first = b""
+        self._length = 0
+
+    def start(self, seq: int, head: memoryview) -> int:
+        if self._etm:
+            length: int = _LEN.unpack_from(head)[0]
+            aligned = length % self._block == 0
+        else:
+            first = self._ctx.update(head) if self._ctx is not None else bytes(head)
+            self._first = first
+            length = _LEN.unpack_from(first)[0]
+            aligned = (length + 4) % self._block == 0
+        if length < 5 or length > MAX_PACKET or not aligned:
+            raise PacketError(f"bad packet length {length}")
+        self._length = length
+        return 4 + length + self._tag
+
+    def finish(self, seq: int, wire: memoryview) -> tuple[int, bytes]:
+        length = self._length
+        end = 4 + length
+        mac = self._mac
+        ctx = self._ctx
+        if self._etm:
+            assert mac is not None and ctx is not None  # EtM is built only with a cipher and MAC
+            h = mac.template.copy()
+            h.update(_SEQ.pack(seq))
+            h.update(wire[:end])
+            mac.check(h, wire[end:])
+            if self._chained:
+                plain = ctx.update(wire[4:end])
+                padlen, body_end = _split(plain, length)
+                return plain[1], plain[2 : body_end - 4]
+            start = ctx.update(wire[4:6])
+            padlen, body_end = _split(start, length)
+            body = ctx.update(wire[6:body_end])
+            ctx.update(wire[body_end:end])  # keep the CTR keystream in step
+            return start[1], body
+        first = self._first
+        self._first = b""
+        block = self._block
+        rest = ctx.update(wire[block:end]) if ctx is not None else bytes(wire[block:end])
+        if mac is not None:
+            h = mac.template.copy()
+            h.update(_SEQ.pack(seq))
+            h.update(first)
+            h.update(rest)
+            mac.check(h, wire[end:])
+        padlen, body_end = _split(first[4:], length)
+        if body_end <= block:
+            body = first[6:body_end]
+        else:
+            body = b"".join((first[6:], memoryview(rest)[: body_end - block]))
+        return first[5], body
+
+
+class GcmSealer:
+    """AES-GCM as OpenSSH does it: length as AAD, 4-byte fixed + 8-byte counter nonce."""
+
+    def __init__(self, key: bytes, iv: bytes, padding: Padding = os.urandom) -> None:
+        self._aead = AESGCM(key)
+        self._fixed = iv[:4]
+        self._counter = int.from_bytes(iv[4:12], "big")
+        self._padding = padding
+
+    def seal(self, seq: int, msg_type: int, body: bytes) -> list[bytes]:
+        padlen = _padding_length(len(body) + 1, 16, True)
+        clear = _LEN.pack(len(body) + 2 + padlen)
+        plain = b"".join((_PADTYPE.pack(padlen, msg_type), body, self._padding(padlen)))
+        nonce = self._fixed + _NONCE64.pack(self._counter)
+        self._counter = (self._counter + 1) & _MASK64
+        return [clear, self._aead.encrypt(nonce, plain, clear)]
+
+
+class GcmOpener:
+    """Inverse of GcmSealer."""
+
+    head_size = 4
+
+    def __init__(self, key: bytes, iv: bytes) -> None:
+        self._aead = AESGCM(key)
+        self._fixed = iv[:4]
+        self._counter = int.from_bytes(iv[4:12], "big")
+        self._length = 0
+
+    def start(self, seq: int, head: memoryview) -> int:
+        length: int = _LEN.unpack_from(head)[0]
+        if length < 16 or length > MAX_PACKET or length % 16:
+            raise PacketError(f"bad packet length {length}")
+        self._length = length
+        return 4 + length + 16
+
+    def finish(self, seq: int, wire: memoryview) -> tuple[int, bytes]:
+        nonce = self._fixed + _NONCE64.pack(self._counter)
+        self._counter = (self._counter + 1) & _MASK64
+        try:
+            plain = self._aead.decrypt(nonce, wire[4:], wire[:4])
+        except InvalidTag:
+            raise MacError("bad AES-GCM tag") from None
+        padlen, body_end = _split(plain, self._length)
+        return plain[1], plain[2 : body_end - 4]
+
+
+def _chacha_nonce(seq: int) -> bytes:
+    """cryptography's 16-byte ChaCha20 nonce for block counter 0 and OpenSSH's 64-bit nonce.
+
+    OpenSSH uses the original ChaCha20 (64-bit little-endian block counter, then a 64-bit
+    nonce: the sequence number as a big-endian uint64). cryptography takes the last four
+    state words as 16 bytes, so that is 8 zero bytes (counter) followed by the nonce.
+    """
+    return _ZERO8 + _NONCE64.pack(seq)
+
+
+class _ChaCha:
+    """The two ChaCha20 instances of chacha20-poly1305@openssh.com, rewound per packet."""
+
+    def __init__(self, key: bytes) -> None:
+        # The first 256 bits are K_2 (payload), the second K_1 (length).
+        self.main = Cipher(algorithms.ChaCha20(key[:32], _ZERO16), None).encryptor()
+        self.length = Cipher(algorithms.ChaCha20(key[32:64], _ZERO16), None).encryptor()
+
+    def poly_key(self, nonce: bytes) -> bytes:
+        """Rewind K_2 to block 0, take the Poly1305 key; the stream is then at block 1."""
+        main = self.main
+        main.reset_nonce(nonce)
+        return main.update(_ZERO64)[:32]
+
+
+class ChaChaSealer:
+    """chacha20-poly1305@openssh.com (PROTOCOL.chacha20poly1305)."""
+
+    def __init__(self, key: bytes, padding: Padding = os.urandom) -> None:
+        self._c = _ChaCha(key)
+        self._padding = padding
+
+    def seal(self, seq: int, msg_type: int, body: bytes) -> list[bytes]:
+        c = self._c
+        padlen = _padding_length(len(body) + 1, 8, True)
+        nonce = _chacha_nonce(seq)
+        c.length.reset_nonce(nonce)
+        out = [c.length.update(_LEN.pack(len(body) + 2 + padlen))]
+        poly = Poly1305(c.poly_key(nonce))
+        main = c.main
+        out.append(main.update(_PADTYPE.pack(padlen, msg_type)))
+        out.append(main.update(body))
+        out.append(main.update(self._padding(padlen)))
+        for chunk in out:
+            poly.update(chunk)
+        out.append(poly.finalize())
+        return out
+
+
+class ChaChaOpener:
+    """Inverse of ChaChaSealer: the tag is checked before anything but the length is decrypted."""
+
+    head_size = 4
+
+    def __init__(self, key: bytes) -> None:
+        self._c = _ChaCha(key)
+        self._length = 0
+
+    def start(self, seq: int, head: memoryview) -> int:
+        lc = self._c.length
+        lc.reset_nonce(_chacha_nonce(seq))
+        length: int = _LEN.unpack(lc.update(head))[0]
+        if length < 8 or length > MAX_PACKET or length % 8:
+            raise PacketError(f"bad packet length {length}")
+        self._length = length
+        return 4 + length + 16
+
+    def finish(self, seq: int, wire: memoryview) -> tuple[int, bytes]:
+        end = 4 + self._length
+        key = self._c.poly_key(_chacha_nonce(seq))
+        try:
+            Poly1305.verify_tag(key, wire[:end], bytes(wire[end:]))
+        except InvalidSignature:
+            raise MacError("bad Poly1305 tag") from None
+        main = self._c.main
+        start = main.update(wire[4:6])
+        padlen, body_end = _split(start, self._length)
+        return start[1], main.update(wire[6:body_end])
+
+
+def _stream_context(spec: CipherSpec, key: bytes, iv: bytes) -> Cipher[modes.CBC | modes.CTR]:
+    assert spec.algorithm is not None and spec.mode is not None
+    return Cipher(spec.algorithm(key[: spec.key_size]), spec.mode(iv[: spec.block_size]))
+
+
+def _mac(mac: bytes, key: bytes) -> tuple[_Hmac, bool]:
+    spec = MACS[mac]
+    return _Hmac(spec, key), spec.etm
+
+
+def make_sealer(
+    cipher: bytes,
+    mac: bytes | None,
+    key: bytes,
+    iv: bytes,
+    mac_key: bytes,
+    padding: Padding = os.urandom,
+) -> Sealer:
+    """Outgoing protection for a negotiated cipher (and MAC, None for AEAD ciphers)."""
+    if cipher == b"none":
+        return StreamSealer(8, None, None, False, padding)
+    spec = CIPHERS[cipher]
+    if spec.kind == "chacha":
+        return ChaChaSealer(key[:64], padding)
+    if spec.kind == "gcm":
+        return GcmSealer(key[: spec.key_size], iv[:12], padding)
+    if mac is None:
+        raise ValueError(f"{cipher!r} needs a MAC")
+    hm, etm = _mac(mac, mac_key)
+    ctx = _stream_context(spec, key, iv).encryptor()
+    return StreamSealer(spec.block_size, ctx, hm, etm, padding)
+
+
+def make_opener(cipher: bytes, mac: bytes | None, key: bytes, iv: bytes, mac_key: bytes) -> Opener:
+    """Incoming protection for a negotiated cipher (and MAC, None for AEAD ciphers)."""
+    if cipher == b"none":
+        return StreamOpener(8, None, None, False)
+    spec = CIPHERS[cipher]
+    if spec.kind == "chacha":
+        return ChaChaOpener(key[:64])
+    if spec.kind == "gcm":
+        return GcmOpener(key[: spec.key_size], iv[:12])
+    if mac is None:
+        raise ValueError(f"{cipher!r} needs a MAC")
+    hm, etm = _mac(mac, mac_key)
+    ctx = _stream_context(spec, key, iv).decryptor()
+    return StreamOpener(spec.block_size, ctx, hm, etm, chained=spec.mode is modes.CBC)
