@@ -16,20 +16,24 @@ from sftpd.config import Config
 WORKER_FDS_ENV = "SFTPD_WORKER_FDS"
 
 
-def bind_sockets(listen: Sequence[tuple[str, int]]) -> list[socket.socket]:
-    """Bind and listen on each address once (port 0 picks a free port)."""
-    socks: list[socket.socket] = []
+def bind_sockets(listen: Sequence[tuple[str, int]], copies: int) -> list[list[socket.socket]]:
+    """For each worker, one SO_REUSEPORT socket per address, all bound to the same ports
+    (port 0 picks a free port for the first copy), so the kernel spreads connections."""
+    per_worker: list[list[socket.socket]] = [[] for _ in range(copies)]
     for host, port in listen:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        s = socket.socket(family, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        s.bind((host, port))
-        s.listen(512)
-        s.setblocking(False)
-        socks.append(s)
-    return socks
+        for i in range(copies):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind((host, port))
+            port = s.getsockname()[1]
+            s.listen(512)
+            s.setblocking(False)
+            per_worker[i].append(s)
+    return per_worker
 
 
 def encode_fds(socks: Sequence[socket.socket]) -> str:
@@ -53,25 +57,28 @@ def supervise(config: Config, *, log_format: str | None = None) -> int:
         print("sftpd: workers > 1 needs a configuration file", file=sys.stderr)
         return 2
     try:
-        socks = bind_sockets(config.server.listen)
+        sockets = bind_sockets(config.server.listen, config.server.workers)
     except OSError as exc:
         print(f"sftpd: cannot listen: {exc.strerror}", file=sys.stderr)
         return 1
-    for s in socks:
+    for s in sockets[0]:
         host, port = s.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"sftpd: listening on {shown}:{port}", file=sys.stderr, flush=True)
     argv = [sys.executable, "-m", "sftpd", "serve", "--config", str(config.source)]
     if log_format:
         argv += ["--log-format", log_format]
-    env = dict(os.environ, **{WORKER_FDS_ENV: encode_fds(socks)})
-    fds = [s.fileno() for s in socks]
     children: dict[int, subprocess.Popen[bytes]] = {}
+    slots: dict[int, int] = {}  # pid -> index of its sockets
     stopping = False
 
-    def spawn() -> None:
+    def spawn(slot: int) -> None:
+        socks = sockets[slot]
+        env = dict(os.environ, **{WORKER_FDS_ENV: encode_fds(socks)})
+        fds = [s.fileno() for s in socks]
         p = subprocess.Popen(argv, env=env, pass_fds=fds, stdin=subprocess.DEVNULL)
         children[p.pid] = p
+        slots[p.pid] = slot
 
     def stop(signum: int, frame: Any) -> None:
         nonlocal stopping
@@ -82,14 +89,15 @@ def supervise(config: Config, *, log_format: str | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    for _ in range(config.server.workers):
-        spawn()
+    for slot in range(config.server.workers):
+        spawn(slot)
     while children:
         try:
             pid, status = os.wait()
         except ChildProcessError:
             break
         children.pop(pid, None)
+        slot = slots.pop(pid, 0)
         if not stopping:
             code = os.waitstatus_to_exitcode(status)
             print(
@@ -97,7 +105,8 @@ def supervise(config: Config, *, log_format: str | None = None) -> int:
             )
             time.sleep(1.0)
             if not stopping:
-                spawn()
-    for s in socks:
-        s.close()
+                spawn(slot)
+    for socks in sockets:
+        for s in socks:
+            s.close()
     return 0
