@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -185,8 +186,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             _error(f"sftpd serve: cannot tell the current user name ({e}); use --config")
             return EXIT_CONFIG
         config, password = embedded_default(Path.cwd(), Path.home(), username)
-    infos = ensure_host_keys(config.server.host_keys_dir)
-    print_banner(config, infos, password, sys.stdout)
+    if os.environ.get("SFTPD_WORKER_FDS") is None:  # workers: the supervisor printed it
+        infos = ensure_host_keys(config.server.host_keys_dir)
+        print_banner(config, infos, password, sys.stdout)
     log_format = args.log_format or config.server.log_format
 
     from sftpd.server import serve  # lazy: keeps the Twisted reactor out of other commands
