@@ -30,12 +30,16 @@ from sftpd.config_values import parse_authorized_key
 from sftpd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
-HASH = bcrypt.hashpw(b"secret", bcrypt.gensalt(4)).decode()
+# A fixed salt keeps test ids identical across pytest-xdist workers.
+HASH = bcrypt.hashpw(b"secret", b"$2b$04$abcdefghijklmnopqrstuu").decode()
 
 
-def key_line(kind: str = "ed25519", comment: str = "alice@laptop") -> str:
+def key_line(kind: str = "ed25519", comment: str = "alice@laptop", seed: int = 0) -> str:
     key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-    if kind == "ed25519":
+    if kind == "ed25519" and seed:
+        # deterministic: the line appears in test ids, which must match across xdist workers
+        key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32)
+    elif kind == "ed25519":
         key = ed25519.Ed25519PrivateKey.generate()
     elif kind == "ecdsa":
         key = ec.generate_private_key(ec.SECP384R1())
@@ -51,7 +55,7 @@ def blob(line: str) -> bytes:
     return base64.b64decode(line.split()[1])
 
 
-KEY = key_line()
+KEY = key_line(seed=1)
 
 
 def write(tmp_path: Path, text: str, name: str = "sftpd.toml") -> Path:
