@@ -1,0 +1,237 @@
+"""SftpApp glue: dispatch, out-of-order replies, backpressure, bounds, framing, EOF, close."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from twisted.internet import defer
+
+from sftpd.session_api import ChannelApp
+from sftpd.sftp.constants import OpenFlag, PacketType, Status
+from sftpd.sftp.protocol import SftpApp, make_sftp_app
+from tests.test_sftp_handler import (
+    Client,
+    FakeIO,
+    TrackingStorage,
+    frame,
+    make_storage,
+    s,
+    u32,
+    u64,
+)
+from tests.test_sftp_handler import root as root  # the fixture
+
+T = TypeVar("T")
+
+
+class QueuedBlocking:
+    """Runs the real blocking calls only when the test says so (to hold requests in flight)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Any]] = []
+
+    def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> defer.Deferred[T]:
+        d: defer.Deferred[T] = defer.Deferred()
+        self.calls.append((fn, args, kwargs, d))
+        return d
+
+    def release(self, index: int = 0) -> None:
+        fn, args, kwargs, d = self.calls.pop(index)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:
+            d.errback()
+        else:
+            d.callback(result)
+
+    def release_all(self) -> None:
+        while self.calls:
+            self.release()
+
+
+class WindowIO(FakeIO):
+    """A channel whose peer window is closed: everything written stays pending."""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.pending += len(data)
+
+    def drain(self, app: SftpApp) -> None:
+        self.pending = 0
+        app.output_drained()
+
+
+def stat_packet(rid: int, path: str = "/") -> bytes:
+    return frame(bytes([PacketType.STAT]) + u32(rid) + s(path))
+
+
+def test_make_sftp_app_is_a_channel_app(root: Path) -> None:
+    c = Client(root)
+    app: ChannelApp = make_sftp_app(c.ctx, c.io)
+    assert isinstance(app, SftpApp)
+
+
+def test_many_requests_in_one_chunk_each_get_one_reply(root: Path) -> None:
+    c = Client(root)
+    c.feed(b"".join(stat_packet(i) for i in range(50)))
+    assert sorted(r.id for r in c.replies() if r.id is not None) == list(range(50))
+
+
+def test_replies_may_complete_out_of_order(root: Path) -> None:
+    blocking = QueuedBlocking()
+    c = Client(root, blocking=blocking)
+    c.feed(stat_packet(1) + stat_packet(2) + stat_packet(3))
+    assert c.replies() == [] and c.app.in_flight == 3
+    blocking.release(2)
+    blocking.release(0)
+    blocking.release(0)
+    assert [r.id for r in c.replies()] == [3, 1, 2]
+    assert c.app.in_flight == 0
+
+
+def test_pending_output_pauses_dispatch_until_drained(root: Path) -> None:
+    c = Client(root)
+    c.io.pending = 5 * 1024 * 1024
+    c.feed(b"".join(stat_packet(i) for i in range(10)))
+    assert c.replies() == [] and c.app.queued() > 0
+    c.io.pending = 0
+    c.app.output_drained()
+    assert [r.id for r in c.replies()] == list(range(10))
+    assert c.app.queued() == 0
+
+
+def test_slow_reader_stops_big_reads_at_the_output_limit(root: Path) -> None:
+    io = WindowIO()
+    (root / "big").write_bytes(os.urandom(1 << 20))
+    c = Client(root)
+    c.io = io
+    c.app = SftpApp(c.ctx, io)
+    handle = c.open("big", OpenFlag.READ)
+    read = bytes([PacketType.READ])
+    packets = [frame(read + u32(i) + s(handle) + u64(0) + u32(261120)) for i in range(40)]
+    c.feed(b"".join(packets))
+    first = c.replies()
+    # Dispatch stops once more than 4 MiB wait for the window: 17 * 255 KiB > 4 MiB.
+    assert len(first) == 17 and all(r.type == PacketType.DATA for r in first)
+    assert io.pending > 4 * 1024 * 1024
+    c.feed(stat_packet(999))  # still queued behind the reads
+    assert c.replies() == []
+    io.drain(c.app)
+    assert len(c.replies()) == 17
+    io.drain(c.app)
+    io.drain(c.app)
+    rest = c.replies()
+    assert [r.id for r in rest][-1] == 999 and len(first) + 17 + len(rest) == 41
+
+
+def test_in_flight_requests_are_bounded(root: Path) -> None:
+    blocking = QueuedBlocking()
+    c = Client(root, blocking=blocking)
+    c.feed(b"".join(stat_packet(i) for i in range(200)))
+    assert c.app.in_flight == 128 and len(blocking.calls) == 128
+    blocking.release_all()  # completing replies lets the queued 72 in, and they complete too
+    ids = [r.id for r in c.replies()]
+    assert sorted(ids) == list(range(200))  # type: ignore[type-var]
+    assert c.app.in_flight == 0
+
+
+def test_flooding_without_reading_closes_the_session(root: Path) -> None:
+    c = Client(root)
+    c.io.pending = 1 << 30  # the client never reads
+    write = bytes([PacketType.WRITE]) + u32(1) + s(b"h") + u64(0) + s(b"x" * 200_000)
+    for _ in range(50):
+        c.feed(frame(write))
+        if c.io.exited is not None:
+            break
+    assert c.io.exited == 1
+    assert c.app.queued() == 0  # buffers released
+    c.feed(frame(write))  # ignored after close
+    assert c.app.queued() == 0
+
+
+def test_oversized_packet_closes_channel(root: Path) -> None:
+    c = Client(root)
+    c.feed(stat_packet(1) + b"\xff\xff\xff\xff" + b"\x00" * 100)
+    assert c.io.exited == 1
+    assert c.app.queued() == 0
+
+
+def test_packet_without_request_id_closes_channel(root: Path) -> None:
+    c = Client(root)
+    c.feed(frame(b"\x11\x00"))
+    assert c.io.exited == 1 and c.replies() == []
+
+
+def test_bad_message_is_answered_and_session_continues(root: Path) -> None:
+    c = Client(root)
+    c.feed(frame(bytes([PacketType.STAT]) + u32(5) + b"\x00\x00\x00\x09ab") + stat_packet(6))
+    replies = c.replies()
+    assert [(r.id, r.code) for r in replies[:1]] == [(5, Status.BAD_MESSAGE)]
+    assert replies[1].id == 6 and replies[1].type == PacketType.ATTRS
+    assert c.io.exited is None
+
+
+def test_eof_exits_after_the_last_reply(root: Path) -> None:
+    blocking = QueuedBlocking()
+    c = Client(root, blocking=blocking)
+    c.feed(stat_packet(1) + stat_packet(2))
+    c.app.eof_received()
+    assert c.io.exited is None
+    blocking.release_all()
+    assert [r.id for r in c.replies()] == [1, 2]
+    assert c.io.exited == 0 and c.io.exit_calls == 1
+
+
+def test_eof_with_nothing_pending_exits_at_once(root: Path) -> None:
+    c = Client(root)
+    c.app.eof_received()
+    assert c.io.exited == 0
+
+
+def test_close_waits_for_in_flight_read(root: Path) -> None:
+    blocking = QueuedBlocking()
+    tracking = TrackingStorage(make_storage(root))
+    (root / "f").write_bytes(b"content")
+    c = Client(root, blocking=blocking, storage=tracking)
+    c.send(PacketType.OPEN, s("f"), u32(OpenFlag.READ), u32(0))
+    blocking.release_all()
+    handle = c.replies()[0].handle
+    file = tracking.opened[0]
+    read_id = c.send(PacketType.READ, s(handle), u64(0), u32(100))
+    close_id = c.send(PacketType.CLOSE, s(handle))
+    assert len(blocking.calls) == 1  # only the pread: the close waits for it
+    # A new request on the closing handle is already refused.
+    c.send(PacketType.READ, s(handle), u64(0), u32(1))
+    assert c.replies()[0].message == "invalid handle"
+    blocking.release()  # the pread completes; now the close is scheduled
+    assert c.replies()[0].data == b"content"
+    assert len(blocking.calls) == 1 and file.fileno() >= 0
+    blocking.release()
+    reply = c.replies()[0]
+    assert (reply.id, reply.code) == (close_id, Status.OK)
+    assert read_id < close_id
+    assert c.app.handler.handles.used == 0
+
+
+def test_connection_lost_drops_late_replies_and_closes_handles(root: Path) -> None:
+    blocking = QueuedBlocking()
+    tracking = TrackingStorage(make_storage(root))
+    (root / "f").write_bytes(b"content")
+    c = Client(root, blocking=blocking, storage=tracking)
+    c.send(PacketType.OPEN, s("f"), u32(OpenFlag.READ), u32(0))
+    blocking.release_all()
+    handle = c.replies()[0].handle
+    c.send(PacketType.READ, s(handle), u64(0), u32(100))
+    c.send(PacketType.OPEN, s("f"), u32(OpenFlag.READ), u32(0))  # completes after the loss
+    c.app.connection_lost()
+    blocking.release_all()
+    assert c.replies() == []
+    assert len(tracking.opened) == 2
+    for f in tracking.opened:
+        closed = getattr(f, "closed", None)
+        if callable(closed):
+            assert closed()
+    assert c.app.handler.handles.used == 0
