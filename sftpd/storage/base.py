@@ -15,6 +15,10 @@ class File(Protocol):
         """Read up to ``size`` bytes at ``offset``; b"" at end of file."""
         ...
 
+    def readinto(self, buf: memoryview, offset: int) -> int:
+        """Read into ``buf`` at ``offset`` (the zero-copy read path); 0 at end of file."""
+        ...
+
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         """Write all of ``data`` at ``offset`` (at the end when opened with O_APPEND)."""
         ...
@@ -97,4 +101,8 @@ class Storage(Protocol):
     ) -> None:
         """Copy ``length`` bytes (0 = to end of file) between two open files, in kernel
         (copy_file_range, reflinks where the file system has them) where possible."""
+        ...
+
+    def close(self) -> None:
+        """Release the jail (the root fd); idempotent. Called when the user logs out."""
         ...

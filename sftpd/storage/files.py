@@ -1,0 +1,229 @@
+"""Open files and directory listings of the jailed local storage, and in-kernel copies."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import functools
+import itertools
+import os
+import stat
+import threading
+import weakref
+from collections.abc import Callable, Generator
+from typing import Concatenate, ParamSpec, TypeVar
+
+from sftpd.storage.base import File
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_MAX_READ = 1 << 24  # one pread never allocates more than 16 MiB (short reads are legal)
+_COPY_CHUNK = 1 << 30
+_BUFFER_CHUNK = 1 << 18
+
+
+def _error(code: int, message: str | None = None) -> OSError:
+    """A fresh OSError (the errno's subclass) that carries no file name."""
+    return OSError(code, message or os.strerror(code))
+
+
+def _scrubbed(fn: Callable[P, T]) -> Callable[P, T]:
+    """Re-raise every OSError as a fresh one with the same errno, no file name, no chain."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            message = exc.strerror or os.strerror(code)
+        raise _error(code, message)  # raised outside the handler: no __context__ either
+
+    return wrapper
+
+
+def _require_regular(st: os.stat_result) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise _error(errno.EISDIR)
+    if not stat.S_ISREG(st.st_mode):
+        raise _error(errno.EINVAL, "Not a regular file")
+
+
+def _check_offsets(*values: int) -> None:
+    if min(values) < 0:
+        raise _error(errno.EINVAL)
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        written = os.pwrite(fd, view[done:], offset + done)
+        if written <= 0:
+            raise _error(errno.EIO)
+        done += written
+
+
+class _FdGuard:
+    """An fd shared by threads: it is closed once, only after every call using it returned,
+    so a late call can never reach a recycled descriptor number."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closing = False
+        self._finalizer = weakref.finalize(self, os.close, fd)
+
+    def __enter__(self) -> int:
+        with self._lock:
+            if self._closing:
+                raise _error(errno.EBADF)
+            self._users += 1
+            return self._fd
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._users -= 1
+            last = self._closing and self._users == 0
+        if last:
+            self._finalizer()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            last = self._users == 0
+        if last:
+            self._finalizer()
+
+
+class LocalFile:
+    """An open regular file (implements storage.base.File), usable from several threads.
+
+    With O_APPEND, Linux ``pwrite`` appends whatever offset it is given. ``pread`` reads at
+    most 16 MiB per call (a short read, as POSIX allows). After ``close`` (idempotent)
+    every call fails with EBADF.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._guard = _FdGuard(fd)
+
+    @_scrubbed
+    def _do(self, fn: Callable[Concatenate[int, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(fd, ...)`` with the fd held open for the duration of the call."""
+        with self._guard as fd:
+            return fn(fd, *args, **kwargs)
+
+    def fileno(self) -> int:
+        return self._do(int)
+
+    def pread(self, size: int, offset: int) -> bytes:
+        _check_offsets(size, offset)
+        return self._do(os.pread, min(size, _MAX_READ), offset)
+
+    def readinto(self, buf: memoryview, offset: int) -> int:
+        """Read into ``buf`` at ``offset`` without an intermediate copy; 0 at end of file."""
+        _check_offsets(offset)
+        return self._do(os.preadv, [buf], offset)
+
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        _check_offsets(offset)
+        self._do(_pwrite_all, data, offset)
+
+    def fstat(self) -> os.stat_result:
+        return self._do(os.fstat)
+
+    def truncate(self, size: int) -> None:
+        _check_offsets(size)
+        self._do(os.ftruncate, size)
+
+    def chmod(self, mode: int) -> None:
+        self._do(os.fchmod, mode & 0o7777)
+
+    def utime(self, atime: int, mtime: int) -> None:
+        self._do(os.utime, (atime, mtime))
+
+    def fsync(self) -> None:
+        self._do(os.fsync)
+
+    def statvfs(self) -> os.statvfs_result:
+        return self._do(os.fstatvfs)
+
+    def close(self) -> None:
+        self._guard.close()
+
+
+class LocalDirectory:
+    """An open directory listing (implements storage.base.Directory): '.', '..', then the
+    entries, each with its lstat; entries that vanish before their lstat are skipped."""
+
+    def __init__(self, fd: int, root_key: tuple[int, int]) -> None:
+        self._guard = _FdGuard(fd)
+        self._root_key = root_key
+        self._entries: Generator[tuple[str, os.stat_result], None, None] | None = None
+
+    def _generate(self, fd: int) -> Generator[tuple[str, os.stat_result], None, None]:
+        here = os.fstat(fd)
+        yield ".", here
+        if (here.st_dev, here.st_ino) == self._root_key:
+            yield "..", here  # the root is its own parent, as in a chroot
+        else:
+            yield "..", os.stat("..", dir_fd=fd, follow_symlinks=False)
+        with os.scandir(fd) as scan:
+            for entry in scan:
+                try:
+                    st = os.stat(entry.name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                yield entry.name, st
+
+    @_scrubbed
+    def read(self, count: int) -> list[tuple[str, os.stat_result]]:
+        if count < 1:
+            raise _error(errno.EINVAL)
+        with self._guard as fd:
+            if self._entries is None:
+                self._entries = self._generate(fd)
+            return list(itertools.islice(self._entries, count))
+
+    def close(self) -> None:
+        self._guard.close()
+        entries, self._entries = self._entries, None
+        if entries is not None:
+            with contextlib.suppress(ValueError):  # still running in another thread
+                entries.close()
+
+
+def _held(file: File) -> contextlib.AbstractContextManager[int]:
+    """The file's fd, kept from being closed underneath us when it is one of ours."""
+    if isinstance(file, LocalFile):
+        return file._guard
+    return contextlib.nullcontext(file.fileno())
+
+
+def _copy(src: int, src_offset: int, length: int, dst: int, dst_offset: int) -> None:
+    remaining = length or None
+    # copy_file_range refuses an O_APPEND target (EBADF); pwrite appends there anyway.
+    in_kernel = not fcntl.fcntl(dst, fcntl.F_GETFL) & os.O_APPEND
+    while remaining is None or remaining > 0:
+        chunk = min(remaining or _COPY_CHUNK, _COPY_CHUNK)
+        if in_kernel:
+            try:
+                copied = os.copy_file_range(src, dst, chunk, src_offset, dst_offset)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                in_kernel = False
+                continue
+        else:
+            data = os.pread(src, min(chunk, _BUFFER_CHUNK), src_offset)
+            _pwrite_all(dst, data, dst_offset)
+            copied = len(data)
+        if copied == 0:
+            return
+        src_offset += copied
+        dst_offset += copied
+        if remaining is not None:
+            remaining -= copied
