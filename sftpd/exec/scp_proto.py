@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum, auto
+from typing import Literal
 
 from sftpd.exec.cmdline import display
 
@@ -112,7 +113,7 @@ SinkEvent = (
     | ProtocolError
     | EndOfInput
 )
-Response = bool | RemoteError | EndOfInput  # True: ``\0`` ack
+Response = Literal[True] | RemoteError | EndOfInput  # True: a ``\0`` ack
 
 
 class _State(Enum):
