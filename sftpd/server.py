@@ -17,7 +17,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from sftpd.auth.checkers import PasswordChecker, PublicKeyChecker, make_dummy_hash
+from sftpd.auth.checkers import (
+    SERVER_SIG_ALGS,
+    PasswordChecker,
+    PublicKeyChecker,
+    make_dummy_hash,
+)
 from sftpd.auth.realm import Realm
 from sftpd.auth.userauth import AuthSettings, UserAuthServer
 from sftpd.auth.users import UserDB
@@ -57,6 +62,15 @@ class ConnectionTransport(ServerTransport):
             event="connection_close",
         )
         super().connectionLost(reason)
+
+    def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
+        # Conch advertises its host key algorithms; clients read server-sig-algs as the
+        # signature algorithms accepted for *user* keys, so list exactly those.
+        fixed = [
+            (name, b",".join(SERVER_SIG_ALGS) if name == b"server-sig-algs" else value)
+            for name, value in extensions
+        ]
+        super().sendExtInfo(fixed)
 
     def _peer_text(self) -> str:
         try:

@@ -184,3 +184,14 @@ def test_server_banner_and_sigterm_exit_zero(make_server) -> None:  # type: igno
     )
     assert b"Remote protocol version 2.0, remote software version sftpd_" in res.stderr
     assert env.server.stop() == 0
+
+
+def test_server_sig_algs_lists_only_accepted_user_signatures(server: Env) -> None:
+    res = server.ssh(None, "-vvv", "-T")
+    lines = [ln for ln in res.stderr.decode().splitlines() if "server-sig-algs=" in ln]
+    assert lines, res.stderr.decode()[-2000:]
+    algs = lines[0].split("server-sig-algs=<")[1].rstrip(">").split(",")
+    assert "rsa-sha2-512" in algs and "ssh-ed25519" in algs
+    # user keys of every accepted type, not just the host keys' types (host ECDSA is P-256)
+    assert "ecdsa-sha2-nistp384" in algs and "ecdsa-sha2-nistp521" in algs
+    assert "ssh-rsa" not in algs and "ssh-dss" not in algs

@@ -21,17 +21,17 @@ from zope.interface import implementer
 from sftpd.auth.users import UserDB
 from sftpd.blocking import Blocking
 
-# Signature algorithms accepted for user keys. SHA-1 "ssh-rsa" and "ssh-dss" are refused.
-ACCEPTED_SIGNATURES = frozenset(
-    {
-        b"ssh-ed25519",
-        b"ecdsa-sha2-nistp256",
-        b"ecdsa-sha2-nistp384",
-        b"ecdsa-sha2-nistp521",
-        b"rsa-sha2-256",
-        b"rsa-sha2-512",
-    }
+# Signature algorithms accepted for user keys, as advertised in server-sig-algs.
+# SHA-1 "ssh-rsa" and "ssh-dss" are refused.
+SERVER_SIG_ALGS = (
+    b"ssh-ed25519",
+    b"ecdsa-sha2-nistp256",
+    b"ecdsa-sha2-nistp384",
+    b"ecdsa-sha2-nistp521",
+    b"rsa-sha2-512",
+    b"rsa-sha2-256",
 )
+ACCEPTED_SIGNATURES = frozenset(SERVER_SIG_ALGS)
 
 log = Logger(namespace="sftpd.auth")
 
