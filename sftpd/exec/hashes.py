@@ -38,6 +38,12 @@ ALGORITHMS: dict[bytes, tuple[str, str]] = {
 }
 CHUNK = 256 * 1024
 _SHELL_SPECIAL = frozenset(" !\"$&'()*;<=>?[\\^`|:")
+# Real coreutils options this emulation does not offer (check mode, NUL lines, lengths...).
+_UNSUPPORTED_SHORT = frozenset("cwzl")
+_UNSUPPORTED_LONG = frozenset(
+    {"check", "ignore-missing", "quiet", "status", "strict", "warn", "zero", "length"}
+    | {"help", "version"}
+)
 _NAMED_ESCAPES = {"\a": "a", "\b": "b", "\t": "t", "\n": "n", "\v": "v", "\f": "f", "\r": "r"}
 
 
@@ -127,6 +133,14 @@ def _hash_file(storage: Storage, path: str, algorithm: str, lost: Callable[[], b
     return digest.hexdigest()
 
 
+def _usage(command: str, problem: str) -> HashUsageError:
+    return HashUsageError(f"{command}: {problem}\nTry '{command} --help' for more information.\n")
+
+
+def _unsupported(command: str, option: str) -> HashUsageError:
+    return HashUsageError(f"{command}: option '{option}' is not supported by this server\n")
+
+
 def _parse(command: str, args: list[bytes]) -> tuple[list[bytes], bool, bool]:
     """(files, binary, tag) from GNU-style options, which may follow file names."""
     files: list[bytes] = []
@@ -139,23 +153,22 @@ def _parse(command: str, args: list[bytes]) -> tuple[list[bytes], bool, bool]:
         if word == b"-" or not word.startswith(b"-"):
             files.append(word)
         elif word.startswith(b"--"):
-            long = word[2:].decode("utf-8", "replace")
-            if long in ("binary", "text"):
-                binary = long == "binary"
-            elif long == "tag":
+            option = word[2:].decode("utf-8", "replace")
+            long = option.partition("=")[0]
+            if option in ("binary", "text"):
+                binary = option == "binary"
+            elif option == "tag":
                 tag = True
+            elif long in _UNSUPPORTED_LONG:
+                raise _unsupported(command, f"--{long}")
             else:
-                raise HashUsageError(
-                    f"{command}: unrecognized option '--{long}'\n"
-                    f"Try '{command} --help' for more information.\n"
-                )
+                raise _usage(command, f"unrecognized option '--{option}'")
         else:
             for letter in word[1:].decode("utf-8", "replace"):
+                if letter in _UNSUPPORTED_SHORT:
+                    raise _unsupported(command, f"-{letter}")
                 if letter not in "bt":
-                    raise HashUsageError(
-                        f"{command}: invalid option -- '{letter}'\n"
-                        f"Try '{command} --help' for more information.\n"
-                    )
+                    raise _usage(command, f"invalid option -- '{letter}'")
                 binary = letter == "b"
     return files or [b"-"], binary, tag
 
