@@ -208,8 +208,9 @@ def test_close_waits_for_in_flight_read(root: Path) -> None:
     assert c.replies()[0].message == "invalid handle"
     blocking.release()  # the pread completes; now the close is scheduled
     assert c.replies()[0].data == b"content"
-    assert len(blocking.calls) == 1 and file.fileno() >= 0
+    assert len(blocking.calls) == 1 and not file.closed
     blocking.release()
+    assert file.closed
     reply = c.replies()[0]
     assert (reply.id, reply.code) == (close_id, Status.OK)
     assert read_id < close_id
@@ -230,8 +231,5 @@ def test_connection_lost_drops_late_replies_and_closes_handles(root: Path) -> No
     blocking.release_all()
     assert c.replies() == []
     assert len(tracking.opened) == 2
-    for f in tracking.opened:
-        closed = getattr(f, "closed", None)
-        if callable(closed):
-            assert closed()
+    assert all(f.closed for f in tracking.opened)
     assert c.app.handler.handles.used == 0
