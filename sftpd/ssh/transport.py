@@ -1,13 +1,69 @@
-"""The SSH server transport: Conch's, with sftpd's algorithm policy and socket options."""
+"""SSH server transport: Conch's key exchange under sftpd's packet path, strict KEX and rekey."""
+
+# Conch's transport classes are untyped: subclassing them and overriding their methods needs
+# these relaxations here (and only here).
+# mypy: disable-error-code="misc,no-untyped-call,no-any-return"
 
 from __future__ import annotations
 
+import os
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.conch.ssh import _kex
-from twisted.conch.ssh.transport import SSHCiphers, SSHServerTransport
+from twisted.conch.ssh.common import NS
+from twisted.conch.ssh.transport import (
+    DISCONNECT_KEY_EXCHANGE_FAILED,
+    DISCONNECT_MAC_ERROR,
+    DISCONNECT_PROTOCOL_ERROR,
+    MSG_DISCONNECT,
+    MSG_EXT_INFO,
+    MSG_KEXINIT,
+    MSG_NEWKEYS,
+    MSG_SERVICE_ACCEPT,
+    MSG_SERVICE_REQUEST,
+    MSG_UNIMPLEMENTED,
+    SSHCiphers,
+    SSHServerTransport,
+)
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from sftpd.ssh.ciphers import (
+    CIPHERS,
+    MACS,
+    MacError,
+    Opener,
+    PacketError,
+    Sealer,
+    is_aead,
+    make_opener,
+    make_sealer,
+)
+from sftpd.ssh.kexinit import (
+    EXT_INFO_C,
+    EXT_INFO_S,
+    STRICT_C,
+    STRICT_S,
+    KexInit,
+    KexInitError,
+    NegotiationError,
+    build_kexinit,
+    negotiate,
+)
+from sftpd.ssh.packets import PacketReader
+
+log = Logger(namespace="sftpd.ssh.transport")
+
+_SEQ_MASK = 0xFFFFFFFF
+_U32 = struct.Struct(">I")
+_MAX_VERSION_BYTES = 4096  # version line plus any lines before it
+_NEVER = 1 << 62
+# Open to the Terrapin prefix truncation unless both sides do strict KEX: never negotiated
+# with a client that does not offer it (OpenSSH PROTOCOL 1.10, CVE-2023-48795).
+TERRAPIN_CIPHERS = frozenset({b"chacha20-poly1305@openssh.com"})
 
 
 @dataclass(frozen=True)
@@ -20,18 +76,18 @@ class TransportPolicy:
     host_key_algorithms: tuple[str, ...]
     version: str
     have_moduli: bool = False
-    rekey_bytes: int = 1 << 30
-    rekey_seconds: float = 3600.0
+    rekey_bytes: int = 1 << 30  # <= 0: never by volume
+    rekey_seconds: float = 3600.0  # <= 0: never by time
 
 
 def available_ciphers() -> set[bytes]:
     """Cipher names this transport implements."""
-    return {name for name in SSHCiphers.cipherMap if name != b"none"}
+    return set(CIPHERS)
 
 
 def available_macs() -> set[bytes]:
     """MAC names this transport implements."""
-    return {name for name in SSHCiphers.macMap if name != b"none"}
+    return set(MACS)
 
 
 def available_kex() -> set[bytes]:
@@ -49,13 +105,63 @@ def pick(wanted: Iterable[str], available: set[bytes]) -> list[bytes]:
     return out
 
 
-class ServerTransport(SSHServerTransport):
-    """Conch's server transport restricted to a policy, with Nagle off."""
+class _NextKeys(SSHCiphers):
+    """Conch's pending-keys object, building sftpd's sealer and opener from the derived keys."""
 
-    policy: TransportPolicy
+    sealer: Sealer | None = None
+    opener: Opener | None = None
+
+    def __init__(
+        self, cipher_out: bytes, cipher_in: bytes, mac_out: bytes | None, mac_in: bytes | None
+    ) -> None:
+        # With an AEAD cipher no MAC is negotiated; report the cipher as the MAC.
+        super().__init__(cipher_out, cipher_in, mac_out or cipher_out, mac_in or cipher_in)
+        self._mac_out = mac_out
+        self._mac_in = mac_in
+
+    def setKeys(
+        self,
+        outIV: bytes,
+        outKey: bytes,
+        inIV: bytes,
+        inKey: bytes,
+        outInteg: bytes,
+        inInteg: bytes,
+    ) -> None:
+        self.sealer = make_sealer(self.outCipType, self._mac_out, outKey, outIV, outInteg)
+        self.opener = make_opener(self.inCipType, self._mac_in, inKey, inIV, inInteg)
+
+
+class ServerTransport(SSHServerTransport):
+    """Conch's server transport with sftpd's packet path.
+
+    Conch still runs the key exchange methods, host key signatures, key derivation and
+    services. This class owns everything under them: framing, packet protection (see
+    ``sftpd.ssh.ciphers``), KEXINIT negotiation, strict KEX, and rekeying by volume and time.
+    Each direction switches keys on its own NEWKEYS; compression is never negotiated.
+    """
+
+    policy: TransportPolicy | None = None
+    clock: IReactorTime | None = None  # default: the factory's ``clock``, else the reactor
+    supportedCompressions = [b"none"]
+    completed_kex = 0  # key exchanges completed on this connection
+
+    _strict = False
+    _initial_done = False
+    _kexinit_received = 0
+    _kexinit_sent = 0
+    _peer_in_kex = False  # between the client's KEXINIT and its NEWKEYS
+    _sent_newkeys = False  # our NEWKEYS of the running exchange is out
+    _closed = False
+    _dispatch_seq = 0
+    _bytes_in = 0
+    _bytes_out = 0
+    _rekey_bytes = _NEVER
+    _rekey_call: IDelayedCall | None = None
+    _junk = 0
 
     def apply_policy(self, policy: TransportPolicy, key_algorithms: Sequence[bytes]) -> None:
-        """Restrict negotiation to ``policy``; ``key_algorithms`` are what the host keys can sign."""
+        """Restrict negotiation to ``policy``; ``key_algorithms``: what the host keys can sign."""
         self.policy = policy
         kex = pick(policy.kex, available_kex())
         if not policy.have_moduli:
@@ -67,6 +173,8 @@ class ServerTransport(SSHServerTransport):
         self.supportedCompressions = [b"none"]
         self.ourVersionString = b"SSH-2.0-" + policy.version.encode("ascii")
 
+    # -- connection life ---------------------------------------------------------------
+
     def connectionMade(self) -> None:
         tcp: Any = self.transport
         set_nodelay = getattr(tcp, "setTcpNoDelay", None)
@@ -75,4 +183,261 @@ class ServerTransport(SSHServerTransport):
                 set_nodelay(True)
             except OSError:
                 pass
-        super().connectionMade()
+        policy = self.policy
+        limit = policy.rekey_bytes if policy is not None else TransportPolicy.rekey_bytes
+        self._rekey_bytes = limit if limit > 0 else _NEVER
+        self._tcp: Any = self.transport
+        self._reader = PacketReader()
+        self._sealer: Sealer = make_sealer(b"none", None, b"", b"", b"")
+        self._opener: Opener = make_opener(b"none", None, b"", b"", b"")
+        super().connectionMade()  # version line, then our KEXINIT
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._closed = True
+        self._cancel_rekey()
+        super().connectionLost(reason)
+
+    def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        if self._closed:
+            return
+        self._write_packet(MSG_DISCONNECT, _U32.pack(reason) + NS(desc) + NS(b""))
+        self._closed = True
+        self._cancel_rekey()
+        log.info("disconnecting: code={code} reason={reason!r}", code=reason, reason=desc)
+        tcp: Any = self.transport
+        tcp.loseConnection()
+
+    def ssh_DISCONNECT(self, packet: bytes) -> None:
+        self._closed = True
+        super().ssh_DISCONNECT(packet)
+
+    # -- incoming ------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        reader = self._reader
+        reader.feed(data)
+        if not self.gotVersion and not self._read_version():
+            return
+        while not self._closed:
+            seq = self.incomingPacketSequence
+            try:
+                message = reader.read_packet(self._opener, seq)
+            except MacError:
+                self.sendDisconnect(DISCONNECT_MAC_ERROR, b"bad MAC")
+                return
+            except PacketError as e:
+                self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, str(e).encode())
+                return
+            if message is None:
+                return
+            self.incomingPacketSequence = (seq + 1) & _SEQ_MASK
+            self._dispatch_seq = seq
+            self._bytes_in += reader.last_size
+            self.dispatchMessage(message[0], message[1])
+            if self._bytes_in >= self._rekey_bytes:
+                self._maybe_rekey()
+
+    def _read_version(self) -> bool:
+        reader = self._reader
+        while True:
+            line = reader.read_line()
+            if line is None:
+                if reader.pending + self._junk > _MAX_VERSION_BYTES:
+                    self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"version line too long")
+                return False
+            if not line.startswith(b"SSH-"):
+                self._junk += len(line) + 2
+                continue
+            self.gotVersion = True
+            self.otherVersionString = line
+            remote = line.split(b"-", 2)[1]
+            if remote not in self.supportedVersions:
+                self._unsupportedVersionReceived(remote)
+                return False
+            return True
+
+    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
+        if messageNum >= 50 and not self._peer_in_kex:
+            service = self.service
+            if service is not None:
+                service.packetReceived(messageNum, payload)
+                return
+        elif not self._expected(messageNum):
+            self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"unexpected message %d" % (messageNum,))
+            return
+        super().dispatchMessage(messageNum, payload)
+
+    def _expected(self, n: int) -> bool:
+        """Whether a transport message (or any message during KEX) is legal now."""
+        if self._strict and not self._initial_done:
+            # Strict KEX: nothing but the key exchange itself (IGNORE, DEBUG too).
+            if not (n in (MSG_DISCONNECT, MSG_KEXINIT, MSG_NEWKEYS) or 30 <= n <= 49):
+                return False
+        if n >= 50 or n in (MSG_SERVICE_REQUEST, MSG_SERVICE_ACCEPT, MSG_EXT_INFO):
+            return self._initial_done and not self._peer_in_kex
+        if n == MSG_KEXINIT:
+            return not self._peer_in_kex
+        if n == MSG_NEWKEYS:
+            return self._peer_in_kex and self._sent_newkeys
+        if 30 <= n <= 49:
+            return self._peer_in_kex and not self._sent_newkeys
+        return True
+
+    def sendUnimplemented(self) -> None:
+        self.sendPacket(MSG_UNIMPLEMENTED, _U32.pack(self._dispatch_seq))
+
+    # -- outgoing ------------------------------------------------------------------------
+
+    def sendPacket(self, messageType: int, payload: bytes) -> None:
+        if self._keyExchangeState != self._KEY_EXCHANGE_NONE:
+            if not self._allowedKeyExchangeMessageType(messageType):
+                self._blockedByKeyExchange.append((messageType, payload))
+                return
+        self._write_packet(messageType, payload)
+        if self._bytes_out >= self._rekey_bytes:
+            self._maybe_rekey()
+
+    def _write_packet(self, msg_type: int, payload: bytes) -> None:
+        if self._closed:
+            return
+        seq = self.outgoingPacketSequence
+        chunks = self._sealer.seal(seq, msg_type, payload)
+        self._tcp.writeSequence(chunks)
+        self.outgoingPacketSequence = (seq + 1) & _SEQ_MASK
+        self._bytes_out += sum(map(len, chunks))
+        if msg_type == MSG_NEWKEYS:
+            nxt = self.nextEncryptions
+            # Conch's _keySetup derives the keys (setKeys) just before sending NEWKEYS.
+            assert isinstance(nxt, _NextKeys) and nxt.sealer is not None
+            self._sealer = nxt.sealer
+            self._sent_newkeys = True
+            if self._strict:
+                self.outgoingPacketSequence = 0
+
+    # -- key exchange --------------------------------------------------------------------
+
+    def sendKexInit(self) -> None:
+        if self._keyExchangeState != self._KEY_EXCHANGE_NONE:
+            raise RuntimeError(f"cannot send KEXINIT in state {self._keyExchangeState}")
+        kex = [*self.supportedKeyExchanges, EXT_INFO_S]
+        if not self._kexinit_sent:
+            kex.append(STRICT_S)  # only meaningful in the first KEXINIT
+        self._kexinit_sent += 1
+        body = build_kexinit(
+            os.urandom(16),
+            kex,
+            self.supportedPublicKeys,
+            self.supportedCiphers,
+            self.supportedMACs,
+            [b"none"],
+        )
+        self.ourKexInitPayload = bytes((MSG_KEXINIT,)) + body
+        self._write_packet(MSG_KEXINIT, body)
+        self._keyExchangeState = self._KEY_EXCHANGE_REQUESTED
+        self._blockedByKeyExchange = []
+
+    def ssh_KEXINIT(self, packet: bytes) -> None:
+        try:
+            theirs = KexInit.parse(packet)
+        except KexInitError as e:
+            self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, str(e).encode())
+            return
+        self._kexinit_received += 1
+        if self._kexinit_received == 1:
+            self._strict = STRICT_C in theirs.kex
+            if self._strict and self._dispatch_seq != 0:
+                self.sendDisconnect(
+                    DISCONNECT_PROTOCOL_ERROR, b"strict KEX: KEXINIT was not the first packet"
+                )
+                return
+        ciphers = list(self.supportedCiphers)
+        macs = list(self.supportedMACs)
+        if not self._strict:
+            ciphers = [c for c in ciphers if c not in TERRAPIN_CIPHERS]
+            macs = [m for m in macs if not (m in MACS and MACS[m].etm)]
+        try:
+            choice = negotiate(
+                theirs,
+                kex=self.supportedKeyExchanges,
+                host_keys=self.supportedPublicKeys,
+                ciphers=ciphers,
+                macs=macs,
+                is_aead=is_aead,
+            )
+        except NegotiationError as e:
+            self.sendDisconnect(DISCONNECT_KEY_EXCHANGE_FAILED, str(e).encode())
+            return
+        self.otherKexInitPayload = bytes((MSG_KEXINIT,)) + packet
+        self.kexAlg = choice.kex
+        self.keyAlg = choice.host_key
+        self.nextEncryptions = _NextKeys(
+            choice.cipher_out, choice.cipher_in, choice.mac_out, choice.mac_in
+        )
+        self.outgoingCompressionType = self.incomingCompressionType = b"none"
+        if self._kexinit_received == 1:
+            self._peerSupportsExtensions = EXT_INFO_C in theirs.kex
+        self._peer_in_kex = True
+        self._sent_newkeys = False
+        if self._keyExchangeState == self._KEY_EXCHANGE_NONE:
+            self.sendKexInit()  # the client started this exchange
+        self._keyExchangeState = self._KEY_EXCHANGE_PROGRESSING
+        if theirs.first_kex_follows and (
+            theirs.kex[:1] != tuple(self.supportedKeyExchanges[:1])
+            or theirs.host_key[:1] != tuple(self.supportedPublicKeys[:1])
+        ):
+            self.ignoreNextPacket = True  # the client guessed wrong
+
+    def _newKeys(self) -> None:
+        nxt = self.nextEncryptions
+        if not isinstance(nxt, _NextKeys) or nxt.opener is None:
+            self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"NEWKEYS before key exchange")
+            return
+        self._opener = nxt.opener
+        if self._strict:
+            self.incomingPacketSequence = 0
+        self._peer_in_kex = False
+        self._sent_newkeys = False
+        self._initial_done = True
+        self.completed_kex += 1
+        self._bytes_in = self._bytes_out = 0
+        self._schedule_rekey()
+        super()._newKeys()  # state back to NONE; sends what was queued during the exchange
+
+    # -- rekeying ------------------------------------------------------------------------
+
+    def _maybe_rekey(self) -> None:
+        if (
+            self._keyExchangeState == self._KEY_EXCHANGE_NONE
+            and self._initial_done
+            and not self._closed
+            and max(self._bytes_in, self._bytes_out) >= self._rekey_bytes
+        ):
+            self.sendKexInit()
+
+    def _clock(self) -> IReactorTime:
+        clock = self.clock or getattr(getattr(self, "factory", None), "clock", None)
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        return clock  # type: ignore[return-value]
+
+    def _schedule_rekey(self) -> None:
+        self._cancel_rekey()
+        policy = self.policy
+        seconds = policy.rekey_seconds if policy is not None else TransportPolicy.rekey_seconds
+        if seconds > 0 and not self._closed:
+            self._rekey_call = self._clock().callLater(seconds, self._rekey_timer)
+
+    def _cancel_rekey(self) -> None:
+        call = self._rekey_call
+        self._rekey_call = None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _rekey_timer(self) -> None:
+        self._rekey_call = None
+        if self._keyExchangeState == self._KEY_EXCHANGE_NONE and not self._closed:
+            self.sendKexInit()  # if an exchange is running, its end schedules the next timer

@@ -1,0 +1,554 @@
+"""ServerTransport in memory: framing, strict KEX, rekeying; real clients for every cipher."""
+
+# The tests drive untyped Conch objects (client transports, iosim, Failure).
+# mypy: disable-error-code="no-untyped-call,union-attr"
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from twisted.conch.avatar import ConchUser
+from twisted.conch.ssh import channel, connection, factory, keys, userauth
+from twisted.conch.ssh import transport as conch_transport
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.test import iosim
+from zope.interface import implementer
+
+from sftpd import config
+from sftpd.ssh.ciphers import make_opener, make_sealer
+from sftpd.ssh.kexinit import STRICT_C, STRICT_S, KexInit
+from sftpd.ssh.packets import PacketReader
+from sftpd.ssh.transport import ServerTransport, TransportPolicy
+
+HOST_KEY = keys.Key(ed25519.Ed25519PrivateKey.generate())
+MSG_DISCONNECT, MSG_IGNORE, MSG_UNIMPLEMENTED, MSG_DEBUG, MSG_SERVICE_REQUEST = 1, 2, 3, 4, 5
+MSG_KEXINIT, MSG_NEWKEYS = 20, 21
+CLIENT_VERSION = b"SSH-2.0-OpenSSH_9.9 test\r\n"
+
+
+def policy(**kw: Any) -> TransportPolicy:
+    return TransportPolicy(
+        kex=config.DEFAULT_KEX,
+        ciphers=config.DEFAULT_CIPHERS,
+        macs=config.DEFAULT_MACS,
+        host_key_algorithms=config.DEFAULT_HOST_KEY_ALGORITHMS,
+        version="sftpd_test",
+        **kw,
+    )
+
+
+class EchoChannel(channel.SSHChannel):
+    """Any channel type: sends back what it receives, then EOF and close."""
+
+    name = b"direct-tcpip"
+
+    def dataReceived(self, data: bytes) -> None:
+        self.write(data)
+
+    def eofReceived(self) -> None:
+        self.conn.sendEOF(self)
+        self.loseConnection()
+
+
+class EchoUser(ConchUser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.channelLookup[b"direct-tcpip"] = EchoChannel
+
+
+@implementer(IRealm)
+class EchoRealm:
+    def requestAvatar(self, avatar_id: Any, mind: Any, *ifaces: Any) -> Any:
+        return ifaces[0], EchoUser(), lambda: None
+
+
+class UserAuth(userauth.SSHUserAuthServer):
+    clock = Clock()  # keep Conch's login timeout off the global reactor
+
+
+class Factory(factory.SSHFactory):
+    publicKeys = {b"ssh-ed25519": HOST_KEY.public()}
+    privateKeys = {b"ssh-ed25519": HOST_KEY}
+    primes = None
+    services = {b"ssh-userauth": UserAuth, b"ssh-connection": connection.SSHConnection}
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.portal = Portal(EchoRealm())
+        self.portal.registerChecker(InMemoryUsernamePasswordDatabaseDontUse(u=b"pw"))
+
+
+def make_server(clock: Clock | None = None, **kw: Any) -> ServerTransport:
+    t = ServerTransport()
+    t.factory = Factory(clock or Clock())
+    t.apply_policy(policy(**kw), [b"ssh-ed25519"])
+    return t
+
+
+# -- crafting and reading plaintext packets (the initial key exchange) ------------------------
+
+
+def ns(value: bytes) -> bytes:
+    return struct.pack(">I", len(value)) + value
+
+
+def plain_packet(msg_type: int, body: bytes = b"") -> bytes:
+    payload = bytes([msg_type]) + body
+    pad = 8 - (len(payload) + 5) % 8
+    if pad < 4:
+        pad += 8
+    return struct.pack(">IB", len(payload) + 1 + pad, pad) + payload + bytes(pad)
+
+
+def kexinit(
+    kex: list[bytes],
+    ciphers: list[bytes] | None = None,
+    macs: list[bytes] | None = None,
+    first_follows: bool = False,
+) -> bytes:
+    ciphers = ciphers or [b"aes128-ctr"]
+    macs = macs or [b"hmac-sha2-256"]
+    lists = [kex, [b"ssh-ed25519"], ciphers, ciphers, macs, macs, [b"none"], [b"none"], [], []]
+    body = os.urandom(16) + b"".join(ns(b",".join(x)) for x in lists)
+    return plain_packet(MSG_KEXINIT, body + bytes([first_follows]) + bytes(4))
+
+
+def sent_messages(tr: StringTransport) -> list[tuple[int, bytes]]:
+    """The server's version line skipped, its plaintext packets parsed independently."""
+    data = tr.value()
+    pos = data.index(b"\r\n") + 2
+    out = []
+    while pos < len(data):
+        length, pad = struct.unpack_from(">IB", data, pos)
+        payload = data[pos + 5 : pos + 4 + length - pad]
+        out.append((payload[0], payload[1:]))
+        pos += 4 + length
+    return out
+
+
+def started(**kw: Any) -> tuple[ServerTransport, StringTransport]:
+    server = make_server(**kw)
+    tr = StringTransport()
+    server.makeConnection(tr)
+    return server, tr
+
+
+def disconnect_reason(tr: StringTransport) -> int | None:
+    for msg, body in sent_messages(tr):
+        if msg == MSG_DISCONNECT:
+            return int(struct.unpack(">I", body[:4])[0])
+    return None
+
+
+# -- version line and framing ------------------------------------------------------------------
+
+
+def test_server_kexinit_advertises_strict_kex_and_policy_order() -> None:
+    server, tr = started()
+    assert tr.value().startswith(b"SSH-2.0-sftpd_test\r\n")
+    [(msg, body)] = sent_messages(tr)
+    assert msg == MSG_KEXINIT
+    offer = KexInit.parse(body)
+    assert STRICT_S in offer.kex and b"ext-info-s" in offer.kex
+    assert offer.enc_sc[0] == b"chacha20-poly1305@openssh.com"
+    assert offer.enc_sc[:3] == tuple(c.encode() for c in config.DEFAULT_CIPHERS[:3])
+    assert offer.mac_sc[:2] == (b"hmac-sha2-256-etm@openssh.com", b"hmac-sha2-512-etm@openssh.com")
+    assert offer.comp_sc == (b"none",)
+
+
+def test_lines_before_the_version_and_byte_by_byte_delivery() -> None:
+    server, tr = started()
+    stream = b"hello\r\n" + CLIENT_VERSION + kexinit([b"curve25519-sha256"])
+    for i in range(len(stream)):
+        server.dataReceived(stream[i : i + 1])
+    assert server.otherVersionString == CLIENT_VERSION.strip()
+    assert server.kexAlg == b"curve25519-sha256"
+    assert not tr.disconnecting
+
+
+def test_unsupported_version_and_endless_version_line_disconnect() -> None:
+    server, tr = started()
+    server.dataReceived(b"SSH-1.5-old\r\n")
+    assert tr.disconnecting
+    server, tr = started()
+    server.dataReceived(b"x" * 5000)
+    assert tr.disconnecting and disconnect_reason(tr) == 2
+
+
+def test_packet_reader_any_split_gives_the_same_messages() -> None:
+    key, iv = os.urandom(64), os.urandom(16)
+    sealer = make_sealer(b"aes128-gcm@openssh.com", None, key, iv, b"")
+    bodies = [os.urandom(n) for n in (0, 1, 100, 40000, 7)]
+    stream = b"".join(b"".join(sealer.seal(i, 94, b)) for i, b in enumerate(bodies))
+    for step in (1, 3, 1000, len(stream)):
+        reader = PacketReader()
+        opener = make_opener(b"aes128-gcm@openssh.com", None, key, iv, b"")
+        got: list[bytes] = []
+        for i in range(0, len(stream), step):
+            reader.feed(stream[i : i + step])
+            while (m := reader.read_packet(opener, len(got))) is not None:
+                got.append(m[1])
+        assert got == bodies and reader.pending == 0
+
+
+# -- strict KEX ---------------------------------------------------------------------------------
+
+UNEXPECTED = {
+    "IGNORE": plain_packet(MSG_IGNORE, ns(b"")),
+    "DEBUG": plain_packet(MSG_DEBUG, b"\0" + ns(b"hi") + ns(b"")),
+    "UNIMPLEMENTED": plain_packet(MSG_UNIMPLEMENTED, struct.pack(">I", 0)),
+    "SERVICE_REQUEST": plain_packet(MSG_SERVICE_REQUEST, ns(b"ssh-userauth")),
+    "channel message": plain_packet(94, b"\0" * 8),
+}
+
+
+@pytest.mark.parametrize("name", list(UNEXPECTED))
+def test_strict_kex_unexpected_message_during_initial_kex_disconnects(name: str) -> None:
+    server, tr = started()
+    server.dataReceived(CLIENT_VERSION + kexinit([b"curve25519-sha256", STRICT_C]))
+    assert server._strict and not tr.disconnecting
+    server.dataReceived(UNEXPECTED[name])
+    assert tr.disconnecting
+    assert disconnect_reason(tr) == 2  # DISCONNECT_PROTOCOL_ERROR
+
+
+def test_strict_kex_kexinit_must_be_the_first_packet() -> None:
+    server, tr = started()
+    server.dataReceived(CLIENT_VERSION + UNEXPECTED["IGNORE"])
+    assert not tr.disconnecting  # strictness is not known yet
+    server.dataReceived(kexinit([b"curve25519-sha256", STRICT_C]))
+    assert tr.disconnecting and disconnect_reason(tr) == 2
+
+
+def test_without_strict_kex_ignore_is_tolerated_but_services_are_not() -> None:
+    server, tr = started()
+    server.dataReceived(CLIENT_VERSION + UNEXPECTED["IGNORE"] + kexinit([b"curve25519-sha256"]))
+    server.dataReceived(UNEXPECTED["IGNORE"] + UNEXPECTED["DEBUG"])
+    assert not tr.disconnecting
+    server.dataReceived(UNEXPECTED["SERVICE_REQUEST"])  # never before keys, strict or not
+    assert tr.disconnecting
+
+
+def test_newkeys_and_kex_replies_out_of_order_disconnect() -> None:
+    server, tr = started()
+    server.dataReceived(CLIENT_VERSION + plain_packet(MSG_NEWKEYS))
+    assert tr.disconnecting
+    server, tr = started()
+    server.dataReceived(CLIENT_VERSION + plain_packet(30, ns(b"\0" * 32)))
+    assert tr.disconnecting
+    server, tr = started()
+    k = kexinit([b"curve25519-sha256"])
+    server.dataReceived(CLIENT_VERSION + k + k)  # a second KEXINIT within one exchange
+    assert tr.disconnecting
+
+
+CHACHA = b"chacha20-poly1305@openssh.com"
+
+
+@pytest.mark.parametrize(
+    ("strict", "offered", "chosen"),
+    [
+        (True, [CHACHA], CHACHA),
+        (
+            False,
+            [b"chacha20-poly1305@openssh.com", b"aes128-gcm@openssh.com"],
+            b"aes128-gcm@openssh.com",
+        ),
+        (False, [CHACHA], None),
+    ],
+)
+def test_terrapin_prone_algorithms_need_strict_kex(
+    strict: bool, offered: list[bytes], chosen: bytes | None
+) -> None:
+    server, tr = started()
+    kex = [b"curve25519-sha256", *([STRICT_C] if strict else [])]
+    server.dataReceived(CLIENT_VERSION + kexinit(kex, ciphers=offered))
+    if chosen is None:
+        assert tr.disconnecting and disconnect_reason(tr) == 3  # KEY_EXCHANGE_FAILED
+    else:
+        assert server.nextEncryptions.outCipType == chosen
+
+
+def test_etm_macs_need_strict_kex() -> None:
+    server, tr = started()
+    macs = [b"hmac-sha2-256-etm@openssh.com", b"hmac-sha2-256"]
+    server.dataReceived(CLIENT_VERSION + kexinit([b"curve25519-sha256"], macs=macs))
+    assert server.nextEncryptions.outMACType == b"hmac-sha2-256"
+    server, tr = started()
+    server.dataReceived(CLIENT_VERSION + kexinit([b"curve25519-sha256", STRICT_C], macs=macs))
+    assert server.nextEncryptions.outMACType == b"hmac-sha2-256-etm@openssh.com"
+
+
+# -- against Conch's client in memory (fine for sequence numbers, rekey, tampering) ---------------
+
+
+class ConchClient(conch_transport.SSHClientTransport):
+    """Conch's client (aes-ctr + HMAC only); ``strict`` adds OpenSSH's strict KEX to it."""
+
+    def __init__(self, strict: bool = False) -> None:
+        self.strict = strict
+        self.received: list[tuple[int, bytes]] = []
+        self.errors: list[int] = []
+        self.secure = 0
+        self.supportedCiphers = [b"aes128-ctr"]
+        self.supportedMACs = [b"hmac-sha2-256"]
+        if strict:
+            self.supportedKeyExchanges = [*self.supportedKeyExchanges, STRICT_C]
+
+    def verifyHostKey(self, pub: bytes, fingerprint: bytes) -> Any:
+        return defer.succeed(True)
+
+    def connectionSecure(self) -> None:
+        self.secure += 1
+
+    def receiveError(self, reason: int, desc: bytes) -> None:
+        self.errors.append(reason)
+
+    def sendPacket(self, messageType: int, payload: bytes) -> None:
+        super().sendPacket(messageType, payload)
+        if self.strict and messageType == MSG_NEWKEYS:
+            self.outgoingPacketSequence = 0
+
+    def _newKeys(self) -> None:
+        if self.strict:
+            self.incomingPacketSequence = 0
+        super()._newKeys()
+
+    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
+        if messageNum >= 50:
+            self.received.append((messageNum, payload))
+        else:
+            super().dispatchMessage(messageNum, payload)
+
+
+def connected(strict: bool = False, **kw: Any) -> tuple[ServerTransport, ConchClient, Clock, Any]:
+    clock = Clock()
+    server = make_server(clock, **kw)
+    client, srv, pump = iosim.connectedServerAndClient(lambda: server, lambda: ConchClient(strict))
+    pump.flush()
+    assert srv is server and server.completed_kex == 1 and client.secure == 1
+    return server, client, clock, pump
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_sequence_numbers_reset_after_newkeys_only_in_strict_mode(strict: bool) -> None:
+    server, client, clock, pump = connected(strict)
+    assert server._strict is strict
+    client.sendIgnore(b"after newkeys")
+    pump.flush()
+    # Strict: one packet (the IGNORE) since NEWKEYS; otherwise KEXINIT, KEX, NEWKEYS, IGNORE.
+    assert server.incomingPacketSequence == (1 if strict else 4)
+    assert not client.errors and not server.transport.disconnecting
+
+
+def test_tampered_packet_is_a_mac_error_and_disconnects() -> None:
+    server, client, clock, pump = connected()
+    client.sendIgnore(b"x" * 100)
+    wire = bytearray(client.transport.stream.pop())
+    wire[30] ^= 0x01
+    client.transport.stream.append(bytes(wire))
+    pump.flush()
+    assert client.errors == [5]  # DISCONNECT_MAC_ERROR, read by the client
+    assert server.transport.disconnecting
+
+
+def test_rekey_by_volume_queues_messages_and_delivers_them_in_order() -> None:
+    server, client, clock, pump = connected(rekey_bytes=64 * 1024)
+    bodies = [i.to_bytes(4, "big") + os.urandom(1020) for i in range(300)]
+    for b in bodies:
+        server.sendPacket(94, b)
+    assert server._blockedByKeyExchange  # sent during the rekey: held back, not lost
+    pump.flush()
+    assert [b for _, b in client.received] == bodies
+    assert server.completed_kex >= 2 and client.secure == server.completed_kex
+    assert not client.errors
+
+
+def test_rekey_by_incoming_volume() -> None:
+    server, client, clock, pump = connected(rekey_bytes=32 * 1024)
+    for _ in range(100):
+        client.sendIgnore(b"y" * 1000)
+        pump.flush()
+    assert server.completed_kex >= 3 and not client.errors
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_rekey_by_time_with_an_injected_clock(strict: bool) -> None:
+    server, client, clock, pump = connected(strict, rekey_seconds=600.0)
+    first_kexinit = server.ourKexInitPayload
+    clock.advance(599)
+    pump.flush()
+    assert server.completed_kex == 1
+    clock.advance(1)
+    pump.flush()
+    assert server.completed_kex == 2 and client.secure == 2
+    assert STRICT_S in KexInit.parse(first_kexinit[1:]).kex
+    assert STRICT_S not in KexInit.parse(server.ourKexInitPayload[1:]).kex
+    client.sendIgnore(b"still fine")
+    pump.flush()
+    assert not client.errors and len(clock.getDelayedCalls()) == 1
+
+
+def test_client_initiated_rekey_and_no_timer_after_disconnect() -> None:
+    server, client, clock, pump = connected()
+    client.sendKexInit()
+    pump.flush()
+    assert server.completed_kex == 2
+    assert len(clock.getDelayedCalls()) == 1
+    server.connectionLost(Failure(ConnectionDone()))
+    assert clock.getDelayedCalls() == []
+
+
+def test_rekey_disabled_by_zero_limits() -> None:
+    server, client, clock, pump = connected(rekey_bytes=0, rekey_seconds=0)
+    for _ in range(50):
+        server.sendPacket(94, b"z" * 4000)
+    pump.flush()
+    assert server.completed_kex == 1 and clock.getDelayedCalls() == []
+
+
+# -- real independent clients, one per algorithm, over loopback (no Twisted reactor) ---------
+
+
+class _Adapter:
+    """The little of Twisted's ITransport the SSH transport uses, over an asyncio transport."""
+
+    def __init__(self, t: asyncio.Transport) -> None:
+        self.t = t
+
+    def write(self, data: bytes) -> None:
+        self.t.write(data)
+
+    def writeSequence(self, seq: list[bytes]) -> None:
+        self.t.writelines(seq)
+
+    def loseConnection(self) -> None:
+        self.t.close()
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 1)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 2)
+
+
+class _Bridge(asyncio.Protocol):
+    def __init__(self, ssh: ServerTransport) -> None:
+        self.ssh = ssh
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.ssh.makeConnection(_Adapter(transport))  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self.ssh.dataReceived(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ssh.connectionLost(Failure(ConnectionDone()))
+
+
+SUITES = [
+    ("chacha20-poly1305@openssh.com", None),
+    ("aes128-gcm@openssh.com", None),
+    ("aes256-gcm@openssh.com", None),
+    ("aes128-ctr", "hmac-sha2-256-etm@openssh.com"),
+    ("aes256-ctr", "hmac-sha2-512-etm@openssh.com"),
+    ("aes128-ctr", "hmac-sha2-256"),
+    ("aes256-ctr", "hmac-sha2-512"),
+]
+
+
+@pytest.fixture
+def echo_server() -> Iterator[tuple[list[ServerTransport], Any]]:
+    servers: list[ServerTransport] = []
+
+    def start(loop: asyncio.AbstractEventLoop, **kw: Any) -> Any:
+        def build() -> _Bridge:
+            servers.append(make_server(**kw))
+            return _Bridge(servers[-1])
+
+        return loop.create_server(build, "127.0.0.1", 0)
+
+    yield servers, start
+
+
+@pytest.mark.parametrize(("cipher", "mac"), SUITES)
+def test_asyncssh_client_per_algorithm_with_rekeys(
+    echo_server: tuple[list[ServerTransport], Any], cipher: str, mac: str | None
+) -> None:
+    asyncssh = pytest.importorskip("asyncssh")
+    servers, start = echo_server
+    data = os.urandom(1_500_000)
+
+    async def run() -> bytes:
+        srv = await start(asyncio.get_running_loop(), rekey_bytes=256 * 1024)
+        port = srv.sockets[0].getsockname()[1]
+        opts: dict[str, Any] = {"encryption_algs": [cipher]}
+        if mac:
+            opts["mac_algs"] = [mac]
+        async with asyncssh.connect(
+            "127.0.0.1", port, username="u", password="pw", known_hosts=None, **opts
+        ) as conn:
+            reader, writer = await conn.open_connection("localhost", 7)
+            writer.write(data)
+            writer.write_eof()
+            got: bytes = await reader.read()
+        srv.close()
+        return got
+
+    got = asyncio.run(run())
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    [server] = servers
+    assert server.currentEncryptions.outCipType == cipher.encode()
+    assert server._strict  # asyncssh does strict KEX
+    assert server.completed_kex >= 5  # rekeyed by the server while data flowed both ways
+
+
+@pytest.mark.parametrize(("cipher", "mac"), [s for s in SUITES if not s[0].startswith("chacha")])
+def test_paramiko_client_per_algorithm(
+    echo_server: tuple[list[ServerTransport], Any], cipher: str, mac: str | None
+) -> None:
+    paramiko = pytest.importorskip("paramiko")
+    servers, start = echo_server
+    data = os.urandom(300_000)
+
+    def client(port: int) -> bytes:
+        t = paramiko.Transport(("127.0.0.1", port))
+        opts = t.get_security_options()
+        opts.ciphers = (cipher,)
+        if mac:
+            opts.digests = (mac,)
+        t.connect(username="u", password="pw")
+        ch = t.open_channel("direct-tcpip", ("localhost", 7), ("127.0.0.1", 0))
+        ch.sendall(data)
+        ch.shutdown_write()
+        chunks = []
+        while chunk := ch.recv(65536):
+            chunks.append(chunk)
+        t.close()
+        return b"".join(chunks)
+
+    async def run() -> bytes:
+        srv = await start(asyncio.get_running_loop(), rekey_bytes=128 * 1024)
+        port = srv.sockets[0].getsockname()[1]
+        got = await asyncio.to_thread(client, port)
+        srv.close()
+        return got
+
+    assert asyncio.run(run()) == data
+    [server] = servers
+    assert server.currentEncryptions.inCipType == cipher.encode()
+    assert server.completed_kex >= 2
