@@ -1,0 +1,823 @@
+#!/usr/bin/env python3
+"""sftpd vs OpenSSH internal-sftp, side by side, with the stock OpenSSH `sftp` client.
+
+    python3 benchmarks/bench.py --rounds 3            # full run (~20 min on 2 cores)
+    python3 benchmarks/bench.py --quick               # smoke run, small sizes, 1 round
+    python3 benchmarks/bench.py --workloads W1,W2 --size-mib 128 --markdown out.md
+
+Starts each target on 127.0.0.1 (sftpd from this checkout; an sshd with its own
+config, `ForceCommand internal-sftp` and a chroot, in a private mount
+namespace), makes the test data in a temporary directory (tmpfs under /dev/shm
+when it fits), runs W1..W8 interleaved (each round runs every target once per
+workload, the order rotating), and prints medians, ratios to OpenSSH and server
+CPU per unit of work. Standard library only; see benchmarks/README.md.
+Every server is started here and stopped here (also on Ctrl-C / SIGTERM), every
+client run has a timeout, the temporary directory is removed at the end.
+"""
+
+import argparse
+import hashlib
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MiB, GiB = 1 << 20, 1 << 30
+CLK = os.sysconf("SC_CLK_TCK")
+USER = "sftpbench"
+DN = subprocess.DEVNULL
+SFTP_OPTS = (
+    "-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+    "-o BatchMode=yes -o IdentitiesOnly=yes"
+).split()
+MODES = {"default": [], "forced": ["-c", "aes128-ctr", "-o", "MACs=hmac-sha2-256"]}
+# id: (title, unit, higher is better, server-CPU unit)
+WORKLOADS = {
+    "W1": ("download {size} MiB, sha256 checked", "MB/s", True, "CPU-s/GiB"),
+    "W2": ("upload {size} MiB, sha256 on disk checked", "MB/s", True, "CPU-s/GiB"),
+    "W3": ("put -r {small_n} x 4 KiB files", "files/s", True, "CPU-ms/file"),
+    "W4": ("get -r {small_n} x 4 KiB files", "files/s", True, "CPU-ms/file"),
+    "W5": (
+        "ls -l of {ls_n} entries, net of session set-up",
+        "s/listing",
+        False,
+        "CPU-ms/listing (gross)",
+    ),
+    "W6": (
+        "{sessions} sequential sessions (connect, auth, ls)",
+        "sessions/s",
+        True,
+        "CPU-ms/session",
+    ),
+    "W7": ("{par_n} parallel downloads x {par} MiB", "MB/s aggregate", True, "CPU-s/GiB"),
+    "W8": ("memory per idle session ({idle} sessions), RSS sum", "KiB/session", False, None),
+}
+# The reaper: a child subreaper around each server, so every process the server
+# forks (sshd orphans its per-session processes) stays in one tree whose CPU,
+# once reaped, lands in the reaper's cutime/cstime. SIGTERM is forwarded to the
+# server; leftovers are killed 5 s after the server exits; dies with bench.py.
+REAPER = r"""
+import ctypes, os, signal, subprocess, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(36, 1, 0, 0, 0)                  # PR_SET_CHILD_SUBREAPER
+libc.prctl(1, signal.SIGTERM, 0, 0, 0)      # PR_SET_PDEATHSIG: go when bench.py goes
+log = open(sys.argv[1], "ab")
+p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, lambda *_: os.kill(p.pid, signal.SIGTERM))
+kill_at = None
+while True:
+    try:
+        pid, _ = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        break
+    if pid == p.pid:
+        kill_at = time.monotonic() + 5
+    if pid == 0:
+        if kill_at and time.monotonic() > kill_at:
+            for d in os.listdir("/proc"):
+                try:
+                    s = open(f"/proc/{d}/stat").read()
+                    if int(s[s.rindex(")") + 2:].split()[1]) == os.getpid():
+                        os.kill(int(d), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
+        time.sleep(0.05)
+"""
+
+
+def say(*a):
+    print(*a, flush=True)
+
+
+class Skip(Exception):
+    pass
+
+
+# ------------------------------------------------------------ /proc accounting
+def proc_stats():
+    """{pid: (ppid, utime+stime, cutime+cstime) in ticks} for every process."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    s = f.read()
+                v = s[s.rindex(")") + 2 :].split()
+                out[int(d)] = (int(v[1]), int(v[11]) + int(v[12]), int(v[13]) + int(v[14]))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def tree(root, st=None):
+    st = st if st is not None else proc_stats()
+    kids = {}
+    for pid, (ppid, _, _) in st.items():
+        kids.setdefault(ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        if p in st:
+            out.append(p)
+            todo += kids.get(p, [])
+    return out, st
+
+
+def tree_cpu_s(reaper):
+    """Server CPU: the reaper's cutime+cstime (reaped processes) plus
+    utime+stime+cutime+cstime of every live descendant."""
+    pids, st = tree(reaper)
+    ticks = sum(st[p][1] + st[p][2] for p in pids if p != reaper)
+    return (ticks + (st[reaper][2] if reaper in st else 0)) / CLK
+
+
+def client_cpu_s():
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def tree_mem_kib(reaper, field="VmRSS:"):
+    total = 0
+    for p in tree(reaper)[0][1:]:
+        try:
+            with open(f"/proc/{p}/" + ("status" if field == "VmRSS:" else "smaps_rollup")) as f:
+                total += next((int(x.split()[1]) for x in f if x.startswith(field)), 0)
+        except OSError:
+            pass
+    return total
+
+
+def keygen(path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", path], check=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port):
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# ------------------------------------------------------------------- targets
+class Target:
+    name = "?"
+
+    def __init__(self, ctx):
+        self.ctx, self.reaper, self.port = ctx, None, None
+        self.state = os.path.join(ctx.work, "state", self.name)
+        self.log = os.path.join(self.state, "server.log")
+        os.makedirs(self.state)
+
+    def start(self):
+        argv, env = self.command()
+        log_start = os.path.getsize(self.log) if os.path.exists(self.log) else 0
+        self.reaper = subprocess.Popen(
+            [sys.executable, "-c", REAPER, self.log, *argv],
+            cwd=REPO,
+            env=env,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while not (self.port and port_open(self.port)):
+            if self.reaper.poll() is not None or time.monotonic() > deadline:
+                raise Skip(f"did not start listening; log: {self.tail()}")
+            self.find_port(log_start)
+            time.sleep(0.1)
+        for _ in range(10):
+            rc, err = self.ctx.sftp(self, "ls /\n", 30)
+            if rc == 0:
+                return
+            time.sleep(0.5)
+        raise Skip(f"probe session `ls /` failed: {err.strip()[-300:]}; log: {self.tail()}")
+
+    def find_port(self, log_start):
+        pass
+
+    def tail(self, n=600):
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()[-n:].strip()
+        except OSError:
+            return ""
+
+    def stop(self):
+        r, self.reaper = self.reaper, None
+        if r is None or r.poll() is not None:
+            return
+        pids = tree(r.pid)[0]
+        r.send_signal(signal.SIGTERM)
+        try:
+            r.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            for p in pids:  # only processes of this server tree, by pid
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except OSError:
+                    pass
+            r.wait(timeout=5)
+
+    def restart(self):
+        self.stop()
+        self.port = None
+        self.start()
+
+
+class Sftpd(Target):
+    name = "sftpd"
+
+    def command(self):
+        cfg = os.path.join(self.state, "sftpd.toml")
+        extra = "".join(f"{s}\n" for s in self.ctx.args.sftpd_set)
+        with open(cfg, "w") as f:
+            f.write(
+                f'[server]\nlisten = ["127.0.0.1:0"]\nhost_keys_dir = "{self.state}/keys"\n'
+                f'{extra}\n[[users]]\nname = "{USER}"\nroot = "{self.ctx.root}"\n'
+                f'authorized_keys_file = "{self.ctx.key}.pub"\n'
+            )
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        return [*shlex.split(self.ctx.args.sftpd_cmd), "serve", "--config", cfg], env
+
+    def find_port(self, log_start):
+        try:
+            with open(self.log, errors="replace") as f:
+                f.seek(log_start)
+                m = re.search(r"sftpd: listening on 127\.0\.0\.1:(\d+)", f.read())
+        except FileNotFoundError:
+            m = None
+        self.port = int(m.group(1)) if m else None
+
+
+class OpenSSH(Target):
+    name = "openssh"
+    SSHD = "/usr/sbin/sshd"
+
+    def __init__(self, ctx):
+        if os.geteuid() != 0:
+            raise Skip("not root: sshd needs root for ChrootDirectory and privilege separation")
+        if not os.access(self.SSHD, os.X_OK):
+            raise Skip(f"{self.SSHD} not installed (apt-get install openssh-server)")
+        if not shutil.which("unshare") or not shutil.which("mount"):
+            raise Skip("unshare/mount (util-linux) missing")
+        import pwd
+
+        try:
+            pw = pwd.getpwnam(USER)
+        except KeyError:
+            r = subprocess.run(
+                ["useradd", "-M", "-d", "/", "-s", "/usr/sbin/nologin", "-p", "*", USER],
+                capture_output=True,
+                text=True,
+            )
+            if r.returncode:
+                raise Skip(f"cannot create user {USER}: {r.stderr.strip()}") from None
+            say(f"created system user {USER} (remove with: userdel {USER})")
+            pw = pwd.getpwnam(USER)
+        os.chown(
+            os.path.join(ctx.root, "upload"), pw.pw_uid, pw.pw_gid
+        )  # internal-sftp runs as USER
+        super().__init__(ctx)
+        self.mnt = "/srv" if os.path.isdir("/srv") else "/mnt"
+        run = os.path.join(self.state, "run")
+        os.makedirs(os.path.join(run, "sshd"))
+        os.chmod(run, 0o755)
+        keygen(os.path.join(self.state, "hostkey"))
+
+    def command(self):
+        self.port = free_port()
+        cfg = os.path.join(self.state, "sshd_config")
+        with open(cfg, "w") as f:
+            f.write(f"""Port {self.port}
+ListenAddress 127.0.0.1
+HostKey {self.state}/hostkey
+PidFile none
+AuthorizedKeysFile {self.ctx.key}.pub
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+AllowUsers {USER}
+DisableForwarding yes
+PermitTTY no
+UseDNS no
+MaxStartups 100:30:200
+LogLevel ERROR
+Subsystem sftp internal-sftp
+ForceCommand internal-sftp
+ChrootDirectory {self.mnt}
+""")
+        # sshd wants /run/sshd and a root-owned, non-writable chroot path: in a
+        # private mount namespace, bind our run dir on /run and ROOT on /srv.
+        script = 'mount --bind "$1" /run && mount --bind "$2" "$3" && exec "$4" -D -e -f "$5"'
+        run = os.path.join(self.state, "run")
+        argv = "unshare --mount --propagation private -- /bin/sh -c".split()
+        return [*argv, script, "sh", run, self.ctx.root, self.mnt, self.SSHD, cfg], dict(os.environ)
+
+
+# ----------------------------------------------------------------- workloads
+def params(args):
+    size = args.size_mib or (64 if args.quick else 512)
+    small_n, ls_n, sessions, idle = (200, 1000, 10, 10) if args.quick else (2000, 10000, 30, 50)
+    p = dict(size=size, par_n=8, par=max(1, size // 8), ls_rep=3)
+    return p | dict(small_n=small_n, ls_n=ls_n, sessions=sessions, idle=idle)
+
+
+class Bench:
+    def __init__(self, args, work):
+        self.args, self.work = args, work
+        self.p = params(args)
+        self.root, self.client = os.path.join(work, "root"), os.path.join(work, "client")
+        self.key = os.path.join(work, "id_ed25519")
+        self.sha = {}
+
+    def make_data(self):
+        p, t0 = self.p, time.monotonic()
+        os.chmod(self.work, 0o755)  # sshd reads authorized_keys as the login user
+        keygen(self.key)
+        os.chmod(self.key + ".pub", 0o644)
+        for d in ("data/par", "data/small", "data/ls", "upload"):
+            os.makedirs(os.path.join(self.root, d), mode=0o755)
+        os.makedirs(os.path.join(self.client, "dl"))
+        self.sha["down"] = self.rand(os.path.join(self.root, "data/big.bin"), p["size"] * MiB)
+        self.sha["up"] = self.rand(os.path.join(self.client, "big.bin"), p["size"] * MiB)
+        for i in range(p["par_n"]):
+            self.rand(os.path.join(self.root, f"data/par/p{i}.bin"), p["par"] * MiB)
+        for i in range(p["small_n"]):
+            with open(os.path.join(self.root, f"data/small/f{i:05d}"), "wb") as f:
+                f.write(os.urandom(4096))
+        shutil.copytree(os.path.join(self.root, "data/small"), os.path.join(self.client, "small"))
+        for i in range(p["ls_n"]):
+            with open(os.path.join(self.root, f"data/ls/f{i:05d}"), "wb") as f:
+                f.write(b"x" * 16)
+        for dirpath, dirs, _files in os.walk(self.root):
+            for n in dirs:
+                os.chmod(os.path.join(dirpath, n), 0o755)
+        say(f"test data made in {time.monotonic() - t0:.1f} s")
+
+    @staticmethod
+    def rand(path, size):
+        h = hashlib.sha256()
+        with open(path, "wb") as f:
+            for off in range(0, size, 8 * MiB):
+                b = os.urandom(min(8 * MiB, size - off))
+                h.update(b)
+                f.write(b)
+        return h.hexdigest()
+
+    def argv(self, t, batch, verbose=False):
+        log = ["-v"] if verbose else ["-q", "-o", "LogLevel=ERROR"]
+        opts = ["-b", batch, "-i", self.key, "-P", str(t.port), *log, *MODES[self.args.mode]]
+        return ["sftp", *SFTP_OPTS, *opts, f"{USER}@127.0.0.1"]
+
+    def sftp(self, t, text, timeout, stdout=subprocess.DEVNULL, verbose=False):
+        batch = os.path.join(self.work, f"batch-{t.name}.txt")
+        with open(batch, "w") as f:
+            f.write(text)
+        try:
+            argv, pipe = self.argv(t, batch, verbose), subprocess.PIPE
+            r = subprocess.run(argv, stdin=DN, stdout=stdout, stderr=pipe, timeout=timeout)
+            return r.returncode, r.stderr.decode(errors="replace")
+        except subprocess.TimeoutExpired:
+            return 124, f"timeout after {timeout} s"
+
+    def measure(self, t, fn):
+        """Wall time of fn() (the client side) and the server tree's CPU seconds."""
+        time.sleep(0.3)
+        c0, s0, t0 = client_cpu_s(), tree_cpu_s(t.reaper.pid), time.monotonic()
+        err = fn()
+        wall = time.monotonic() - t0
+        time.sleep(0.5)  # per-session server processes exit and are reaped
+        cpu, cli = tree_cpu_s(t.reaper.pid) - s0, client_cpu_s() - c0
+        return {"wall": wall, "cpu": cpu, "err": err, "cli": cli / wall}
+
+    def one(self, t, text, timeout, stdout=subprocess.DEVNULL):
+        rc, err = self.sftp(t, text, timeout, stdout)
+        return None if rc == 0 else f"rc={rc} {err.strip()[-300:]}"
+
+    def w1(self, t):
+        p, dst = self.p, os.path.join(self.client, "dl", "w1.bin")
+        r = self.measure(t, lambda: self.one(t, f"get /data/big.bin {dst}\n", 60 + p["size"]))
+        if not r["err"] and sha256(dst) != self.sha["down"]:
+            r["err"] = "downloaded file differs (sha256)"
+        rm(dst)
+        return r, p["size"] * MiB / r["wall"] / 1e6, r["cpu"] / (p["size"] * MiB / GiB)
+
+    def w2(self, t):
+        p, dst = self.p, os.path.join(self.root, "upload", "w2.bin")
+        src = os.path.join(self.client, "big.bin")
+        r = self.measure(t, lambda: self.one(t, f"put {src} /upload/w2.bin\n", 60 + p["size"]))
+        if not r["err"] and sha256(dst) != self.sha["up"]:
+            r["err"] = "uploaded file differs on disk (sha256)"
+        rm(dst)
+        return r, p["size"] * MiB / r["wall"] / 1e6, r["cpu"] / (p["size"] * MiB / GiB)
+
+    def small(self, t, text, where):
+        n = self.p["small_n"]
+        rm(where)
+        r = self.measure(t, lambda: self.one(t, text, 300))
+        got = count_files(where, 4096)
+        if not r["err"] and got != n:
+            r["err"] = f"{got}/{n} files arrived"
+        rm(where)
+        return r, n / r["wall"], 1000 * r["cpu"] / n
+
+    def w3(self, t):
+        return self.small(
+            t, f"put -r {self.client}/small /upload/w3\n", os.path.join(self.root, "upload/w3")
+        )
+
+    def w4(self, t):
+        dst = os.path.join(self.client, "dl", "w4")
+        return self.small(t, f"get -r /data/small {dst}\n", dst)
+
+    def w5(self, t):
+        """One session listing the big directory ls_rep times, minus a session
+        listing a small directory once (session set-up differs a lot, see W6)."""
+        p, out = self.p, os.path.join(self.work, "w5.out")
+        with open(out, "wb") as f:
+            r = self.measure(t, lambda: self.one(t, "ls -l /data/ls\n" * p["ls_rep"], 300, f))
+        with open(out, "rb") as f:
+            n = sum(1 for line in f if re.search(rb"f\d{5}\s*$", line))
+        if not r["err"] and n != p["ls_n"] * p["ls_rep"]:
+            r["err"] = f"{n} entries listed, expected {p['ls_n'] * p['ls_rep']}"
+        t0 = time.monotonic()
+        r["err"] = r["err"] or self.one(t, "ls -l /data\n", 60)
+        base = time.monotonic() - t0
+        return r, max(0.0, r["wall"] - base) / p["ls_rep"], 1000 * r["cpu"] / p["ls_rep"]
+
+    def w6(self, t):
+        n = self.p["sessions"]
+
+        def fn():
+            end = time.monotonic() + 300
+            for i in range(n):
+                err = self.one(t, "ls /data\n", 60)
+                if err or time.monotonic() > end:
+                    return f"session {i}: {err or 'time bound (300 s) hit'}"
+
+        r = self.measure(t, fn)
+        return r, n / r["wall"], 1000 * r["cpu"] / n
+
+    def w7(self, t):
+        p, d = self.p, os.path.join(self.client, "dl", "w7")
+        os.makedirs(d)
+
+        def fn():
+            procs = []
+            for i in range(p["par_n"]):
+                bf = os.path.join(self.work, f"batch-w7-{i}.txt")
+                with open(bf, "w") as f:
+                    f.write(f"get /data/par/p{i}.bin {d}/p{i}.bin\n")
+                argv = self.argv(t, bf)
+                procs.append(subprocess.Popen(argv, stdin=DN, stdout=DN, stderr=subprocess.PIPE))
+            errs, end = [], time.monotonic() + 120 + 2 * p["par"] * p["par_n"]
+            for pr in procs:
+                try:
+                    _, e = pr.communicate(timeout=max(1, end - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pr.kill()
+                    _, e = pr.communicate()
+                if pr.returncode:
+                    errs.append(f"rc={pr.returncode} {e.decode(errors='replace').strip()[-200:]}")
+            return "; ".join(errs) or None
+
+        r = self.measure(t, fn)
+        got = count_files(d, p["par"] * MiB)
+        if not r["err"] and got != p["par_n"]:
+            r["err"] = f"{got}/{p['par_n']} files complete"
+        rm(d)
+        total = p["par_n"] * p["par"] * MiB
+        return r, total / r["wall"] / 1e6, r["cpu"] / (total / GiB)
+
+    def w8(self, t):
+        """Fresh server; RSS (sum over its processes) idle, then with N sftp
+        sessions connected, each having made one mkdir and waiting on stdin."""
+        n = self.p["idle"]
+        t.restart()
+        time.sleep(1)
+        rp = t.reaper.pid
+        idle, idle_pss = settled(rp), settled(rp, "Pss:")
+        d = os.path.join(self.root, "upload", "w8")
+        os.makedirs(d)
+        os.chmod(d, 0o777)
+        procs, err, end = [], None, time.monotonic() + 180
+        try:
+            while True:
+                up = len(os.listdir(d))
+                if up >= n:
+                    break
+                if time.monotonic() > end:
+                    err = f"only {up}/{n} sessions up after 180 s"
+                    break
+                if any(pr.poll() is not None for pr in procs):
+                    err = "a client exited early"
+                    break
+                if len(procs) < n and len(procs) - up < 10:  # <= 10 unauthenticated at once
+                    argv = self.argv(t, "-")
+                    pr = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=DN, stderr=DN)
+                    pr.stdin.write(f"mkdir /upload/w8/c{len(procs):03d}\n".encode())
+                    pr.stdin.flush()
+                    procs.append(pr)
+                else:
+                    time.sleep(0.05)
+            time.sleep(2)
+            loaded, loaded_pss = settled(rp), settled(rp, "Pss:")
+            nproc = len(tree(rp)[0]) - 1
+        finally:
+            for pr in procs:
+                try:
+                    pr.stdin.close()
+                except OSError:
+                    pass
+            for pr in procs:
+                try:
+                    pr.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    pr.kill()
+                    pr.wait()
+            rm(d)
+        r = {
+            "err": err,
+            "detail": f"{idle / 1024:.1f} -> {loaded / 1024:.1f} MiB RSS, {nproc} processes, "
+            f"PSS {(loaded_pss - idle_pss) / n:.0f} KiB/session",
+        }
+        return r, (loaded - idle) / n, None
+
+
+def settled(pid, field="VmRSS:"):
+    vals = []
+    for _ in range(3):
+        vals.append(tree_mem_kib(pid, field))
+        time.sleep(0.3)
+    return statistics.median(vals)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while b := f.read(4 * MiB):
+                h.update(b)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def rm(path):
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def count_files(d, size):
+    try:
+        return sum(1 for e in os.scandir(d) if e.stat().st_size == size)
+    except OSError:
+        return 0
+
+
+def negotiated(b, t):
+    rc, err = b.sftp(t, "ls /\n", 60, verbose=True)
+    pats = {
+        "kex": r"kex: algorithm: (\S+)",
+        "hostkey": r"kex: host key algorithm: (\S+)",
+        "s2c": r"kex: server->client cipher: (\S+) MAC: (\S+)",
+        "c2s": r"kex: client->server cipher: (\S+) MAC: (\S+)",
+        "version": r"remote software version (\S+)",
+    }
+    out = {
+        k: " ".join(m.groups()) if (m := re.search(v, err)) else f"? (rc={rc})"
+        for k, v in pats.items()
+    }
+    out["s2c"] = out["s2c"].replace(" <implicit>", "")
+    return out
+
+
+def sftpd_version():
+    def g(*a):
+        return subprocess.run(
+            ["git", "-C", REPO, *a], capture_output=True, text=True
+        ).stdout.strip()
+
+    dirty = g("status", "--porcelain", "--untracked-files=no", "--", "sftpd")
+    return f"sftpd at git {g('rev-parse', '--short', 'HEAD') or '?'}" + (
+        " + uncommitted changes" if dirty else ""
+    )
+
+
+def sshd_version():
+    try:
+        out = subprocess.run([OpenSSH.SSHD, "-V"], capture_output=True, text=True).stderr.strip()
+    except OSError:
+        return "no sshd"
+    return f"sshd {out.split(',')[0]} internal-sftp"
+
+
+def machine():
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        model = next((x.split(":", 1)[1].strip() for x in f if x.startswith("model name")), model)
+    ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    return (
+        f"{os.cpu_count()} CPUs ({model}), {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, client {ssh}, load average "
+        + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    )
+
+
+# -------------------------------------------------------------------- report
+def fmt(v):
+    if v is None:
+        return "-"
+    digits = 0 if abs(v) >= 100 else 1 if abs(v) >= 10 else 2 if abs(v) >= 1 else 3
+    return f"{v:.{digits}f}"
+
+
+def fx(x):
+    return f"{x:.2f}x" if x >= 0.1 else f"{x:.2g}x"
+
+
+def report(b, names, results, algos, header):
+    """Markdown: algorithms; medians with the ratio to OpenSSH (ratio of medians) and the
+    range of the per-round ratios; server CPU per unit of work; W8 detail; failures."""
+    ref = "openssh" if "openssh" in names else None
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    L = [*header, "", "| target | kex | cipher+MAC (server->client) | server version |"]
+    L += ["|---|---|---|---|"]
+    L += [f"| {t} | {a['kex']} | {a['s2c']} | {a['version']} |" for t, a in algos.items()]
+    L += ["", f"Load average at the end: {load}", "", "Medians of the rounds; in brackets: "]
+    L[-1] += "ratio to OpenSSH (ratio of medians), range of the per-round ratios."
+    cols = " | ".join(names) + " |"
+    L += ["", f"| workload | unit | better | {cols}", "|---|---|---|" + "---|" * len(names)]
+    wls = [w for w in WORKLOADS if any(k[0] == w for k in results)]
+
+    def med(w, t, i):
+        vals = [r[i] for r in results.get((w, t), []) if not r[0]["err"] and r[i] is not None]
+        return statistics.median(vals) if vals else None
+
+    def cell(w, t, i):
+        v, rs = med(w, t, i), results.get((w, t), [])
+        nok = sum(1 for r in rs if not r[0]["err"])
+        if v is None:
+            return f"FAILED {len(rs) - nok}/{len(rs)}" if rs else "n/a"
+        c, vr = fmt(v), (med(w, ref, i) if ref and t != ref else None)
+        if vr:
+            pairs = zip(rs, results.get((w, ref), []), strict=False)
+            per = [a[i] / o[i] for a, o in pairs if not a[0]["err"] and not o[0]["err"] and o[i]]
+            rng = f", {fx(min(per))[:-1]}-{fx(max(per))}" if len(per) > 1 else ""
+            c += f" ({fx(v / vr)}{rng})"
+        return c + (f" [{nok}/{len(rs)} ok]" if nok < len(rs) else "")
+
+    for w in wls:
+        title, unit, hib, _ = WORKLOADS[w]
+        cells = " | ".join(cell(w, t, 1) for t in names)
+        L.append(
+            f"| {w} {title.format(**b.p)} | {unit} | {'higher' if hib else 'lower'} | {cells} |"
+        )
+    L += ["", "Server CPU per unit of work (all server processes; lower is better):", ""]
+    L += [f"| workload | unit | {cols}", "|---|---|" + "---|" * len(names)]
+    for w in wls:
+        if WORKLOADS[w][3]:
+            cells = " | ".join(cell(w, t, 2) for t in names)
+            L.append(f"| {w} | {WORKLOADS[w][3]} | {cells} |")
+    L.append("")
+    for (w, t), rs in results.items():
+        for i, (r, _v, _c) in enumerate(rs):
+            if r.get("detail"):
+                L.append(f"- {w} {t} round {i + 1}: {r['detail']}")
+            if r["err"]:
+                L.append(f"- {w} {t} round {i + 1} FAILED: {r['err'][:300]}")
+    return L
+
+
+# ---------------------------------------------------------------------- main
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add = ap.add_argument
+    add("--targets", default="openssh,sftpd", help="comma list (default openssh,sftpd)")
+    add("--workloads", default=",".join(WORKLOADS), help="comma list (default W1..W8)")
+    add("--rounds", type=int, help="interleaved rounds (default 3; 1 with --quick)")
+    add("--size-mib", type=int, help="W1/W2 size (default 512; 64 with --quick); W7: 8 x size/8")
+    add("--workdir", help="parent of the temporary dir (default /dev/shm if room, else /tmp)")
+    add("--sftpd-cmd", default="python3 -m sftpd", help="started from the repository root")
+    add(
+        "--sftpd-set",
+        action="append",
+        default=[],
+        metavar="'KEY = VALUE'",
+        help="extra TOML line for sftpd's [server] table, e.g. 'workers = 2' (repeatable)",
+    )
+    add(
+        "--mode",
+        choices=MODES,
+        default="default",
+        help="default: each side's preference; forced: -c aes128-ctr -o MACs=hmac-sha2-256",
+    )
+    add("--quick", action="store_true", help="small sizes, 1 round: a smoke run")
+    add("--max-minutes", type=float, default=90, help="start no new run after this (default 90)")
+    add("--markdown", metavar="FILE", help="also write the summary there")
+    return ap.parse_args()
+
+
+def run_one(b, t, w):
+    try:
+        r, v, c = getattr(b, w.lower())(t)
+    except Exception as e:  # recorded as a failed run; the benchmark goes on
+        r, v, c = {"err": f"{type(e).__name__}: {e}"}, None, None
+    line = f"{w} {t.name:8s} {fmt(v):>8s} {WORKLOADS[w][1]:14s}"
+    if c is not None:
+        line += f" server {fmt(c)} {WORKLOADS[w][3]} ({100 * r['cpu'] / r['wall']:.0f}% CPU)"
+        line += f", client {100 * r['cli']:.0f}% CPU"
+    if r["err"]:
+        line += f"  FAILED: {r['err']}\n   server log tail: {t.tail(300)!r}"
+    return (r, v, c), line
+
+
+def main():
+    args = parse_args()
+    rounds, p = args.rounds or (1 if args.quick else 3), params(args)
+    wls = args.workloads.upper().split(",")
+    if set(wls) - set(WORKLOADS):
+        raise SystemExit(f"unknown workload(s): {set(wls) - set(WORKLOADS)}")
+    if set(args.targets.split(",")) - {"sftpd", "openssh"}:
+        raise SystemExit("--targets: a comma list of sftpd and openssh")
+    cmdline = shlex.join(["python3", *sys.argv])
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    opts = " ".join(MODES[args.mode]) or "(no options)"
+    header = [f"# sftpd benchmark ({started})", "", f"Command: `{cmdline}`", ""]
+    header += [f"Machine: {machine()}", "", f"Servers: {sftpd_version()}; {sshd_version()}", ""]
+    header += [f"Mode: {args.mode} (`sftp {opts}`), {rounds} interleaved round(s)"]
+    say(f"command: {cmdline}\n" + "\n".join(header[4:]))
+
+    def on_term(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    need = (4 * p["size"] + 2 * p["par"] * p["par_n"] + 200) * MiB
+    parent = args.workdir
+    if parent is None:
+        s = os.statvfs("/dev/shm") if os.path.isdir("/dev/shm") else None
+        parent = "/dev/shm" if s and s.f_bavail * s.f_frsize > 1.2 * need else "/tmp"
+    work = tempfile.mkdtemp(prefix="sftpd-bench-", dir=parent)
+    say(f"workdir: {work} (about {need // MiB} MiB of data)")
+    made, live, skipped, results, algos = [], [], [], {}, {}
+    try:
+        b = Bench(args, work)
+        b.make_data()
+        for name in args.targets.split(","):
+            try:
+                made.append({"sftpd": Sftpd, "openssh": OpenSSH}[name](b))
+                made[-1].start()
+                algos[name] = negotiated(b, made[-1])
+                say(f"started {name} on port {made[-1].port}: {algos[name]}")
+                live.append(made[-1])
+            except Exception as e:  # a target that cannot start is skipped, with the reason
+                say(f"SKIP {name}: {e}")
+                skipped.append(f"- {name} skipped: {e}")
+        if not live:
+            raise SystemExit("no target could be started")
+        end = time.monotonic() + 60 * args.max_minutes
+        for rnd in range(rounds):
+            for wi, w in enumerate(wls):
+                k = (rnd + wi) % len(live)
+                for t in live[k:] + live[:k]:
+                    if time.monotonic() > end:
+                        raise TimeoutError
+                    res, line = run_one(b, t, w)
+                    results.setdefault((w, t.name), []).append(res)
+                    say(f"r{rnd + 1} {line}")
+    except TimeoutError:
+        say(f"--max-minutes {args.max_minutes} reached: no more runs")
+    except KeyboardInterrupt:
+        say("interrupted: stopping servers")
+    finally:
+        for t in made:
+            t.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    if results:
+        text = "\n".join(report(b, [t.name for t in live], results, algos, [*header, "", *skipped]))
+        say("\n" + text)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(text + "\n")
+            say(f"written: {args.markdown}")
+
+
+if __name__ == "__main__":
+    main()
