@@ -1,0 +1,286 @@
+"""The rsync --server allow-list and path mapping (pure: no processes, no files)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sftpd.exec.rsync import daemon_arguments, daemon_config, parse_ldd
+from sftpd.exec.rsync_args import (
+    RsyncArgError,
+    RsyncReadOnlyError,
+    ServerArgs,
+    map_path,
+    parse_command,
+    read_protected_args,
+    validate,
+)
+
+
+def words(line: str) -> list[bytes]:
+    return [w.encode() for w in line.split()]
+
+
+def check(line: str, *, home: str = "/", read_only: bool = False) -> ServerArgs:
+    argv = words(line)
+    command = parse_command(argv)
+    assert not command.protect_args
+    return validate(command.words, home=home, read_only=read_only)
+
+
+def refused(line: str, *, read_only: bool = False) -> str:
+    with pytest.raises(RsyncArgError) as info:
+        check(line, read_only=read_only)
+    return info.value.option
+
+
+# Command lines printed by rsync 3.2.x-3.5 clients (see the -e 'sh -c echo' trick).
+CLIENT_LINES = [
+    ("rsync --server -logDtpre.iLsfxCIvu . dst/", False, (b"-logDtpre.iLsfxCIvu",)),
+    ("rsync --server --sender -vlogDtpre.iLsfxCIvu . dst/", True, (b"-vlogDtpre.iLsfxCIvu",)),
+    (
+        "rsync --server -vlogDtpre.iLsfxCIvu --delete . dst/",
+        False,
+        (b"-vlogDtpre.iLsfxCIvu", b"--delete"),
+    ),
+    (
+        "rsync --server -logDtpre.iLsfxCIvu --partial . dst/",
+        False,
+        (b"-logDtpre.iLsfxCIvu", b"--partial"),
+    ),
+    ("rsync --server -logDtprce.iLsfxCIvu . dst/", False, (b"-logDtprce.iLsfxCIvu",)),
+    ("rsync --server --sender -logDtprze.iLsfxCIvu . dst/", True, (b"-logDtprze.iLsfxCIvu",)),
+    (
+        "rsync --server -vlogDtprze.iLsfxCIvu --delete-during --inplace . dst/",
+        False,
+        (b"-vlogDtprze.iLsfxCIvu", b"--delete-during", b"--inplace"),
+    ),
+    ("rsync --server -lHogDtpAXre.iLsfxCIvu --stats . d", False, None),
+    ("rsync --server --sender -lLogDtpre.iLsfxCIvu --safe-links . d", True, None),
+    ("rsync --server -unlKmOJyWHogDtUpXrcIxSe.iLsfxCIvu . d", False, None),
+    ("rsync --server -logDtpre.iLsfxCIvu --log-format=X --partial . d", False, None),
+    ("rsync --server -logDtpre.iLsfxCIvu --delay-updates . d", False, None),
+    (
+        "rsync --server -logDtpre.iLsfxCIvu --timeout=10 --bwlimit=1024 --max-delete=5 "
+        "--min-size=1 . d",
+        False,
+        None,
+    ),
+    (
+        "rsync --server -logDtpre.iLsfxCIvu --delete-delay --size-only --delete-missing-args "
+        "--copy-unsafe-links --safe-links --ignore-existing --existing . d",
+        False,
+        None,
+    ),
+    (
+        "rsync --server -blogDtpre.iLsfxCIvu --suffix=.bak --max-size=1048576 "
+        "--delete-excluded --remove-source-files . d",
+        False,
+        None,
+    ),
+    (
+        "rsync --server -logDtpAre.iLsfxCIvu --log-format=X --super --append --append . d",
+        False,
+        None,
+    ),
+    (
+        "rsync --server -logDtpre.iLsfxCIvu --numeric-ids --fsync --preallocate --open-noatime "
+        "--mkpath . d",
+        False,
+        None,
+    ),
+    (
+        "rsync --server -logDtpre.iLsfxCIvu --compress-level=3 --checksum-choice=xxh128 "
+        "--compress-choice=zstd . d",
+        False,
+        None,
+    ),
+    ("rsync --server -vvlogDtpre.iLsfxCIvu --info=NAME2 --debug=DEL2 . d", False, None),
+    ("rsync --server -logDtpre.iLsfxCIvu -B8192 --modify-window=2 . d", False, None),
+    ("rsync --server -logDtpre.iLsfxCIvu --usermap=*:a --groupmap=*:b . d", False, None),
+    ("rsync --server -logDtprRe.LsfxCIvu --no-implied-dirs . d", False, None),
+    ("rsync --server --sender -logDtpRe.LsfxCIvu --files-from=- --from0 . .", True, None),
+    ("rsync --server --sender -logDtpre.iLsfxCIvu --list-only . d", True, None),
+    ("rsync --server -logDtpre.iLsfxCIvu --ignore-times --no-W --no-r . d", False, None),
+    ("rsync --server -logDtpre.iLsfxCIvu --munge-links --no-munge-links . d", False, None),
+]
+
+
+@pytest.mark.parametrize(("line", "sender", "options"), CLIENT_LINES)
+def test_real_client_lines_are_accepted(
+    line: str, sender: bool, options: tuple[bytes, ...] | None
+) -> None:
+    args = check(line)
+    assert args.sender is sender
+    if options is not None:
+        assert args.options == options
+
+
+def test_separate_values_are_joined() -> None:
+    args = check(
+        "rsync --server -blogDtpre.iLsfxCIvu --backup-dir bk --partial-dir .p "
+        "--link-dest ../prev . d"
+    )
+    assert args.options == (
+        b"-blogDtpre.iLsfxCIvu",
+        b"--backup-dir=bk",
+        b"--partial-dir=.p",
+        b"--link-dest=../prev",
+    )
+
+
+def test_absolute_path_values_are_normalised_inside_the_root() -> None:
+    args = check("rsync --server -r --copy-dest /../../y --backup-dir=/z/../../bk . d")
+    assert args.options == (b"-r", b"--copy-dest=/y", b"--backup-dir=/bk")
+
+
+@pytest.mark.parametrize(
+    ("line", "option"),
+    [
+        ("rsync --server -e ssh . d", "-e"),
+        ("rsync --server -vle ssh . d", "-e"),
+        ("rsync --server -essh . d", "-essh"),
+        ("rsync --server --rsh=ssh . d", "--rsh"),
+        ("rsync --server --rsync-path=/bin/sh . d", "--rsync-path"),
+        ("rsync --server --daemon . d", "--daemon"),
+        ("rsync --daemon --server .", "--daemon"),
+        ("rsync --server --config=/etc/x . d", "--config"),
+        ("rsync --server --dparam=x=y . d", "--dparam"),
+        ("rsync --server --log-file=/tmp/x . d", "--log-file"),
+        ("rsync --server --log-file /tmp/x . d", "--log-file"),
+        ("rsync --server -T /tmp . d", "-T"),
+        ("rsync --server -vT/tmp . d", "-T"),
+        ("rsync --server --temp-dir=/tmp . d", "--temp-dir"),
+        ("rsync --server --write-batch=x . d", "--write-batch"),
+        ("rsync --server --read-batch=x . d", "--read-batch"),
+        ("rsync --server --only-write-batch=x . d", "--only-write-batch"),
+        ("rsync --server --sender --files-from=/etc/passwd . d", "--files-from=/etc/passwd"),
+        ("rsync --server --sender --files-from list . d", "--files-from=list"),
+        ("rsync --server --exclude-from=/etc/shadow . d", "--exclude-from=/etc/shadow"),
+        ("rsync --server --include-from=x . d", "--include-from=x"),
+        ("rsync --server --iconv=utf8 . d", "--iconv"),
+        ("rsync --server --copy-devices . d", "--copy-devices"),
+        ("rsync --server --write-devices . d", "--write-devices"),
+        ("rsync --server -M--log-file=/x . d", "-M"),
+        ("rsync --server --remote-option=--x . d", "--remote-option"),
+        ("rsync --server --copy-as=root . d", "--copy-as"),
+        ("rsync --server -f+_x . d", "-f"),
+        ("rsync --server --filter=+x . d", "--filter"),
+        ("rsync --server --no-such-option . d", "--no-such-option"),
+        ("rsync --server --delete=yes . d", "--delete=yes"),
+        ("rsync --server -B12x . d", "-B12x"),
+        ("rsync --server stray . d", "stray"),
+        ("rsync --server -- . d", "--"),
+        ("rsync --server -r", "(missing '.' argument)"),
+        ("/tmp/evil --server -r . d", "--rsync-path"),
+        ("rsync -r --server . d", "-r"),
+        ("rsync", "(server mode required)"),
+    ],
+)
+def test_refused(line: str, option: str) -> None:
+    assert refused(line) == option
+
+
+def test_nul_and_newline_are_refused_anywhere() -> None:
+    for bad in (b"d\x00--daemon", b"d\n--daemon"):
+        with pytest.raises(RsyncArgError):
+            validate([b"--server", b"-r", b".", bad], home="/", read_only=False)
+        with pytest.raises(RsyncArgError):
+            validate([b"--server", b"--suffix=" + bad, b".", b"d"], home="/", read_only=False)
+
+
+def test_read_only_accounts_may_only_send() -> None:
+    with pytest.raises(RsyncReadOnlyError):
+        check("rsync --server -logDtpre.iLsfxCIvu . d", read_only=True)
+    assert check("rsync --server --sender -logDtpre.iLsfxCIvu . d", read_only=True).sender
+    assert refused("rsync --server --sender -r --remove-source-files . d", read_only=True) == (
+        "--remove-source-files"
+    )
+
+
+def test_paths_are_mapped_into_the_root() -> None:
+    args = check(
+        "rsync --server --sender -r . /../../etc/passwd ../../x sub/ sub/. . ~ ~/a /",
+        home="/home/u",
+    )
+    assert args.paths == (
+        b"/etc/passwd",
+        b"/x",
+        b"/home/u/sub/",
+        b"/home/u/sub/.",
+        b"/home/u/.",
+        b"/home/u",
+        b"/home/u/a",
+        b"/",
+    )
+    assert check("rsync --server -r .").paths == (b"/.",)
+    assert map_path(b"/..", "/") == b"/"
+    assert map_path(b"/../.", "/") == b"/."
+    assert map_path(b"-rf", "/") == b"/-rf"
+    assert map_path(b"\xff name", "/") == b"/\xff name"
+
+
+def test_protect_args_are_read_from_stdin() -> None:
+    command = parse_command(words("rsync --server -sblogDtpre.iLsfxCIvu"))
+    assert command.protect_args
+    stream = b"rsync\x00--backup-dir\x00bk\x00--delete\x00.\x00dst dir/x\x00\x00 \x00\x00\x00"
+    for cut in range(len(stream) - 4):
+        assert read_protected_args(stream[:cut]) is None
+    parsed = read_protected_args(stream)
+    assert parsed is not None
+    extra, used = parsed
+    assert stream[used:] == b" \x00\x00\x00"
+    args = validate((*command.words, *extra[1:]), home="/", read_only=False)
+    assert args.options == (b"-blogDtpre.iLsfxCIvu", b"--backup-dir=bk", b"--delete")
+    assert args.paths == (b"/dst dir/x",)
+    assert parse_command(words("rsync --server --protect-args -r")).protect_args
+    assert not parse_command(words("rsync --server -r . s")).protect_args
+
+
+def test_protected_args_are_validated_like_the_rest() -> None:
+    command = parse_command(words("rsync --server -slogDtpre.iLsfxCIvu"))
+    with pytest.raises(RsyncArgError) as info:
+        validate((*command.words, b"--log-file=/x", b".", b"d"), home="/", read_only=False)
+    assert info.value.option == "--log-file"
+
+
+def test_daemon_arguments_carry_only_validated_words() -> None:
+    args = check("rsync --server --sender -vlogDtpre.iLsfxCIvu --partial . a /b/ -x")
+    block = daemon_arguments(args, 32)
+    assert block.split(b"\x00") == [
+        b"--server",
+        b"--sender",
+        b"-vlogDtpre.iLsfxCIvu",
+        b"--partial",
+        b".",
+        b"sftpd/a",
+        b"sftpd/b/",
+        b"sftpd/-x",
+        b"",
+        b"",
+    ]
+    assert daemon_arguments(check("rsync --server -r ."), 29) == b"--server\n-r\n.\nsftpd/.\n\n"
+
+
+def test_daemon_config_chroots_and_is_read_only_when_asked() -> None:
+    conf = daemon_config(True).decode()
+    assert "use chroot = yes\n" in conf
+    assert "numeric ids = yes\n" in conf
+    assert "read only = yes\n" in conf
+    assert "read only = no\n" in daemon_config(False).decode()
+
+
+def test_parse_ldd() -> None:
+    text = (
+        "\tlinux-vdso.so.1 (0x00007ffd)\n"
+        "\tlibpopt.so.0 => /lib/x86_64-linux-gnu/libpopt.so.0 (0x00007f)\n"
+        "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n"
+        "\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n"
+    )
+    assert parse_ldd(text) == (
+        "/lib/x86_64-linux-gnu/libpopt.so.0",
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/lib64/ld-linux-x86-64.so.2",
+    )
+    assert parse_ldd("\tnot a dynamic executable\n") == ()
+    with pytest.raises(RuntimeError):
+        parse_ldd("\tlibx.so.1 => not found\n")
