@@ -1,10 +1,20 @@
-"""The rsync --server allow-list and path mapping (pure: no processes, no files)."""
+"""The rsync allow-list, path mapping and the client/daemon opening bridge (no processes)."""
 
 from __future__ import annotations
 
-import pytest
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from sftpd.exec.rsync import daemon_arguments, daemon_config, parse_ldd
+import pytest
+from twisted.internet.error import ProcessTerminated
+from twisted.python.failure import Failure
+
+from sftpd.blocking import InlineBlocking
+from sftpd.config import ExecConfig
+from sftpd.exec.rsync import UNAVAILABLE, daemon_arguments, daemon_config, make_rsync_app, parse_ldd
 from sftpd.exec.rsync_args import (
     RsyncArgError,
     RsyncReadOnlyError,
@@ -14,6 +24,7 @@ from sftpd.exec.rsync_args import (
     read_protected_args,
     validate,
 )
+from sftpd.session_api import SessionContext
 
 
 def words(line: str) -> list[bytes]:
@@ -284,3 +295,150 @@ def test_parse_ldd() -> None:
     assert parse_ldd("\tnot a dynamic executable\n") == ()
     with pytest.raises(RuntimeError):
         parse_ldd("\tlibx.so.1 => not found\n")
+
+
+# -- the bridge, in memory (no processes) ----------------------------------------------
+
+
+class FakeProcess:
+    def __init__(self, proto: Any) -> None:
+        self.proto = proto
+        self.stdin = bytearray()
+        self.child: dict[int, bytes] = {}
+        self.calls: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        self.stdin += data
+
+    def writeToChild(self, fd: int, data: bytes) -> None:
+        self.child[fd] = self.child.get(fd, b"") + data
+
+    def closeChildFD(self, fd: int) -> None:
+        self.calls.append(f"close {fd}")
+
+    def closeStdin(self) -> None:
+        self.calls.append("close stdin")
+
+    def signalProcess(self, sig: str) -> None:
+        self.calls.append(f"signal {sig}")
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")
+
+
+class FakeReactor:
+    def __init__(self) -> None:
+        self.spawned: list[tuple[FakeProcess, list[bytes]]] = []
+
+    def spawnProcess(self, proto: Any, executable: bytes, args: list[bytes], **kw: Any) -> Any:
+        process = FakeProcess(proto)
+        proto.makeConnection(process)
+        self.spawned.append((process, args))
+        return process
+
+
+@dataclass
+class FakeIO:
+    out: bytearray = field(default_factory=bytearray)
+    err: bytearray = field(default_factory=bytearray)
+    status: list[int] = field(default_factory=list)
+    pending: int = 0
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def write_stderr(self, data: bytes) -> None:
+        self.err += data
+
+    def exit(self, status: int) -> None:
+        self.status.append(status)
+
+    def pending_output(self) -> int:
+        return self.pending
+
+
+def bridge(
+    tmp_path: Path, command: str, read_only: bool = False
+) -> tuple[Any, FakeIO, Callable[[], tuple[FakeProcess, list[bytes]]]]:
+    reactor = FakeReactor()
+    io = FakeIO()
+    # Any two binaries that exist stand in: nothing is executed but ldd and "--help".
+    ctx = SessionContext(
+        username="u",
+        home="/",
+        read_only=read_only,
+        storage=None,  # type: ignore[arg-type]
+        blocking=InlineBlocking(),
+        host_root=tmp_path,
+        exec=ExecConfig(rsync_path="sh", bwrap_path="true"),
+        reactor=reactor,
+        session_id="mem",
+    )
+    app = make_rsync_app([w.encode() for w in command.split()], ctx, io)
+    return app, io, lambda: reactor.spawned[0]
+
+
+def test_bridge_opening_and_backpressure(tmp_path: Path) -> None:
+    app, io, spawned = bridge(tmp_path, "rsync --server --sender -vlogDtpre.iLsfxCIvu . d")
+    process, argv = spawned()
+    assert process.child[3].startswith(b"use chroot = yes\n")
+    assert "close 3" in process.calls
+    assert str(tmp_path).encode() in argv
+    # byte by byte: the client's version, then the daemon's greeting and OK
+    for byte in struct.pack("<i", 31):
+        app.data_received(bytes([byte]))
+    for byte in b"@RSYNCD: 32.0 sha512 md5\n":
+        process.proto.outReceived(bytes([byte]))
+    assert bytes(process.stdin) == b"@RSYNCD: 31.0 sha512 md5\nsftpd\n"
+    assert io.out == b""
+    process.proto.outReceived(b"@RSYNCD: OK\nPROTOCOL")
+    assert bytes(io.out) == struct.pack("<i", 32) + b"PROTOCOL"
+    args = bytes(process.stdin).split(b"sftpd\n", 1)[1]
+    assert args == b"--server\x00--sender\x00-vlogDtpre.iLsfxCIvu\x00.\x00sftpd/d\x00\x00"
+    app.data_received(b"client bytes")
+    assert process.stdin.endswith(b"client bytes")
+    io.pending = 10 << 20
+    process.proto.outReceived(b"more")
+    assert process.calls[-1] == "pause"
+    io.pending = 0
+    app.output_drained()
+    assert process.calls[-1] == "resume"
+    process.proto.errReceived(b"rsync: warning\n")
+    assert io.err == b"rsync: warning\n"
+    app.eof_received()
+    assert process.calls[-1] == "close stdin"
+    app.connection_lost()
+    assert process.calls[-1] == "signal KILL"
+
+
+def test_bridge_protect_args_and_refusal(tmp_path: Path) -> None:
+    app, io, spawned = bridge(tmp_path, "rsync --server -slogDtpre.iLsfxCIvu")
+    app.data_received(b"rsync\x00--log-file=/x\x00.\x00d\x00\x00" + struct.pack("<i", 32))
+    assert io.err == b"sftpd: rsync option not allowed: --log-file\n"
+    assert io.status == [1]
+    app, io, spawned = bridge(tmp_path, "rsync --server -slogDtpre.iLsfxCIvu")
+    app.data_received(b"rsync\x00--delete\x00.\x00a b\x00\x00" + struct.pack("<i", 32))
+    process, _ = spawned()
+    process.proto.outReceived(b"@RSYNCD: 32.0 md5\n@RSYNCD: OK\n")
+    assert bytes(process.stdin).endswith(
+        b"-logDtpre.iLsfxCIvu\x00--delete\x00.\x00sftpd/a b\x00\x00"
+    )
+
+
+def test_bridge_failure_before_the_transfer_is_unavailable(tmp_path: Path) -> None:
+    app, io, spawned = bridge(tmp_path, "rsync --server -r . d")
+    process, _ = spawned()
+    process.proto.errReceived(b"bwrap: setting up uid map: Permission denied\n")
+    process.proto.processEnded(Failure(ProcessTerminated(exitCode=1)))
+    assert bytes(io.err) == UNAVAILABLE
+    assert io.status == [1]
+    app, io, spawned = bridge(tmp_path, "rsync --server -r . d")
+    process, _ = spawned()
+    app.data_received(struct.pack("<i", 32))
+    process.proto.outReceived(b"@RSYNCD: 32.0 md5\n@RSYNCD: OK\n")
+    process.proto.processEnded(Failure(ProcessTerminated(exitCode=None, signal=9)))
+    assert io.status == [137]
+    assert io.err == b""

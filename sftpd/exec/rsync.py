@@ -285,12 +285,13 @@ class RsyncApp:
             return
         self._state = "starting"
         self._pending = self._ctx.blocking.run(probe_runtime, bwrap, rsync)
-        self._pending.addCallbacks(self._spawn, self._probe_failed, (bwrap, rsync))
+        self._pending.addCallback(self._spawn, bwrap, rsync)
+        self._pending.addErrback(self._start_failed)
 
-    def _probe_failed(self, failure: Failure) -> None:
+    def _start_failed(self, failure: Failure) -> None:
         self._pending = None
-        if self._state != "done":
-            self._unavailable(f"probing the runtime failed: {failure.getErrorMessage()}")
+        if self._state in ("starting", "handshake"):
+            self._unavailable(f"starting the sandbox failed: {failure.getErrorMessage()}")
 
     def _spawn(self, runtime: Runtime, bwrap: str, rsync: str) -> None:
         self._pending = None
@@ -415,6 +416,11 @@ class RsyncApp:
     def _process_ended(self, status: int) -> None:
         self._process = None
         if self._state == "running":
+            log.info(
+                "rsync session {session_id}: exit status {status}",
+                session_id=self._ctx.session_id,
+                status=status,
+            )
             self._finish(status)
         elif self._state != "done":
             self._unavailable(f"sandbox exited with status {status} before the transfer began")
