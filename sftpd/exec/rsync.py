@@ -284,9 +284,10 @@ class RsyncApp:
             self._unavailable(f"{missing!r} not found" if self._ctx.reactor else "no reactor")
             return
         self._state = "starting"
-        self._pending = self._ctx.blocking.run(probe_runtime, bwrap, rsync)
-        self._pending.addCallback(self._spawn, bwrap, rsync)
-        self._pending.addErrback(self._start_failed)
+        pending = self._ctx.blocking.run(probe_runtime, bwrap, rsync)
+        self._pending = pending  # may already have fired (and been cleared) just below
+        pending.addCallback(self._spawn, bwrap, rsync)
+        pending.addErrback(self._start_failed)
 
     def _start_failed(self, failure: Failure) -> None:
         self._pending = None
