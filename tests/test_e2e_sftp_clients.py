@@ -133,11 +133,6 @@ def test_paramiko_upload_of_8_mib_waiting_for_each_write(server: Env, sftp: Any)
     assert (server.alice.root / "pm-8m.bin").read_bytes() == payload
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: WRITE replies are sent out of order; paramiko's pipelined writes (what "
-    "SFTPClient.put() uses) drop a reply that arrives early and then wait forever for it",
-)
 def test_paramiko_put_of_8_mib(server: Env, sftp: Any, tmp_path: Path) -> None:
     payload = os.urandom(8 * 1024 * 1024 + 7)
     (tmp_path / "src.bin").write_bytes(payload)
@@ -278,11 +273,6 @@ def test_paramiko_error_statuses(server: Env, sftp: Any) -> None:
     assert (root / "pm-err" / "x").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG: paramiko SFTPFile.check() sends the extension name "check-file" (handle '
-    'form); sftpd only knows "check-file-handle" and answers OP_UNSUPPORTED',
-)
 def test_paramiko_file_check_hashes(server: Env, sftp: Any) -> None:
     payload = os.urandom(10_000)
     (server.alice.root / "pm-check.bin").write_bytes(payload)

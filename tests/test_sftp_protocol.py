@@ -1,4 +1,4 @@
-"""SftpApp glue: dispatch, out-of-order replies, backpressure, bounds, framing, EOF, close."""
+"""SftpApp glue: dispatch, in-order replies, barriers, backpressure, bounds, framing, EOF, close."""
 
 from __future__ import annotations
 
@@ -80,16 +80,47 @@ def test_many_requests_in_one_chunk_each_get_one_reply(root: Path) -> None:
     assert sorted(r.id for r in c.replies() if r.id is not None) == list(range(50))
 
 
-def test_replies_may_complete_out_of_order(root: Path) -> None:
+def read_packet(rid: int, handle: bytes, offset: int = 0, length: int = 4) -> bytes:
+    return frame(bytes([PacketType.READ]) + u32(rid) + s(handle) + u64(offset) + u32(length))
+
+
+def _open_handle(c: Client, blocking: QueuedBlocking, name: str = "f") -> bytes:
+    c.send(PacketType.OPEN, s(name), u32(OpenFlag.READ), u32(0))
+    blocking.release_all()
+    handle: bytes = c.replies()[0].handle
+    return handle
+
+
+def test_reads_run_concurrently_but_replies_keep_request_order(root: Path) -> None:
+    """OpenSSH's client truncates an in-place download at the first reordered READ reply."""
     blocking = QueuedBlocking()
+    (root / "f").write_bytes(b"0123456789ab")
     c = Client(root, blocking=blocking)
-    c.feed(stat_packet(1) + stat_packet(2) + stat_packet(3))
+    h = _open_handle(c, blocking)
+    c.feed(read_packet(1, h, 0) + read_packet(2, h, 4) + read_packet(3, h, 8))
     assert c.replies() == [] and c.app.in_flight == 3
-    blocking.release(2)
-    blocking.release(0)
-    blocking.release(0)
-    assert [r.id for r in c.replies()] == [3, 1, 2]
+    blocking.release(2)  # the third completes first: held back
+    assert c.replies() == []
+    blocking.release(0)  # the first: written at once
+    assert [(r.id, r.data) for r in c.replies()] == [(1, b"0123")]
+    blocking.release(0)  # the second: written, then the third that was waiting
+    assert [(r.id, r.data) for r in c.replies()] == [(2, b"4567"), (3, b"89ab")]
     assert c.app.in_flight == 0
+
+
+def test_other_requests_are_barriers(root: Path) -> None:
+    blocking = QueuedBlocking()
+    (root / "f").write_bytes(b"0123456789ab")
+    c = Client(root, blocking=blocking)
+    h = _open_handle(c, blocking)
+    c.feed(read_packet(1, h) + read_packet(2, h) + stat_packet(3) + read_packet(4, h))
+    assert c.app.in_flight == 2  # the STAT waits for both reads
+    blocking.release_all()
+    assert [r.id for r in c.replies()] == [1, 2, 3, 4]
+    c.feed(stat_packet(5) + stat_packet(6))
+    assert c.app.in_flight == 1  # one barrier at a time
+    blocking.release_all()
+    assert [r.id for r in c.replies()] == [5, 6]
 
 
 def test_pending_output_pauses_dispatch_until_drained(root: Path) -> None:
@@ -130,11 +161,13 @@ def test_slow_reader_stops_big_reads_at_the_output_limit(root: Path) -> None:
 def test_in_flight_requests_are_bounded(root: Path) -> None:
     blocking = QueuedBlocking()
     c = Client(root, blocking=blocking)
-    c.feed(b"".join(stat_packet(i) for i in range(200)))
+    (root / "f").write_bytes(b"x" * 1000)
+    h = _open_handle(c, blocking)
+    c.feed(b"".join(read_packet(i, h, i) for i in range(200)))
     assert c.app.in_flight == 128 and len(blocking.calls) == 128
     blocking.release_all()  # completing replies lets the queued 72 in, and they complete too
     ids = [r.id for r in c.replies()]
-    assert sorted(ids) == list(range(200))  # type: ignore[type-var]
+    assert ids == list(range(200))
     assert c.app.in_flight == 0
 
 
@@ -202,18 +235,17 @@ def test_close_waits_for_in_flight_read(root: Path) -> None:
     file = tracking.opened[0]
     read_id = c.send(PacketType.READ, s(handle), u64(0), u32(100))
     close_id = c.send(PacketType.CLOSE, s(handle))
-    assert len(blocking.calls) == 1  # only the pread: the close waits for it
-    # A new request on the closing handle is already refused.
-    c.send(PacketType.READ, s(handle), u64(0), u32(1))
-    assert c.replies()[0].message == "invalid handle"
+    late_id = c.send(PacketType.READ, s(handle), u64(0), u32(1))
+    assert len(blocking.calls) == 1  # only the pread: the close (a barrier) waits for it
     blocking.release()  # the pread completes; now the close is scheduled
-    assert c.replies()[0].data == b"content"
+    assert [(r.id, r.data) for r in c.replies()] == [(read_id, b"content")]
     assert len(blocking.calls) == 1 and not file.closed
     blocking.release()
     assert file.closed
-    reply = c.replies()[0]
-    assert (reply.id, reply.code) == (close_id, Status.OK)
-    assert read_id < close_id
+    replies = c.replies()
+    assert (replies[0].id, replies[0].code) == (close_id, Status.OK)
+    # the READ sent after the CLOSE runs after it, on a handle that is gone
+    assert (replies[1].id, replies[1].message) == (late_id, "invalid handle")
     assert c.app.handler.handles.used == 0
 
 
@@ -226,10 +258,10 @@ def test_connection_lost_drops_late_replies_and_closes_handles(root: Path) -> No
     blocking.release_all()
     handle = c.replies()[0].handle
     c.send(PacketType.READ, s(handle), u64(0), u32(100))
-    c.send(PacketType.OPEN, s("f"), u32(OpenFlag.READ), u32(0))  # completes after the loss
+    c.send(PacketType.OPEN, s("f"), u32(OpenFlag.READ), u32(0))  # waits behind the READ
     c.app.connection_lost()
     blocking.release_all()
     assert c.replies() == []
-    assert len(tracking.opened) == 2
+    assert len(tracking.opened) == 1  # the queued OPEN never ran
     assert all(f.closed for f in tracking.opened)
     assert c.app.handler.handles.used == 0

@@ -9,6 +9,7 @@ from sftpd.errors import FramingError, PacketDecodeError
 from sftpd.sftp import messages as m
 from sftpd.sftp.attrs import Attrs, encode_attrs
 from sftpd.sftp.constants import (
+    CHECK_FILE_REPLY,
     DATA_HEADER_LENGTH,
     EXT_CHECK_FILE_HANDLE,
     EXT_CHECK_FILE_NAME,
@@ -246,6 +247,8 @@ _EXT_DECODERS: dict[bytes, _Decoder] = {
         i, r.string(), _algorithms(r.string()), r.uint64(), r.uint64(), r.uint32()
     ),
 }
+# paramiko's SFTPFile.check() sends the handle form under the older name "check-file".
+_EXT_DECODERS[CHECK_FILE_REPLY] = _EXT_DECODERS[EXT_CHECK_FILE_HANDLE]
 
 
 def _decode_extended(request_id: int, reader: Reader) -> m.Request:

@@ -17,8 +17,11 @@ log = Logger(namespace="sftpd.sftp")
 
 # Stop dispatching while this much of our output waits for the client's window.
 MAX_PENDING_OUTPUT = 4 * 1024 * 1024
-# At most this many requests being served at once (replies may complete out of order).
+# At most this many READ/WRITE requests being served at once.
 MAX_IN_FLIGHT = 128
+# Only these may run concurrently with each other; every other request is a barrier that
+# runs alone, after everything before it, as OpenSSH's sequential sftp-server would.
+_CONCURRENT = (m.Read, m.Write)
 # Received but not yet dispatched input beyond this closes the session.
 MAX_BUFFERED_INPUT = 8 * 1024 * 1024
 
@@ -26,9 +29,13 @@ MAX_BUFFERED_INPUT = 8 * 1024 * 1024
 class SftpApp:
     """One SFTP session on a channel (implements ChannelApp).
 
-    Requests are dispatched in arrival order; their replies are written as they
-    complete. While the channel holds more than ``max_pending_output`` unsent bytes, or
-    ``max_in_flight`` requests are being served, further packets stay queued
+    Requests are dispatched in arrival order and **replies are written in that same
+    order** (OpenSSH's client truncates an in-place download at the first reordered READ
+    reply; paramiko matches pipelined WRITE acks by position). READ and WRITE requests are
+    served concurrently; any other request waits until those before it are answered, and
+    nothing after it starts until it is. While the channel holds more than
+    ``max_pending_output`` unsent bytes, or ``max_in_flight`` requests are being served,
+    further packets stay queued
     (undecoded) until ``output_drained`` or a reply frees room; a client that keeps
     sending past ``max_buffered_input`` queued bytes is disconnected.
     """
@@ -51,6 +58,9 @@ class SftpApp:
         self._max_buffered_input = max_buffered_input
         self._framer = Framer()
         self._queue: deque[Packet] = deque()
+        # one slot per dispatched request, in arrival order: None until its reply is ready
+        self._slots: deque[list[bytes | None]] = deque()
+        self._barrier = False  # a non-concurrent request is in flight
         self._queued_bytes = 0
         self._in_flight = 0
         self._pumping = False
@@ -95,6 +105,7 @@ class SftpApp:
 
     def connection_lost(self) -> None:
         self._closed = True
+        self._slots.clear()
         self._queue.clear()
         self._queued_bytes = 0
         self._handler.close_all()
@@ -107,7 +118,7 @@ class SftpApp:
         try:
             queue = self._queue
             while queue and not self._closed:
-                if self._in_flight >= self._max_in_flight:
+                if self._in_flight >= self._max_in_flight or self._barrier:
                     break
                 if self._io.pending_output() > self._max_pending_output:
                     break
@@ -126,18 +137,42 @@ class SftpApp:
                 self._abort("undecodable packet without a request id: {error}", error=str(exc))
                 return
             log.debug("bad message {error}", error=str(exc))
-            self._io.write(encode_response(SftpHandler.bad_message(exc.request_id, exc)))
+            self._slots.append([encode_response(SftpHandler.bad_message(exc.request_id, exc))])
+            self._flush()
             return
+        if not isinstance(request, _CONCURRENT):
+            if self._in_flight:
+                # put it back; it is dispatched once everything before it is answered
+                self._queue.appendleft(packet)
+                self._queued_bytes += len(packet)
+                self._barrier = True
+                return
+            self._barrier = True
+        slot: list[bytes | None] = [None]
+        self._slots.append(slot)
         self._in_flight += 1
         d = self._handler.handle(request)
-        d.addCallback(self._reply)
+        d.addCallback(self._reply, slot)
         d.addErrback(self._reply_failed)
 
-    def _reply(self, response: m.Response) -> None:
+    def _reply(self, response: m.Response, slot: list[bytes | None]) -> None:
         self._in_flight -= 1
+        if self._in_flight == 0:
+            self._barrier = False
         if not self._closed:
-            self._io.write(encode_response(response))
+            slot[0] = encode_response(response)
+            self._flush()
             self._pump()
+
+    def _flush(self) -> None:
+        """Write every reply at the head of the order that is ready."""
+        slots, write = self._slots, self._io.write
+        while slots:
+            data = slots[0][0]
+            if data is None:
+                return
+            slots.popleft()
+            write(data)
 
     def _reply_failed(self, failure: Failure) -> None:
         log.failure("SFTP reply could not be sent", failure)
