@@ -46,6 +46,7 @@ T = TypeVar("T")
 
 log = Logger(namespace="sftpd.exec.scp")
 
+WRITE_CHUNK = 256 * 1024
 _PERMS = 0o777  # setuid, setgid and sticky bits are never applied (see LocalStorage)
 
 
@@ -248,7 +249,8 @@ class ScpSink(ScpDriver):
 
     def __init__(self, ctx: SessionContext, io: ChannelIO, opts: ScpOptions) -> None:
         super().__init__(ctx, io, opts)
-        self._parser = SinkParser(recursive=opts.recursive)
+        # bigger pieces than the parser default: fewer trips to the blocking pool per file
+        self._parser = SinkParser(recursive=opts.recursive, max_chunk=WRITE_CHUNK)
         self._upload: _Upload | None = None
         self._stack: list[_Dir] = []
         self._target = ""
