@@ -19,10 +19,11 @@ from tests.support import Env
 paramiko = pytest.importorskip("paramiko")
 pytestmark = pytest.mark.e2e
 
-INIT, VERSION, OPEN, CLOSE, READ, REALPATH = 1, 2, 3, 4, 5, 16
-STATUS, HANDLE, DATA, NAME, EXTENDED, EXTENDED_REPLY = 101, 102, 103, 104, 200, 201
+INIT, VERSION, OPEN, CLOSE, READ, WRITE, FSTAT = 1, 2, 3, 4, 5, 6, 8
+REMOVE, MKDIR, RMDIR, REALPATH, STAT, RENAME = 13, 14, 15, 16, 17, 18
+STATUS, HANDLE, DATA, NAME, ATTRS, EXTENDED, EXTENDED_REPLY = 101, 102, 103, 104, 105, 200, 201
 FX_OK, FX_EOF, FX_FAILURE, FX_BAD_MESSAGE, FX_OP_UNSUPPORTED = 0, 1, 4, 5, 8
-FXF_READ = 0x01
+FXF_READ, FXF_WRITE, FXF_CREAT, FXF_EXCL = 0x01, 0x02, 0x08, 0x20
 READ_MAX = 255 * 1024
 MAX_PACKET = 256 * 1024
 MIB = 1024 * 1024
@@ -405,3 +406,63 @@ def test_many_channels_on_one_connection_are_independent(server: Env) -> None:
             assert ptype == NAME and _unstring(body[8:])[0] == b"/b"
     finally:
         first.close()
+
+
+# ---- pipelining ---------------------------------------------------------------------------
+
+
+def test_pipelined_replies_come_in_request_order(server: Env, raw: RawSftp) -> None:
+    """OpenSSH's scp (in-place download) and paramiko's pipelined writes depend on replies
+    arriving in request order: 300 pipelined READs of mixed sizes and offsets, with STAT and
+    FSTAT between them, answer in exactly the order sent, each with the right bytes."""
+    payload = os.urandom(3 * MIB)
+    (server.alice.root / "abuse-order.bin").write_bytes(payload)
+    handle = raw.open_handle(1, "/abuse-order.bin")
+    plan = []
+    data = []
+    for i in range(300):
+        rid = 100 + i
+        if i % 50 == 25:
+            data.append(_packet(STAT, rid, _string("/abuse-order.bin")))
+            plan.append((rid, ATTRS, None))
+        elif i % 50 == 40:
+            data.append(_packet(FSTAT, rid, _string(handle)))
+            plan.append((rid, ATTRS, None))
+        else:
+            offset = (i * 7919 * 131) % len(payload)
+            length = [1, 4096, 32768, READ_MAX, 100_000][i % 5]
+            data.append(_packet(READ, rid, _string(handle) + struct.pack(">QI", offset, length)))
+            plan.append((rid, DATA, payload[offset : offset + length]))
+    raw.send(b"".join(data))
+    for rid, kind, expected in plan:
+        ptype, body = raw.expect()
+        assert (struct.unpack(">I", body[:4])[0], ptype) == (rid, kind)
+        if expected is not None:
+            assert _unstring(body[4:])[0] == expected
+
+
+def test_pipelined_dependent_requests_keep_their_meaning(server: Env, raw: RawSftp) -> None:
+    """Requests sent back to back without waiting act as if each waited for the one before
+    (as OpenSSH's sequential sftp-server does)."""
+    root = server.alice.root
+    (root / "abuse-pipe-x").write_bytes(b"old")
+    create = struct.pack(">II", FXF_WRITE | FXF_CREAT | FXF_EXCL, 0)
+    raw.send(
+        _packet(MKDIR, 1, _string("/abuse-pipe-d") + struct.pack(">I", 0))
+        + _packet(OPEN, 2, _string("/abuse-pipe-d/f") + create)
+        + _packet(REMOVE, 3, _string("/abuse-pipe-x"))
+        + _packet(OPEN, 4, _string("/abuse-pipe-x") + create)
+        + _packet(RENAME, 5, _string("/abuse-pipe-x") + _string("/abuse-pipe-d/x"))
+        + _packet(RMDIR, 6, _string("/abuse-pipe-d"))
+        + _packet(STAT, 7, _string("/abuse-pipe-d/x"))
+        + _packet(REMOVE, 8, _string("/abuse-pipe-d/x"))
+        + _packet(STAT, 9, _string("/abuse-pipe-d/x"))
+    )
+    replies = [raw.expect() for _ in range(9)]
+    assert [struct.unpack(">I", body[:4])[0] for _, body in replies] == list(range(1, 10))
+    kinds = [ptype for ptype, _ in replies]
+    assert kinds == [STATUS, HANDLE, STATUS, HANDLE, STATUS, STATUS, ATTRS, STATUS, STATUS]
+    codes = {i + 1: _status(body)[1] for i, (ptype, body) in enumerate(replies) if ptype == STATUS}
+    assert codes == {1: FX_OK, 3: FX_OK, 5: FX_OK, 6: FX_FAILURE, 8: FX_OK, 9: 2}
+    assert _status(replies[5][1])[2] == "Directory not empty"
+    assert sorted(os.listdir(root / "abuse-pipe-d")) == ["f"]
