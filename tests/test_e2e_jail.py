@@ -328,6 +328,36 @@ def test_client_made_links_cannot_point_out(
         assert f.read() == b"jail decoy\n"
 
 
+def test_special_files_are_never_opened(
+    server: Env, outside: Outside, planted: Path, tmp_path: Path, sftp: Any
+) -> None:
+    """A FIFO or a device node in the root (planted on the host) is refused with a clear
+    FAILURE: never opened, so never a hang and never /dev/zero's endless bytes."""
+    os.mkfifo(planted / "special-fifo")
+    specials = ["special-fifo"]
+    try:
+        os.mknod(planted / "special-zero", 0o666 | stat.S_IFCHR, os.makedev(1, 5))
+        specials.append("special-zero")
+    except PermissionError:
+        pass  # not root: only the FIFO
+    for name in specials:
+        for mode in ("r", "w", "a", "r+"):
+            with pytest.raises(OSError) as err:
+                sftp.open(name, mode)
+            assert not isinstance(err.value, FileNotFoundError | PermissionError)
+        assert stat.S_ISFIFO(sftp.lstat(name).st_mode) or stat.S_ISCHR(sftp.lstat(name).st_mode)
+    # (OpenSSH's sftp refuses these itself after a STAT: "not a regular file")
+    res = _sftp(server, outside, "".join(f"-get {n} {tmp_path}/{n}\n" for n in specials))
+    assert res.stderr.count("not a regular file") == len(specials), res.stderr
+    for name in specials:
+        assert not (tmp_path / name).exists() or (tmp_path / name).stat().st_size == 0
+    src = tmp_path / "into-fifo.txt"
+    src.write_bytes(b"never delivered\n")
+    res = _sftp(server, outside, f"-put {src} special-fifo\n")
+    assert 'dest open "/special-fifo": Failure' in res.stderr, res.stderr
+    assert stat.S_ISFIFO(os.lstat(planted / "special-fifo").st_mode)
+
+
 # ---- modes -----------------------------------------------------------------------------
 
 

@@ -67,6 +67,9 @@ def test_put_and_get_move_exact_bytes(server: Env, tmp_path: Path) -> None:
     server.sftp(f"put {src} ossh-put.bin\nget ossh-put.bin {tmp_path / 'down.bin'}\n")
     assert (server.alice.root / "ossh-put.bin").read_bytes() == payload
     assert (tmp_path / "down.bin").read_bytes() == payload
+    # -f: fsync@openssh.com after the upload
+    server.sftp(f"put -f {src} ossh-put-f.bin\n")
+    assert (server.alice.root / "ossh-put-f.bin").read_bytes() == payload
 
 
 def test_put_over_a_longer_file_leaves_no_old_tail(server: Env, tmp_path: Path) -> None:
@@ -384,6 +387,26 @@ def test_scp_upload_and_download_use_sftp(server: Env, tmp_path: Path) -> None:
     res = _scp(server, "alice@127.0.0.1:/scp-small.bin", str(tmp_path / "small.bin"))
     assert res.returncode == 0, _failed(res)
     assert (tmp_path / "small.bin").read_bytes() == b"small download\n"
+
+
+def test_scp_p_preserves_mode_and_mtime(server: Env, tmp_path: Path) -> None:
+    src = tmp_path / "scp-keep.txt"
+    src.write_bytes(b"scp -p\n")
+    src.chmod(0o640)
+    os.utime(src, (1_111_111_111, 1_111_111_111))
+    res = _scp(server, "-p", str(src), "alice@127.0.0.1:scp-keep.txt")
+    assert res.returncode == 0, _failed(res)
+    st = os.stat(server.alice.root / "scp-keep.txt")
+    assert (stat.S_IMODE(st.st_mode), int(st.st_mtime)) == (0o640, 1_111_111_111)
+    (server.alice.root / "scp-keep-remote.txt").write_bytes(b"remote\n")
+    os.chmod(server.alice.root / "scp-keep-remote.txt", 0o604)
+    os.utime(server.alice.root / "scp-keep-remote.txt", (1_222_222_222, 1_222_222_222))
+    dst = tmp_path / "scp-keep-back.txt"
+    res = _scp(server, "-p", "alice@127.0.0.1:/scp-keep-remote.txt", str(dst))
+    assert res.returncode == 0, _failed(res)
+    st = os.stat(dst)
+    assert dst.read_bytes() == b"remote\n"
+    assert (stat.S_IMODE(st.st_mode), int(st.st_mtime)) == (0o604, 1_222_222_222)
 
 
 def test_scp_download_of_a_large_file_is_complete(server: Env, tmp_path: Path) -> None:
