@@ -95,7 +95,13 @@ def _guard(name: str) -> Callable[[Any, bytes], Any]:
 
 
 class Connection(connection.SSHConnection):  # type: ignore[misc]
-    """Conch's connection service, tolerant of messages for channels that are gone."""
+    """Conch's connection service, tolerant of messages for channels that are gone, and
+    withholding window adjustments from a channel whose app paused reading."""
+
+    def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
+        if getattr(channel, "reading_paused", False):
+            return  # SessionChannel.resume_reading re-opens the window
+        super().adjustWindow(channel, bytesToAdd)
 
 
 for _name in (

@@ -70,6 +70,7 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
         self.kind = "session"
         self.bytes_in = 0
         self.bytes_out = 0
+        self.reading_paused = False  # read by Connection.adjustWindow
 
     # ---- requests ---------------------------------------------------------------------
     def request_subsystem(self, data: bytes) -> int:
@@ -144,6 +145,18 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
 
     def pending_output(self) -> int:
         return self._pending
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        if not self.reading_paused:
+            return
+        self.reading_paused = False
+        gap = self.localWindowSize - self.localWindowLeft
+        if gap > 0 and not self.localClosed:
+            conn: Any = self.conn
+            conn.adjustWindow(self, gap)
 
     def exit(self, status: int) -> None:
         if self._exit_status is not None or self._finished:

@@ -30,6 +30,14 @@ class ChannelIO(Protocol):
         """Bytes written but not yet sent because the peer's window is full."""
         ...
 
+    def pause_reading(self) -> None:
+        """Stop granting the client window: it can send at most what the window still allows."""
+        ...
+
+    def resume_reading(self) -> None:
+        """Grant the client window again (re-opens what was consumed while paused)."""
+        ...
+
 
 class ChannelApp(Protocol):
     """An app on a session channel. The channel calls these; the app answers through ChannelIO."""

@@ -44,26 +44,66 @@ def test_embedded_default_serves_data_dir(tmp_path: Path, client_key: tuple[Path
         assert f"sftp -P 2222 {user}@127.0.0.1" in out
         assert re.search(r"SHA256:[A-Za-z0-9+/]{43}", out)
         assert sorted(p.name for p in (work / "keys").iterdir() if not p.name.endswith(".pub")) == [
-            "ssh_host_ecdsa_key", "ssh_host_ed25519_key", "ssh_host_rsa_key"]
+            "ssh_host_ecdsa_key",
+            "ssh_host_ed25519_key",
+            "ssh_host_rsa_key",
+        ]
         # with the key from ~/.ssh/id_*.pub
         src = tmp_path / "hello.txt"
         src.write_bytes(b"embedded default works\n")
-        opts = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o",
-                "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-P", "2222"]
+        opts = [
+            "-F",
+            "/dev/null",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-P",
+            "2222",
+        ]
         res = subprocess.run(
-            ["sftp", *opts, "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i",
-             str(client_key[0]), "-b", "-", f"{user}@127.0.0.1"],
-            input=f"put {src} hello.txt\n", capture_output=True, text=True, timeout=60)
+            [
+                "sftp",
+                *opts,
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-i",
+                str(client_key[0]),
+                "-b",
+                "-",
+                f"{user}@127.0.0.1",
+            ],
+            input=f"put {src} hello.txt\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert res.returncode == 0, res.stderr
         assert (work / "data" / "hello.txt").read_bytes() == src.read_bytes()
         # and with the random password printed once
         m = re.search(r"password \(shown only now\): (\S+)", out)
         assert m, out
         res = subprocess.run(
-            ["sftp", *opts, "-o", "PreferredAuthentications=password", "-o",
-             "PubkeyAuthentication=no", f"{user}@127.0.0.1"],
-            input="get hello.txt copy.txt\n", capture_output=True, text=True, timeout=60,
-            env=askpass_env(tmp_path, m.group(1)), cwd=tmp_path)
+            [
+                "sftp",
+                *opts,
+                "-o",
+                "PreferredAuthentications=password",
+                "-o",
+                "PubkeyAuthentication=no",
+                f"{user}@127.0.0.1",
+            ],
+            input="get hello.txt copy.txt\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=askpass_env(tmp_path, m.group(1)),
+            cwd=tmp_path,
+        )
         assert res.returncode == 0, res.stderr
         assert (tmp_path / "copy.txt").read_bytes() == src.read_bytes()
     finally:

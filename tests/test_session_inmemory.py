@@ -143,3 +143,19 @@ def test_output_waits_for_window_and_exit_waits_for_output(tmp_path: Path) -> No
     assert b"".join(data) == b"0123456789abcdef"
     assert _names(t)[-3:] == ["MSG_CHANNEL_REQUEST", "MSG_CHANNEL_EOF", "MSG_CHANNEL_CLOSE"]
     assert ch.pending_output() == 0
+
+
+def test_paused_reading_withholds_window_until_resumed(tmp_path: Path) -> None:
+    conn, t, clock = _setup(tmp_path)
+    _open(conn)
+    ch: Any = conn.channels[0]
+    ch.pause_reading()
+    chunk = b"y" * 200_000
+    for _ in range(15):  # 3 MB: past half the 4 MiB window
+        conn.ssh_CHANNEL_DATA(struct.pack(">L", 0) + NS(chunk))
+    assert "MSG_CHANNEL_WINDOW_ADJUST" not in _names(t)
+    assert ch.localWindowLeft == ch.localWindowSize - 3_000_000
+    ch.resume_reading()
+    adjust = [p for n, p in t.sent if n == "MSG_CHANNEL_WINDOW_ADJUST"]
+    assert len(adjust) == 1 and struct.unpack(">2L", adjust[0])[1] == 3_000_000
+    assert ch.localWindowLeft == ch.localWindowSize

@@ -246,6 +246,14 @@ class FakeIO:
     def pending_output(self) -> int:
         return self.pending
 
+    reading_paused = False
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+
 
 def u32(n: int) -> bytes:
     return struct.pack(">I", n)

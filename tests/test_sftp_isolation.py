@@ -71,6 +71,12 @@ class Recorder:
     def pending_output(self) -> int:
         return 0
 
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
     def replies(self) -> list[tuple[int, int]]:
         """(type, request id) of every complete reply so far (VERSION has id 0)."""
         out, i, buf = [], 0, bytes(self.out)

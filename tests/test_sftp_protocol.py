@@ -175,7 +175,7 @@ def test_flooding_without_reading_closes_the_session(root: Path) -> None:
     c = Client(root)
     c.io.pending = 1 << 30  # the client never reads
     write = bytes([PacketType.WRITE]) + u32(1) + s(b"h") + u64(0) + s(b"x" * 200_000)
-    for _ in range(50):
+    for _ in range(120):  # a client ignoring the window: past 16 MiB queued, it is dropped
         c.feed(frame(write))
         if c.io.exited is not None:
             break
@@ -265,3 +265,18 @@ def test_connection_lost_drops_late_replies_and_closes_handles(root: Path) -> No
     assert len(tracking.opened) == 1  # the queued OPEN never ran
     assert all(f.closed for f in tracking.opened)
     assert c.app.handler.handles.used == 0
+
+
+def test_a_big_input_backlog_pauses_reading_and_resumes_when_served(root: Path) -> None:
+    blocking = QueuedBlocking()
+    (root / "f").write_bytes(b"0123456789ab")
+    c = Client(root, blocking=blocking)
+    h = _open_handle(c, blocking)
+    c.feed(stat_packet(1))  # a barrier held in flight: nothing behind it is dispatched
+    write = bytes([PacketType.WRITE]) + u32(2) + s(h) + u64(0) + s(b"x" * 200_000)
+    for _ in range(6):
+        c.feed(frame(write))
+    assert c.io.reading_paused  # > 1 MiB queued: the window is no longer granted
+    assert c.io.exited is None
+    blocking.release_all()
+    assert not c.io.reading_paused

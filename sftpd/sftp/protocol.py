@@ -22,8 +22,12 @@ MAX_IN_FLIGHT = 128
 # Only these may run concurrently with each other; every other request is a barrier that
 # runs alone, after everything before it, as OpenSSH's sequential sftp-server would.
 _CONCURRENT = (m.Read, m.Write)
-# Received but not yet dispatched input beyond this closes the session.
-MAX_BUFFERED_INPUT = 8 * 1024 * 1024
+# Received but not yet dispatched input beyond this stops granting the client window
+# (so it cannot send more than its window); below the low mark, the window reopens.
+PAUSE_INPUT_AT = 1024 * 1024
+RESUME_INPUT_AT = 256 * 1024
+# Beyond this the client is ignoring the window: the session is closed.
+MAX_BUFFERED_INPUT = 16 * 1024 * 1024
 
 
 class SftpApp:
@@ -61,6 +65,7 @@ class SftpApp:
         # one slot per dispatched request, in arrival order: None until its reply is ready
         self._slots: deque[list[bytes | None]] = deque()
         self._barrier = False  # a non-concurrent request is in flight
+        self._input_paused = False
         self._queued_bytes = 0
         self._in_flight = 0
         self._pumping = False
@@ -91,6 +96,9 @@ class SftpApp:
         if packets:
             self._queue.extend(packets)
             self._queued_bytes += sum(len(packet) for packet in packets)
+        if not self._input_paused and self.queued() > PAUSE_INPUT_AT:
+            self._input_paused = True
+            self._io.pause_reading()
         if self.queued() > self._max_buffered_input:
             self._abort("client sent {size} bytes without reading replies", size=self.queued())
             return
@@ -127,6 +135,9 @@ class SftpApp:
                 self._dispatch(packet)
         finally:
             self._pumping = False
+        if self._input_paused and not self._closed and self.queued() < RESUME_INPUT_AT:
+            self._input_paused = False
+            self._io.resume_reading()
         self._maybe_finish()
 
     def _dispatch(self, packet: Packet) -> None:
