@@ -639,3 +639,28 @@ def test_lftp_get_of_a_missing_file_fails(server: Env, tmp_path: Path) -> None:
     assert res.returncode != 0
     assert "No such file" in res.stderr
     assert not (tmp_path / "x.bin").exists() or (tmp_path / "x.bin").stat().st_size == 0
+
+
+def test_asyncssh_names_are_bytes_end_to_end(server: Env) -> None:
+    """v3 file names are bytes: a UTF-8 name and one that is no UTF-8 at all both list,
+    open and get created with exactly the bytes on disk."""
+    d = os.fsencode(server.alice.root / "as-names")
+    os.mkdir(d)
+    raw_name = b"\xff\xfe not utf-8 \x80.bin"
+    uni_name = "ünï cødé ☃ 'q' \"dq\".txt".encode()
+    with open(os.path.join(d, raw_name), "wb") as f:
+        f.write(b"raw name\n")
+
+    async def body(client: Any) -> None:
+        names = await client.listdir(b"/as-names")
+        assert sorted(names) == sorted([b".", b"..", raw_name])
+        async with client.open(b"/as-names/" + raw_name, "rb") as f:
+            assert await f.read() == b"raw name\n"
+        async with client.open(b"/as-names/" + uni_name, "wb") as f:
+            await f.write(b"unicode name\n")
+        await client.rename(b"/as-names/" + raw_name, b"/as-names/" + raw_name + b"2")
+
+    _asyncssh(server, body)
+    assert sorted(os.listdir(d)) == sorted([raw_name + b"2", uni_name])
+    with open(os.path.join(d, uni_name), "rb") as f:
+        assert f.read() == b"unicode name\n"

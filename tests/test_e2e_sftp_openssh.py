@@ -146,6 +146,20 @@ def test_recursive_put_and_get_of_a_tree(server: Env, tmp_path: Path) -> None:
         assert (base / "emptydir").is_dir()
 
 
+def test_names_with_spaces_quotes_and_unicode(server: Env, tmp_path: Path) -> None:
+    name = "ünï cødé ☃ 'single' & more.txt"
+    src = tmp_path / "plain.txt"
+    src.write_bytes(b"odd name\n")
+    res = server.sftp(
+        f'put {src} "{name}"\nls -1\nrename "{name}" "{name}.2"\n'
+        f'get "{name}.2" {tmp_path / "back.txt"}\n'
+    )
+    assert name in res.stdout.split("sftp> ls -1")[1].splitlines()
+    assert (server.alice.root / f"{name}.2").read_bytes() == b"odd name\n"
+    assert not (server.alice.root / name).exists()
+    assert (tmp_path / "back.txt").read_bytes() == b"odd name\n"
+
+
 # ---- listings -------------------------------------------------------------------------
 
 
