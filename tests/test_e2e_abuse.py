@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Env
+from tests.support import Env, wait_for
 
 paramiko = pytest.importorskip("paramiko")
 pytestmark = pytest.mark.e2e
@@ -466,3 +466,34 @@ def test_pipelined_dependent_requests_keep_their_meaning(server: Env, raw: RawSf
     assert codes == {1: FX_OK, 3: FX_OK, 5: FX_OK, 6: FX_FAILURE, 8: FX_OK, 9: 2}
     assert _status(replies[5][1])[2] == "Directory not empty"
     assert sorted(os.listdir(root / "abuse-pipe-d")) == ["f"]
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_handles_are_closed_when_the_client_vanishes(server: Env) -> None:
+    """500 open handles and a dropped connection: the server's descriptors come back."""
+    (server.alice.root / "abuse-vanish.txt").write_bytes(b"v")
+    (server.alice.root / "abuse-vanish-dir").mkdir()
+    pid = server.server.proc.pid
+    baseline = _open_fds(pid)
+    client = RawSftp(server)
+    client.init()
+    replies = _open_many(client, "/abuse-vanish.txt", 400, 1)
+    client.send(
+        b"".join(
+            _packet(11, 1000 + i, _string("/abuse-vanish-dir"))  # OPENDIR
+            for i in range(100)
+        )
+    )
+    dir_replies = [client.expect() for _ in range(100)]
+    assert all(ptype == HANDLE for ptype, _ in replies.values())
+    assert all(ptype == HANDLE for ptype, _ in dir_replies)
+    assert _open_fds(pid) >= baseline + 500
+    client.transport.sock.close()  # no CLOSE, no channel close: the TCP connection drops
+    client.transport.close()
+    assert wait_for(lambda: _open_fds(pid) <= baseline + 2, timeout=30), (
+        f"{_open_fds(pid)} fds open, {baseline} before"
+    )
+    _second_client_is_served(server, "abuse-after-vanish.bin")
