@@ -171,6 +171,26 @@ def test_in_flight_requests_are_bounded(root: Path) -> None:
     assert c.app.in_flight == 0
 
 
+def test_in_flight_bytes_are_bounded_for_big_reads_and_writes(root: Path) -> None:
+    """Replies leave in order: a slow first READ must not let 128 full replies pile up."""
+    blocking = QueuedBlocking()
+    c = Client(root, blocking=blocking)
+    (root / "f").write_bytes(b"x" * 300_000)
+    h = _open_handle(c, blocking)
+    c.feed(b"".join(read_packet(i, h, 0, 261120) for i in range(100)))
+    assert c.app.in_flight == 33  # 32 * 255 KiB < 8 MiB <= 33 * 255 KiB
+    blocking.release_all()
+    assert [r.id for r in c.replies()] == list(range(100))
+    w = bytes([PacketType.WRITE])
+    c.send(PacketType.OPEN, s("g"), u32(OpenFlag.WRITE | OpenFlag.CREAT), u32(0))
+    blocking.release_all()
+    wh = c.replies()[0].handle
+    c.feed(b"".join(frame(w + u32(i) + s(wh) + u64(0) + s(b"y" * 200_000)) for i in range(60)))
+    assert c.app.in_flight == 42  # 41 * 200 KB < 8 MiB <= 42 * 200 KB
+    blocking.release_all()
+    assert [r.id for r in c.replies()] == list(range(60))
+
+
 def test_flooding_without_reading_closes_the_session(root: Path) -> None:
     c = Client(root)
     c.io.pending = 1 << 30  # the client never reads

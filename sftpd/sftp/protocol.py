@@ -11,14 +11,17 @@ from sftpd.errors import FramingError
 from sftpd.session_api import ChannelIO, SessionContext
 from sftpd.sftp import messages as m
 from sftpd.sftp.codec import Framer, Packet, decode_request, encode_response
-from sftpd.sftp.handler import SftpHandler
+from sftpd.sftp.handler import READ_CLAMP, SftpHandler
 
 log = Logger(namespace="sftpd.sftp")
 
 # Stop dispatching while this much of our output waits for the client's window.
 MAX_PENDING_OUTPUT = 4 * 1024 * 1024
-# At most this many READ/WRITE requests being served at once.
+# At most this many READ/WRITE requests being served at once ...
 MAX_IN_FLIGHT = 128
+# ... carrying at most this many bytes (WRITE data held, READ data to come): replies wait
+# in order, so a slow first READ must not let 128 full-size replies pile up behind it.
+MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024
 # Only these may run concurrently with each other; every other request is a barrier that
 # runs alone, after everything before it, as OpenSSH's sequential sftp-server would.
 _CONCURRENT = (m.Read, m.Write)
@@ -38,9 +41,9 @@ class SftpApp:
     reply; paramiko matches pipelined WRITE acks by position). READ and WRITE requests are
     served concurrently; any other request waits until those before it are answered, and
     nothing after it starts until it is. While the channel holds more than
-    ``max_pending_output`` unsent bytes, or ``max_in_flight`` requests are being served,
-    further packets stay queued
-    (undecoded) until ``output_drained`` or a reply frees room; a client that keeps
+    ``max_pending_output`` unsent bytes, or ``max_in_flight`` requests (or
+    ``max_in_flight_bytes`` of READ/WRITE data) are being served, further packets stay
+    queued (undecoded) until ``output_drained`` or a reply frees room; a client that keeps
     sending past ``max_buffered_input`` queued bytes is disconnected.
     """
 
@@ -52,6 +55,7 @@ class SftpApp:
         handler: SftpHandler | None = None,
         max_pending_output: int = MAX_PENDING_OUTPUT,
         max_in_flight: int = MAX_IN_FLIGHT,
+        max_in_flight_bytes: int = MAX_IN_FLIGHT_BYTES,
         max_buffered_input: int = MAX_BUFFERED_INPUT,
     ) -> None:
         self._ctx = ctx
@@ -59,6 +63,7 @@ class SftpApp:
         self._handler = handler if handler is not None else SftpHandler(ctx)
         self._max_pending_output = max_pending_output
         self._max_in_flight = max_in_flight
+        self._max_in_flight_bytes = max_in_flight_bytes
         self._max_buffered_input = max_buffered_input
         self._framer = Framer()
         self._queue: deque[Packet] = deque()
@@ -68,6 +73,7 @@ class SftpApp:
         self._input_paused = False
         self._queued_bytes = 0
         self._in_flight = 0
+        self._in_flight_bytes = 0
         self._pumping = False
         self._closed = False
         self._eof = False
@@ -128,6 +134,8 @@ class SftpApp:
             while queue and not self._closed:
                 if self._in_flight >= self._max_in_flight or self._barrier:
                     break
+                if self._in_flight and self._in_flight_bytes >= self._max_in_flight_bytes:
+                    break
                 if self._io.pending_output() > self._max_pending_output:
                     break
                 packet = queue.popleft()
@@ -159,15 +167,23 @@ class SftpApp:
                 self._barrier = True
                 return
             self._barrier = True
+        if isinstance(request, m.Read):
+            cost = min(request.length, READ_CLAMP)
+        elif isinstance(request, m.Write):
+            cost = len(request.data)
+        else:
+            cost = 0
         slot: list[bytes | None] = [None]
         self._slots.append(slot)
         self._in_flight += 1
+        self._in_flight_bytes += cost
         d = self._handler.handle(request)
-        d.addCallback(self._reply, slot)
+        d.addCallback(self._reply, slot, cost)
         d.addErrback(self._reply_failed)
 
-    def _reply(self, response: m.Response, slot: list[bytes | None]) -> None:
+    def _reply(self, response: m.Response, slot: list[bytes | None], cost: int) -> None:
         self._in_flight -= 1
+        self._in_flight_bytes -= cost
         if self._in_flight == 0:
             self._barrier = False
         if not self._closed:
