@@ -630,3 +630,41 @@ def test_read_only_user_changes_nothing(make_server: Any, tmp_path: Path) -> Non
 
     asyncio.run(asyncio.wait_for(via_asyncssh(), 60))
     assert _snapshot(root) == before
+
+
+# ---- two users ---------------------------------------------------------------------------
+
+
+def test_users_never_see_each_other(
+    make_server: Any, tmp_path: Path, client_key: tuple[Path, str]
+) -> None:
+    """bob's root is a sibling of alice's: nothing of alice's is reachable by bob's paths,
+    `..`, absolute host paths or links he makes."""
+    from tests.support import User
+
+    alice_root = tmp_path / "alice-root"
+    alice_root.mkdir()
+    secret = f"ALICE-ONLY-{uuid.uuid4()}\n".encode()
+    (alice_root / "alice.txt").write_bytes(secret)
+    bob_root = tmp_path / "bob-root"
+    env = make_server(users=[User("bob", bob_root, client_key[1])])
+    local = tmp_path / "bob-local"
+    local.mkdir()
+    res = env.sftp(
+        f"-get ../alice-root/alice.txt {local}/a1\n-get {alice_root}/alice.txt {local}/a2\n"
+        f"-get /alice.txt {local}/a3\nln -s ../alice-root bob-link\n-get bob-link/alice.txt "
+        f"{local}/a4\nls -1 /\nls -1 ..\npwd\n",
+        user="bob",
+        check=False,
+    )
+    assert not list(local.iterdir()), res.stderr
+    sections = {
+        part.split("\n", 1)[0]: part.split("\n", 1)[1] for part in res.stdout.split("sftp> ")[1:]
+    }
+    assert sections["ls -1 /"].split() == ["/bob-link"]
+    assert sections["ls -1 .."].split() == ["../bob-link"]
+    assert sections["pwd"] == "Remote working directory: /\n"
+    assert res.stderr.count("not found") == 4, res.stderr
+    assert os.readlink(bob_root / "bob-link") == "../alice-root"
+    assert (alice_root / "alice.txt").read_bytes() == secret
+    assert sorted(os.listdir(alice_root)) == ["alice.txt"]
