@@ -465,3 +465,28 @@ def test_scp_download_of_a_missing_file_fails(server: Env, tmp_path: Path) -> No
     assert res.returncode != 0
     assert "No such file" in res.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_eight_sftp_clients_at_once(server: Env, tmp_path: Path) -> None:
+    """Concurrent sessions each get their own bytes (no cross-talk between sessions)."""
+    payloads = {i: os.urandom(1_500_000 + i) for i in range(8)}
+    procs = []
+    for i, payload in payloads.items():
+        src = tmp_path / f"par-{i}.bin"
+        src.write_bytes(payload)
+        batch = tmp_path / f"batch-{i}"
+        batch.write_text(
+            f"put {src} ossh-par-{i}.bin\nget ossh-par-{i}.bin {tmp_path}/back-{i}.bin\n"
+        )
+        cmd = ["sftp", *server.ssh_opts(), "-b", str(batch), "alice@127.0.0.1"]
+        procs.append(
+            subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        )
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    for i, payload in payloads.items():
+        assert (server.alice.root / f"ossh-par-{i}.bin").read_bytes() == payload
+        assert (tmp_path / f"back-{i}.bin").read_bytes() == payload
