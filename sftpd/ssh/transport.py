@@ -15,6 +15,8 @@ from typing import Any
 from twisted.conch.ssh import _kex
 from twisted.conch.ssh.common import NS
 from twisted.conch.ssh.transport import (
+    DISCONNECT_BY_APPLICATION,
+    DISCONNECT_CONNECTION_LOST,
     DISCONNECT_KEY_EXCHANGE_FAILED,
     DISCONNECT_MAC_ERROR,
     DISCONNECT_PROTOCOL_ERROR,
@@ -195,7 +197,18 @@ class ServerTransport(SSHServerTransport):
     def connectionLost(self, reason: Any = None) -> None:
         self._closed = True
         self._cancel_rekey()
-        super().connectionLost(reason)
+        # Conch's, minus its log line (sftpd.server logs the close with context).
+        if self.service:
+            self.service.serviceStopped()
+        if hasattr(self, "avatar"):
+            self.logoutFunction()
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        # Conch logs every peer DISCONNECT as an error, the normal "bye" included.
+        normal = reasonCode in (DISCONNECT_BY_APPLICATION, DISCONNECT_CONNECTION_LOST)
+        (log.debug if normal else log.warn)(
+            "peer disconnected: code={code} reason={reason!r}", code=reasonCode, reason=description
+        )
 
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
         if self._closed:
