@@ -497,3 +497,36 @@ def test_handles_are_closed_when_the_client_vanishes(server: Env) -> None:
         f"{_open_fds(pid)} fds open, {baseline} before"
     )
     _second_client_is_served(server, "abuse-after-vanish.bin")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: pipelined WRITEs and READs of one handle run concurrently even when they "
+    "overlap; the draft requires overlapping requests on a file to act in request order "
+    "(a later WRITE can be overwritten by an earlier one, a READ can miss a WRITE before it)",
+)
+def test_pipelined_overlapping_writes_and_reads_keep_their_order(server: Env, raw: RawSftp) -> None:
+    flags = struct.pack(">II", FXF_READ | FXF_WRITE | FXF_CREAT, 0)
+    ptype, body = raw.call(OPEN, 1, _string("/abuse-overlap.bin") + flags)
+    assert ptype == HANDLE
+    handle = _unstring(body[4:])[0]
+    n = 3000
+    packets = []
+    for i in range(n):
+        at = _string(handle) + struct.pack(">Q", i * 8)
+        packets.append(_packet(WRITE, 10 + 3 * i, at + _string(b"AAAAAAAA")))
+        packets.append(_packet(WRITE, 11 + 3 * i, at + _string(b"BBBBBBBB")))
+        packets.append(_packet(READ, 12 + 3 * i, at + struct.pack(">I", 8)))
+    raw.send(b"".join(packets))
+    stale_reads = 0
+    for i in range(3 * n):
+        ptype, body = raw.expect()
+        assert struct.unpack(">I", body[:4])[0] == 10 + i
+        if i % 3 == 2:  # DATA, or EOF when the READ ran before the WRITE extended the file
+            assert ptype in (DATA, STATUS)
+            stale_reads += ptype != DATA or _unstring(body[4:])[0] != b"BBBBBBBB"
+        else:
+            assert ptype == STATUS and _status(body)[1] == FX_OK
+    data = (server.alice.root / "abuse-overlap.bin").read_bytes()
+    lost_writes = sum(data[i * 8 : i * 8 + 8] != b"BBBBBBBB" for i in range(n))
+    assert (stale_reads, lost_writes) == (0, 0)
