@@ -49,6 +49,7 @@ def sftp(server: Env) -> Iterator[Any]:
     )
     client = paramiko.SFTPClient.from_transport(transport)
     assert client is not None
+    client.get_channel().settimeout(60)  # deadlock guard: a reply that never comes fails
     try:
         yield client
     finally:
