@@ -15,19 +15,17 @@ from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from sftpd.auth.checkers import (
     SERVER_SIG_ALGS,
     PasswordChecker,
     PublicKeyChecker,
-    make_dummy_hash,
 )
 from sftpd.auth.realm import Realm
 from sftpd.auth.userauth import AuthSettings, UserAuthServer
 from sftpd.auth.users import UserDB
 from sftpd.avatar import Connection
-from sftpd.blocking import Blocking, ThreadPoolBlocking
+from sftpd.blocking import Blocking, WorkerPool
 from sftpd.config import Config, ExecConfig, UserConfig
 from sftpd.policy import apply_policy
 from sftpd.session_api import SessionContext
@@ -193,7 +191,9 @@ def build_factory(
         max_sessions=config.server.max_sessions,
     )
     portal = Portal(realm)
-    portal.registerChecker(PasswordChecker(users, auth_blocking, dummy_hash or make_dummy_hash()))
+    portal.registerChecker(
+        PasswordChecker(users, auth_blocking, dummy_hash, rounds=dummy_rounds(config))
+    )
     portal.registerChecker(PublicKeyChecker(users))
     primes = load_primes(config)
     s = config.server
@@ -207,7 +207,8 @@ def build_factory(
     )
 
 
-def _dummy_rounds(config: Config) -> int:
+def dummy_rounds(config: Config) -> int:
+    """The bcrypt cost of the configured hashes, so unknown users cost the same."""
     for user in config.users:
         h = user.password_hash
         if h and len(h) > 6 and h[4:6].isdigit():
@@ -252,16 +253,15 @@ def serve(config: Config, *, log_format: str | None = None, reactor: Any = None)
 
         reactor = default_reactor
     start_logging(log_format or config.server.log_format, config.server.log_level)
-    pool = ThreadPool(minthreads=0, maxthreads=16, name="sftpd-storage")
-    auth_pool = ThreadPool(minthreads=0, maxthreads=2, name="sftpd-bcrypt")
+    pool = WorkerPool(reactor, max_threads=16, name="sftpd-storage")
+    auth_pool = WorkerPool(reactor, max_threads=2, name="sftpd-bcrypt")
     host_keys = load_host_keys(config.server.host_keys_dir)
     factory = build_factory(
         config,
         reactor=reactor,
-        blocking=ThreadPoolBlocking(reactor, pool),
-        auth_blocking=ThreadPoolBlocking(reactor, auth_pool),
+        blocking=pool,
+        auth_blocking=auth_pool,
         host_keys=host_keys,
-        dummy_hash=make_dummy_hash(_dummy_rounds(config)),
     )
     try:
         ports = (
@@ -279,8 +279,6 @@ def serve(config: Config, *, log_format: str | None = None, reactor: Any = None)
             t.loseConnection()
         return defer.DeferredList(waits)
 
-    pool.start()
-    auth_pool.start()
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
     reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
     reactor.addSystemEventTrigger("after", "shutdown", auth_pool.stop)

@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.python.threadpool import ThreadPool
 
-from sftpd.blocking import ThreadPoolBlocking
+from sftpd.blocking import ThreadPoolBlocking, WorkerPool
 from sftpd.session_api import SessionContext
 from sftpd.sftp.protocol import make_sftp_app
 from sftpd.storage.local import LocalStorage
@@ -97,7 +98,8 @@ def _stat(rid: int, path: bytes) -> bytes:
     return _packet(FXP_STAT, struct.pack(">II", rid, len(path)) + path)
 
 
-def test_slow_storage_call_does_not_delay_other_session(tmp_path: Path) -> None:
+@pytest.mark.parametrize("executor", ["WorkerPool", "ThreadPoolBlocking"])
+def test_slow_storage_call_does_not_delay_other_session(tmp_path: Path, executor: str) -> None:
     root_a, root_b = tmp_path / "a", tmp_path / "b"
     root_a.mkdir()
     root_b.mkdir()
@@ -108,7 +110,11 @@ def test_slow_storage_call_does_not_delay_other_session(tmp_path: Path) -> None:
     pool.start()
     gate, entered = threading.Event(), threading.Event()
     try:
-        blocking = ThreadPoolBlocking(reactor, pool)  # type: ignore[arg-type]
+        blocking: Any
+        if executor == "WorkerPool":
+            blocking = WorkerPool(reactor, max_threads=4)  # type: ignore[arg-type]
+        else:
+            blocking = ThreadPoolBlocking(reactor, pool)  # type: ignore[arg-type]
         ctx_a = SessionContext(
             "a", "/", False, SlowStorage(root_a, gate, entered), blocking, root_a, reactor=reactor
         )
@@ -131,3 +137,5 @@ def test_slow_storage_call_does_not_delay_other_session(tmp_path: Path) -> None:
     finally:
         gate.set()
         pool.stop()
+        if isinstance(blocking, WorkerPool):
+            blocking.stop()

@@ -53,10 +53,19 @@ class PasswordChecker:
 
     credentialInterfaces = (credentials.IUsernamePassword,)
 
-    def __init__(self, users: UserDB, blocking: Blocking, dummy_hash: bytes) -> None:
+    def __init__(
+        self, users: UserDB, blocking: Blocking, dummy_hash: bytes | None = None, rounds: int = 12
+    ) -> None:
         self._users = users
         self._blocking = blocking
         self._dummy = dummy_hash
+        self._rounds = rounds
+
+    def _dummy_hash(self) -> bytes:
+        # Made on first use, in the bcrypt thread: at cost 12 it takes ~0.3 s or more.
+        if self._dummy is None:
+            self._dummy = make_dummy_hash(self._rounds)
+        return self._dummy
 
     def requestAvatarId(self, creds: Any) -> defer.Deferred[bytes | tuple[()]]:
         name = creds.username.decode("utf-8", "replace")
@@ -65,7 +74,7 @@ class PasswordChecker:
         password: bytes = creds.password
 
         def check() -> bool:
-            ok = bcrypt.checkpw(password, stored or self._dummy)
+            ok = bcrypt.checkpw(password, stored or self._dummy_hash())
             return ok and stored is not None
 
         d = self._blocking.run(check)

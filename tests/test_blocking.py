@@ -1,0 +1,60 @@
+"""The WorkerPool executor: results and errors come back on the reactor thread, in batches."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from sftpd.blocking import WorkerPool
+from tests.test_sftp_isolation import QueueReactor
+
+
+def test_results_errors_and_threads() -> None:
+    reactor = QueueReactor()
+    pool = WorkerPool(reactor, max_threads=3)  # type: ignore[arg-type]
+    got: list[Any] = []
+    main = threading.get_ident()
+    callback_threads: set[int] = set()
+
+    def record(value: Any) -> None:
+        callback_threads.add(threading.get_ident())
+        got.append(value)
+
+    for i in range(50):
+        pool.run(pow, i, 2).addCallback(record)
+    pool.run(int, "not a number").addErrback(lambda f: record(f.check(ValueError)))
+    assert reactor.pump_until(lambda: len(got) == 51)
+    assert sorted(x for x in got if isinstance(x, int)) == [i * i for i in range(50)]
+    assert ValueError in got
+    assert callback_threads == {main}  # never on a worker thread
+    assert 1 <= len(pool._threads) <= 3
+    pool.stop()
+    failed: list[Any] = []
+    pool.run(pow, 2, 2).addErrback(failed.append)
+    assert failed and failed[0].check(RuntimeError)
+
+
+def test_a_blocked_worker_does_not_stop_the_others() -> None:
+    reactor = QueueReactor()
+    pool = WorkerPool(reactor, max_threads=2)  # type: ignore[arg-type]
+    gate = threading.Event()
+    got: list[str] = []
+    pool.run(gate.wait, 30).addCallback(lambda _: got.append("slow"))
+    pool.run(str, "fast").addCallback(got.append)
+    assert reactor.pump_until(lambda: got == ["fast"])
+    gate.set()
+    assert reactor.pump_until(lambda: got == ["fast", "slow"])
+    pool.stop()
+
+
+@pytest.mark.parametrize("n", [1])
+def test_stop_finishes_queued_jobs(n: int) -> None:
+    reactor = QueueReactor()
+    pool = WorkerPool(reactor, max_threads=n)  # type: ignore[arg-type]
+    got: list[int] = []
+    for i in range(20):
+        pool.run(abs, -i).addCallback(got.append)
+    pool.stop()
+    assert reactor.pump_until(lambda: len(got) == 20)
