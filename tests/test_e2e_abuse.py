@@ -499,12 +499,6 @@ def test_handles_are_closed_when_the_client_vanishes(server: Env) -> None:
     _second_client_is_served(server, "abuse-after-vanish.bin")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pipelined WRITEs and READs of one handle run concurrently even when they "
-    "overlap; the draft requires overlapping requests on a file to act in request order "
-    "(a later WRITE can be overwritten by an earlier one, a READ can miss a WRITE before it)",
-)
 def test_pipelined_overlapping_writes_and_reads_keep_their_order(server: Env, raw: RawSftp) -> None:
     flags = struct.pack(">II", FXF_READ | FXF_WRITE | FXF_CREAT, 0)
     ptype, body = raw.call(OPEN, 1, _string("/abuse-overlap.bin") + flags)

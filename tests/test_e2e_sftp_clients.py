@@ -142,11 +142,6 @@ def test_paramiko_put_of_8_mib(server: Env, sftp: Any, tmp_path: Path) -> None:
     assert (server.alice.root / "pm-put-8m.bin").read_bytes() == payload
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pipelined WRITEs on one handle run concurrently, so on an APPEND handle "
-    "they are appended in completion order, not request order (the file is scrambled)",
-)
 def test_paramiko_pipelined_appends_keep_their_order(server: Env, sftp: Any) -> None:
     sftp.get_channel().settimeout(60)
     with sftp.open("pm-append.log", "a") as f:

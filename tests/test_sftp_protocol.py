@@ -182,10 +182,14 @@ def test_in_flight_bytes_are_bounded_for_big_reads_and_writes(root: Path) -> Non
     blocking.release_all()
     assert [r.id for r in c.replies()] == list(range(100))
     w = bytes([PacketType.WRITE])
-    c.send(PacketType.OPEN, s("g"), u32(OpenFlag.WRITE | OpenFlag.CREAT), u32(0))
-    blocking.release_all()
-    wh = c.replies()[0].handle
-    c.feed(b"".join(frame(w + u32(i) + s(wh) + u64(0) + s(b"y" * 200_000)) for i in range(60)))
+    handles = []
+    for i in range(60):  # one handle each: writes on one handle run one at a time
+        c.send(PacketType.OPEN, s(f"g{i}"), u32(OpenFlag.WRITE | OpenFlag.CREAT), u32(0))
+        blocking.release_all()
+        handles.append(c.replies()[0].handle)
+    c.feed(
+        b"".join(frame(w + u32(i) + s(handles[i]) + u64(0) + s(b"y" * 200_000)) for i in range(60))
+    )
     assert c.app.in_flight == 42  # 41 * 200 KB < 8 MiB <= 42 * 200 KB
     blocking.release_all()
     assert [r.id for r in c.replies()] == list(range(60))
@@ -300,3 +304,26 @@ def test_a_big_input_backlog_pauses_reading_and_resumes_when_served(root: Path) 
     assert c.io.exited is None
     blocking.release_all()
     assert not c.io.reading_paused
+
+
+def test_a_write_runs_alone_on_its_handle(root: Path) -> None:
+    """Overlapping I/O on one handle must not be reordered (filexfer draft)."""
+    blocking = QueuedBlocking()
+    (root / "f").write_bytes(b"0123456789ab")
+    (root / "g").write_bytes(b"0123456789ab")
+    c = Client(root, blocking=blocking)
+    c.send(PacketType.OPEN, s("f"), u32(OpenFlag.READ | OpenFlag.WRITE), u32(0))
+    blocking.release_all()
+    h = c.replies()[0].handle
+    c.send(PacketType.OPEN, s("g"), u32(OpenFlag.READ), u32(0))
+    blocking.release_all()
+    g = c.replies()[0].handle
+    write = frame(bytes([PacketType.WRITE]) + u32(2) + s(h) + u64(0) + s(b"WXYZ"))
+    c.feed(read_packet(1, h) + read_packet(9, g) + write + read_packet(3, h) + read_packet(4, g))
+    assert c.app.in_flight == 2  # read 1 on f and read 9 on g; the write waits for read 1
+    blocking.release(0)  # read 1 done: the write starts, alone on f
+    assert c.app.in_flight == 2 and len(blocking.calls) == 2
+    blocking.release_all()
+    replies = c.replies()
+    assert [r.id for r in replies] == [1, 9, 2, 3, 4]
+    assert replies[0].data == b"0123" and replies[3].data == b"WXYZ"  # read 3 saw the write

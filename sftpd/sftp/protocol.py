@@ -36,6 +36,9 @@ MAX_BUFFERED_INPUT = 16 * 1024 * 1024
 class SftpApp:
     """One SFTP session on a channel (implements ChannelApp).
 
+    READ and WRITE on one handle keep their order where it matters: a WRITE waits until
+    nothing else is in flight on its handle, and nothing on that handle starts until the
+    WRITE is answered (READs on a handle may run together; other handles are independent).
     Requests are dispatched in arrival order and **replies are written in that same
     order** (OpenSSH's client truncates an in-place download at the first reordered READ
     reply; paramiko matches pipelined WRITE acks by position). READ and WRITE requests are
@@ -70,6 +73,10 @@ class SftpApp:
         # one slot per dispatched request, in arrival order: None until its reply is ready
         self._slots: deque[list[bytes | None]] = deque()
         self._barrier = False  # a non-concurrent request is in flight
+        # handle -> [READs, WRITEs] in flight on it: overlapping I/O on one handle must not
+        # be reordered (a WRITE runs alone on its handle; READs may share it)
+        self._on_handle: dict[bytes, list[int]] = {}
+        self._held = False  # the head request waits for its handle
         self._input_paused = False
         self._queued_bytes = 0
         self._in_flight = 0
@@ -132,7 +139,7 @@ class SftpApp:
         try:
             queue = self._queue
             while queue and not self._closed:
-                if self._in_flight >= self._max_in_flight or self._barrier:
+                if self._in_flight >= self._max_in_flight or self._barrier or self._held:
                     break
                 if self._in_flight and self._in_flight_bytes >= self._max_in_flight_bytes:
                     break
@@ -167,6 +174,20 @@ class SftpApp:
                 self._barrier = True
                 return
             self._barrier = True
+        io_handle: bytes | None = None
+        kind = 0
+        if isinstance(request, (m.Read, m.Write)):
+            io_handle = request.handle
+            kind = 1 if isinstance(request, m.Write) else 0
+            busy = self._on_handle.get(io_handle)
+            if busy is not None and (busy[1] or (kind and busy[0])):
+                self._queue.appendleft(packet)
+                self._queued_bytes += len(packet)
+                self._held = True
+                return
+            if busy is None:
+                busy = self._on_handle[io_handle] = [0, 0]
+            busy[kind] += 1
         if isinstance(request, m.Read):
             cost = min(request.length, READ_CLAMP)
         elif isinstance(request, m.Write):
@@ -178,12 +199,25 @@ class SftpApp:
         self._in_flight += 1
         self._in_flight_bytes += cost
         d = self._handler.handle(request)
-        d.addCallback(self._reply, slot, cost)
+        d.addCallback(self._reply, slot, cost, io_handle, kind)
         d.addErrback(self._reply_failed)
 
-    def _reply(self, response: m.Response, slot: list[bytes | None], cost: int) -> None:
+    def _reply(
+        self,
+        response: m.Response,
+        slot: list[bytes | None],
+        cost: int,
+        io_handle: bytes | None = None,
+        kind: int = 0,
+    ) -> None:
         self._in_flight -= 1
         self._in_flight_bytes -= cost
+        if io_handle is not None:
+            busy = self._on_handle[io_handle]
+            busy[kind] -= 1
+            if not busy[0] and not busy[1]:
+                del self._on_handle[io_handle]
+            self._held = False
         if self._in_flight == 0:
             self._barrier = False
         if not self._closed:
