@@ -36,6 +36,30 @@ _ZERO16 = bytes(16)
 _ZERO64 = bytes(64)
 
 Padding = Callable[[int], bytes]
+Buffer = bytes | bytearray | memoryview
+
+
+class RandomPool:
+    """Random padding bytes, read from os.urandom 4 KiB at a time (each byte used once)."""
+
+    __slots__ = ("_buf", "_pos", "_size")
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._buf = b""
+        self._pos = 0
+
+    def __call__(self, n: int) -> bytes:
+        pos = self._pos
+        end = pos + n
+        if end > len(self._buf):
+            self._buf = os.urandom(max(self._size, n))
+            pos, end = 0, n
+        self._pos = end
+        return self._buf[pos:end]
+
+
+random_padding: Padding = RandomPool()
 
 
 class PacketError(Exception):
@@ -57,8 +81,11 @@ class Opener(Protocol):
 
     head_size: int
 
-    def start(self, seq: int, head: memoryview) -> int:
-        """Return the packet's whole size on the wire (length field, packet, tag)."""
+    def start(self, seq: int, buf: Buffer, pos: int) -> int:
+        """From ``head_size`` bytes at ``buf[pos:]``: the packet's size on the wire.
+
+        That is the length field, the packet and the MAC or tag.
+        """
         ...
 
     def finish(self, seq: int, wire: memoryview) -> tuple[int, bytes]:
@@ -159,7 +186,7 @@ class StreamSealer:
         ctx: CipherContext | None,
         mac: _Hmac | None,
         etm: bool,
-        padding: Padding = os.urandom,
+        padding: Padding = random_padding,
     ) -> None:
         self._block = block
         self._ctx = ctx
@@ -214,12 +241,13 @@ class StreamOpener:
         self._first = b""
         self._length = 0
 
-    def start(self, seq: int, head: memoryview) -> int:
+    def start(self, seq: int, buf: Buffer, pos: int) -> int:
         if self._etm:
-            length: int = _LEN.unpack_from(head)[0]
+            length: int = _LEN.unpack_from(buf, pos)[0]
             aligned = length % self._block == 0
         else:
-            first = self._ctx.update(head) if self._ctx is not None else bytes(head)
+            head = bytes(buf[pos : pos + self._block])
+            first = self._ctx.update(head) if self._ctx is not None else head
             self._first = first
             length = _LEN.unpack_from(first)[0]
             aligned = (length + 4) % self._block == 0
@@ -269,7 +297,7 @@ class StreamOpener:
 class GcmSealer:
     """AES-GCM as OpenSSH does it: length as AAD, 4-byte fixed + 8-byte counter nonce."""
 
-    def __init__(self, key: bytes, iv: bytes, padding: Padding = os.urandom) -> None:
+    def __init__(self, key: bytes, iv: bytes, padding: Padding = random_padding) -> None:
         self._aead = AESGCM(key)
         self._fixed = iv[:4]
         self._counter = int.from_bytes(iv[4:12], "big")
@@ -295,8 +323,8 @@ class GcmOpener:
         self._counter = int.from_bytes(iv[4:12], "big")
         self._length = 0
 
-    def start(self, seq: int, head: memoryview) -> int:
-        length: int = _LEN.unpack_from(head)[0]
+    def start(self, seq: int, buf: Buffer, pos: int) -> int:
+        length: int = _LEN.unpack_from(buf, pos)[0]
         if length < 16 or length > MAX_PACKET or length % 16:
             raise PacketError(f"bad packet length {length}")
         self._length = length
@@ -341,7 +369,7 @@ class _ChaCha:
 class ChaChaSealer:
     """chacha20-poly1305@openssh.com (PROTOCOL.chacha20poly1305)."""
 
-    def __init__(self, key: bytes, padding: Padding = os.urandom) -> None:
+    def __init__(self, key: bytes, padding: Padding = random_padding) -> None:
         self._c = _ChaCha(key)
         self._padding = padding
 
@@ -371,10 +399,10 @@ class ChaChaOpener:
         self._c = _ChaCha(key)
         self._length = 0
 
-    def start(self, seq: int, head: memoryview) -> int:
+    def start(self, seq: int, buf: Buffer, pos: int) -> int:
         lc = self._c.length
         lc.reset_nonce(_chacha_nonce(seq))
-        length: int = _LEN.unpack(lc.update(head))[0]
+        length: int = _LEN.unpack(lc.update(buf[pos : pos + 4]))[0]
         if length < 8 or length > MAX_PACKET or length % 8:
             raise PacketError(f"bad packet length {length}")
         self._length = length
@@ -409,7 +437,7 @@ def make_sealer(
     key: bytes,
     iv: bytes,
     mac_key: bytes,
-    padding: Padding = os.urandom,
+    padding: Padding = random_padding,
 ) -> Sealer:
     """Outgoing protection for a negotiated cipher (and MAC, None for AEAD ciphers)."""
     if cipher == b"none":

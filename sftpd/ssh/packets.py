@@ -63,16 +63,19 @@ class PacketReader:
         avail = len(buf) - pos
         need = self._need
         if not need:
-            head_size = opener.head_size
-            if avail < head_size:
+            if avail < opener.head_size:
                 return None
-            with memoryview(buf) as mv, mv[pos : pos + head_size] as head:
-                need = opener.start(seq, head)
+            need = opener.start(seq, buf, pos)
             self._need = need
         if avail < need:
             return None
-        with memoryview(buf) as mv, mv[pos : pos + need] as wire:
+        whole = memoryview(buf)
+        wire = whole[pos : pos + need]
+        try:
             message = opener.finish(seq, wire)
+        finally:
+            wire.release()
+            whole.release()
         self._pos = pos + need
         self._need = 0
         self.last_size = need

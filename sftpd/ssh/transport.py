@@ -63,6 +63,7 @@ _SEQ_MASK = 0xFFFFFFFF
 _U32 = struct.Struct(">I")
 _MAX_VERSION_BYTES = 4096  # version line plus any lines before it
 _NEVER = 1 << 62
+_JOIN_BELOW = 4096
 # Open to the Terrapin prefix truncation unless both sides do strict KEX: never negotiated
 # with a client that does not offer it (OpenSSH PROTOCOL 1.10, CVE-2023-48795).
 TERRAPIN_CIPHERS = frozenset({b"chacha20-poly1305@openssh.com"})
@@ -317,9 +318,13 @@ class ServerTransport(SSHServerTransport):
             return
         seq = self.outgoingPacketSequence
         chunks = self._sealer.seal(seq, msg_type, payload)
-        self._tcp.writeSequence(chunks)
+        size = sum(map(len, chunks))
+        if size > _JOIN_BELOW:
+            self._tcp.writeSequence(chunks)  # no copy here; the TCP transport joins its buffer
+        else:
+            self._tcp.write(b"".join(chunks))  # one small copy beats a check per chunk
         self.outgoingPacketSequence = (seq + 1) & _SEQ_MASK
-        self._bytes_out += sum(map(len, chunks))
+        self._bytes_out += size
         if msg_type == MSG_NEWKEYS:
             nxt = self.nextEncryptions
             # Conch's _keySetup derives the keys (setKeys) just before sending NEWKEYS.
