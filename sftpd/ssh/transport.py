@@ -64,9 +64,6 @@ _U32 = struct.Struct(">I")
 _MAX_VERSION_BYTES = 4096  # version line plus any lines before it
 _NEVER = 1 << 62
 _JOIN_BELOW = 4096
-# Open to the Terrapin prefix truncation unless both sides do strict KEX: never negotiated
-# with a client that does not offer it (OpenSSH PROTOCOL 1.10, CVE-2023-48795).
-TERRAPIN_CIPHERS = frozenset({b"chacha20-poly1305@openssh.com"})
 
 
 @dataclass(frozen=True)
@@ -370,18 +367,16 @@ class ServerTransport(SSHServerTransport):
                     DISCONNECT_PROTOCOL_ERROR, b"strict KEX: KEXINIT was not the first packet"
                 )
                 return
-        ciphers = list(self.supportedCiphers)
-        macs = list(self.supportedMACs)
-        if not self._strict:
-            ciphers = [c for c in ciphers if c not in TERRAPIN_CIPHERS]
-            macs = [m for m in macs if not (m in MACS and MACS[m].etm)]
+        # Negotiate over exactly what our KEXINIT offered: the client computes the same
+        # result from the same two lists. (So a client without strict KEX can still get
+        # chacha20-poly1305 or EtM, Terrapin-prone for it, as with OpenSSH's server.)
         try:
             choice = negotiate(
                 theirs,
                 kex=self.supportedKeyExchanges,
                 host_keys=self.supportedPublicKeys,
-                ciphers=ciphers,
-                macs=macs,
+                ciphers=self.supportedCiphers,
+                macs=self.supportedMACs,
                 is_aead=is_aead,
             )
         except NegotiationError as e:
