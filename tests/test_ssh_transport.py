@@ -203,6 +203,7 @@ def test_packet_reader_any_split_gives_the_same_messages() -> None:
             while (m := reader.read_packet(opener, len(got))) is not None:
                 got.append(m[1])
         assert got == bodies and reader.pending == 0
+        assert len(reader._buf) == 0  # nothing kept once all is consumed (idle sessions)
 
 
 # -- strict KEX ---------------------------------------------------------------------------------

@@ -64,6 +64,9 @@ class PacketReader:
         need = self._need
         if not need:
             if avail < opener.head_size:
+                if not avail and pos:
+                    buf.clear()  # all consumed: an idle connection keeps no buffer
+                    self._pos = 0
                 return None
             need = opener.start(seq, buf, pos)
             self._need = need
