@@ -313,6 +313,9 @@ class FakeProcess:
     def writeToChild(self, fd: int, data: bytes) -> None:
         self.child[fd] = self.child.get(fd, b"") + data
 
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
     def closeChildFD(self, fd: int) -> None:
         self.calls.append(f"close {fd}")
 
@@ -358,6 +361,14 @@ class FakeIO:
 
     def pending_output(self) -> int:
         return self.pending
+
+    reading_paused = False
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
 
 
 def bridge(
@@ -442,3 +453,14 @@ def test_bridge_failure_before_the_transfer_is_unavailable(tmp_path: Path) -> No
     process.proto.processEnded(Failure(ProcessTerminated(exitCode=None, signal=9)))
     assert io.status == [137]
     assert io.err == b""
+
+
+def test_bridge_registers_client_input_as_producer_on_rsync_stdin(tmp_path: Path) -> None:
+    """rsync's stdin pipe pauses the client's window when rsync reads slower than it sends."""
+    app, io, spawned = bridge(tmp_path, "rsync --server -r . d")
+    process, _ = spawned()
+    producer = process.producer  # registered by the bridge when rsync was spawned
+    producer.pauseProducing()
+    assert io.reading_paused
+    producer.resumeProducing()
+    assert not io.reading_paused

@@ -114,6 +114,12 @@ class Channel(Protocol):
     def pending_output(self):
         return 1 << 30 if self.paused else 0
 
+    def pause_reading(self):
+        self.transport.pauseProducing()
+
+    def resume_reading(self):
+        self.transport.resumeProducing()
+
     def dataReceived(self, data):
         if self.lost or (CUT_AFTER and self.received >= CUT_AFTER):
             return

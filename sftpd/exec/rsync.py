@@ -89,6 +89,24 @@ class _ProcessHandle(Protocol):
     def signalProcess(self, signalID: str | int) -> None: ...
     def pauseProducing(self) -> None: ...
     def resumeProducing(self) -> None: ...
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+
+
+class _ClientInput:
+    """Registered on rsync's stdin pipe: when the pipe's buffer fills (rsync reads slower
+    than the client sends), the channel stops granting window; it resumes when drained."""
+
+    def __init__(self, io: ChannelIO) -> None:
+        self._io = io
+
+    def pauseProducing(self) -> None:
+        self._io.pause_reading()
+
+    def resumeProducing(self) -> None:
+        self._io.resume_reading()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 def make_rsync_app(argv: list[bytes], ctx: SessionContext, io: ChannelIO) -> ChannelApp:
@@ -322,6 +340,7 @@ class RsyncApp:
             self._unavailable(f"spawning bwrap failed: {e}")
             return
         self._process = process
+        process.registerProducer(_ClientInput(self._io), True)
         process.writeToChild(_CONFIG_FD, daemon_config(self._ctx.read_only))
         process.closeChildFD(_CONFIG_FD)
         self._advance()

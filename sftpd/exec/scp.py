@@ -50,6 +50,10 @@ WRITE_CHUNK = 256 * 1024
 _PERMS = 0o777  # setuid, setgid and sticky bits are never applied (see LocalStorage)
 
 
+# Unparsed upload bytes beyond this stop the channel window (see ScpSink._feed).
+_PAUSE_INPUT_AT = 1024 * 1024
+
+
 class ScpUsageError(Exception):
     """The scp command line is not one a legacy scp client sends."""
 
@@ -130,6 +134,7 @@ class ScpDriver:
         self._file: File | None = None
         self._input_waiter: Deferred[None] | None = None
         self._drain_waiter: Deferred[None] | None = None
+        self._input_paused = False
 
     def start(self) -> None:
         Deferred.fromCoroutine(self._main())
@@ -189,6 +194,9 @@ class ScpDriver:
 
     async def _more_input(self) -> None:
         self._check()
+        if self._input_paused:
+            self._input_paused = False
+            self._io.resume_reading()
         waiter: Deferred[None] = Deferred()
         self._input_waiter = waiter
         await waiter
@@ -259,6 +267,11 @@ class ScpSink(ScpDriver):
 
     def _feed(self, data: bytes) -> None:
         self._parser.feed(data)
+        # The disk may be slower than the client: stop granting window past 1 MiB of
+        # unparsed input (resumed when the driver asks for more input).
+        if not self._input_paused and self._parser.buffered > _PAUSE_INPUT_AT:
+            self._input_paused = True
+            self._io.pause_reading()
 
     def _feed_eof(self) -> None:
         self._parser.feed_eof()

@@ -208,6 +208,11 @@ class SinkParser:
         self._eof = True
 
     @property
+    def buffered(self) -> int:
+        """Bytes received but not yet turned into events."""
+        return len(self._buf)
+
+    @property
     def awaiting_decision(self) -> bool:
         """True after a FileStart/DirStart until ``accept`` or ``reject`` is called."""
         return self._state in (_State.DECIDE_FILE, _State.DECIDE_DIR)
