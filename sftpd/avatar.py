@@ -15,6 +15,8 @@ from sftpd.session import SessionChannel
 from sftpd.session_api import SessionContext
 
 log = Logger(namespace="sftpd.avatar")
+_DATA_HEADER = struct.Struct(">LL")
+_EXT_HEADER = struct.Struct(">LLL")
 
 
 class Avatar(ConchUser):  # type: ignore[misc]
@@ -97,6 +99,23 @@ def _guard(name: str) -> Callable[[Any, bytes], Any]:
 class Connection(connection.SSHConnection):  # type: ignore[misc]
     """Conch's connection service, tolerant of messages for channels that are gone, and
     withholding window adjustments from a channel whose app paused reading."""
+
+    def sendData(self, channel: Any, data: bytes | memoryview) -> None:
+        # Conch builds this with NS(data) and another concatenation: two copies of every
+        # byte sent; one is enough.
+        if channel.localClosed:
+            return
+        remote = self.channelsToRemoteChannel[channel]
+        t: Any = self.transport
+        t.sendPacket(connection.MSG_CHANNEL_DATA, _DATA_HEADER.pack(remote, len(data)) + data)
+
+    def sendExtendedData(self, channel: Any, dataType: int, data: bytes | memoryview) -> None:
+        if channel.localClosed:
+            return
+        remote = self.channelsToRemoteChannel[channel]
+        header = _EXT_HEADER.pack(remote, dataType, len(data))
+        t: Any = self.transport
+        t.sendPacket(connection.MSG_CHANNEL_EXTENDED_DATA, header + data)
 
     def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
         if getattr(channel, "reading_paused", False):

@@ -140,6 +140,18 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
     def write(self, data: bytes | memoryview) -> None:
         self._queue(0, data)
 
+    def write_parts(self, head: bytes, body: bytes | memoryview) -> None:
+        step = self.remoteMaxPacket
+        cut = step - len(head)
+        if len(body) <= cut or cut <= 0:
+            self._queue(0, head + body)
+            return
+        view = memoryview(body)
+        # the first packet carries the head and the start of the body, so every later
+        # packet is a full-size slice of the body, sent without being copied first
+        self._queue(0, head + view[:cut])
+        self._queue(0, view[cut:])
+
     def write_stderr(self, data: bytes) -> None:
         self._queue(connection.EXTENDED_DATA_STDERR, data)
 

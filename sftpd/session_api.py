@@ -18,6 +18,10 @@ class ChannelIO(Protocol):
         """Send bytes to the client's stdout (buffered by the channel; never blocks)."""
         ...
 
+    def write_parts(self, head: bytes, body: bytes | memoryview) -> None:
+        """Same as ``write(head + body)`` without joining a large body (no extra copy)."""
+        ...
+
     def write_stderr(self, data: bytes) -> None:
         """Send bytes to the client's stderr (SSH extended data type 1)."""
         ...

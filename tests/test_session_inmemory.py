@@ -159,3 +159,15 @@ def test_paused_reading_withholds_window_until_resumed(tmp_path: Path) -> None:
     adjust = [p for n, p in t.sent if n == "MSG_CHANNEL_WINDOW_ADJUST"]
     assert len(adjust) == 1 and struct.unpack(">2L", adjust[0])[1] == 3_000_000
     assert ch.localWindowLeft == ch.localWindowSize
+
+
+def test_write_parts_packs_head_with_body_and_keeps_packets_full(tmp_path: Path) -> None:
+    conn, t, clock = _setup(tmp_path)
+    _open(conn, window=1 << 20, maxpkt=1000)
+    ch: Any = conn.channels[0]
+    ch._holding = False
+    body = bytes(range(256)) * 10  # 2560 bytes
+    ch.write_parts(b"HEAD", body)
+    data = [p[8:] for n, p in t.sent if n == "MSG_CHANNEL_DATA"]
+    assert b"".join(data) == b"HEAD" + body
+    assert [len(d) for d in data] == [1000, 1000, 564]  # no 4-byte packet for the head

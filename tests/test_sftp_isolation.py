@@ -63,6 +63,9 @@ class Recorder:
     def write(self, data: bytes) -> None:
         self.out += data
 
+    def write_parts(self, head: bytes, body: bytes | memoryview) -> None:
+        self.write(head + body)
+
     def write_stderr(self, data: bytes) -> None:
         pass
 

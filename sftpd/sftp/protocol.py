@@ -10,7 +10,13 @@ from twisted.python.failure import Failure
 from sftpd.errors import FramingError
 from sftpd.session_api import ChannelIO, SessionContext
 from sftpd.sftp import messages as m
-from sftpd.sftp.codec import Framer, Packet, decode_request, encode_response
+from sftpd.sftp.codec import (
+    Framer,
+    Packet,
+    decode_request,
+    encode_response,
+    encode_response_parts,
+)
 from sftpd.sftp.handler import READ_CLAMP, SftpHandler
 
 log = Logger(namespace="sftpd.sftp")
@@ -22,6 +28,8 @@ MAX_IN_FLIGHT = 128
 # ... carrying at most this many bytes (WRITE data held, READ data to come): replies wait
 # in order, so a slow first READ must not let 128 full-size replies pile up behind it.
 MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024
+# A reply ready to send: (header, payload); only DATA replies have a payload.
+_Reply = tuple[bytes, m.Payload]
 # Only these may run concurrently with each other; every other request is a barrier that
 # runs alone, after everything before it, as OpenSSH's sequential sftp-server would.
 _CONCURRENT = (m.Read, m.Write)
@@ -71,7 +79,7 @@ class SftpApp:
         self._framer = Framer()
         self._queue: deque[Packet] = deque()
         # one slot per dispatched request, in arrival order: None until its reply is ready
-        self._slots: deque[list[bytes | None]] = deque()
+        self._slots: deque[list[_Reply | None]] = deque()
         self._barrier = False  # a non-concurrent request is in flight
         # handle -> [READs, WRITEs] in flight on it: overlapping I/O on one handle must not
         # be reordered (a WRITE runs alone on its handle; READs may share it)
@@ -163,7 +171,9 @@ class SftpApp:
                 self._abort("undecodable packet without a request id: {error}", error=str(exc))
                 return
             log.debug("bad message {error}", error=str(exc))
-            self._slots.append([encode_response(SftpHandler.bad_message(exc.request_id, exc))])
+            self._slots.append(
+                [(encode_response(SftpHandler.bad_message(exc.request_id, exc)), b"")]
+            )
             self._flush()
             return
         if not isinstance(request, _CONCURRENT):
@@ -194,7 +204,7 @@ class SftpApp:
             cost = len(request.data)
         else:
             cost = 0
-        slot: list[bytes | None] = [None]
+        slot: list[_Reply | None] = [None]
         self._slots.append(slot)
         self._in_flight += 1
         self._in_flight_bytes += cost
@@ -205,7 +215,7 @@ class SftpApp:
     def _reply(
         self,
         response: m.Response,
-        slot: list[bytes | None],
+        slot: list[_Reply | None],
         cost: int,
         io_handle: bytes | None = None,
         kind: int = 0,
@@ -221,19 +231,23 @@ class SftpApp:
         if self._in_flight == 0:
             self._barrier = False
         if not self._closed:
-            slot[0] = encode_response(response)
+            slot[0] = encode_response_parts(response)
             self._flush()
             self._pump()
 
     def _flush(self) -> None:
         """Write every reply at the head of the order that is ready."""
-        slots, write = self._slots, self._io.write
+        slots, io = self._slots, self._io
         while slots:
-            data = slots[0][0]
-            if data is None:
+            parts = slots[0][0]
+            if parts is None:
                 return
             slots.popleft()
-            write(data)
+            head, body = parts
+            if len(body):
+                io.write_parts(head, body)  # a DATA reply: its payload is not copied here
+            else:
+                io.write(head)
 
     def _reply_failed(self, failure: Failure) -> None:
         log.failure("SFTP reply could not be sent", failure)
