@@ -13,7 +13,9 @@ from twisted.conch.ssh import channel, connection
 from twisted.conch.ssh.common import getNS
 from twisted.logger import Logger
 
+from sftpd.exec.dispatch import make_exec_app
 from sftpd.session_api import ChannelApp, SessionContext
+from sftpd.sftp.protocol import make_sftp_app
 
 SFTP_ONLY = b"This service allows SFTP connections only.\r\n"
 # The client may have this much in flight towards us; sized so 64 outstanding 32 KiB
@@ -27,16 +29,12 @@ AppFactory = Callable[[SessionContext, "SessionChannel"], ChannelApp]
 
 
 def _sftp_app(ctx: SessionContext, io: SessionChannel) -> ChannelApp:
-    from sftpd.sftp.protocol import make_sftp_app
-
     app: ChannelApp = make_sftp_app(ctx, io)
     return app
 
 
 def _exec_app(command: bytes) -> AppFactory:
     def make(ctx: SessionContext, io: SessionChannel) -> ChannelApp:
-        from sftpd.exec.dispatch import make_exec_app
-
         app: ChannelApp = make_exec_app(command, ctx, io)
         return app
 

@@ -17,6 +17,15 @@ _U64 = struct.Struct(">Q")
 _U32X2 = struct.Struct(">II")
 
 _SIX_MONTHS = 182 * 24 * 3600
+# Plain ints: IntFlag arithmetic builds enum members and costs microseconds per entry.
+_SIZE = int(AttrFlag.SIZE)
+_UIDGID = int(AttrFlag.UIDGID)
+_PERMISSIONS = int(AttrFlag.PERMISSIONS)
+_ACMODTIME = int(AttrFlag.ACMODTIME)
+_EXTENDED = int(AttrFlag.EXTENDED)
+_FULL = _SIZE | _UIDGID | _PERMISSIONS | _ACMODTIME
+_FULL_STRUCT = struct.Struct(">IQIIIII")  # flags, size, uid, gid, permissions, atime, mtime
+_U64_MAX = 0xFFFFFFFFFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,15 +47,15 @@ class Attrs:
     def flags(self) -> int:
         flags = 0
         if self.size is not None:
-            flags |= AttrFlag.SIZE
+            flags |= _SIZE
         if self.uid is not None or self.gid is not None:
-            flags |= AttrFlag.UIDGID
+            flags |= _UIDGID
         if self.permissions is not None:
-            flags |= AttrFlag.PERMISSIONS
+            flags |= _PERMISSIONS
         if self.atime is not None or self.mtime is not None:
-            flags |= AttrFlag.ACMODTIME
+            flags |= _ACMODTIME
         if self.extended:
-            flags |= AttrFlag.EXTENDED
+            flags |= _EXTENDED
         return flags
 
 
@@ -61,14 +70,24 @@ def _u32(value: int) -> int:
 def encode_attrs(attrs: Attrs) -> bytes:
     """Encode ``attrs`` in the v3 wire format."""
     flags = attrs.flags
+    if flags == _FULL:  # every stat result: one pack (listings encode thousands)
+        return _FULL_STRUCT.pack(
+            _FULL,
+            min(max(attrs.size or 0, 0), _U64_MAX),
+            _u32(attrs.uid or 0),
+            _u32(attrs.gid or 0),
+            _u32(attrs.permissions or 0),
+            _u32(attrs.atime or 0),
+            _u32(attrs.mtime or 0),
+        )
     parts = [_U32.pack(flags)]
     if attrs.size is not None:
-        parts.append(_U64.pack(min(max(attrs.size, 0), 0xFFFFFFFFFFFFFFFF)))
-    if flags & AttrFlag.UIDGID:
+        parts.append(_U64.pack(min(max(attrs.size, 0), _U64_MAX)))
+    if flags & _UIDGID:
         parts.append(_U32X2.pack(_u32(attrs.uid or 0), _u32(attrs.gid or 0)))
     if attrs.permissions is not None:
         parts.append(_U32.pack(_u32(attrs.permissions)))
-    if flags & AttrFlag.ACMODTIME:
+    if flags & _ACMODTIME:
         parts.append(_U32X2.pack(_u32(attrs.atime or 0), _u32(attrs.mtime or 0)))
     if attrs.extended:
         parts.append(_U32.pack(len(attrs.extended)))
@@ -98,6 +117,27 @@ class IdNames:
     def __init__(self) -> None:
         self._users: dict[int, str] = {}
         self._groups: dict[int, str] = {}
+        # Formatted dates and modes recur across a listing (files written in the same
+        # second): caching them saves most of a longname's cost. Bounded.
+        self._dates: dict[tuple[int, bool], str] = {}
+        self._modes: dict[int, str] = {}
+
+    def date(self, mtime: int, recent: bool) -> str:
+        """The ``ls -l`` date column for ``mtime``."""
+        key = (mtime, recent)
+        text = self._dates.get(key)
+        if text is None:
+            if len(self._dates) > 4096:
+                self._dates.clear()
+            text = self._dates[key] = _date_text(mtime, recent)
+        return text
+
+    def mode(self, st_mode: int) -> str:
+        """The ``ls -l`` mode column (``-rw-r--r--``)."""
+        text = self._modes.get(st_mode)
+        if text is None:
+            text = self._modes[st_mode] = stat.filemode(st_mode)
+        return text
 
     def user(self, uid: int) -> str | None:
         """The user name of ``uid``, or None when the system has none."""
@@ -137,15 +177,17 @@ def longname(
     group = (names.group(st.st_gid) if names else None) or str(st.st_gid)
     mtime = int(st.st_mtime)
     current = time.time() if now is None else now
+    recent = abs(current - mtime) < _SIX_MONTHS
+    if names is not None:
+        date, mode = names.date(mtime, recent), names.mode(st.st_mode)
+    else:
+        date, mode = _date_text(mtime, recent), stat.filemode(st.st_mode)
+    return f"{mode} {st.st_nlink:>4} {owner:<8} {group:<8} {st.st_size:>8} {date} {name}"
+
+
+def _date_text(mtime: int, recent: bool) -> str:
     try:
         tm = time.localtime(mtime)
     except (OverflowError, OSError, ValueError):
         tm = time.localtime(0)
-    if abs(current - mtime) < _SIX_MONTHS:
-        date = time.strftime("%b %e %H:%M", tm)
-    else:
-        date = time.strftime("%b %e  %Y", tm)
-    return (
-        f"{stat.filemode(st.st_mode)} {st.st_nlink:>4} {owner:<8} {group:<8} "
-        f"{st.st_size:>8} {date} {name}"
-    )
+    return time.strftime("%b %e %H:%M" if recent else "%b %e  %Y", tm)
