@@ -270,43 +270,6 @@ class UnknownExtended:
     data: bytes
 
 
-Request = (
-    Init
-    | Open
-    | Close
-    | Read
-    | Write
-    | Lstat
-    | Fstat
-    | Setstat
-    | Fsetstat
-    | Opendir
-    | Readdir
-    | Remove
-    | Mkdir
-    | Rmdir
-    | Realpath
-    | Stat
-    | Rename
-    | Readlink
-    | Symlink
-    | UnknownRequest
-    | PosixRename
-    | Statvfs
-    | Fstatvfs
-    | Hardlink
-    | Fsync
-    | Lsetstat
-    | Limits
-    | ExpandPath
-    | CopyData
-    | HomeDirectory
-    | UsersGroupsById
-    | CheckFileName
-    | CheckFileHandle
-    | UnknownExtended
-)
-
 # Requests that carry a request id (every one but INIT).
 IdRequest = (
     Open
@@ -343,6 +306,8 @@ IdRequest = (
     | CheckFileHandle
     | UnknownExtended
 )
+
+Request = Init | IdRequest
 
 
 # --- responses ------------------------------------------------------------------------
