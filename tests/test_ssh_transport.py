@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.conch.avatar import ConchUser
 from twisted.conch.ssh import channel, connection, factory, keys, userauth
 from twisted.conch.ssh import transport as conch_transport
@@ -204,6 +206,46 @@ def test_packet_reader_any_split_gives_the_same_messages() -> None:
                 got.append(m[1])
         assert got == bodies and reader.pending == 0
         assert len(reader._buf) == 0  # nothing kept once all is consumed (idle sessions)
+
+
+def test_malformed_kexinit_and_transport_messages_disconnect() -> None:
+    server, tr = started()
+    server.dataReceived(CLIENT_VERSION + plain_packet(MSG_KEXINIT, os.urandom(16) + ns(b"x")))
+    assert tr.disconnecting and disconnect_reason(tr) == 2
+    server, tr = started()
+    server.dataReceived(CLIENT_VERSION + plain_packet(MSG_DEBUG))  # no fields at all
+    assert tr.disconnecting and disconnect_reason(tr) == 2
+    server, tr = started()
+    server.dataReceived(CLIENT_VERSION + plain_packet(MSG_DISCONNECT, b"\0\0"))
+    assert tr.disconnecting
+
+
+def test_wrong_first_kex_packet_guess_is_ignored() -> None:
+    server, tr = started()
+    offer = kexinit([b"ecdh-sha2-nistp256", b"curve25519-sha256"], first_follows=True)
+    server.dataReceived(CLIENT_VERSION + offer)
+    # Picked by the client's order, but our first choice differs: the guess counts as
+    # wrong (RFC 4253 7, as OpenSSH), so its KEX packet is skipped.
+    assert server.kexAlg == b"ecdh-sha2-nistp256" and server.ignoreNextPacket
+    server.dataReceived(plain_packet(30, ns(os.urandom(65))))
+    assert not tr.disconnecting and not server.ignoreNextPacket
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.booleans(),
+    st.lists(st.tuples(st.integers(1, 255), st.binary(max_size=64)), max_size=6),
+)
+def test_arbitrary_messages_never_raise(strict: bool, messages: list[tuple[int, bytes]]) -> None:
+    """Any framed message, before or after KEXINIT: handled or a clean disconnect."""
+    server, tr = started()
+    kex = [b"curve25519-sha256", *([STRICT_C] if strict else [])]
+    server.dataReceived(CLIENT_VERSION + kexinit(kex))
+    for msg, body in messages:
+        server.dataReceived(plain_packet(msg, body))
+    assert server._strict is strict
+    if any(msg == MSG_DISCONNECT for msg, _ in messages):
+        assert tr.disconnecting
 
 
 # -- strict KEX ---------------------------------------------------------------------------------

@@ -220,7 +220,11 @@ class ServerTransport(SSHServerTransport):
 
     def ssh_DISCONNECT(self, packet: bytes) -> None:
         self._closed = True
-        super().ssh_DISCONNECT(packet)
+        self._cancel_rekey()
+        code = _U32.unpack_from(packet)[0] if len(packet) >= 4 else 0
+        size = _U32.unpack_from(packet, 4)[0] if len(packet) >= 8 else 0
+        self.receiveError(code, packet[8 : 8 + size])
+        self._tcp.loseConnection()
 
     # -- incoming ------------------------------------------------------------------------
 
@@ -278,7 +282,14 @@ class ServerTransport(SSHServerTransport):
         elif not self._expected(messageNum):
             self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"unexpected message %d" % (messageNum,))
             return
-        super().dispatchMessage(messageNum, payload)
+        if messageNum >= 50:
+            super().dispatchMessage(messageNum, payload)
+            return
+        try:
+            super().dispatchMessage(messageNum, payload)
+        except (struct.error, IndexError, TypeError, ValueError):
+            # Conch's transport and KEX handlers parse without checking lengths.
+            self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"malformed message %d" % messageNum)
 
     def _expected(self, n: int) -> bool:
         """Whether a transport message (or any message during KEX) is legal now."""
