@@ -31,6 +31,7 @@ from twisted.test import iosim
 from zope.interface import implementer
 
 from sftpd import config
+from sftpd.ssh import transport as transport_module
 from sftpd.ssh.ciphers import make_opener, make_sealer
 from sftpd.ssh.kexinit import STRICT_C, STRICT_S, KexInit
 from sftpd.ssh.packets import PacketReader
@@ -435,6 +436,17 @@ def test_client_initiated_rekey_and_no_timer_after_disconnect() -> None:
     assert len(clock.getDelayedCalls()) == 1
     server.connectionLost(Failure(ConnectionDone()))
     assert clock.getDelayedCalls() == []
+
+
+def test_rekey_by_packet_count_even_with_volume_rekey_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transport_module, "MAX_PACKETS_PER_KEY", 50)
+    server, client, clock, pump = connected(rekey_bytes=0)
+    for _ in range(120):
+        server.sendPacket(94, b"tiny")
+    pump.flush()
+    assert server.completed_kex >= 3 and len(client.received) == 120
 
 
 def test_rekey_disabled_by_zero_limits() -> None:

@@ -63,6 +63,9 @@ _SEQ_MASK = 0xFFFFFFFF
 _U32 = struct.Struct(">I")
 _MAX_VERSION_BYTES = 4096  # version line plus any lines before it
 _NEVER = 1 << 62
+# Rekey after this many packets in a direction whatever the byte limit (as OpenSSH): the
+# sequence number is chacha20-poly1305's nonce and must not wrap under one key.
+MAX_PACKETS_PER_KEY = 1 << 31
 _JOIN_BELOW = 4096
 
 
@@ -156,6 +159,8 @@ class ServerTransport(SSHServerTransport):
     _dispatch_seq = 0
     _bytes_in = 0
     _bytes_out = 0
+    _packets_in = 0
+    _packets_out = 0
     _rekey_bytes = _NEVER
     _rekey_call: IDelayedCall | None = None
     _junk = 0
@@ -250,8 +255,9 @@ class ServerTransport(SSHServerTransport):
             self.incomingPacketSequence = (seq + 1) & _SEQ_MASK
             self._dispatch_seq = seq
             self._bytes_in += reader.last_size
+            self._packets_in += 1
             self.dispatchMessage(message[0], message[1])
-            if self._bytes_in >= self._rekey_bytes:
+            if self._bytes_in >= self._rekey_bytes or self._packets_in >= MAX_PACKETS_PER_KEY:
                 self._maybe_rekey()
 
     def _read_version(self) -> bool:
@@ -318,7 +324,7 @@ class ServerTransport(SSHServerTransport):
                 self._blockedByKeyExchange.append((messageType, payload))
                 return
         self._write_packet(messageType, payload)
-        if self._bytes_out >= self._rekey_bytes:
+        if self._bytes_out >= self._rekey_bytes or self._packets_out >= MAX_PACKETS_PER_KEY:
             self._maybe_rekey()
 
     def _write_packet(self, msg_type: int, payload: bytes) -> None:
@@ -333,6 +339,7 @@ class ServerTransport(SSHServerTransport):
             self._tcp.write(b"".join(chunks))  # one small copy beats a check per chunk
         self.outgoingPacketSequence = (seq + 1) & _SEQ_MASK
         self._bytes_out += size
+        self._packets_out += 1
         if msg_type == MSG_NEWKEYS:
             nxt = self.nextEncryptions
             # Conch's _keySetup derives the keys (setKeys) just before sending NEWKEYS.
@@ -425,7 +432,7 @@ class ServerTransport(SSHServerTransport):
         self._sent_newkeys = False
         self._initial_done = True
         self.completed_kex += 1
-        self._bytes_in = self._bytes_out = 0
+        self._bytes_in = self._bytes_out = self._packets_in = self._packets_out = 0
         self._schedule_rekey()
         super()._newKeys()  # state back to NONE; sends what was queued during the exchange
 
@@ -436,7 +443,10 @@ class ServerTransport(SSHServerTransport):
             self._keyExchangeState == self._KEY_EXCHANGE_NONE
             and self._initial_done
             and not self._closed
-            and max(self._bytes_in, self._bytes_out) >= self._rekey_bytes
+            and (
+                max(self._bytes_in, self._bytes_out) >= self._rekey_bytes
+                or max(self._packets_in, self._packets_out) >= MAX_PACKETS_PER_KEY
+            )
         ):
             self.sendKexInit()
 
