@@ -316,6 +316,9 @@ class FakeProcess:
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.producer = producer
 
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
     def closeChildFD(self, fd: int) -> None:
         self.calls.append(f"close {fd}")
 
@@ -464,3 +467,15 @@ def test_bridge_registers_client_input_as_producer_on_rsync_stdin(tmp_path: Path
     assert io.reading_paused
     producer.resumeProducing()
     assert not io.reading_paused
+
+
+def test_bridge_unregisters_the_producer_before_closing_stdin(tmp_path: Path) -> None:
+    """Twisted never finishes closing a pipe with a registered (paused) producer."""
+    app, io, spawned = bridge(tmp_path, "rsync --server -slogDtpre.iLsfxCIvu")
+    app.data_received(b"rsync\x00--delete\x00.\x00d\x00\x00" + struct.pack("<i", 32))
+    process, _ = spawned()
+    process.proto.outReceived(b"@RSYNCD: 32.0 md5\n@RSYNCD: OK\n")
+    process.producer.pauseProducing()  # rsync's stdin pipe is full
+    app.eof_received()
+    assert process.producer is None
+    assert "close stdin" in process.calls

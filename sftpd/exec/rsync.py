@@ -90,6 +90,7 @@ class _ProcessHandle(Protocol):
     def pauseProducing(self) -> None: ...
     def resumeProducing(self) -> None: ...
     def registerProducer(self, producer: object, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
 
 
 class _ClientInput:
@@ -261,7 +262,7 @@ class RsyncApp:
     def eof_received(self) -> None:
         self._eof = True
         if self._state == "running" and self._process is not None:
-            self._process.closeStdin()
+            self._close_stdin(self._process)
         elif self._state == "args":
             self._protocol_error("end of input before the protected arguments")
 
@@ -426,7 +427,13 @@ class RsyncApp:
         if pending:
             self._to_rsync(pending)
         if self._eof:
-            process.closeStdin()
+            self._close_stdin(process)
+
+    def _close_stdin(self, process: _ProcessHandle) -> None:
+        # Twisted does not finish closing a pipe that has a producer registered (a paused
+        # one is resumed instead), so rsync would never see EOF: unregister it first.
+        process.unregisterProducer()
+        process.closeStdin()
 
     def _to_rsync(self, data: bytes) -> None:
         if self._process is not None:
