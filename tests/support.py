@@ -207,3 +207,23 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> b
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def asyncssh_sftp(env: Env, body: Any, timeout: float = 60) -> None:
+    """Connect with asyncssh as alice (key auth) and run ``await body(sftp_client)``."""
+    import asyncio
+
+    import asyncssh
+
+    async def main() -> None:
+        async with asyncssh.connect(
+            "127.0.0.1",
+            port=env.port,
+            username="alice",
+            client_keys=[str(env.key_path)],
+            known_hosts=None,
+        ) as conn:
+            async with conn.start_sftp_client() as client:
+                await asyncio.wait_for(body(client), timeout)
+
+    asyncio.run(main())

@@ -9,7 +9,6 @@ it never reaches a client and never changes on disk.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
 import subprocess
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Env
+from tests.support import Env, asyncssh_sftp
 
 paramiko = pytest.importorskip("paramiko")
 pytestmark = pytest.mark.e2e
@@ -607,28 +606,20 @@ def test_read_only_user_changes_nothing(make_server: Any, tmp_path: Path) -> Non
 
     asyncssh = pytest.importorskip("asyncssh")
 
-    async def via_asyncssh() -> None:
-        async with asyncssh.connect(
-            "127.0.0.1",
-            port=env.port,
-            username="alice",
-            client_keys=[str(env.key_path)],
-            known_hosts=None,
-        ) as conn:
-            async with conn.start_sftp_client() as client:
-                vfs = await client.statvfs("/")
-                assert vfs.flags & 1  # SSH_FXE_STATVFS_ST_RDONLY
-                with pytest.raises(asyncssh.SFTPPermissionDenied):
-                    await client.link("ro.txt", "as-hard")
-                with pytest.raises(asyncssh.SFTPPermissionDenied):
-                    await client.setstat(
-                        "rolink", asyncssh.SFTPAttrs(atime=1, mtime=1), follow_symlinks=False
-                    )
-                async with client.open("ro.txt", "rb") as f:
-                    await f.fsync()  # allowed: changes nothing
-                    assert await f.read() == b"read me\n"
+    async def via_asyncssh(client: Any) -> None:
+        vfs = await client.statvfs("/")
+        assert vfs.flags & 1  # SSH_FXE_STATVFS_ST_RDONLY
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await client.link("ro.txt", "as-hard")
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await client.setstat(
+                "rolink", asyncssh.SFTPAttrs(atime=1, mtime=1), follow_symlinks=False
+            )
+        async with client.open("ro.txt", "rb") as f:
+            await f.fsync()  # allowed: changes nothing
+            assert await f.read() == b"read me\n"
 
-    asyncio.run(asyncio.wait_for(via_asyncssh(), 60))
+    asyncssh_sftp(env, via_asyncssh)
     assert _snapshot(root) == before
 
 

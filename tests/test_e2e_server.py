@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support import ALICE_PASSWORD, Env, askpass_env
+from tests.support import ALICE_PASSWORD, Env, askpass_env, asyncssh_sftp
 
 pytestmark = pytest.mark.e2e
 
@@ -124,22 +125,13 @@ def test_paramiko_client_with_key_and_password(server: Env) -> None:
 
 
 def test_asyncssh_client_with_key(server: Env) -> None:
-    asyncssh = pytest.importorskip("asyncssh")
-    import asyncio
+    pytest.importorskip("asyncssh")
 
-    async def run() -> None:
-        async with asyncssh.connect(
-            "127.0.0.1",
-            port=server.port,
-            username="alice",
-            client_keys=[str(server.key_path)],
-            known_hosts=None,
-        ) as conn:
-            async with conn.start_sftp_client() as sftp:
-                async with sftp.open("asyncssh.txt", "wb") as f:
-                    await f.write(b"from asyncssh\n")
+    async def body(sftp: Any) -> None:
+        async with sftp.open("asyncssh.txt", "wb") as f:
+            await f.write(b"from asyncssh\n")
 
-    asyncio.run(run())
+    asyncssh_sftp(server, body)
     assert (server.alice.root / "asyncssh.txt").read_bytes() == b"from asyncssh\n"
 
 

@@ -3,7 +3,6 @@ test checks the bytes, modes and names on the host disk."""
 
 from __future__ import annotations
 
-import asyncio
 import grp
 import hashlib
 import os
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Env, have
+from tests.support import Env, asyncssh_sftp, have
 
 paramiko = pytest.importorskip("paramiko")
 asyncssh = pytest.importorskip("asyncssh")
@@ -323,18 +322,7 @@ def test_check_file_handle_and_name_match_hashlib(server: Env, sftp: Any) -> Non
 
 
 def _asyncssh(server: Env, body: Callable[[Any], Awaitable[None]]) -> None:
-    async def main() -> None:
-        async with asyncssh.connect(
-            "127.0.0.1",
-            port=server.port,
-            username="alice",
-            client_keys=[str(server.key_path)],
-            known_hosts=None,
-        ) as conn:
-            async with conn.start_sftp_client() as client:
-                await asyncio.wait_for(body(client), 60)
-
-    asyncio.run(main())
+    asyncssh_sftp(server, body)
 
 
 async def _raw(client: Any, name: bytes, *args: bytes) -> tuple[int, Any]:
