@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -115,15 +114,6 @@ def test_rsync_disabled(root: Path) -> None:
     _, io = run_exec(b"rsync --server -logDtpre.iLsfxCIvu . /", ctx)
     assert io.stderr == b"sftpd: rsync is not available on this server\n"
     assert io.stdout == b""
-    assert io.status == 1
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("sftpd.exec.rsync") is not None, reason="rsync support is present"
-)
-def test_rsync_module_missing(root: Path) -> None:
-    _, io = run_exec(b"rsync --server --sender -logDtpre.iLsf . /", make_ctx(root))
-    assert io.stderr == b"sftpd: rsync is not available on this server\n"
     assert io.status == 1
 
 
