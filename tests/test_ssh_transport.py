@@ -591,3 +591,12 @@ def test_paramiko_client_per_algorithm(
     assert server.currentEncryptions.inCipType == cipher.encode()
     assert server._strict is strict
     assert server.completed_kex >= 2
+
+
+def test_kex_message_out_of_turn_is_a_clean_disconnect() -> None:
+    """KEX_DH_GEX_INIT during an ECDH exchange made Conch raise AttributeError (self.p)."""
+    server, tr = started()
+    server.dataReceived(CLIENT_VERSION + kexinit([b"curve25519-sha256"]))
+    server.dataReceived(plain_packet(32, b"\x00\x00\x00\x00"))
+    assert tr.disconnecting
+    assert disconnect_reason(tr) == 2  # DISCONNECT_PROTOCOL_ERROR

@@ -293,8 +293,11 @@ class ServerTransport(SSHServerTransport):
             return
         try:
             super().dispatchMessage(messageNum, payload)
-        except (struct.error, IndexError, TypeError, ValueError):
-            # Conch's transport and KEX handlers parse without checking lengths.
+        except Exception:
+            # Conch's transport and KEX handlers parse without checking lengths, and some
+            # assume state a message out of turn does not have (e.g. KEX_DH_GEX_INIT outside
+            # a group exchange: AttributeError). Any of it is bad input from this peer.
+            log.debug("malformed or out-of-turn message {n}", n=messageNum)
             self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"malformed message %d" % messageNum)
 
     def _expected(self, n: int) -> bool:
