@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.conch.avatar import ConchUser
-from twisted.conch.ssh import channel, connection, factory, keys, userauth
+from twisted.conch.ssh import _kex, channel, connection, factory, keys, userauth
 from twisted.conch.ssh import transport as conch_transport
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import IRealm, Portal
@@ -219,6 +219,14 @@ def test_malformed_kexinit_and_transport_messages_disconnect() -> None:
     server, tr = started()
     server.dataReceived(CLIENT_VERSION + plain_packet(MSG_DISCONNECT, b"\0\0"))
     assert tr.disconnecting
+
+
+@pytest.mark.parametrize("msg", [31, 32, 33, 34, 40])
+def test_kex_messages_of_another_method_disconnect(msg: int) -> None:
+    server, tr = started()
+    server.dataReceived(CLIENT_VERSION + kexinit([b"curve25519-sha256"]))
+    server.dataReceived(plain_packet(msg, bytes(4)))
+    assert tr.disconnecting and disconnect_reason(tr) == 2
 
 
 def test_wrong_first_kex_packet_guess_is_ignored() -> None:
@@ -447,6 +455,27 @@ def test_rekey_by_packet_count_even_with_volume_rekey_off(
         server.sendPacket(94, b"tiny")
     pump.flush()
     assert server.completed_kex >= 3 and len(client.received) == 120
+
+
+@pytest.mark.filterwarnings("ignore:Diffie-Hellman over finite fields")
+def test_group_exchange_handshake_and_rekey() -> None:
+    """diffie-hellman-group-exchange (messages 34, 31, 32, 33) when a moduli file is present."""
+    clock = Clock()
+    server = make_server(clock, have_moduli=True)
+    server.factory.primes = {2048: [_kex.getDHGeneratorAndPrime(b"diffie-hellman-group14-sha1")]}
+
+    def client() -> ConchClient:
+        c = ConchClient()
+        c.supportedKeyExchanges = [b"diffie-hellman-group-exchange-sha256"]
+        return c
+
+    c, srv, pump = iosim.connectedServerAndClient(lambda: server, client)
+    pump.flush()
+    assert server.kexAlg == b"diffie-hellman-group-exchange-sha256"
+    assert server.completed_kex == 1 and c.secure == 1
+    server.sendKexInit()
+    pump.flush()
+    assert server.completed_kex == 2 and not c.errors
 
 
 def test_rekey_disabled_by_zero_limits() -> None:

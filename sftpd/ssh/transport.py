@@ -67,6 +67,9 @@ _NEVER = 1 << 62
 # sequence number is chacha20-poly1305's nonce and must not wrap under one key.
 MAX_PACKETS_PER_KEY = 1 << 31
 _JOIN_BELOW = 4096
+_MSG_KEX_INIT = 30  # KEXDH_INIT, KEX_ECDH_INIT, hybrid INIT and GEX_REQUEST_OLD share it
+_MSG_GEX_INIT = 32
+_MSG_GEX_REQUEST = 34
 
 
 @dataclass(frozen=True)
@@ -313,7 +316,13 @@ class ServerTransport(SSHServerTransport):
         if n == MSG_NEWKEYS:
             return self._peer_in_kex and self._sent_newkeys
         if 30 <= n <= 49:
-            return self._peer_in_kex and not self._sent_newkeys
+            if not self._peer_in_kex or self._sent_newkeys:
+                return False
+            # Only what a server receives in the negotiated method (Conch dispatches by number).
+            if not _kex.isDynamicPrimesGroup(self.kexAlg):
+                return n == _MSG_KEX_INIT
+            group_sent = hasattr(self, "dhSecretKey")
+            return n == _MSG_GEX_INIT if group_sent else n in (_MSG_KEX_INIT, _MSG_GEX_REQUEST)
         return True
 
     def sendUnimplemented(self) -> None:
