@@ -1,21 +1,29 @@
-"""OpenSSH's client against a real sftpd: every cipher/MAC moves data intact; weak ones refused."""
+"""Real clients, every cipher/MAC: OpenSSH against sftpd; asyncssh, paramiko in process."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 
+from sftpd.ssh.transport import ServerTransport
 from tests.conftest import ServerFactory
 from tests.support import Env, have
+from tests.test_ssh_transport import make_server
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not have("sftp") or not have("ssh"), reason="OpenSSH client not installed"),
-]
+pytestmark = pytest.mark.e2e
+openssh = pytest.mark.skipif(
+    not have("sftp") or not have("ssh"), reason="OpenSSH client not installed"
+)
 
 SUITES = [
     ("chacha20-poly1305@openssh.com", None),
@@ -38,6 +46,7 @@ def _negotiated(stderr: str) -> set[tuple[str, ...]]:
     return {tuple(m.groups()) for m in _NEGOTIATED.finditer(stderr)}
 
 
+@openssh
 @pytest.mark.parametrize(("cipher", "mac"), SUITES, ids=[f"{c}+{m or 'aead'}" for c, m in SUITES])
 def test_openssh_negotiates_and_moves_data(server: Env, cipher: str, mac: str | None) -> None:
     name = f"{cipher}-{mac or 'aead'}".replace("@", "_")
@@ -55,6 +64,7 @@ def test_openssh_negotiates_and_moves_data(server: Env, cipher: str, mac: str | 
     assert _sha256(server.tmp / f"{name}.down") == digest  # and back
 
 
+@openssh
 def test_default_negotiation_is_chacha20_with_strict_kex(server: Env) -> None:
     res = server.sftp("pwd\n", "-vvv")
     assert ("server->client", "chacha20-poly1305@openssh.com", "<implicit>") in _negotiated(
@@ -64,6 +74,7 @@ def test_default_negotiation_is_chacha20_with_strict_kex(server: Env) -> None:
     assert "will use strict KEX ordering" in res.stderr
 
 
+@openssh
 @pytest.mark.parametrize(
     "opts",
     [
@@ -90,6 +101,7 @@ def _kexinit_count(stderr: str) -> int:
     return stderr.count("SSH2_MSG_KEXINIT received")
 
 
+@openssh
 def test_server_initiated_rekey_by_volume(make_server: ServerFactory) -> None:
     env = make_server(server_extra="rekey_bytes = 1048576")
     src = env.tmp / "rekey.src"
@@ -99,6 +111,7 @@ def test_server_initiated_rekey_by_volume(make_server: ServerFactory) -> None:
     assert _sha256(env.alice.root / "rekey.up") == _sha256(src) == _sha256(env.tmp / "rekey.down")
 
 
+@openssh
 @pytest.mark.parametrize("cipher", ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com"])
 def test_client_initiated_rekey(server: Env, cipher: str) -> None:
     name = f"crekey-{cipher[:6]}"
@@ -115,3 +128,128 @@ def test_client_initiated_rekey(server: Env, cipher: str) -> None:
     assert _kexinit_count(res.stderr) >= 4
     assert _sha256(server.alice.root / f"{name}.up") == _sha256(src)
     assert _sha256(server.tmp / f"{name}.down") == _sha256(src)
+
+
+# -- asyncssh and paramiko against an in-process ServerTransport (asyncio loop, no reactor) --
+
+
+class _Adapter:
+    """The little of Twisted's ITransport the SSH transport uses, over an asyncio transport."""
+
+    def __init__(self, t: asyncio.Transport) -> None:
+        self.t = t
+
+    def write(self, data: bytes) -> None:
+        self.t.write(data)
+
+    def writeSequence(self, seq: list[bytes]) -> None:
+        self.t.writelines(seq)
+
+    def loseConnection(self) -> None:
+        self.t.close()
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 1)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 2)
+
+
+class _Bridge(asyncio.Protocol):
+    def __init__(self, ssh: ServerTransport) -> None:
+        self.ssh = ssh
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.ssh.makeConnection(_Adapter(transport))  # type: ignore[arg-type,no-untyped-call]
+
+    def data_received(self, data: bytes) -> None:
+        self.ssh.dataReceived(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ssh.connectionLost(Failure(ConnectionDone()))  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture
+def echo_server() -> Iterator[tuple[list[ServerTransport], Any]]:
+    servers: list[ServerTransport] = []
+
+    def start(loop: asyncio.AbstractEventLoop, **kw: Any) -> Any:
+        def build() -> _Bridge:
+            servers.append(make_server(**kw))
+            return _Bridge(servers[-1])
+
+        return loop.create_server(build, "127.0.0.1", 0)
+
+    yield servers, start
+
+
+@pytest.mark.parametrize(("cipher", "mac"), SUITES)
+def test_asyncssh_client_per_algorithm_with_rekeys(
+    echo_server: tuple[list[ServerTransport], Any], cipher: str, mac: str | None
+) -> None:
+    asyncssh = pytest.importorskip("asyncssh")
+    servers, start = echo_server
+    data = os.urandom(1_500_000)
+
+    async def run() -> bytes:
+        srv = await start(asyncio.get_running_loop(), rekey_bytes=256 * 1024)
+        port = srv.sockets[0].getsockname()[1]
+        opts: dict[str, Any] = {"encryption_algs": [cipher]}
+        if mac:
+            opts["mac_algs"] = [mac]
+        async with asyncssh.connect(
+            "127.0.0.1", port, username="u", password="pw", known_hosts=None, **opts
+        ) as conn:
+            reader, writer = await conn.open_connection("localhost", 7)
+            writer.write(data)
+            writer.write_eof()
+            got: bytes = await reader.read()
+        srv.close()
+        return got
+
+    got = asyncio.run(run())
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    [server] = servers
+    assert server.currentEncryptions.outCipType == cipher.encode()
+    assert server._strict  # asyncssh does strict KEX
+    assert server.completed_kex >= 5  # rekeyed by the server while data flowed both ways
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "not-strict"])
+@pytest.mark.parametrize(("cipher", "mac"), [s for s in SUITES if not s[0].startswith("chacha")])
+def test_paramiko_client_per_algorithm(
+    echo_server: tuple[list[ServerTransport], Any], cipher: str, mac: str | None, strict: bool
+) -> None:
+    """paramiko has no chacha20-poly1305, but can turn strict KEX off (sequence numbers go on)."""
+    paramiko = pytest.importorskip("paramiko")
+    servers, start = echo_server
+    data = os.urandom(300_000)
+
+    def client(port: int) -> bytes:
+        t = paramiko.Transport(("127.0.0.1", port), strict_kex=strict)
+        opts = t.get_security_options()
+        opts.ciphers = (cipher,)
+        if mac:
+            opts.digests = (mac,)
+        t.connect(username="u", password="pw")
+        ch = t.open_channel("direct-tcpip", ("localhost", 7), ("127.0.0.1", 0))
+        ch.sendall(data)
+        ch.shutdown_write()
+        chunks = []
+        while chunk := ch.recv(65536):
+            chunks.append(chunk)
+        t.close()
+        return b"".join(chunks)
+
+    async def run() -> bytes:
+        srv = await start(asyncio.get_running_loop(), rekey_bytes=128 * 1024)
+        port = srv.sockets[0].getsockname()[1]
+        got = await asyncio.to_thread(client, port)
+        srv.close()
+        return got
+
+    assert asyncio.run(run()) == data
+    [server] = servers
+    assert server.currentEncryptions.inCipType == cipher.encode()
+    assert server._strict is strict
+    assert server.completed_kex >= 2
