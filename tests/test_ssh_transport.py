@@ -243,6 +243,15 @@ def test_wrong_first_kex_packet_guess_is_ignored() -> None:
     assert server.kexAlg == b"ecdh-sha2-nistp256" and server.ignoreNextPacket
     server.dataReceived(plain_packet(30, ns(os.urandom(65))))
     assert not tr.disconnecting and not server.ignoreNextPacket
+    # A guessed group-exchange request is dropped as well, though ECDH was chosen.
+    server, tr = started()
+    offer = kexinit(
+        [b"diffie-hellman-group-exchange-sha256", b"curve25519-sha256"], first_follows=True
+    )
+    server.dataReceived(CLIENT_VERSION + offer)
+    assert server.kexAlg == b"curve25519-sha256" and server.ignoreNextPacket
+    server.dataReceived(plain_packet(34, struct.pack(">III", 2048, 3072, 8192)))
+    assert not tr.disconnecting and not server.ignoreNextPacket
 
 
 @settings(max_examples=200, deadline=None)

@@ -288,6 +288,9 @@ class ServerTransport(SSHServerTransport):
             if service is not None:
                 service.packetReceived(messageNum, payload)
                 return
+        elif 30 <= messageNum <= 49 and self.ignoreNextPacket and self._peer_in_kex:
+            self.ignoreNextPacket = False  # the client's wrongly guessed first KEX packet
+            return
         elif not self._expected(messageNum):
             self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"unexpected message %d" % (messageNum,))
             return
