@@ -16,11 +16,12 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet.task import Clock
 
-from sftpd.auth.checkers import PasswordChecker, PublicKeyChecker, fingerprint
+from sftpd.auth.checkers import PasswordChecker, PublicKeyChecker
 from sftpd.auth.userauth import AuthSettings, UserAuthServer
 from sftpd.auth.users import UserDB
 from sftpd.blocking import InlineBlocking
 from sftpd.config import UserConfig
+from sftpd.hostkeys import fingerprint
 
 PW = b"right-password"
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 from typing import Any
 
@@ -34,12 +32,6 @@ SERVER_SIG_ALGS = (
 ACCEPTED_SIGNATURES = frozenset(SERVER_SIG_ALGS)
 
 log = Logger(namespace="sftpd.auth")
-
-
-def fingerprint(blob: bytes) -> str:
-    """A key fingerprint as ``ssh-keygen -l`` prints it: SHA256:<unpadded base64>."""
-    digest = hashlib.sha256(blob).digest()
-    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
 def make_dummy_hash(rounds: int = 12) -> bytes:

@@ -12,7 +12,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sftpd.auth.checkers import fingerprint
+from sftpd.hostkeys import fingerprint
 
 log = Logger(namespace="sftpd.auth")
 
