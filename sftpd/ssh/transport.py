@@ -56,6 +56,7 @@ from sftpd.ssh.kexinit import (
     negotiate,
 )
 from sftpd.ssh.packets import PacketReader
+from sftpd.ssh.sockwrite import SocketWriter
 
 log = Logger(namespace="sftpd.ssh.transport")
 
@@ -66,7 +67,6 @@ _NEVER = 1 << 62
 # Rekey after this many packets in a direction whatever the byte limit (as OpenSSH): the
 # sequence number is chacha20-poly1305's nonce and must not wrap under one key.
 MAX_PACKETS_PER_KEY = 1 << 31
-_JOIN_BELOW = 4096
 _MSG_KEX_INIT = 30  # KEXDH_INIT, KEX_ECDH_INIT, hybrid INIT and GEX_REQUEST_OLD share it
 _MSG_GEX_INIT = 32
 _MSG_GEX_REQUEST = 34
@@ -195,6 +195,7 @@ class ServerTransport(SSHServerTransport):
         limit = policy.rekey_bytes if policy is not None else TransportPolicy.rekey_bytes
         self._rekey_bytes = limit if limit > 0 else _NEVER
         self._tcp: Any = self.transport
+        self._writer = SocketWriter(self.transport)
         self._reader = PacketReader()
         self._sealer: Sealer = make_sealer(b"none", None, b"", b"", b"")
         self._opener: Opener = make_opener(b"none", None, b"", b"", b"")
@@ -348,10 +349,7 @@ class ServerTransport(SSHServerTransport):
         seq = self.outgoingPacketSequence
         chunks = self._sealer.seal(seq, msg_type, payload)
         size = sum(map(len, chunks))
-        if size > _JOIN_BELOW:
-            self._tcp.writeSequence(chunks)  # no copy here; the TCP transport joins its buffer
-        else:
-            self._tcp.write(b"".join(chunks))  # one small copy beats a check per chunk
+        self._writer.write(chunks, size)
         self.outgoingPacketSequence = (seq + 1) & _SEQ_MASK
         self._bytes_out += size
         self._packets_out += 1
