@@ -235,21 +235,16 @@ class LocalStorage:
         then reopened through /proc: a FIFO or device is never opened at all."""
         path = vpath.normalize(path)
         flags &= _OPEN_FLAGS
-        try:
-            ref = self._open_beneath(path, os.O_PATH)
-        except FileNotFoundError:
-            if not flags & os.O_CREAT:
-                raise
-            fd = self._open_beneath(path, flags | _OPEN_EXTRA, mode)
-        else:
-            try:
-                if flags & os.O_CREAT and flags & os.O_EXCL:
-                    raise _error(errno.EEXIST)
-                _require_regular(os.fstat(ref))
-                reopen = flags & ~(os.O_CREAT | os.O_EXCL) | _OPEN_EXTRA
-                fd = os.open(_PROC_FD + str(ref), reopen)
-            finally:
-                os.close(ref)
+        fd = -1
+        if flags & os.O_CREAT:
+            # An upload usually creates a new file: try exactly that first (one system
+            # call; O_EXCL only ever creates a regular file and never follows a link).
+            with contextlib.suppress(FileExistsError):
+                fd = self._open_beneath(path, flags | os.O_EXCL | _OPEN_EXTRA, mode)
+            if fd < 0 and flags & os.O_EXCL:
+                raise _error(errno.EEXIST)
+        if fd < 0:
+            fd = self._open_existing(path, flags, mode)
         try:
             _require_regular(os.fstat(fd))  # also catches a node swapped in meanwhile
             os.set_blocking(fd, True)
@@ -257,6 +252,23 @@ class LocalStorage:
             os.close(fd)
             raise
         return LocalFile(fd)
+
+    def _open_existing(self, path: str, flags: int, mode: int) -> int:
+        try:
+            ref = self._open_beneath(path, os.O_PATH)
+        except FileNotFoundError:
+            if not flags & os.O_CREAT:
+                raise
+            return self._open_beneath(path, flags | _OPEN_EXTRA, mode)  # a dangling link
+        else:
+            try:
+                if flags & os.O_CREAT and flags & os.O_EXCL:
+                    raise _error(errno.EEXIST)
+                _require_regular(os.fstat(ref))
+                reopen = flags & ~(os.O_CREAT | os.O_EXCL) | _OPEN_EXTRA
+                return os.open(_PROC_FD + str(ref), reopen)
+            finally:
+                os.close(ref)
 
     @_scrubbed
     def opendir(self, path: str) -> LocalDirectory:
