@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from twisted.internet import defer, threads
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IReactorFDSet, IReactorFromThreads
 from twisted.python.threadpool import ThreadPool
 
 P = ParamSpec("P")
 T = TypeVar("T")
+_Job = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Any]
 
 
 class Blocking(Protocol):
@@ -48,12 +52,53 @@ class InlineBlocking:
         return defer.succeed(result)
 
 
-class WorkerPool:
-    """A lean thread pool for storage calls: jobs from a deque, threads started on demand,
-    and results handed back to the reactor in batches (one wake-up per batch, not per call).
+class _EventWaker:
+    """An eventfd the reactor watches: worker threads poke it, the reactor runs ``deliver``.
 
-    Twisted's ThreadPool costs ~35-55 us per round trip here; this one ~27 us, which is
-    most of the per-request overhead of small-file SFTP workloads.
+    Cheaper than ``callFromThread`` (no call queue, no Twisted waker pipe); used when the
+    reactor can watch file descriptors.
+    """
+
+    def __init__(self, reactor: IReactorFDSet, deliver: Callable[[], None]) -> None:
+        self._reactor = reactor
+        self._deliver = deliver
+        self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        reactor.addReader(self)  # type: ignore[arg-type]
+
+    def wake(self) -> None:
+        """Called from any thread."""
+        os.eventfd_write(self._fd, 1)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doRead(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._fd)
+        self._deliver()
+
+    def logPrefix(self) -> str:
+        return "sftpd-worker-waker"
+
+    def connectionLost(self, reason: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self._reactor.removeReader(self)  # type: ignore[arg-type]
+            os.close(self._fd)
+            self._fd = -1
+
+
+class WorkerPool:
+    """A lean thread pool for storage calls: jobs through a C-level queue, threads started on
+    demand, and results handed back to the reactor in batches (one wake-up per batch, through
+    an eventfd the reactor watches, not per call).
+
+    Per small-file SFTP request this costs far less than Twisted's ThreadPool (a Python
+    Condition per job, ``callFromThread`` per result): measured in the py-spy profile of
+    ``put -r`` that round trip was about a quarter of the reactor thread's time.
+    Must be used from the reactor thread.
     """
 
     def __init__(
@@ -62,59 +107,58 @@ class WorkerPool:
         self._reactor = reactor
         self._max = max_threads
         self._name = name
-        self._jobs: deque[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Any]] = deque()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._done: deque[tuple[Any, bool, Any]] = deque()
-        self._cv = threading.Condition()
         self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._outstanding = 0  # submitted and not yet delivered; only the reactor thread
         self._stopping = False
         self._wake_pending = False
-        self._wake_lock = threading.Lock()
+        self._waker: _EventWaker | None = None
+        if IReactorFDSet.providedBy(reactor) and hasattr(os, "eventfd"):
+            self._waker = _EventWaker(reactor, self._deliver)
 
     def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> defer.Deferred[T]:
+        if self._stopping:
+            return defer.fail(RuntimeError("worker pool stopped"))
         d: defer.Deferred[T] = defer.Deferred()
-        with self._cv:
-            if self._stopping:
-                return defer.fail(RuntimeError("worker pool stopped"))
-            self._jobs.append((fn, args, kwargs, d))
-            if self._idle == 0 and len(self._threads) < self._max:
-                t = threading.Thread(
-                    target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
-                )
-                self._threads.append(t)
-                t.start()
-            else:
-                self._cv.notify()
+        self._outstanding += 1
+        if self._outstanding > len(self._threads) and len(self._threads) < self._max:
+            t = threading.Thread(
+                target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
+            )
+            self._threads.append(t)
+            t.start()
+        self._jobs.put((fn, args, kwargs, d))
         return d
 
     def _work(self) -> None:
+        jobs, done = self._jobs, self._done
         while True:
-            with self._cv:
-                while not self._jobs and not self._stopping:
-                    self._idle += 1
-                    self._cv.wait()
-                    self._idle -= 1
-                if not self._jobs:
-                    return
-                fn, args, kwargs, d = self._jobs.popleft()
+            job = jobs.get()
+            if job is None:
+                return
+            fn, args, kwargs, d = job
             try:
                 result: Any = fn(*args, **kwargs)
                 ok = True
             except BaseException as exc:
                 result, ok = exc, False
-            self._done.append((d, ok, result))
-            with self._wake_lock:
-                wake = not self._wake_pending
+            done.append((d, ok, result))
+            # No lock: the reactor clears the flag *before* it drains ``done``, and we set
+            # it *after* appending, so a result is never left behind without a wake-up.
+            if not self._wake_pending:
                 self._wake_pending = True
-            if wake:
-                self._reactor.callFromThread(self._deliver)
+                if self._waker is not None:
+                    self._waker.wake()
+                else:
+                    self._reactor.callFromThread(self._deliver)
 
     def _deliver(self) -> None:
-        with self._wake_lock:
-            self._wake_pending = False
+        self._wake_pending = False
         done = self._done
         while done:
             d, ok, result = done.popleft()
+            self._outstanding -= 1
             if ok:
                 d.callback(result)
             else:
@@ -122,8 +166,14 @@ class WorkerPool:
 
     def stop(self) -> None:
         """Finish queued jobs, then end the threads."""
-        with self._cv:
-            self._stopping = True
-            self._cv.notify_all()
+        if self._stopping:
+            return
+        self._stopping = True
+        for _ in self._threads:
+            self._jobs.put(None)
         for t in self._threads:
             t.join(timeout=10)
+        self._deliver()  # what finished meanwhile (we are on the reactor thread)
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
