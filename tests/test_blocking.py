@@ -58,3 +58,24 @@ def test_stop_finishes_queued_jobs(n: int) -> None:
         pool.run(abs, -i).addCallback(got.append)
     pool.stop()
     assert reactor.pump_until(lambda: len(got) == 20)
+
+
+def test_eventfd_waker_with_an_fd_reactor() -> None:
+    """With a reactor that watches fds, results come back through the pool's eventfd."""
+    import select
+
+    from twisted.internet.testing import MemoryReactor
+
+    reactor = MemoryReactor()  # type: ignore[no-untyped-call]
+    pool = WorkerPool(reactor, max_threads=2)  # type: ignore[arg-type]
+    (waker,) = reactor.readers
+    got: list[int] = []
+    for i in range(30):
+        pool.run(abs, -i).addCallback(got.append)
+    while len(got) < 30:
+        ready, _, _ = select.select([waker.fileno()], [], [], 30)  # deadlock guard
+        assert ready, "the worker never signalled the eventfd"
+        waker.doRead()  # type: ignore[attr-defined]
+    assert sorted(got) == list(range(30))
+    pool.stop()
+    assert not reactor.readers  # the eventfd is closed and unregistered
