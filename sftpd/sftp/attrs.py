@@ -10,20 +10,20 @@ import struct
 import time
 from dataclasses import dataclass
 
-from sftpd.sftp.constants import AttrFlag
+from sftpd.sftp.constants import (
+    ATTR_ACMODTIME,
+    ATTR_EXTENDED,
+    ATTR_PERMISSIONS,
+    ATTR_SIZE,
+    ATTR_UIDGID,
+)
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _U32X2 = struct.Struct(">II")
 
 _SIX_MONTHS = 182 * 24 * 3600
-# Plain ints: IntFlag arithmetic builds enum members and costs microseconds per entry.
-_SIZE = int(AttrFlag.SIZE)
-_UIDGID = int(AttrFlag.UIDGID)
-_PERMISSIONS = int(AttrFlag.PERMISSIONS)
-_ACMODTIME = int(AttrFlag.ACMODTIME)
-_EXTENDED = int(AttrFlag.EXTENDED)
-_FULL = _SIZE | _UIDGID | _PERMISSIONS | _ACMODTIME
+_FULL = ATTR_SIZE | ATTR_UIDGID | ATTR_PERMISSIONS | ATTR_ACMODTIME
 _FULL_STRUCT = struct.Struct(">IQIIIII")  # flags, size, uid, gid, permissions, atime, mtime
 _U64_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -47,15 +47,15 @@ class Attrs:
     def flags(self) -> int:
         flags = 0
         if self.size is not None:
-            flags |= _SIZE
+            flags |= ATTR_SIZE
         if self.uid is not None or self.gid is not None:
-            flags |= _UIDGID
+            flags |= ATTR_UIDGID
         if self.permissions is not None:
-            flags |= _PERMISSIONS
+            flags |= ATTR_PERMISSIONS
         if self.atime is not None or self.mtime is not None:
-            flags |= _ACMODTIME
+            flags |= ATTR_ACMODTIME
         if self.extended:
-            flags |= _EXTENDED
+            flags |= ATTR_EXTENDED
         return flags
 
 
@@ -83,11 +83,11 @@ def encode_attrs(attrs: Attrs) -> bytes:
     parts = [_U32.pack(flags)]
     if attrs.size is not None:
         parts.append(_U64.pack(min(max(attrs.size, 0), _U64_MAX)))
-    if flags & _UIDGID:
+    if flags & ATTR_UIDGID:
         parts.append(_U32X2.pack(_u32(attrs.uid or 0), _u32(attrs.gid or 0)))
     if attrs.permissions is not None:
         parts.append(_U32.pack(_u32(attrs.permissions)))
-    if flags & _ACMODTIME:
+    if flags & ATTR_ACMODTIME:
         parts.append(_U32X2.pack(_u32(attrs.atime or 0), _u32(attrs.mtime or 0)))
     if attrs.extended:
         parts.append(_U32.pack(len(attrs.extended)))

@@ -9,6 +9,11 @@ from sftpd.errors import FramingError, PacketDecodeError
 from sftpd.sftp import messages as m
 from sftpd.sftp.attrs import Attrs, encode_attrs
 from sftpd.sftp.constants import (
+    ATTR_ACMODTIME,
+    ATTR_EXTENDED,
+    ATTR_PERMISSIONS,
+    ATTR_SIZE,
+    ATTR_UIDGID,
     CHECK_FILE_REPLY,
     DATA_HEADER_LENGTH,
     EXT_CHECK_FILE_HANDLE,
@@ -26,7 +31,6 @@ from sftpd.sftp.constants import (
     EXT_USERS_GROUPS_BY_ID,
     FRAMER_MAX_PACKET,
     KNOWN_ATTR_FLAGS,
-    AttrFlag,
     PacketType,
 )
 
@@ -162,18 +166,18 @@ class Reader:
         flags = self.uint32()
         if flags & ~KNOWN_ATTR_FLAGS:
             raise PacketDecodeError(f"unknown attribute flags 0x{flags:08x}")
-        size = self.uint64() if flags & AttrFlag.SIZE else None
+        size = self.uint64() if flags & ATTR_SIZE else None
         uid = gid = None
-        if flags & AttrFlag.UIDGID:
+        if flags & ATTR_UIDGID:
             uid = self.uint32()
             gid = self.uint32()
-        permissions = self.uint32() if flags & AttrFlag.PERMISSIONS else None
+        permissions = self.uint32() if flags & ATTR_PERMISSIONS else None
         atime = mtime = None
-        if flags & AttrFlag.ACMODTIME:
+        if flags & ATTR_ACMODTIME:
             atime = self.uint32()
             mtime = self.uint32()
         extended: tuple[tuple[bytes, bytes], ...] = ()
-        if flags & AttrFlag.EXTENDED:
+        if flags & ATTR_EXTENDED:
             count = self.uint32()
             if count > self.remaining() // 8:
                 raise PacketDecodeError("extended attribute count exceeds packet")

@@ -83,6 +83,14 @@ class AttrFlag(enum.IntFlag):
     EXTENDED = 0x80000000
 
 
+# The same flags as plain ints for hot paths: `int & IntFlag` goes through the enum
+# machinery (several Python calls per test).
+FXF_READ, FXF_WRITE, FXF_APPEND = int(OpenFlag.READ), int(OpenFlag.WRITE), int(OpenFlag.APPEND)
+FXF_CREAT, FXF_TRUNC, FXF_EXCL = int(OpenFlag.CREAT), int(OpenFlag.TRUNC), int(OpenFlag.EXCL)
+ATTR_SIZE, ATTR_UIDGID = int(AttrFlag.SIZE), int(AttrFlag.UIDGID)
+ATTR_PERMISSIONS, ATTR_ACMODTIME = int(AttrFlag.PERMISSIONS), int(AttrFlag.ACMODTIME)
+ATTR_EXTENDED = int(AttrFlag.EXTENDED)
+
 KNOWN_ATTR_FLAGS = int(
     AttrFlag.SIZE | AttrFlag.UIDGID | AttrFlag.PERMISSIONS | AttrFlag.ACMODTIME | AttrFlag.EXTENDED
 )

@@ -22,10 +22,15 @@ from sftpd.sftp.codec import symlink_paths
 from sftpd.sftp.constants import (
     ADVERTISED_EXTENSIONS,
     DATA_HEADER_LENGTH,
+    FXF_APPEND,
+    FXF_CREAT,
+    FXF_EXCL,
+    FXF_READ,
+    FXF_TRUNC,
+    FXF_WRITE,
     MAX_PACKET_LENGTH,
     MAX_READ_LENGTH,
     SFTP_VERSION,
-    OpenFlag,
     Status,
 )
 from sftpd.sftp.handles import DirHandle, FileHandle, HandleTable
@@ -96,20 +101,20 @@ def status(request_id: int, code: Status, message: str | None = None) -> m.Statu
 
 
 def open_flags(pflags: int) -> int:
-    """os.open flags for SSH_FXF_* flags (neither READ nor WRITE means read-only)."""
-    if pflags & OpenFlag.READ and pflags & OpenFlag.WRITE:
+    """os.open flags for SSHFXF_* flags (neither READ nor WRITE means read-only)."""
+    if pflags & FXF_READ and pflags & FXF_WRITE:
         flags = os.O_RDWR
-    elif pflags & OpenFlag.WRITE:
+    elif pflags & FXF_WRITE:
         flags = os.O_WRONLY
     else:
         flags = os.O_RDONLY
-    if pflags & OpenFlag.APPEND:
+    if pflags & FXF_APPEND:
         flags |= os.O_APPEND
-    if pflags & OpenFlag.CREAT:
+    if pflags & FXF_CREAT:
         flags |= os.O_CREAT
-    if pflags & OpenFlag.TRUNC:
+    if pflags & FXF_TRUNC:
         flags |= os.O_TRUNC
-    if pflags & OpenFlag.EXCL:
+    if pflags & FXF_EXCL:
         flags |= os.O_EXCL
     return flags
 
