@@ -100,6 +100,36 @@ class Connection(connection.SSHConnection):  # type: ignore[misc]
     """Conch's connection service, tolerant of messages for channels that are gone, and
     withholding window adjustments from a channel whose app paused reading."""
 
+    def packetReceived(self, messageNum: int, packet: bytes) -> None:
+        if messageNum == connection.MSG_CHANNEL_DATA:
+            self.ssh_CHANNEL_DATA(packet)  # the hot message, without a getattr dispatch
+        else:
+            super().packetReceived(messageNum, packet)
+
+    def ssh_CHANNEL_DATA(self, packet: bytes) -> None:
+        """CHANNEL_DATA with one copy of the data (Conch's getNS(packet[4:]) makes two)."""
+        if len(packet) < 8:
+            t: Any = self.transport
+            t.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"short channel message")
+            return
+        local, size = _DATA_HEADER.unpack_from(packet)
+        channel = self.channels.get(local)
+        if channel is None:
+            log.debug("CHANNEL_DATA for unknown channel {local}", local=local)
+            return
+        if size > len(packet) - 8:
+            t = self.transport
+            t.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"truncated channel data")
+            return
+        if size > channel.localWindowLeft or size > channel.localMaxPacket:
+            log.warn("channel {local}: peer sent more than its window", local=local)
+            self.sendClose(channel)
+            return
+        channel.localWindowLeft -= size
+        if channel.localWindowLeft < channel.localWindowSize // 2:
+            self.adjustWindow(channel, channel.localWindowSize - channel.localWindowLeft)
+        channel.dataReceived(packet[8 : 8 + size])
+
     def sendData(self, channel: Any, data: bytes | memoryview) -> None:
         # Conch builds this with NS(data) and another concatenation: two copies of every
         # byte sent; one is enough.
@@ -127,7 +157,6 @@ for _name in (
     "ssh_CHANNEL_OPEN_CONFIRMATION",
     "ssh_CHANNEL_OPEN_FAILURE",
     "ssh_CHANNEL_WINDOW_ADJUST",
-    "ssh_CHANNEL_DATA",
     "ssh_CHANNEL_EXTENDED_DATA",
     "ssh_CHANNEL_EOF",
     "ssh_CHANNEL_CLOSE",

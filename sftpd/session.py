@@ -177,12 +177,18 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
 
     # ---- output path ------------------------------------------------------------------
     def _queue(self, ext: int, data: bytes | memoryview) -> None:
-        if self._finished or self.localClosed or not len(data):
+        size = len(data)
+        if self._finished or self.localClosed or not size:
             return
-        self.bytes_out += len(data)
+        self.bytes_out += size
         if self._out or self._holding or self.remoteWindowLeft <= 0:
             self._out.append((ext, data))
-            self._pending += len(data)
+            self._pending += size
+            return
+        if not ext and size <= self.remoteWindowLeft and size <= self.remoteMaxPacket:
+            self.remoteWindowLeft -= size  # the usual case: one packet, sent now
+            conn: Any = self.conn
+            conn.sendData(self, data)
             return
         rest = self._send(ext, data)
         if rest is not None:

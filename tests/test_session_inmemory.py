@@ -171,3 +171,29 @@ def test_write_parts_packs_head_with_body_and_keeps_packets_full(tmp_path: Path)
     data = [p[8:] for n, p in t.sent if n == "MSG_CHANNEL_DATA"]
     assert b"".join(data) == b"HEAD" + body
     assert [len(d) for d in data] == [1000, 1000, 564]  # no 4-byte packet for the head
+
+
+def test_channel_data_through_packet_received(tmp_path: Path) -> None:
+    """The CHANNEL_DATA fast path: exact bytes in, window kept, malformed data refused."""
+    conn, t, clock = _setup(tmp_path)
+    _open(conn)
+    ch: Any = conn.channels[0]
+    got: list[bytes] = []
+    ch.dataReceived = got.append
+    window = ch.localWindowLeft
+    conn.packetReceived(connection.MSG_CHANNEL_DATA, struct.pack(">L", 0) + NS(b"hello") + b"pad")
+    assert got == [b"hello"]  # trailing bytes after the string are not data
+    assert ch.localWindowLeft == window - 5
+    conn.packetReceived(connection.MSG_CHANNEL_DATA, struct.pack(">LL", 0, 10) + b"short")
+    assert t.disconnects and got == [b"hello"]  # a string longer than the packet
+
+
+def test_channel_data_beyond_the_window_closes_the_channel(tmp_path: Path) -> None:
+    conn, t, clock = _setup(tmp_path)
+    _open(conn)
+    ch: Any = conn.channels[0]
+    got: list[bytes] = []
+    ch.dataReceived = got.append
+    too_much = b"z" * (ch.localWindowLeft + 1)
+    conn.packetReceived(connection.MSG_CHANNEL_DATA, struct.pack(">L", 0) + NS(too_much))
+    assert got == [] and _names(t)[-1] == "MSG_CHANNEL_CLOSE"
