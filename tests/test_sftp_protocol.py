@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from twisted.internet import defer
 
+from sftpd.blocking import CallViaRun
 from sftpd.session_api import ChannelApp
 from sftpd.sftp.constants import OpenFlag, PacketType, Status
 from sftpd.sftp.protocol import SftpApp, make_sftp_app
@@ -27,7 +28,7 @@ from tests.test_sftp_handler import root as root  # the fixture
 T = TypeVar("T")
 
 
-class QueuedBlocking:
+class QueuedBlocking(CallViaRun):
     """Runs the real blocking calls only when the test says so (to hold requests in flight)."""
 
     def __init__(self) -> None:

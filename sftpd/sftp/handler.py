@@ -13,6 +13,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sftpd.blocking import Done
 from sftpd.errors import PacketDecodeError
 from sftpd.session_api import SessionContext
 from sftpd.sftp import extensions
@@ -38,6 +39,7 @@ from sftpd.storage import vpath
 from sftpd.storage.base import Directory, File, Storage
 
 log = Logger(namespace="sftpd.sftp")
+Reply = Callable[[m.Response], None]
 
 # The largest READ we answer: the advertised read length, and the DATA reply must fit
 # the advertised packet length.
@@ -185,13 +187,6 @@ class SftpHandler:
         self._symlink_client = ctx.client_version
         coro = self._coro
         self._table: dict[type, Callable[[Any], defer.Deferred[m.Response]]] = {
-            m.Read: self._read,
-            m.Write: self._write,
-            m.Open: coro(self._open),
-            m.Close: self._close,
-            m.Lstat: coro(self._lstat),
-            m.Fstat: coro(self._fstat),
-            m.Stat: coro(self._stat),
             m.Setstat: coro(self._setstat),
             m.Fsetstat: coro(self._fsetstat),
             m.Opendir: coro(self._opendir),
@@ -206,6 +201,16 @@ class SftpHandler:
         }
         for kind, fn in extensions.HANDLERS.items():
             self._table[kind] = coro(partial(fn, self))
+        # The requests of a file transfer, answered without Deferreds or coroutines.
+        self._fast: dict[type, Callable[[Any, Reply], None]] = {
+            m.Read: self._fast_read,
+            m.Write: self._fast_write,
+            m.Open: self._fast_open,
+            m.Close: self._fast_close,
+            m.Fstat: self._fast_fstat,
+            m.Stat: self._fast_stat,
+            m.Lstat: self._fast_stat,
+        }
 
     # ---- entry point -----------------------------------------------------------------
     def handle(self, request: m.Request) -> defer.Deferred[m.Response]:
@@ -216,6 +221,10 @@ class SftpHandler:
             return defer.succeed(m.VersionResponse(SFTP_VERSION, ADVERTISED_EXTENSIONS))
         if isinstance(request, m.UnknownRequest | m.UnknownExtended):
             return defer.succeed(status(request.id, Status.OP_UNSUPPORTED))
+        if type(request) in self._fast:
+            d: defer.Deferred[m.Response] = defer.Deferred()
+            self.submit(request, d.callback)
+            return d
         fn = self._table[type(request)]
         try:
             d = fn(request)
@@ -223,6 +232,26 @@ class SftpHandler:
             d = defer.fail()
         d.addErrback(self._failed, request)
         return d
+
+    def submit(self, request: m.Request, reply: Reply) -> None:
+        """Answer ``request`` by calling ``reply`` exactly once with its response (perhaps
+        before returning). The same answers as ``handle``, with less machinery."""
+        fast = self._fast.get(type(request))
+        if fast is None:
+            d = self.handle(request).addCallback(reply)
+            d.addErrback(lambda f: log.failure("SFTP reply could not be sent", f))
+            return
+        req: Any = request  # an IdRequest: Init is never on the fast path
+        try:
+            fast(req, reply)
+        except Exception as exc:
+            reply(self._error(exc, req))
+
+    def _error(self, exc: BaseException, request: m.IdRequest) -> m.Response:
+        mapped = status_for_exception(exc)
+        if mapped is None:
+            return self._failed(Failure(exc), request)  # type: ignore[no-untyped-call]
+        return status(request.id, *mapped)
 
     @staticmethod
     def bad_message(request_id: int, error: PacketDecodeError) -> m.StatusResponse:
@@ -281,50 +310,87 @@ class SftpHandler:
         real: str = await self.run(self.storage.realpath, path)
         return m.NameResponse(request_id, (m.NameEntry(real, real, EMPTY_ATTRS),))
 
-    # ---- hot path: READ / WRITE ------------------------------------------------------
-    def _read(self, request: m.Read) -> defer.Deferred[m.Response]:
+    # ---- the fast path (submit) -----------------------------------------------------------
+    def _fast_read(self, request: m.Read, reply: Reply) -> None:
         entry = self.handles.acquire_file(request.handle)
+
+        def done(ok: bool, data: Any) -> None:
+            self.handles.release(entry)
+            if not ok:
+                reply(self._error(data, request))
+            elif not data:
+                reply(status(request.id, Status.EOF))
+            else:
+                reply(m.DataResponse(request.id, data))
+
         length = min(request.length, READ_CLAMP)
-        d = self.ctx.blocking.run(entry.file.pread, length, request.offset)
+        self.ctx.blocking.call(done, entry.file.pread, length, request.offset)
 
-        def done(data: bytes) -> m.Response:
-            if not data:
-                return status(request.id, Status.EOF)
-            return m.DataResponse(request.id, data)
+    def _fast_close(self, request: m.Close, reply: Reply) -> None:
+        def failed(failure: Failure) -> None:
+            reply(self._failed(failure, request))
 
-        d.addBoth(self._released, entry)
-        return d.addCallback(done)
-
-    def _write(self, request: m.Write) -> defer.Deferred[m.Response]:
-        entry = self.handles.acquire_file(request.handle)
-        d = self.ctx.blocking.run(entry.file.pwrite, request.data, request.offset)
-        d.addBoth(self._released, entry)
-        return d.addCallback(lambda _: self.ok(request.id))
-
-    def _released(self, result: Any, entry: FileHandle | DirHandle) -> Any:
-        self.handles.release(entry)
-        return result
-
-    def _close(self, request: m.Close) -> defer.Deferred[m.Response]:
         d = self.handles.close(request.handle)
-        return d.addCallback(lambda _: self.ok(request.id))
+        d.addCallbacks(lambda _: reply(self.ok(request.id)), failed)
 
-    # ---- files and directories ---------------------------------------------------------
-    async def _open(self, request: m.Open) -> m.Response:
+    def _fast_write(self, request: m.Write, reply: Reply) -> None:
+        entry = self.handles.acquire_file(request.handle)
+
+        def done(ok: bool, result: Any) -> None:
+            self.handles.release(entry)
+            reply(self.ok(request.id) if ok else self._error(result, request))
+
+        self.ctx.blocking.call(done, entry.file.pwrite, request.data, request.offset)
+
+    def _fast_open(self, request: m.Open, reply: Reply) -> None:
         path = self.path(request.path)
         flags = open_flags(request.pflags)
         mode = create_mode(request.attrs, self.ctx.sftp.umask, DEFAULT_FILE_MODE)
         self.handles.reserve()
-        try:
-            file: File = await self.run(self.storage.open, path, flags, mode)
-        except BaseException:
-            self.handles.unreserve()
-            raise
-        access = flags & (os.O_RDONLY | os.O_WRONLY | os.O_RDWR)
-        entry = FileHandle(
-            file, path, readable=access != os.O_WRONLY, writable=access != os.O_RDONLY
-        )
-        return m.HandleResponse(request.id, self.handles.add(entry))
+
+        def done(ok: bool, file: Any) -> None:
+            if not ok:
+                self.handles.unreserve()
+                reply(self._error(file, request))
+                return
+            access = flags & (os.O_RDONLY | os.O_WRONLY | os.O_RDWR)
+            entry = FileHandle(
+                file, path, readable=access != os.O_WRONLY, writable=access != os.O_RDONLY
+            )
+            try:
+                handle = self.handles.add(entry)
+            except m.StatusError as exc:
+                reply(self._error(exc, request))
+                return
+            reply(m.HandleResponse(request.id, handle))
+
+        self.ctx.blocking.call(done, self.storage.open, path, flags, mode)
+
+    def _attrs_reply(self, request: m.IdRequest, reply: Reply) -> Done:
+        def done(ok: bool, st: Any) -> None:
+            if ok:
+                reply(m.AttrsResponse(request.id, attrs_from_stat(st)))
+            else:
+                reply(self._error(st, request))
+
+        return done
+
+    def _fast_stat(self, request: m.Stat | m.Lstat, reply: Reply) -> None:
+        follow = isinstance(request, m.Stat)
+        done = self._attrs_reply(request, reply)
+        self.ctx.blocking.call(done, self.storage.stat, self.path(request.path), follow=follow)
+
+    def _fast_fstat(self, request: m.Fstat, reply: Reply) -> None:
+        entry = self.handles.acquire_file(request.handle)
+        answer = self._attrs_reply(request, reply)
+
+        def done(ok: bool, st: Any) -> None:
+            self.handles.release(entry)
+            answer(ok, st)
+
+        self.ctx.blocking.call(done, entry.file.fstat)
+
+    # ---- files and directories ---------------------------------------------------------
 
     async def _opendir(self, request: m.Opendir) -> m.Response:
         path = self.path(request.path)
@@ -347,18 +413,6 @@ class SftpHandler:
         if not batch:
             return status(request.id, Status.EOF)
         return m.NameResponse(request.id, batch)
-
-    async def _stat(self, request: m.Stat) -> m.Response:
-        st = await self.run(self.storage.stat, self.path(request.path), follow=True)
-        return m.AttrsResponse(request.id, attrs_from_stat(st))
-
-    async def _lstat(self, request: m.Lstat) -> m.Response:
-        st = await self.run(self.storage.stat, self.path(request.path), follow=False)
-        return m.AttrsResponse(request.id, attrs_from_stat(st))
-
-    async def _fstat(self, request: m.Fstat) -> m.Response:
-        st = await self.with_file(request.handle, lambda f: f.fstat())
-        return m.AttrsResponse(request.id, attrs_from_stat(st))
 
     async def setstat(self, path: str, attrs: Attrs, *, follow: bool) -> None:
         """SETSTAT / LSETSTAT of a normalised path in one blocking call."""

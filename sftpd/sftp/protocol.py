@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import deque
 
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from sftpd.errors import FramingError
 from sftpd.session_api import ChannelIO, SessionContext
@@ -208,9 +207,11 @@ class SftpApp:
         self._slots.append(slot)
         self._in_flight += 1
         self._in_flight_bytes += cost
-        d = self._handler.handle(request)
-        d.addCallback(self._reply, slot, cost, io_handle, kind)
-        d.addErrback(self._reply_failed)
+
+        def reply(response: m.Response) -> None:
+            self._reply(response, slot, cost, io_handle, kind)
+
+        self._handler.submit(request, reply)
 
     def _reply(
         self,
@@ -248,9 +249,6 @@ class SftpApp:
                 io.write_parts(head, body)  # a DATA reply: its payload is not copied here
             else:
                 io.write(head)
-
-    def _reply_failed(self, failure: Failure) -> None:
-        log.failure("SFTP reply could not be sent", failure)
 
     def _maybe_finish(self) -> None:
         if self._eof and not self._closed and not self._queue and not self._in_flight:
