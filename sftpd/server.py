@@ -249,9 +249,9 @@ def serve(config: Config, *, log_format: str | None = None, reactor: Any = None)
         return supervise(config, log_format=log_format)
 
     if reactor is None:
-        from twisted.internet import reactor as default_reactor
+        from sftpd.reactor import default_reactor
 
-        reactor = default_reactor
+        reactor = default_reactor()
     start_logging(log_format or config.server.log_format, config.server.log_level)
     pool = WorkerPool(reactor, max_threads=16, name="sftpd-storage")
     auth_pool = WorkerPool(reactor, max_threads=2, name="sftpd-bcrypt")
