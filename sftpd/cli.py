@@ -191,6 +191,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print_banner(config, infos, password, sys.stdout)
     log_format = args.log_format or config.server.log_format
 
+    # Before sftpd.server: Conch's modules import (and so install) the default reactor.
+    from sftpd.reactor import default_reactor
+
+    default_reactor()
     from sftpd.server import serve  # lazy: keeps the Twisted reactor out of other commands
 
     return serve(config, log_format=log_format)

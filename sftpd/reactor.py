@@ -38,7 +38,9 @@ class LeanEPollReactor(epollreactor.EPollReactor):
 
 
 def default_reactor() -> Any:
-    """The reactor already installed, or else a new LeanEPollReactor, installed."""
+    """The reactor already installed, or else a new LeanEPollReactor, installed.
+
+    Call it before importing Conch's modules: they import the default reactor."""
     if "twisted.internet.reactor" not in sys.modules:
         from twisted.internet.main import installReactor
 
