@@ -10,11 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sftpd.ssh.ciphers import (
+    _SMALL,
     CIPHERS,
     MACS,
     MacError,
     PacketError,
-    _ChaCha,
+    _chacha,
     _chacha_nonce,
     is_aead,
     make_opener,
@@ -98,6 +99,33 @@ def test_known_answer_seal_and_open(cipher: bytes, mac: bytes | None) -> None:
     assert _open_all(opener, KAT_SEQ, expected) == (94, KAT_BODY)
 
 
+# Bodies around ciphers._SMALL: small packets are joined and go through one cipher call,
+# larger ones chunk by chunk. With _SMALL - 12 the packet_length is _SMALL itself (opened as
+# a small packet), with _SMALL it is just above (sealed as small, opened as large).
+THRESHOLD_SIZES = [_SMALL - 12, _SMALL, _SMALL + 1]
+
+
+@pytest.mark.parametrize("size", THRESHOLD_SIZES)
+@pytest.mark.parametrize(("cipher", "mac"), SUITES, ids=SUITE_IDS)
+def test_small_and_large_packet_paths(cipher: bytes, mac: bytes | None, size: int) -> None:
+    """Both paths round-trip, and both reject a flipped tag byte or ciphertext byte."""
+    key, iv, mac_key = os.urandom(64), os.urandom(16), os.urandom(64)
+    body = os.urandom(size)
+    chunks = make_sealer(cipher, mac, key, iv, mac_key).seal(3, 94, body)
+    if b"gcm" not in cipher:  # joined, or chunk by chunk (AES-GCM has one path)
+        assert (len(chunks) <= 3) == (size <= _SMALL)
+    wire = b"".join(chunks)
+    assert _open_all(make_opener(cipher, mac, key, iv, mac_key), 3, wire) == (94, body)
+    for pos in (len(wire) - 1, 4 + size // 2):  # in the tag; in the body's ciphertext
+        bad = bytearray(wire)
+        bad[pos] ^= 0x40
+        opener = make_opener(cipher, mac, key, iv, mac_key)
+        mv = memoryview(bytes(bad))
+        assert opener.start(3, mv, 0) == len(wire)  # the length field is untouched
+        with pytest.raises(MacError):
+            opener.finish(3, mv)
+
+
 asyncssh_encryption = pytest.importorskip("asyncssh.encryption")
 
 
@@ -115,7 +143,8 @@ def test_matches_asyncssh_both_ways(cipher: bytes, mac: bytes | None) -> None:
     )
     ours_out = make_sealer(cipher, mac, key, iv, mac_key, padding=_zero_padding)
     ours_in = make_opener(cipher, mac, key, iv, mac_key)
-    for seq, size in [(0, 0), (1, 1), (2, 15), (3, 16), (4, 1000), (5, 32768), (2**32 - 1, 7)]:
+    packets = [(0, 0), (1, 1), (2, 15), (3, 16), (4, 1000), (5, 32768), (2**32 - 1, 7)]
+    for seq, size in packets + list(enumerate(THRESHOLD_SIZES, 6)):
         body = os.urandom(size)
         padlen = _padlen(cipher, mac, size)
         plain = bytes([padlen, 94]) + body + bytes(padlen)
@@ -145,18 +174,17 @@ def test_rfc8439_chacha20_through_openssh_nonce_layout() -> None:
     zero high counter word plus the 64-bit nonce 0000004a00000000; block 0 is skipped as
     the Poly1305 key, so the payload starts at counter 1 as in the RFC example.
     """
-    c = _ChaCha(bytes(range(32)) + bytes(32))
-    seq = int.from_bytes(bytes.fromhex("0000004a00000000"), "big")
-    c.poly_key(_chacha_nonce(seq))
-    assert c.main.update(SUNSCREEN) == SUNSCREEN_CT
+    main, _ = _chacha(bytes(range(32)) + bytes(32))
+    main.reset_nonce(_chacha_nonce(int.from_bytes(bytes.fromhex("0000004a00000000"), "big")))
+    main.update(bytes(64))  # block 0: the Poly1305 key
+    assert main.update(SUNSCREEN) == SUNSCREEN_CT
 
 
 def test_rfc8439_poly1305_key_generation() -> None:
     """RFC 8439 2.6.2: the one-time key is the first 32 bytes of block 0."""
-    key = bytes(range(0x80, 0xA0))
-    c = _ChaCha(key + bytes(32))
-    nonce64 = int.from_bytes(bytes.fromhex("0001020304050607"), "big")
-    assert c.poly_key(_chacha_nonce(nonce64)) == bytes.fromhex(
+    main, _ = _chacha(bytes(range(0x80, 0xA0)) + bytes(32))
+    main.reset_nonce(_chacha_nonce(int.from_bytes(bytes.fromhex("0001020304050607"), "big")))
+    assert main.update(bytes(64))[:32] == bytes.fromhex(
         "8ad5a08b905f81cc815040274ab29471a833b637e3fd0da508dbb8e2fdd1a646"
     )
 

@@ -31,9 +31,16 @@ _LEN = struct.Struct(">I")
 _HEAD = struct.Struct(">IBB")  # packet_length, padding_length, message type
 _PADTYPE = struct.Struct(">BB")  # padding_length, message type
 _NONCE64 = struct.Struct(">Q")
-_ZERO8 = bytes(8)
+# cryptography's 16-byte ChaCha20 nonce for block counter 0 and OpenSSH's 64-bit nonce.
+# OpenSSH uses the original ChaCha20 (64-bit little-endian block counter, then a 64-bit nonce:
+# the sequence number as a big-endian uint64). cryptography takes the last four state words
+# as 16 bytes, so that is 8 zero bytes (counter) followed by the nonce.
+_chacha_nonce = struct.Struct(">8xQ").pack
 _ZERO16 = bytes(16)
 _ZERO64 = bytes(64)
+# A packet whose body (sealing) or packet_length (opening) is at most this is joined and then
+# encrypted and MACed with one call each; a larger one goes chunk by chunk, not copying the body.
+_SMALL = 8192
 
 Padding = Callable[[int], bytes]
 Buffer = bytes | bytearray | memoryview
@@ -207,6 +214,16 @@ class StreamSealer:
             return [ctx.update(head), ctx.update(body), ctx.update(pad)]
         h = mac.template.copy()
         h.update(_SEQ.pack(seq))
+        if len(body) <= _SMALL:  # one cipher call and one MAC update (it copies the body)
+            if etm:
+                clear = head[:4]
+                ct = ctx.update(b"".join((head[4:], body, pad)))
+                h.update(clear)
+                h.update(ct)
+                return [clear, ct, h.finalize()]
+            plain = b"".join((head, body, pad))
+            h.update(plain)
+            return [ctx.update(plain), h.finalize()]
         if etm:
             clear = head[:4]
             out = [clear, ctx.update(head[4:]), ctx.update(body), ctx.update(pad)]
@@ -267,7 +284,7 @@ class StreamOpener:
             h.update(_SEQ.pack(seq))
             h.update(wire[:end])
             mac.check(h, wire[end:])
-            if self._chained:
+            if self._chained or length <= _SMALL:
                 plain = ctx.update(wire[4:end])
                 padlen, body_end = _split(plain, length)
                 return plain[1], plain[2 : body_end - 4]
@@ -341,83 +358,88 @@ class GcmOpener:
         return plain[1], plain[2 : body_end - 4]
 
 
-def _chacha_nonce(seq: int) -> bytes:
-    """cryptography's 16-byte ChaCha20 nonce for block counter 0 and OpenSSH's 64-bit nonce.
+def _chacha(key: bytes) -> tuple[CipherContext, CipherContext]:
+    """The two ChaCha20 instances of chacha20-poly1305@openssh.com, rewound per packet.
 
-    OpenSSH uses the original ChaCha20 (64-bit little-endian block counter, then a 64-bit
-    nonce: the sequence number as a big-endian uint64). cryptography takes the last four
-    state words as 16 bytes, so that is 8 zero bytes (counter) followed by the nonce.
+    The first 256 bits of the key are K_2 (payload, returned first), the second K_1 (length).
     """
-    return _ZERO8 + _NONCE64.pack(seq)
-
-
-class _ChaCha:
-    """The two ChaCha20 instances of chacha20-poly1305@openssh.com, rewound per packet."""
-
-    def __init__(self, key: bytes) -> None:
-        # The first 256 bits are K_2 (payload), the second K_1 (length).
-        self.main = Cipher(algorithms.ChaCha20(key[:32], _ZERO16), None).encryptor()
-        self.length = Cipher(algorithms.ChaCha20(key[32:64], _ZERO16), None).encryptor()
-
-    def poly_key(self, nonce: bytes) -> bytes:
-        """Rewind K_2 to block 0, take the Poly1305 key; the stream is then at block 1."""
-        main = self.main
-        main.reset_nonce(nonce)
-        return main.update(_ZERO64)[:32]
+    main = Cipher(algorithms.ChaCha20(key[:32], _ZERO16), None).encryptor()
+    return main, Cipher(algorithms.ChaCha20(key[32:64], _ZERO16), None).encryptor()
 
 
 class ChaChaSealer:
     """chacha20-poly1305@openssh.com (PROTOCOL.chacha20poly1305)."""
 
+    __slots__ = ("_lc", "_main", "_padding")
+
     def __init__(self, key: bytes, padding: Padding = random_padding) -> None:
-        self._c = _ChaCha(key)
+        self._main, self._lc = _chacha(key)
         self._padding = padding
 
     def seal(self, seq: int, msg_type: int, body: bytes) -> list[bytes]:
-        c = self._c
-        padlen = _padding_length(len(body) + 1, 8, True)
+        n = len(body)
+        padlen = 7 - (n + 1) % 8  # 8-byte alignment of all but the length, at least 4
+        if padlen < 4:
+            padlen += 8
         nonce = _chacha_nonce(seq)
-        c.length.reset_nonce(nonce)
-        out = [c.length.update(_LEN.pack(len(body) + 2 + padlen))]
-        poly = Poly1305(c.poly_key(nonce))
-        main = c.main
-        out.append(main.update(_PADTYPE.pack(padlen, msg_type)))
-        out.append(main.update(body))
-        out.append(main.update(self._padding(padlen)))
-        for chunk in out:
-            poly.update(chunk)
-        out.append(poly.finalize())
-        return out
+        lc = self._lc
+        lc.reset_nonce(nonce)
+        clear = lc.update(_LEN.pack(n + 2 + padlen))
+        main = self._main
+        main.reset_nonce(nonce)
+        if n <= _SMALL:
+            # One ChaCha20 call: the Poly1305 key (block 0), then the ciphertext.
+            out = main.update(
+                b"".join((_ZERO64, _PADTYPE.pack(padlen, msg_type), body, self._padding(padlen)))
+            )
+            packet = clear + out[64:]
+            return [packet, Poly1305.generate_tag(out[:32], packet)]
+        out = main.update(_ZERO64 + _PADTYPE.pack(padlen, msg_type))
+        head = clear + out[64:]
+        poly = Poly1305(out[:32])
+        middle = main.update(body)
+        tail = main.update(self._padding(padlen))
+        poly.update(head)
+        poly.update(middle)
+        poly.update(tail)
+        return [head, middle, tail, poly.finalize()]
 
 
 class ChaChaOpener:
     """Inverse of ChaChaSealer: the tag is checked before anything but the length is decrypted."""
 
+    __slots__ = ("_lc", "_length", "_main")
+
     head_size = 4
 
     def __init__(self, key: bytes) -> None:
-        self._c = _ChaCha(key)
+        self._main, self._lc = _chacha(key)
         self._length = 0
 
     def start(self, seq: int, buf: Buffer, pos: int) -> int:
-        lc = self._c.length
+        lc = self._lc
         lc.reset_nonce(_chacha_nonce(seq))
         length: int = _LEN.unpack(lc.update(buf[pos : pos + 4]))[0]
         if length < 8 or length > MAX_PACKET or length % 8:
             raise PacketError(f"bad packet length {length}")
         self._length = length
-        return 4 + length + 16
+        return length + 20
 
     def finish(self, seq: int, wire: memoryview) -> tuple[int, bytes]:
-        end = 4 + self._length
-        key = self._c.poly_key(_chacha_nonce(seq))
+        length = self._length
+        end = 4 + length
+        main = self._main
+        main.reset_nonce(_chacha_nonce(seq))
         try:
-            Poly1305.verify_tag(key, wire[:end], bytes(wire[end:]))
+            Poly1305.verify_tag(main.update(_ZERO64)[:32], wire[:end], bytes(wire[end:]))
         except InvalidSignature:
             raise MacError("bad Poly1305 tag") from None
-        main = self._c.main
+        if length <= _SMALL:
+            plain = main.update(wire[4:end])
+            padlen, body_end = _split(plain, length)
+            return plain[1], plain[2 : body_end - 4]
         start = main.update(wire[4:6])
-        padlen, body_end = _split(start, self._length)
+        padlen, body_end = _split(start, length)
         return start[1], main.update(wire[6:body_end])
 
 
