@@ -377,6 +377,15 @@ def test_attrs_round_trip_and_every_field() -> None:
     assert encode_attrs(Attrs(atime=-5, mtime=1 << 40))[4:] == b"\x00\x00\x00\x00\xff\xff\xff\xff"
 
 
+def test_full_attrs_one_pack_and_clamped_when_out_of_range() -> None:
+    plain = Attrs(5, 1000, 1000, 0o100644, 7, 8)
+    assert encode_attrs(plain) == struct.pack(">IQIIIII", 0xF, 5, 1000, 1000, 0o100644, 7, 8)
+    wild = Attrs(-1, 1 << 33, 1, 0o100644, -5, 1 << 40)  # every field present, some too big
+    assert encode_attrs(wild) == struct.pack(
+        ">IQIIIII", 0xF, 0, 0xFFFFFFFF, 1, 0o100644, 0, 0xFFFFFFFF
+    )
+
+
 # ---- longname ----------------------------------------------------------------------------
 
 

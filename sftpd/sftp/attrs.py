@@ -8,7 +8,7 @@ import pwd
 import stat
 import struct
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sftpd.sftp.constants import (
     ATTR_ACMODTIME,
@@ -28,11 +28,12 @@ _FULL_STRUCT = struct.Struct(">IQIIIII")  # flags, size, uid, gid, permissions, 
 _U64_MAX = 0xFFFFFFFFFFFFFFFF
 
 
-@dataclass(frozen=True, slots=True)
-class Attrs:
+class Attrs(NamedTuple):
     """An SSH_FILEXFER ATTRS structure; None means the field is absent.
 
     ``uid`` and ``gid`` travel together (UIDGID), as do ``atime`` and ``mtime``.
+    A NamedTuple, not a frozen dataclass: listings build one per entry, and a frozen
+    dataclass's ``__init__`` costs three times as much.
     """
 
     size: int | None = None
@@ -69,8 +70,21 @@ def _u32(value: int) -> int:
 
 def encode_attrs(attrs: Attrs) -> bytes:
     """Encode ``attrs`` in the v3 wire format."""
+    if not attrs.extended:
+        try:  # every stat result: one pack (listings encode thousands)
+            return _FULL_STRUCT.pack(
+                _FULL,
+                attrs.size,
+                attrs.uid,
+                attrs.gid,
+                attrs.permissions,
+                attrs.atime,
+                attrs.mtime,
+            )
+        except struct.error:
+            pass  # a field is absent or out of range (negative, or a time past 2106)
     flags = attrs.flags
-    if flags == _FULL:  # every stat result: one pack (listings encode thousands)
+    if flags == _FULL:
         return _FULL_STRUCT.pack(
             _FULL,
             min(max(attrs.size or 0, 0), _U64_MAX),
@@ -101,14 +115,8 @@ def encode_attrs(attrs: Attrs) -> bytes:
 
 def attrs_from_stat(st: os.stat_result) -> Attrs:
     """The attributes v3 can carry, taken from a stat result."""
-    return Attrs(
-        size=st.st_size,
-        uid=st.st_uid,
-        gid=st.st_gid,
-        permissions=st.st_mode,
-        atime=int(st.st_atime),
-        mtime=int(st.st_mtime),
-    )
+    # positional: a listing builds one per entry
+    return Attrs(st.st_size, st.st_uid, st.st_gid, st.st_mode, int(st.st_atime), int(st.st_mtime))
 
 
 class IdNames:

@@ -35,6 +35,7 @@ from sftpd.sftp.constants import (
 )
 
 _U32 = struct.Struct(">I")
+_U32X2 = struct.Struct(">II")
 _U64 = struct.Struct(">Q")
 _HEAD = struct.Struct(">IBI")  # packet length, type, request id
 _HEAD_STRING = struct.Struct(">IBII")  # ... and a string's length (DATA, HANDLE)
@@ -347,11 +348,12 @@ def data_header(request_id: int, length: int) -> bytes:
 
 
 def encode_name(request_id: int, entries: tuple[m.NameEntry, ...]) -> bytes:
-    body = [_U32.pack(request_id), _U32.pack(len(entries))]
+    body = [_U32X2.pack(request_id, len(entries))]
+    add, u32 = body.extend, _U32.pack  # listings encode thousands of entries: keep it flat
     for entry in entries:
-        body.append(_string(entry.filename.encode("utf-8", "surrogateescape")))
-        body.append(_string(entry.longname.encode("utf-8", "surrogateescape")))
-        body.append(encode_attrs(entry.attrs))
+        filename = entry.filename.encode("utf-8", "surrogateescape")
+        long = entry.longname.encode("utf-8", "surrogateescape")
+        add((u32(len(filename)), filename, u32(len(long)), long, encode_attrs(entry.attrs)))
     return _frame(PacketType.NAME, b"".join(body))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
@@ -164,8 +165,9 @@ def apply_fsetstat(file: File, attrs: Attrs) -> None:
 
 def read_names(directory: Directory, count: int, names: IdNames) -> tuple[m.NameEntry, ...]:
     """The next batch of a listing as NAME entries with ls -l longnames (blocking)."""
+    now = time.time()  # once per batch, not per entry
     return tuple(
-        m.NameEntry(name, longname(name, st, names), attrs_from_stat(st))
+        m.NameEntry(name, longname(name, st, names, now), attrs_from_stat(st))
         for name, st in directory.read(count)
     )
 
