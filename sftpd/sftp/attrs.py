@@ -129,6 +129,22 @@ class IdNames:
         # second): caching them saves most of a longname's cost. Bounded.
         self._dates: dict[tuple[int, bool], str] = {}
         self._modes: dict[int, str] = {}
+        self._owner_group: dict[tuple[int, int], str] = {}
+
+    def longname(self, name: str, st: os.stat_result, now: float) -> str:
+        """``longname`` with every column but size, links and name from a cache."""
+        ids = (st.st_uid, st.st_gid)
+        owner_group = self._owner_group.get(ids)
+        if owner_group is None:
+            if len(self._owner_group) > 4096:
+                self._owner_group.clear()
+            owner = self.user(ids[0]) or str(ids[0])
+            group = self.group(ids[1]) or str(ids[1])
+            owner_group = self._owner_group[ids] = f"{owner:<8} {group:<8}"
+        mtime = int(st.st_mtime)
+        date = self.date(mtime, abs(now - mtime) < _SIX_MONTHS)
+        mode = self._modes.get(st.st_mode) or self.mode(st.st_mode)
+        return f"{mode} {st.st_nlink:>4} {owner_group} {st.st_size:>8} {date} {name}"
 
     def date(self, mtime: int, recent: bool) -> str:
         """The ``ls -l`` date column for ``mtime``."""
@@ -181,16 +197,15 @@ def longname(
 
     FileZilla and WinSCP parse it and take the first character as the file type.
     """
-    owner = (names.user(st.st_uid) if names else None) or str(st.st_uid)
-    group = (names.group(st.st_gid) if names else None) or str(st.st_gid)
-    mtime = int(st.st_mtime)
     current = time.time() if now is None else now
-    recent = abs(current - mtime) < _SIX_MONTHS
     if names is not None:
-        date, mode = names.date(mtime, recent), names.mode(st.st_mode)
-    else:
-        date, mode = _date_text(mtime, recent), stat.filemode(st.st_mode)
-    return f"{mode} {st.st_nlink:>4} {owner:<8} {group:<8} {st.st_size:>8} {date} {name}"
+        return names.longname(name, st, current)
+    mtime = int(st.st_mtime)
+    date = _date_text(mtime, abs(current - mtime) < _SIX_MONTHS)
+    owner_group = f"{st.st_uid:<8} {st.st_gid:<8}"
+    return (
+        f"{stat.filemode(st.st_mode)} {st.st_nlink:>4} {owner_group} {st.st_size:>8} {date} {name}"
+    )
 
 
 def _date_text(mtime: int, recent: bool) -> str:

@@ -19,7 +19,7 @@ from sftpd.errors import PacketDecodeError
 from sftpd.session_api import SessionContext
 from sftpd.sftp import extensions
 from sftpd.sftp import messages as m
-from sftpd.sftp.attrs import EMPTY_ATTRS, Attrs, IdNames, attrs_from_stat, longname
+from sftpd.sftp.attrs import EMPTY_ATTRS, Attrs, IdNames, attrs_from_stat
 from sftpd.sftp.codec import symlink_paths
 from sftpd.sftp.constants import (
     ADVERTISED_EXTENSIONS,
@@ -166,9 +166,12 @@ def apply_fsetstat(file: File, attrs: Attrs) -> None:
 def read_names(directory: Directory, count: int, names: IdNames) -> tuple[m.NameEntry, ...]:
     """The next batch of a listing as NAME entries with ls -l longnames (blocking)."""
     now = time.time()  # once per batch, not per entry
+    entry, line = m.NameEntry, names.longname
     return tuple(
-        m.NameEntry(name, longname(name, st, names, now), attrs_from_stat(st))
-        for name, st in directory.read(count)
+        [
+            entry(name, line(name, st, now), attrs_from_stat(st))
+            for name, st in directory.read(count)
+        ]
     )
 
 

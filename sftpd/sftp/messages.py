@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sftpd.errors import PacketDecodeError
 from sftpd.sftp.attrs import EMPTY_ATTRS, Attrs
@@ -339,8 +340,7 @@ class DataResponse:
     data: Payload
 
 
-@dataclass(frozen=True, slots=True)
-class NameEntry:
+class NameEntry(NamedTuple):  # a NamedTuple: a listing builds one per entry
     filename: str
     longname: str
     attrs: Attrs = EMPTY_ATTRS
