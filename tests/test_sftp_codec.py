@@ -211,6 +211,34 @@ def test_write_data_is_a_view_into_the_packet() -> None:
     assert request.data.obj is (packet.obj if isinstance(packet, memoryview) else packet)
 
 
+def _io_body(kind: int, handle: bytes, offset: int, tail: bytes) -> bytes:
+    return struct.pack(">BII", kind, 9, len(handle)) + handle + struct.pack(">Q", offset) + tail
+
+
+@pytest.mark.parametrize("handle", [b"", b"1", b"h" * 300])
+def test_read_and_write_decode_exactly_and_refuse_bad_lengths(handle: bytes) -> None:
+    """READ and WRITE have their own two-unpack decoder; it must agree with the spec and
+    leave every malformed packet to the general decoder's errors (with the request id)."""
+    read = _io_body(5, handle, 1 << 40, struct.pack(">I", 32768))
+    assert decode_request(read) == m.Read(9, handle, 1 << 40, 32768)
+    write = _io_body(6, handle, 7, struct.pack(">I", 3) + b"abc")
+    decoded = decode_request(write)
+    assert isinstance(decoded, m.Write) and bytes(decoded.data) == b"abc"
+    assert (decoded.id, decoded.handle, decoded.offset) == (9, handle, 7)
+    empty = decode_request(_io_body(6, handle, 0, struct.pack(">I", 0)))
+    assert isinstance(empty, m.Write) and bytes(empty.data) == b""
+    for bad in (
+        read + b"x",  # trailing byte
+        read[:-1],  # short length field
+        _io_body(6, handle, 7, struct.pack(">I", 4) + b"abc"),  # data shorter than declared
+        _io_body(6, handle, 7, struct.pack(">I", 2) + b"abc"),  # trailing data
+        struct.pack(">BII", 5, 9, len(handle) + 50) + handle + bytes(12),  # handle overruns
+    ):
+        with pytest.raises(m.RequestDecodeError) as info:
+            decode_request(bad)
+        assert info.value.request_id == 9
+
+
 # ---- decode errors ------------------------------------------------------------------------
 
 

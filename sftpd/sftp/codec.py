@@ -280,6 +280,31 @@ def _decode_init(packet: memoryview) -> m.Init:
     return m.Init(version, tuple(pairs))
 
 
+_READ, _WRITE = int(PacketType.READ), int(PacketType.WRITE)
+_U64U32 = struct.Struct(">QI")
+
+
+def _decode_io(view: memoryview, packet_type: int, request_id: int) -> m.Read | m.Write | None:
+    """READ and WRITE, the bulk of a transfer, decoded with two unpacks; None when the
+    packet is not well formed (the general decoder then names the problem)."""
+    end = len(view)
+    if end < 21:
+        return None
+    (size,) = _U32.unpack_from(view, 5)
+    pos = 9 + size
+    if packet_type == _READ:
+        if pos + 12 != end:
+            return None
+        offset, length = _U64U32.unpack_from(view, pos)
+        return m.Read(request_id, bytes(view[9:pos]), offset, length)
+    if pos + 12 > end:
+        return None
+    offset, length = _U64U32.unpack_from(view, pos)
+    if pos + 12 + length != end:
+        return None
+    return m.Write(request_id, bytes(view[9:pos]), offset, view[pos + 12 :])
+
+
 def decode_request(packet: Packet) -> m.Request:
     """Decode one packet body (type byte onwards) into a typed request.
 
@@ -294,6 +319,10 @@ def decode_request(packet: Packet) -> m.Request:
     if len(view) < 5:
         raise m.RequestDecodeError("packet too short for a request id", None, packet_type)
     (request_id,) = _U32.unpack_from(view, 1)
+    if packet_type == _READ or packet_type == _WRITE:
+        fast = _decode_io(view, packet_type, request_id)
+        if fast is not None:
+            return fast
     if packet_type == PacketType.EXTENDED:
         decoder: _Decoder | None = _decode_extended
     else:

@@ -115,12 +115,13 @@ class SftpApp:
             return
         if packets:
             self._queue.extend(packets)
-            self._queued_bytes += sum(len(packet) for packet in packets)
-        if not self._input_paused and self.queued() > PAUSE_INPUT_AT:
+            self._queued_bytes += sum(map(len, packets))
+        queued = self._queued_bytes + self._framer.buffered()
+        if queued > PAUSE_INPUT_AT and not self._input_paused:
             self._input_paused = True
             self._io.pause_reading()
-        if self.queued() > self._max_buffered_input:
-            self._abort("client sent {size} bytes without reading replies", size=self.queued())
+        if queued > self._max_buffered_input:
+            self._abort("client sent {size} bytes without reading replies", size=queued)
             return
         self._pump()
 
@@ -160,7 +161,8 @@ class SftpApp:
         if self._input_paused and not self._closed and self.queued() < RESUME_INPUT_AT:
             self._input_paused = False
             self._io.resume_reading()
-        self._maybe_finish()
+        if self._eof:
+            self._maybe_finish()
 
     def _dispatch(self, packet: Packet) -> None:
         try:
@@ -234,7 +236,8 @@ class SftpApp:
         if not self._closed:
             slot[0] = encode_response_parts(response)
             self._flush()
-            self._pump()
+            if self._queue or self._eof or self._input_paused:
+                self._pump()
 
     def _flush(self) -> None:
         """Write every reply at the head of the order that is ready."""
