@@ -53,6 +53,18 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
+_OPEN_HOW_SIZE = ctypes.sizeof(_OpenHow)
+_SYSCALL_OPENAT2 = ctypes.CFUNCTYPE(
+    ctypes.c_long,
+    ctypes.c_long,  # number
+    ctypes.c_int,  # dirfd
+    ctypes.c_char_p,  # path
+    ctypes.POINTER(_OpenHow),  # how
+    ctypes.c_size_t,  # size
+    use_errno=True,
+)
+
+
 class LocalStorage:
     """One user's file tree beneath a host directory (implements storage.base.Storage).
 
@@ -78,6 +90,10 @@ class LocalStorage:
         root_stat = os.fstat(fd)
         self._root_key = (root_stat.st_dev, root_stat.st_ino)
         self._libc = ctypes.CDLL(None, use_errno=True)
+        # syscall(2) with openat2's argument types declared once: no conversion objects
+        # built per call (x86-64/aarch64/riscv64 pass these in registers either way).
+        self._openat2_call = _SYSCALL_OPENAT2(("syscall", self._libc))
+        self._hows: dict[tuple[int, int], _OpenHow] = {}
         openat2_nr, renameat2_nr = dict(_SYSCALLS).get(platform.machine(), (None, None))
         self._renameat2_nr: int | None = renameat2_nr
         self._openat2_nr: int | None = None
@@ -103,15 +119,22 @@ class LocalStorage:
     # --- resolution -------------------------------------------------------------------
 
     def _openat2(self, nr: int, dirfd: int, rel: str, flags: int, mode: int) -> int:
-        how = _OpenHow(
-            flags | os.O_CLOEXEC,
-            mode & 0o7777 if flags & os.O_CREAT else 0,
-            _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS,
-        )
-        args = (ctypes.c_int(dirfd), ctypes.c_char_p(os.fsencode(rel)), ctypes.byref(how))
+        key = (flags, mode & 0o7777 if flags & os.O_CREAT else 0)
+        how = self._hows.get(key)
+        if how is None:  # one read-only struct per (flags, mode), shared by all threads
+            if len(self._hows) > 256:
+                self._hows.clear()
+            how = _OpenHow(key[0] | os.O_CLOEXEC, key[1], _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+            self._hows[key] = how
+        path = os.fsencode(rel)
+        call = self._openat2_call
         for _ in range(_EAGAIN_RETRIES):
-            with contextlib.suppress(BlockingIOError):  # EAGAIN: try again
-                return self._syscall(nr, *args, ctypes.c_size_t(ctypes.sizeof(how)))
+            result: int = call(nr, dirfd, path, how, _OPEN_HOW_SIZE)
+            if result >= 0:
+                return result
+            code = ctypes.get_errno()
+            if code != errno.EAGAIN:  # EAGAIN: a rename raced a '..' step; try again
+                raise _error(code)
         raise _error(errno.EAGAIN)
 
     def _syscall(self, nr: int, *args: object) -> int:
@@ -277,8 +300,11 @@ class LocalStorage:
 
     @_scrubbed
     def stat(self, path: str, *, follow: bool = True) -> os.stat_result:
-        with self._resolved(path, follow=follow) as fd:
+        fd = self._open_beneath(vpath.normalize(path), os.O_PATH, follow=follow)
+        try:  # not _resolved(): a stat per request is hot, a generator context is not free
             return os.fstat(fd)
+        finally:
+            os.close(fd)
 
     @_scrubbed
     def truncate(self, path: str, size: int) -> None:
