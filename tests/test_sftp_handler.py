@@ -43,6 +43,9 @@ class OsFile:
     def readinto(self, buf: memoryview, offset: int) -> int:
         return os.preadv(self.fd, [buf], offset)
 
+    def pread_cached(self, size: int, offset: int, limit: int) -> bytes | None:
+        return None  # never cached: every read goes through Blocking
+
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         view = memoryview(data)
         while view:

@@ -7,12 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from twisted.internet import defer
 
 from sftpd.blocking import CallViaRun
 from sftpd.session_api import ChannelApp
 from sftpd.sftp.constants import OpenFlag, PacketType, Status
 from sftpd.sftp.protocol import SftpApp, make_sftp_app
+from sftpd.storage.files import LocalFile
 from tests.test_sftp_handler import (
     Client,
     FakeIO,
@@ -26,6 +28,14 @@ from tests.test_sftp_handler import (
 from tests.test_sftp_handler import root as root  # the fixture
 
 T = TypeVar("T")
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every READ here must wait in QueuedBlocking (these tests hold requests in flight),
+    as on a file system without RWF_NOWAIT; tests/test_sftp_cached_reads.py covers the
+    page-cache path."""
+    monkeypatch.setattr(LocalFile, "pread_cached", lambda self, size, offset, limit: None)
 
 
 class QueuedBlocking(CallViaRun):

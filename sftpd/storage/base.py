@@ -19,6 +19,12 @@ class File(Protocol):
         """Read into ``buf`` at ``offset`` (the zero-copy read path); 0 at end of file."""
         ...
 
+    def pread_cached(self, size: int, offset: int, limit: int) -> bytes | None:
+        """Exactly what ``pread(size, offset)`` returns, if that is at most ``limit`` bytes
+        and all of it is in memory; else None. Never waits for a disk: the one File call
+        that is safe on the reactor thread."""
+        ...
+
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         """Write all of ``data`` at ``offset`` (at the end when opened with O_APPEND)."""
         ...

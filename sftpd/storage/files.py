@@ -19,6 +19,8 @@ from sftpd.storage.base import File
 P = ParamSpec("P")
 T = TypeVar("T")
 
+# preadv2 flag: fail with EAGAIN rather than wait for the disk (Linux 4.14+)
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _MAX_READ = 1 << 24  # one pread never allocates more than 16 MiB (short reads are legal)
 _COPY_CHUNK = 1 << 30
 _BUFFER_CHUNK = 1 << 18
@@ -127,6 +129,27 @@ class LocalFile:
         """Read into ``buf`` at ``offset`` without an intermediate copy; 0 at end of file."""
         _check_offsets(offset)
         return self._do(os.preadv, [buf], offset)
+
+    def pread_cached(self, size: int, offset: int, limit: int) -> bytes | None:
+        """fstat for the size, then preadv2(RWF_NOWAIT), which fails with EAGAIN rather
+        than wait for the disk. Only a read that ends where pread would end counts: a
+        short one (part of the range not cached) gives None, never a different answer."""
+        if _RWF_NOWAIT is None or offset < 0 or size < 0:
+            return None
+        try:
+            with self._guard as fd:
+                want = min(size, os.fstat(fd).st_size - offset)
+                if want <= 0:
+                    return b""  # at or past the end of the file
+                if want > limit:
+                    return None
+                buf = bytearray(want)
+                if os.preadv(fd, [buf], offset, _RWF_NOWAIT) != want:
+                    return None
+                return bytes(buf)
+        except OSError:
+            return None  # EAGAIN: not cached; EOPNOTSUPP: no such reads here; anything
+            # else: the ordinary path meets it again and reports it
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         _check_offsets(offset)

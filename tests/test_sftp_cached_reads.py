@@ -1,0 +1,86 @@
+"""READs answered from the page cache on the reactor thread (preadv2 RWF_NOWAIT), and only those."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sftpd.sftp.constants import OpenFlag, PacketType, Status
+from sftpd.sftp.handler import CACHED_READ_MAX
+from sftpd.storage.files import LocalFile
+from sftpd.storage.local import LocalStorage
+from tests.test_sftp_handler import Client, s, u32
+from tests.test_sftp_handler import root as root  # the fixture
+from tests.test_sftp_protocol import QueuedBlocking, _open_handle, read_packet
+
+
+def test_a_small_file_is_read_without_a_worker(root: Path) -> None:
+    data = os.urandom(4096)
+    (root / "f").write_bytes(data)
+    blocking = QueuedBlocking()
+    c = Client(root, blocking=blocking)
+    h = _open_handle(c, blocking)
+    c.feed(read_packet(1, h, 0, 261120) + read_packet(2, h, 4096, 257024))
+    assert blocking.calls == []  # nothing waited for a worker thread
+    first, second = c.replies()
+    assert (first.id, first.data) == (1, data)
+    assert (second.id, second.code) == (2, Status.EOF)
+
+
+def test_big_reads_go_to_the_workers_and_the_tail_does_not(root: Path) -> None:
+    data = os.urandom(3 * CACHED_READ_MAX)
+    (root / "big").write_bytes(data)
+    blocking = QueuedBlocking()
+    c = Client(root, blocking=blocking)
+    h = _open_handle(c, blocking, "big")
+    c.feed(read_packet(1, h, 0, 261120))
+    assert c.replies() == [] and len(blocking.calls) == 1  # more than the limit: a worker
+    blocking.release_all()
+    assert c.replies()[0].data == data  # never a short read
+    tail = len(data) - 1000
+    c.feed(read_packet(2, h, tail, 261120))
+    assert blocking.calls == [] and c.replies()[0].data == data[tail:]
+
+
+def test_uncached_data_waits_for_a_worker(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(LocalFile, "pread_cached", lambda self, size, offset, limit: None)
+    (root / "f").write_bytes(b"abc")
+    blocking = QueuedBlocking()
+    c = Client(root, blocking=blocking)
+    h = _open_handle(c, blocking)
+    c.feed(read_packet(1, h, 0, 100))
+    assert c.replies() == [] and len(blocking.calls) == 1
+    blocking.release_all()
+    assert c.replies()[0].data == b"abc"
+
+
+def test_a_write_only_handle_reads_nothing(root: Path) -> None:
+    (root / "w").write_bytes(b"secret")
+    c = Client(root)
+    c.send(PacketType.OPEN, s("w"), u32(OpenFlag.WRITE), u32(0))
+    h = c.replies()[0].handle
+    c.feed(read_packet(1, h, 0, 100))
+    (reply,) = c.replies()
+    assert reply.type == PacketType.STATUS and reply.code == Status.FAILURE
+
+
+def test_local_file_pread_cached(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(bytes(range(256)) * 32)  # 8 KiB
+    storage = LocalStorage(tmp_path)
+    file = storage.open("/f", os.O_RDONLY, 0)
+    try:
+        assert file.pread_cached(100, 10, 4096) == file.pread(100, 10)
+        assert file.pread_cached(1 << 20, 8000, 4096) == file.pread(1 << 20, 8000)  # to EOF
+        assert file.pread_cached(100, 8192, 4096) == b""  # at the end
+        assert file.pread_cached(100, 1 << 40, 4096) == b""  # far past it
+        assert file.pread_cached(8192, 0, 4096) is None  # more than the limit
+        os.fsync(file.fileno())
+        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        evicted = file.pread_cached(100, 0, 4096)
+    finally:
+        file.close()
+    if evicted is not None:
+        pytest.skip("this file system keeps its pages (tmpfs): eviction cannot be shown")
+    assert evicted is None  # it would have waited for the disk: left to a worker
