@@ -21,6 +21,7 @@ from sftpd.session_api import SessionContext
 from sftpd.sftp.attrs import Attrs
 from sftpd.sftp.codec import Reader
 from sftpd.sftp.constants import ADVERTISED_EXTENSIONS, AttrFlag, OpenFlag, PacketType, Status
+from sftpd.sftp.handler import READDIR_BATCH, READDIR_BYTES, READDIR_STEP
 from sftpd.sftp.protocol import SftpApp
 from sftpd.storage import vpath
 from sftpd.storage.base import File, Storage
@@ -755,8 +756,8 @@ def test_owner_changes_refused_unless_unchanged(client: Client) -> None:
 def test_readdir_batches_and_longnames(client: Client) -> None:
     d = client.root / "d"
     d.mkdir()
-    for i in range(150):
-        (d / f"file{i:03}").write_bytes(b"x" * i)
+    for i in range(700):
+        (d / f"file{i:03}").write_bytes(b"x" * (i % 256))
     (d / "sub").mkdir()
     os.symlink("file001", d / "link")
     h = client.call(PacketType.OPENDIR, s("/d")).handle
@@ -770,8 +771,9 @@ def test_readdir_batches_and_longnames(client: Client) -> None:
         batches.append(len(reply.names))
         for name, long, a in reply.names:
             seen[name] = (long, a)
-    assert batches[0] == 100 and sum(batches) == 154
-    assert {".", "..", "sub", "link", "file000", "file149"} <= set(seen)
+    assert len(batches) > 1 and all(0 < n <= READDIR_BATCH for n in batches)
+    assert sum(batches) == 704 and len(seen) == 704
+    assert {".", "..", "sub", "link", "file000", "file699"} <= set(seen)
     assert seen["sub"][0].startswith("d")
     assert seen["link"][0].startswith("l")
     long, a = seen["file010"]
@@ -781,6 +783,25 @@ def test_readdir_batches_and_longnames(client: Client) -> None:
     # Still EOF after the end; then close.
     assert client.call(PacketType.READDIR, s(h)).code == Status.EOF
     client.close(h)
+
+
+def test_readdir_replies_stay_small_with_long_names(client: Client) -> None:
+    """A batch stops at about READDIR_BYTES of names: 255-byte names cannot make a NAME
+    reply anywhere near the 256 KiB a client accepts."""
+    d = client.root / "long"
+    d.mkdir()
+    for i in range(400):
+        (d / (f"{i:03}" + "n" * 252)).write_bytes(b"")
+    h = client.call(PacketType.OPENDIR, s("/long")).handle
+    total = 0
+    while True:
+        reply = client.call(PacketType.READDIR, s(h))
+        if reply.type == PacketType.STATUS:
+            break
+        assert len(reply.body) < READDIR_BYTES + READDIR_STEP * 900
+        assert len(reply.names) < READDIR_BATCH
+        total += len(reply.names)
+    assert total == 402
 
 
 def test_opendir_errors(client: Client) -> None:
