@@ -65,6 +65,22 @@ def test_openssh_negotiates_and_moves_data(server: Env, cipher: str, mac: str | 
 
 
 @openssh
+@pytest.mark.parametrize("cipher", ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com"])
+def test_aead_cipher_needs_no_common_mac(server: Env, cipher: str) -> None:
+    """As with OpenSSH's server: a client whose MAC list we refuse (hmac-sha1 only) still
+    gets an AEAD cipher, and no MAC is used at all."""
+    src = server.tmp / f"aead-{cipher[:6]}.src"
+    src.write_bytes(os.urandom(256 * 1024 + 7))
+    batch = f"put {src.name} {src.name}.up\n"
+    res = server.sftp(batch, "-v", "-c", cipher, "-o", "MACs=hmac-sha1")
+    assert _negotiated(res.stderr) == {
+        ("client->server", cipher, "<implicit>"),
+        ("server->client", cipher, "<implicit>"),
+    }
+    assert _sha256(server.alice.root / f"{src.name}.up") == _sha256(src)
+
+
+@openssh
 def test_default_negotiation_is_chacha20_with_strict_kex(server: Env) -> None:
     res = server.sftp("pwd\n", "-vvv")
     assert ("server->client", "chacha20-poly1305@openssh.com", "<implicit>") in _negotiated(
@@ -81,7 +97,7 @@ def test_default_negotiation_is_chacha20_with_strict_kex(server: Env) -> None:
         ["-c", "3des-cbc"],
         ["-c", "aes128-cbc"],
         ["-c", "aes128-ctr", "-o", "MACs=hmac-sha1"],
-        ["-o", "MACs=hmac-sha1"],
+        ["-c", "aes256-ctr", "-o", "MACs=hmac-sha1-etm@openssh.com"],
         ["-o", "KexAlgorithms=diffie-hellman-group14-sha1"],
         ["-o", "HostKeyAlgorithms=ssh-rsa"],
         ["-o", "HostKeyAlgorithms=ssh-dss"],

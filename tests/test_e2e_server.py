@@ -152,8 +152,8 @@ def test_pty_and_forwarding_refused(server: Env) -> None:
     [
         ["-c", "3des-cbc"],
         ["-c", "aes128-cbc"],
-        ["-o", "MACs=hmac-sha1"],
-        ["-o", "MACs=hmac-md5"],
+        ["-c", "aes128-ctr", "-o", "MACs=hmac-sha1"],
+        ["-c", "aes128-ctr", "-o", "MACs=hmac-md5"],
         ["-o", "KexAlgorithms=diffie-hellman-group14-sha1"],
         ["-o", "KexAlgorithms=diffie-hellman-group1-sha1"],
         ["-o", "HostKeyAlgorithms=ssh-rsa"],

@@ -337,7 +337,11 @@ def test_negotiation_follows_the_client_order_strict_or_not(strict: bool) -> Non
     assert server.nextEncryptions.outMACType == b"hmac-sha2-512-etm@openssh.com"
     server, tr = started()
     server.dataReceived(CLIENT_VERSION + kexinit(kex, ciphers=[CHACHA], macs=[b"hmac-sha1"]))
-    assert tr.disconnecting and disconnect_reason(tr) == 3  # no common MAC, even for AEAD
+    assert not tr.disconnecting  # as OpenSSH: an AEAD cipher needs no common MAC ...
+    assert server.nextEncryptions.outCipType == CHACHA
+    server, tr = started()
+    server.dataReceived(CLIENT_VERSION + kexinit(kex, ciphers=[b"aes128-ctr"], macs=[b"hmac-sha1"]))
+    assert tr.disconnecting and disconnect_reason(tr) == 3  # ... a MAC-using cipher does
 
 
 # -- against Conch's client in memory (fine for sequence numbers, rekey, tampering) ---------------

@@ -109,13 +109,16 @@ def negotiate(
     ciphers: Sequence[bytes],
     macs: Sequence[bytes],
     is_aead: Callable[[bytes], bool],
-    aead_needs_common_mac: bool = True,
+    aead_needs_common_mac: bool = False,
 ) -> Choice:
     """Pick each algorithm as RFC 4253 7.1 says. An AEAD cipher uses no MAC.
 
-    OpenSSH (PROTOCOL 1.6) does not even require a common MAC when the cipher is AEAD;
-    by default we still do (as RFC 5647 and Conch), so a client offering only MACs we
-    refuse is refused whatever its ciphers: ``aead_needs_common_mac=False`` is OpenSSH's way.
+    As OpenSSH (PROTOCOL 1.6: the MAC is not negotiated for an AEAD cipher, on either
+    side), a direction with an AEAD cipher needs no common MAC: a client that offers only
+    hmac-sha1 still gets chacha20-poly1305, and hmac-sha1 is never used. Every cipher we
+    offer as AEAD is an @openssh.com one, which is defined that way (RFC 5647's AES-GCM,
+    which names the MAC, is not offered). ``aead_needs_common_mac=True`` refuses such a
+    client as Conch does.
     """
     chosen_kex = _first("key exchange", client.kex, kex)
     host_key = _first("host key", client.host_key, host_keys)
