@@ -50,11 +50,11 @@ READ_CLAMP = min(MAX_READ_LENGTH, MAX_PACKET_LENGTH - DATA_HEADER_LENGTH)
 CACHED_READ_MAX = 64 * 1024
 # A READDIR answers up to this many entries, and stops adding steps of READDIR_STEP once
 # about READDIR_BYTES are in (a step is at most ~45 KB: names are at most 255 bytes), so a
-# NAME reply stays far below the 256 KiB packets clients accept. Bigger batches than
-# OpenSSH's 100 save round trips: each costs both sides more than 100 entries do.
-READDIR_BATCH = 500
+# NAME reply stays under ~110 KB, below the 256 KiB packets clients accept. Bigger batches
+# than OpenSSH's 100 save round trips: each costs both sides more than 100 entries do.
+READDIR_BATCH = 1000
 READDIR_STEP = 50
-READDIR_BYTES = 32 * 1024
+READDIR_BYTES = 64 * 1024
 DEFAULT_FILE_MODE = 0o666
 DEFAULT_DIR_MODE = 0o777
 # Only the permission bits are ever applied: setuid, setgid and sticky are dropped.
