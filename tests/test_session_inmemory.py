@@ -173,13 +173,19 @@ def test_write_parts_packs_head_with_body_and_keeps_packets_full(tmp_path: Path)
     assert [len(d) for d in data] == [1000, 1000, 564]  # no 4-byte packet for the head
 
 
-def test_channel_data_through_packet_received(tmp_path: Path) -> None:
-    """The CHANNEL_DATA fast path: exact bytes in, window kept, malformed data refused."""
-    conn, t, clock = _setup(tmp_path)
+def _capturing(tmp: Path) -> tuple[Connection, RecordingTransport, Any, list[bytes]]:
+    """An open session channel whose incoming data is collected in the returned list."""
+    conn, t, clock = _setup(tmp)
     _open(conn)
     ch: Any = conn.channels[0]
     got: list[bytes] = []
     ch.dataReceived = got.append
+    return conn, t, ch, got
+
+
+def test_channel_data_through_packet_received(tmp_path: Path) -> None:
+    """The CHANNEL_DATA fast path: exact bytes in, window kept, malformed data refused."""
+    conn, t, ch, got = _capturing(tmp_path)
     window = ch.localWindowLeft
     conn.packetReceived(connection.MSG_CHANNEL_DATA, struct.pack(">L", 0) + NS(b"hello") + b"pad")
     assert got == [b"hello"]  # trailing bytes after the string are not data
@@ -189,11 +195,7 @@ def test_channel_data_through_packet_received(tmp_path: Path) -> None:
 
 
 def test_channel_data_beyond_the_window_closes_the_channel(tmp_path: Path) -> None:
-    conn, t, clock = _setup(tmp_path)
-    _open(conn)
-    ch: Any = conn.channels[0]
-    got: list[bytes] = []
-    ch.dataReceived = got.append
+    conn, t, ch, got = _capturing(tmp_path)
     too_much = b"z" * (ch.localWindowLeft + 1)
     conn.packetReceived(connection.MSG_CHANNEL_DATA, struct.pack(">L", 0) + NS(too_much))
     assert got == [] and _names(t)[-1] == "MSG_CHANNEL_CLOSE"
