@@ -344,6 +344,7 @@ def test_special_files_are_never_opened(
             with pytest.raises(OSError) as err:
                 sftp.open(name, mode)
             assert not isinstance(err.value, FileNotFoundError | PermissionError)
+            assert "Not a regular file" in str(err.value)
         assert stat.S_ISFIFO(sftp.lstat(name).st_mode) or stat.S_ISCHR(sftp.lstat(name).st_mode)
     # (OpenSSH's sftp refuses these itself after a STAT: "not a regular file")
     res = _sftp(server, outside, "".join(f"-get {n} {tmp_path}/{n}\n" for n in specials))

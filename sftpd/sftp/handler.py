@@ -91,7 +91,9 @@ def status_for_exception(exc: BaseException) -> tuple[Status, str] | None:
         return exc.code, exc.message
     if isinstance(exc, OSError) and exc.errno is not None:
         code = _ERRNO_STATUS.get(exc.errno, Status.FAILURE)
-        return code, os.strerror(exc.errno)
+        # strerror: the storage's own reason where it gave one ("Not a regular file"); an
+        # OSError keeps any file name apart (and the storage drops it), never in strerror
+        return code, exc.strerror or os.strerror(exc.errno)
     if isinstance(exc, PacketDecodeError):
         return Status.BAD_MESSAGE, _DEFAULT_MESSAGES[Status.BAD_MESSAGE]
     if isinstance(exc, EOFError):
