@@ -66,16 +66,20 @@ def test_a_write_only_handle_reads_nothing(root: Path) -> None:
     assert reply.type == PacketType.STATUS and reply.code == Status.FAILURE
 
 
-def test_local_file_pread_cached(tmp_path: Path) -> None:
+def test_local_file_pread_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "f").write_bytes(bytes(range(256)) * 32)  # 8 KiB
     storage = LocalStorage(tmp_path)
     file = storage.open("/f", os.O_RDONLY, 0)
     try:
-        assert file.pread_cached(100, 10, 4096) == file.pread(100, 10)
-        assert file.pread_cached(1 << 20, 8000, 4096) == file.pread(1 << 20, 8000)  # to EOF
-        assert file.pread_cached(100, 8192, 4096) == b""  # at the end
-        assert file.pread_cached(100, 1 << 40, 4096) == b""  # far past it
-        assert file.pread_cached(8192, 0, 4096) is None  # more than the limit
+        with monkeypatch.context() as patch:
+            # nothing but preadv2(RWF_NOWAIT) on the reactor thread: an fstat may wait
+            # on a server (NFS, FUSE)
+            patch.setattr(os, "fstat", lambda fd: pytest.fail("fstat on the reactor thread"))
+            assert file.pread_cached(100, 10, 4096) == file.pread(100, 10)
+            assert file.pread_cached(1 << 20, 8000, 4096) == file.pread(1 << 20, 8000)  # EOF
+            assert file.pread_cached(100, 8192, 4096) == b""  # at the end
+            assert file.pread_cached(100, 1 << 40, 4096) == b""  # far past it
+            assert file.pread_cached(8192, 0, 4096) is None  # pread would return more
         os.fsync(file.fileno())
         os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         evicted = file.pread_cached(100, 0, 4096)
@@ -84,3 +88,21 @@ def test_local_file_pread_cached(tmp_path: Path) -> None:
     if evicted is not None:
         pytest.skip("this file system keeps its pages (tmpfs): eviction cannot be shown")
     assert evicted is None  # it would have waited for the disk: left to a worker
+
+
+def test_pread_cached_only_where_pread_would_answer_the_same(tmp_path: Path) -> None:
+    (tmp_path / "w").write_bytes(b"secret")
+    storage = LocalStorage(tmp_path)
+    write_only = storage.open("/w", os.O_WRONLY, 0)
+    try:
+        assert write_only.pread_cached(100, 0, 4096) is None  # never readable here
+        assert write_only.pread_cached(100, 6, 4096) is None  # not even "end of file"
+    finally:
+        write_only.close()
+    # procfs: st_size is 0 but pread returns data; the answer must be pread's or None
+    proc = LocalStorage("/proc/self").open("/status", os.O_RDONLY, 0)
+    try:
+        cached = proc.pread_cached(65536, 0, 65536)
+        assert cached is None or cached.startswith(b"Name:")
+    finally:
+        proc.close()

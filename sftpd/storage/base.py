@@ -21,8 +21,8 @@ class File(Protocol):
 
     def pread_cached(self, size: int, offset: int, limit: int) -> bytes | None:
         """Exactly what ``pread(size, offset)`` returns, if that is at most ``limit`` bytes
-        and all of it is in memory; else None. Never waits for a disk: the one File call
-        that is safe on the reactor thread."""
+        and all of it is in memory; else None. Never waits for a disk or a server: the one
+        File call that is safe on the reactor thread."""
         ...
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:

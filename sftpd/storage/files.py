@@ -20,7 +20,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 # preadv2 flag: fail with EAGAIN rather than wait for the disk (Linux 4.14+)
-_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+_RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 _MAX_READ = 1 << 24  # one pread never allocates more than 16 MiB (short reads are legal)
 _COPY_CHUNK = 1 << 30
 _BUFFER_CHUNK = 1 << 18
@@ -44,6 +44,20 @@ def _scrubbed(fn: Callable[P, T]) -> Callable[P, T]:
         raise _error(code, message)  # raised outside the handler: no __context__ either
 
     return wrapper
+
+
+def _nowait_readable(fd: int) -> bool:
+    """Whether reads of ``fd`` honour RWF_NOWAIT (EOPNOTSUPP where the file system cannot
+    promise not to wait; EBADF for a write-only fd). Blocking: call it on a worker."""
+    if not _RWF_NOWAIT:
+        return False
+    try:
+        os.preadv(fd, [bytearray(1)], 0, _RWF_NOWAIT)
+    except BlockingIOError:
+        return True  # supported, the first byte is just not cached
+    except OSError:
+        return False
+    return True
 
 
 def _require_regular(st: os.stat_result) -> None:
@@ -111,6 +125,10 @@ class LocalFile:
 
     def __init__(self, fd: int) -> None:
         self._guard = _FdGuard(fd)
+        # Decided here, on the worker thread that opened the file: only where the kernel
+        # honours RWF_NOWAIT (local disks, tmpfs; not NFS, CIFS or FUSE, whose calls may
+        # wait on a server) may pread_cached run on the reactor thread at all.
+        self._nowait = _nowait_readable(fd)
 
     @_scrubbed
     def _do(self, fn: Callable[Concatenate[int, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -131,25 +149,24 @@ class LocalFile:
         return self._do(os.preadv, [buf], offset)
 
     def pread_cached(self, size: int, offset: int, limit: int) -> bytes | None:
-        """fstat for the size, then preadv2(RWF_NOWAIT), which fails with EAGAIN rather
-        than wait for the disk. Only a read that ends where pread would end counts: a
-        short one (part of the range not cached) gives None, never a different answer."""
-        if _RWF_NOWAIT is None or offset < 0 or size < 0:
+        """preadv2(RWF_NOWAIT) only, which fails with EAGAIN rather than wait for a disk; no
+        other call (an fstat may wait on a server). An answer counts only if it is what
+        pread would return: a full buffer, or a short one followed by the end of the file
+        (a one-byte NOWAIT read there returns 0). Anything else gives None."""
+        if not self._nowait or offset < 0 or size <= 0:
             return None
         try:
             with self._guard as fd:
-                want = min(size, os.fstat(fd).st_size - offset)
-                if want <= 0:
-                    return b""  # at or past the end of the file
-                if want > limit:
-                    return None
-                buf = bytearray(want)
-                if os.preadv(fd, [buf], offset, _RWF_NOWAIT) != want:
-                    return None
-                return bytes(buf)
+                buf = bytearray(min(size, limit))
+                count = os.preadv(fd, [buf], offset, _RWF_NOWAIT)
+                if count == len(buf):
+                    return bytes(buf) if size <= limit else None  # pread would read on
+                if count and os.preadv(fd, [bytearray(1)], offset + count, _RWF_NOWAIT):
+                    return None  # short only because the rest is not cached
+                return bytes(memoryview(buf)[:count])  # up to the end of the file
         except OSError:
-            return None  # EAGAIN: not cached; EOPNOTSUPP: no such reads here; anything
-            # else: the ordinary path meets it again and reports it
+            return None  # EAGAIN: not cached; anything else: the ordinary path meets it
+            # again and reports it
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         _check_offsets(offset)
