@@ -107,7 +107,9 @@ class _EventWaker:
         return "sftpd-worker-waker"
 
     def connectionLost(self, reason: object) -> None:
-        self.close()
+        # The reactor dropped us (shutdown): keep the fd, workers may still post results;
+        # WorkerPool.stop() closes it after joining them, then delivers what is left.
+        pass
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -79,3 +79,21 @@ def test_eventfd_waker_with_an_fd_reactor() -> None:
     assert sorted(got) == list(range(30))
     pool.stop()
     assert not reactor.readers  # the eventfd is closed and unregistered
+
+
+def test_results_after_the_reactor_dropped_the_waker_are_still_delivered() -> None:
+    """At shutdown the reactor calls connectionLost on every reader before pool.stop runs;
+    jobs queued meanwhile (sessions closing their files) must still run and be delivered."""
+    from twisted.internet.testing import MemoryReactor
+
+    reactor = MemoryReactor()  # type: ignore[no-untyped-call]
+    pool = WorkerPool(reactor, max_threads=1)
+    (waker,) = reactor.readers
+    waker.connectionLost(None)  # type: ignore[attr-defined]
+    reactor.readers.clear()  # what disconnectAll does
+    got: list[int] = []
+    for i in range(5):
+        pool.run(abs, -i).addCallback(got.append)
+    pool.stop()  # joins the worker, then delivers what finished
+    assert sorted(got) == [0, 1, 2, 3, 4]
+    assert all(not t.is_alive() for t in pool._threads)
