@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -106,3 +107,25 @@ def test_pread_cached_only_where_pread_would_answer_the_same(tmp_path: Path) -> 
         assert cached is None or cached.startswith(b"Name:")
     finally:
         proc.close()
+
+
+def test_a_file_system_without_nowait_reads_is_not_asked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "f").write_bytes(b"data")
+    file = LocalStorage(tmp_path).open("/f", os.O_RDONLY, 0)
+    calls: list[int] = []
+
+    def unsupported(fd: int, buffers: object, offset: int, flags: int = 0) -> int:
+        calls.append(flags)
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))  # as NFS, FUSE
+
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "preadv", unsupported)
+            assert file.pread_cached(100, 0, 4096) is None
+            assert file.pread_cached(100, 0, 4096) is None
+        assert len(calls) == 1  # the second READ went straight to a worker
+        assert file.pread(100, 0) == b"data"
+    finally:
+        file.close()

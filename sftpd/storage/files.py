@@ -46,20 +46,6 @@ def _scrubbed(fn: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
-def _nowait_readable(fd: int) -> bool:
-    """Whether reads of ``fd`` honour RWF_NOWAIT (EOPNOTSUPP where the file system cannot
-    promise not to wait; EBADF for a write-only fd). Blocking: call it on a worker."""
-    if not _RWF_NOWAIT:
-        return False
-    try:
-        os.preadv(fd, [bytearray(1)], 0, _RWF_NOWAIT)
-    except BlockingIOError:
-        return True  # supported, the first byte is just not cached
-    except OSError:
-        return False
-    return True
-
-
 def _require_regular(st: os.stat_result) -> None:
     if stat.S_ISDIR(st.st_mode):
         raise _error(errno.EISDIR)
@@ -125,10 +111,9 @@ class LocalFile:
 
     def __init__(self, fd: int) -> None:
         self._guard = _FdGuard(fd)
-        # Decided here, on the worker thread that opened the file: only where the kernel
-        # honours RWF_NOWAIT (local disks, tmpfs; not NFS, CIFS or FUSE, whose calls may
-        # wait on a server) may pread_cached run on the reactor thread at all.
-        self._nowait = _nowait_readable(fd)
+        # pread_cached is tried until the kernel says RWF_NOWAIT reads are not honoured
+        # here (EOPNOTSUPP on NFS, CIFS, FUSE; EBADF for a write-only fd).
+        self._nowait = bool(_RWF_NOWAIT)
 
     @_scrubbed
     def _do(self, fn: Callable[Concatenate[int, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -164,9 +149,11 @@ class LocalFile:
                 if count and os.preadv(fd, [bytearray(1)], offset + count, _RWF_NOWAIT):
                     return None  # short only because the rest is not cached
                 return bytes(memoryview(buf)[:count])  # up to the end of the file
+        except BlockingIOError:
+            return None  # not cached
         except OSError:
-            return None  # EAGAIN: not cached; anything else: the ordinary path meets it
-            # again and reports it
+            self._nowait = False  # not here: every later read goes to a worker, which
+            return None  # also reports any real error
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         _check_offsets(offset)
