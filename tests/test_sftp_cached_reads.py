@@ -129,3 +129,42 @@ def test_a_file_system_without_nowait_reads_is_not_asked_again(
         assert file.pread(100, 0) == b"data"
     finally:
         file.close()
+
+
+def test_a_file_in_memory_is_read_without_the_flag(tmp_path: Path) -> None:
+    """tmpfs takes no RWF_NOWAIT; without swap its pages are the file, so a plain read
+    cannot wait for a device. The same rules: only pread's own answer counts."""
+    data = bytes(range(256)) * 32
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    file = LocalFile(fd, in_memory=True)
+    try:
+        assert file.pread_cached(100, 10, 4096) == data[10:110]
+        assert file.pread_cached(1 << 20, 8000, 4096) == data[8000:]  # to the end
+        assert file.pread_cached(100, 8192, 4096) == b""
+        assert file.pread_cached(8192, 0, 4096) is None  # pread would return more
+    finally:
+        file.close()
+
+
+def test_tmpfs_files_count_as_in_memory_only_without_swap() -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm here")
+    storage = LocalStorage(shm)
+    name = f"sftpd-test-{os.getpid()}"
+    (shm / name).write_bytes(b"in memory")
+    try:
+        file = storage.open("/" + name, os.O_RDONLY, 0)
+        try:
+            if storage._memory_files:  # no swap on this machine
+                assert file._read_flags == 0
+                assert file.pread_cached(100, 0, 4096) == b"in memory"
+            else:  # with swap a page may be on disk: RWF_NOWAIT, which tmpfs refuses
+                assert file._read_flags == os.RWF_NOWAIT
+                assert file.pread_cached(100, 0, 4096) is None
+        finally:
+            file.close()
+    finally:
+        (shm / name).unlink()
+        storage.close()

@@ -109,11 +109,14 @@ class LocalFile:
     every call fails with EBADF.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, *, in_memory: bool = False) -> None:
         self._guard = _FdGuard(fd)
         # pread_cached is tried until the kernel says RWF_NOWAIT reads are not honoured
-        # here (EOPNOTSUPP on NFS, CIFS, FUSE; EBADF for a write-only fd).
-        self._nowait = bool(_RWF_NOWAIT)
+        # here (EOPNOTSUPP on NFS, CIFS, FUSE; EBADF for a write-only fd). A file that
+        # lives in memory (tmpfs without swap: there is no device to wait for) is read
+        # without the flag, which tmpfs does not take.
+        self._read_flags = 0 if in_memory else _RWF_NOWAIT
+        self._nowait = in_memory or bool(_RWF_NOWAIT)
 
     @_scrubbed
     def _do(self, fn: Callable[Concatenate[int, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -134,19 +137,21 @@ class LocalFile:
         return self._do(os.preadv, [buf], offset)
 
     def pread_cached(self, size: int, offset: int, limit: int) -> bytes | None:
-        """preadv2(RWF_NOWAIT) only, which fails with EAGAIN rather than wait for a disk; no
-        other call (an fstat may wait on a server). An answer counts only if it is what
-        pread would return: a full buffer, or a short one followed by the end of the file
-        (a one-byte NOWAIT read there returns 0). Anything else gives None."""
+        """preadv2(RWF_NOWAIT) only (plain preadv for a file in memory), which fails with
+        EAGAIN rather than wait for a disk; no other call (an fstat may wait on a server).
+        An answer counts only if it is what pread would return: a full buffer, or a short
+        one followed by the end of the file (a one-byte read there returns 0). Anything
+        else gives None."""
         if not self._nowait or offset < 0 or size <= 0:
             return None
         try:
             with self._guard as fd:
                 buf = bytearray(min(size, limit))
-                count = os.preadv(fd, [buf], offset, _RWF_NOWAIT)
+                flags = self._read_flags
+                count = os.preadv(fd, [buf], offset, flags)
                 if count == len(buf):
                     return bytes(buf) if size <= limit else None  # pread would read on
-                if count and os.preadv(fd, [bytearray(1)], offset + count, _RWF_NOWAIT):
+                if count and os.preadv(fd, [bytearray(1)], offset + count, flags):
                     return None  # short only because the rest is not cached
                 return bytes(memoryview(buf)[:count])  # up to the end of the file
         except BlockingIOError:

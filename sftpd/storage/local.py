@@ -8,6 +8,7 @@ import errno
 import os
 import platform
 import stat
+import sys
 from collections.abc import Iterator
 from typing import ParamSpec, TypeVar
 
@@ -53,6 +54,22 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
+_TMPFS_MAGIC = 0x01021994
+_STATFS_SIZE = 256  # struct statfs is 120 bytes on 64-bit Linux
+
+
+def _swap_configured() -> bool:
+    """Whether /proc/meminfo shows any swap (unknown counts as yes)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("SwapTotal:"):
+                    return int(line.split()[1]) > 0
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
+
+
 _OPEN_HOW_SIZE = ctypes.sizeof(_OpenHow)
 _SYSCALL_OPENAT2 = ctypes.CFUNCTYPE(
     ctypes.c_long,
@@ -94,6 +111,9 @@ class LocalStorage:
         # built per call (x86-64/aarch64/riscv64 pass these in registers either way).
         self._openat2_call = _SYSCALL_OPENAT2(("syscall", self._libc))
         self._hows: dict[tuple[int, int], _OpenHow] = {}
+        # tmpfs pages cannot be swapped out when there is no swap: reading them never
+        # waits for a device (checked once: an admin adding swap later should restart)
+        self._memory_files = not _swap_configured()
         openat2_nr, renameat2_nr = dict(_SYSCALLS).get(platform.machine(), (None, None))
         self._renameat2_nr: int | None = renameat2_nr
         self._openat2_nr: int | None = None
@@ -274,7 +294,14 @@ class LocalStorage:
         except OSError:
             os.close(fd)
             raise
-        return LocalFile(fd)
+        return LocalFile(fd, in_memory=self._memory_files and self._fs_type(fd) == _TMPFS_MAGIC)
+
+    def _fs_type(self, fd: int) -> int:
+        """fstatfs(2)'s f_type (the file system's magic number); 0 if unknown."""
+        buf = ctypes.create_string_buffer(_STATFS_SIZE)
+        if self._libc.fstatfs(fd, buf) != 0:
+            return 0
+        return int.from_bytes(buf.raw[:8], sys.byteorder)  # f_type, a long on 64-bit Linux
 
     def _open_existing(self, path: str, flags: int, mode: int) -> int:
         try:
