@@ -6,7 +6,7 @@ import os
 import socket
 
 from twisted.internet import tcp
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactorClock
 
 from sftpd.ssh.sockwrite import SocketWriter, _after
 
@@ -16,7 +16,7 @@ def _pair() -> tuple[tcp.Connection, socket.socket]:
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     a.setblocking(False)
     b.setblocking(False)
-    conn = tcp.Connection(a, None, MemoryReactor())  # type: ignore[arg-type,no-untyped-call]
+    conn = tcp.Connection(a, None, MemoryReactorClock())  # type: ignore[arg-type,no-untyped-call]
     conn.connected = 1
     return conn, b
 
@@ -79,4 +79,15 @@ def test_closing_connection_goes_through_twisted() -> None:
     conn.disconnecting = True
     SocketWriter(conn).write([b"xyz"], 3)
     assert conn._tempDataLen == 3  # queued, so Twisted flushes it before closing
+    peer.close()
+
+
+def test_aborted_connection_sends_nothing_more() -> None:
+    conn, peer = _pair()
+    conn.abortConnection()  # Twisted drops buffered data; nothing may go out directly
+    SocketWriter(conn).write([b"late"], 4)
+    try:
+        assert peer.recv(10) == b""
+    except BlockingIOError:
+        pass  # nothing arrived: as it should be
     peer.close()

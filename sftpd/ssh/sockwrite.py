@@ -39,6 +39,7 @@ class SocketWriter:
             and t.connected
             and not t.disconnecting
             and not t._writeDisconnected
+            and not t._aborting
         )
 
     def write(self, chunks: Sequence[Chunk], size: int) -> None:
