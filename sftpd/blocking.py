@@ -161,13 +161,19 @@ class WorkerPool:
         if self._stopping:
             done(False, RuntimeError("worker pool stopped"))
             return
-        self._outstanding += 1
-        if self._outstanding > len(self._threads) and len(self._threads) < self._max:
+        if len(self._threads) < self._outstanding + 1 and len(self._threads) < self._max:
             t = threading.Thread(
                 target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
             )
-            self._threads.append(t)
-            t.start()
+            try:
+                t.start()
+            except RuntimeError as exc:  # "can't start new thread": out of resources
+                if not self._threads:
+                    done(False, exc)  # nobody could ever run it
+                    return
+            else:
+                self._threads.append(t)
+        self._outstanding += 1
         self._jobs.put((fn, args, kwargs, done))
 
     def _work(self) -> None:

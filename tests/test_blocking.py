@@ -97,3 +97,29 @@ def test_results_after_the_reactor_dropped_the_waker_are_still_delivered() -> No
     pool.stop()  # joins the worker, then delivers what finished
     assert sorted(got) == [0, 1, 2, 3, 4]
     assert all(not t.is_alive() for t in pool._threads)
+
+
+def test_a_thread_that_cannot_start_fails_the_call_or_queues_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reactor = QueueReactor()
+    pool = WorkerPool(reactor, max_threads=4)  # type: ignore[arg-type]
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(threading.Thread, "start", no_thread)
+        failed: list[Any] = []
+        pool.run(abs, -1).addErrback(failed.append)
+        assert failed and failed[0].check(RuntimeError)  # no thread at all: an error now
+        assert pool._outstanding == 0
+    got: list[int] = []
+    pool.run(abs, -2).addCallback(got.append)  # a thread starts
+    with monkeypatch.context() as patch:
+        patch.setattr(threading.Thread, "start", no_thread)
+        for i in range(3):  # no more threads: the one that exists serves them
+            pool.run(abs, -i).addCallback(got.append)
+    assert reactor.pump_until(lambda: len(got) == 4)
+    assert sorted(got) == [0, 1, 2, 2] and len(pool._threads) == 1
+    pool.stop()
