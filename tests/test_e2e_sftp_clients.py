@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.support import Env, asyncssh_sftp, have
+from tests.test_e2e_sftp_openssh import _big_directory
 
 paramiko = pytest.importorskip("paramiko")
 asyncssh = pytest.importorskip("asyncssh")
@@ -54,6 +55,13 @@ def sftp(server: Env) -> Iterator[Any]:
     finally:
         client.close()
         transport.close()
+
+
+def test_paramiko_lists_a_big_directory_whole(server: Env, sftp: Any) -> None:
+    names = _big_directory(server.alice.root, "pm-big")
+    entries = sftp.listdir_attr("/pm-big")
+    assert sorted(e.filename for e in entries) == sorted(names)
+    assert all(e.st_size == 0 and e.longname.startswith("-") for e in entries)
 
 
 def test_paramiko_open_modes_r_w_a_x(server: Env, sftp: Any) -> None:

@@ -192,6 +192,26 @@ def test_ls_l_lists_exact_names_with_type_letters(server: Env) -> None:
     )
 
 
+def _big_directory(root: Path, name: str) -> set[str]:
+    """2,500 entries over several READDIR batches: short, 255-byte and UTF-8 names."""
+    d = root / name
+    d.mkdir()
+    names = {f"f{i:04}" for i in range(2300)}
+    names |= {f"{i:03}" + "n" * 252 for i in range(150)}  # 255 bytes, the longest allowed
+    names |= {f"{i:02}-" + "\u00e9\u6f22" * 40 for i in range(50)}  # 203 bytes of UTF-8
+    for entry in names:
+        (d / entry).write_bytes(b"")
+    return names
+
+
+def test_a_big_listing_arrives_whole(server: Env) -> None:
+    """Several READDIR batches, each bounded in bytes: OpenSSH's sftp gets every name once."""
+    names = _big_directory(server.alice.root, "ossh-big")
+    res = server.sftp("ls -1 /ossh-big\n")
+    listed = [line for line in res.stdout.split("sftp> ")[1].splitlines()[1:] if line]
+    assert sorted(listed) == sorted(f"/ossh-big/{entry}" for entry in names)
+
+
 def test_ls_of_the_login_directory_and_version(server: Env) -> None:
     (server.alice.root / "ossh-rootfile.txt").write_bytes(b"r")
     res = server.sftp("version\nls -1\n")
