@@ -168,3 +168,28 @@ def test_tmpfs_files_count_as_in_memory_only_without_swap() -> None:
     finally:
         (shm / name).unlink()
         storage.close()
+
+
+def test_a_bulk_read_costs_the_reactor_one_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A READ that pread would answer with more than the limit is left to a worker before
+    any buffer of the limit's size is read (downloads must not pay for it twice)."""
+    (tmp_path / "big").write_bytes(os.urandom(3 * CACHED_READ_MAX))
+    file = LocalStorage(tmp_path).open("/big", os.O_RDONLY, 0)
+    sizes: list[int] = []
+    real = os.preadv
+
+    def counting(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
+        sizes.extend(len(b) for b in buffers)
+        return real(fd, buffers, offset, flags)
+
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "preadv", counting)
+            assert file.pread_cached(261120, 0, CACHED_READ_MAX) is None
+            assert sizes == [1]
+            tail = 3 * CACHED_READ_MAX - 100  # the last 100 bytes: answered here
+            assert file.pread_cached(261120, tail, CACHED_READ_MAX) == file.pread(100, tail)
+    finally:
+        file.close()

@@ -146,8 +146,11 @@ class LocalFile:
             return None
         try:
             with self._guard as fd:
-                buf = bytearray(min(size, limit))
                 flags = self._read_flags
+                if size > limit and os.preadv(fd, [bytearray(1)], offset + limit, flags):
+                    return None  # the file goes on past the limit: a bulk read, whose
+                    # bytes a worker reads (no 64 KiB read here only to be thrown away)
+                buf = bytearray(min(size, limit))
                 count = os.preadv(fd, [buf], offset, flags)
                 if count == len(buf):
                     return bytes(buf) if size <= limit else None  # pread would read on
