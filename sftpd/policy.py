@@ -35,6 +35,9 @@ class ReadOnlyFile:
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         raise _denied()
 
+    def pwrite_nowait(self, data: bytes | bytearray | memoryview, offset: int) -> bool:
+        raise _denied()
+
     def fstat(self) -> os.stat_result:
         return self._inner.fstat()
 
@@ -56,6 +59,9 @@ class ReadOnlyFile:
     def close(self) -> None:
         self._inner.close()
 
+    def close_nowait(self) -> bool:
+        return self._inner.close_nowait()
+
 
 class ReadOnlyStorage:
     """Wraps a Storage and refuses every change with EACCES (reads pass through)."""
@@ -67,6 +73,12 @@ class ReadOnlyStorage:
         if flags & _WRITE_FLAGS:
             raise _denied()
         return ReadOnlyFile(self._inner.open(path, flags, mode))
+
+    def open_nowait(self, path: str, flags: int, mode: int) -> File | None:
+        if flags & _WRITE_FLAGS:
+            raise _denied()
+        inner = self._inner.open_nowait(path, flags, mode)
+        return None if inner is None else ReadOnlyFile(inner)
 
     def opendir(self, path: str):  # type: ignore[no-untyped-def]
         return self._inner.opendir(path)

@@ -51,6 +51,12 @@ class CappedFile:
             raise _too_big()
         self.inner.pwrite(data, offset)
 
+    def pwrite_nowait(self, data: bytes | bytearray | memoryview, offset: int) -> bool:
+        if offset + len(data) > CAP or self.inner.fstat().st_size > CAP:
+            raise _too_big()
+        written: bool = self.inner.pwrite_nowait(data, offset)
+        return written
+
     def truncate(self, size: int) -> None:
         if size > CAP:
             raise _too_big()
@@ -68,6 +74,10 @@ class CappedStorage:
 
     def open(self, path: str, flags: int, mode: int) -> CappedFile:
         return CappedFile(self.inner.open(path, flags, mode))
+
+    def open_nowait(self, path: str, flags: int, mode: int) -> CappedFile | None:
+        inner = self.inner.open_nowait(path, flags, mode)
+        return None if inner is None else CappedFile(inner)
 
     def truncate(self, path: str, size: int) -> None:
         if size > CAP:

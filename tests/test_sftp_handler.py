@@ -47,6 +47,12 @@ class OsFile:
     def pread_cached(self, size: int, offset: int, limit: int) -> bytes | None:
         return None  # never cached: every read goes through Blocking
 
+    def pwrite_nowait(self, data: bytes | bytearray | memoryview, offset: int) -> bool:
+        return False  # every write goes through Blocking
+
+    def close_nowait(self) -> bool:
+        return False
+
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         view = memoryview(data)
         while view:
@@ -147,6 +153,9 @@ class OsStorage:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         os.set_blocking(fd, True)
         return OsFile(fd)
+
+    def open_nowait(self, path: str, flags: int, mode: int) -> File | None:
+        return None  # every open goes through Blocking
 
     def opendir(self, path: str) -> OsDirectory:
         host = self._host(path)
@@ -653,6 +662,11 @@ class Recorded:
         self.closed = True
         self.inner.close()
 
+    def close_nowait(self) -> bool:
+        closed: bool = self.inner.close_nowait()
+        self.closed = self.closed or closed
+        return closed
+
 
 class TrackingStorage:
     """Passes through to a real storage and remembers the files and directories it opened."""
@@ -666,6 +680,14 @@ class TrackingStorage:
 
     def open(self, path: str, flags: int, mode: int) -> Any:
         f = Recorded(self.inner.open(path, flags, mode))
+        self.opened.append(f)
+        return f
+
+    def open_nowait(self, path: str, flags: int, mode: int) -> Any:
+        inner = self.inner.open_nowait(path, flags, mode)
+        if inner is None:
+            return None
+        f = Recorded(inner)
         self.opened.append(f)
         return f
 

@@ -15,6 +15,7 @@ from sftpd.session_api import ChannelApp
 from sftpd.sftp.constants import OpenFlag, PacketType, Status
 from sftpd.sftp.protocol import SftpApp, make_sftp_app
 from sftpd.storage.files import LocalFile
+from sftpd.storage.local import LocalStorage
 from tests.test_sftp_handler import (
     Client,
     FakeIO,
@@ -32,10 +33,13 @@ T = TypeVar("T")
 
 @pytest.fixture(autouse=True)
 def _no_cached_reads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every READ here must wait in QueuedBlocking (these tests hold requests in flight),
-    as on a file system without RWF_NOWAIT; tests/test_sftp_cached_reads.py covers the
-    page-cache path."""
+    """Every storage call here must wait in QueuedBlocking (these tests hold requests in
+    flight), as on a file system without RWF_NOWAIT or RESOLVE_CACHED; the inline paths
+    are covered by tests/test_sftp_cached_reads.py and tests/test_storage_nowait.py."""
     monkeypatch.setattr(LocalFile, "pread_cached", lambda self, size, offset, limit: None)
+    monkeypatch.setattr(LocalFile, "pwrite_nowait", lambda self, data, offset: False)
+    monkeypatch.setattr(LocalFile, "close_nowait", lambda self: False)
+    monkeypatch.setattr(LocalStorage, "open_nowait", lambda self, path, flags, mode: None)
 
 
 class QueuedBlocking(CallViaRun):

@@ -25,6 +25,10 @@ class _Entry:
     def close(self) -> None:
         raise NotImplementedError
 
+    def close_nowait(self) -> bool:
+        """Close at once where that cannot wait for a device (True); else do nothing."""
+        return False
+
 
 @dataclass(eq=False)
 class FileHandle(_Entry):
@@ -37,6 +41,9 @@ class FileHandle(_Entry):
 
     def close(self) -> None:
         self.file.close()
+
+    def close_nowait(self) -> bool:
+        return self.file.close_nowait()
 
 
 @dataclass(eq=False)
@@ -152,6 +159,14 @@ class HandleTable:
         return self._close_entry(entry)
 
     def _close_entry(self, entry: FileHandle | DirHandle) -> defer.Deferred[None]:
+        try:
+            closed = entry.close_nowait()
+        except Exception:
+            self._used -= 1
+            return defer.fail()
+        if closed:
+            self._used -= 1
+            return defer.succeed(None)
         d = self._blocking.run(entry.close)
 
         def freed(result: object) -> object:

@@ -7,7 +7,9 @@ from typing import Protocol
 
 
 class File(Protocol):
-    """An open regular file inside a jail. Every method blocks; call it through Blocking."""
+    """An open regular file inside a jail. Every method blocks (call it through Blocking)
+    except the ``*_cached``/``*_nowait`` ones, which answer only when the kernel can do so
+    without waiting for a disk or a server, and are safe on the reactor thread."""
 
     def fileno(self) -> int: ...
 
@@ -23,6 +25,11 @@ class File(Protocol):
         """Exactly what ``pread(size, offset)`` returns, if that is at most ``limit`` bytes
         and all of it is in memory; else None. Never waits for a disk or a server: the one
         File call that is safe on the reactor thread."""
+        ...
+
+    def pwrite_nowait(self, data: bytes | bytearray | memoryview, offset: int) -> bool:
+        """``pwrite`` at once and True, where a write cannot wait for a device (a file in
+        memory); else False, having done nothing."""
         ...
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
@@ -42,6 +49,11 @@ class File(Protocol):
     def statvfs(self) -> os.statvfs_result: ...
 
     def close(self) -> None: ...
+
+    def close_nowait(self) -> bool:
+        """``close`` at once and True, where that cannot wait for a device or a server;
+        else False, having done nothing."""
+        ...
 
 
 class Directory(Protocol):
@@ -65,6 +77,12 @@ class Storage(Protocol):
     def open(self, path: str, flags: int, mode: int) -> File:
         """``flags`` is a combination of os.O_RDONLY/O_WRONLY/O_RDWR, O_CREAT, O_TRUNC,
         O_EXCL, O_APPEND; ``mode`` is used when creating (umask applied by the caller)."""
+        ...
+
+    def open_nowait(self, path: str, flags: int, mode: int) -> File | None:
+        """What ``open`` does, done at once where the kernel can promise not to wait for a
+        disk or a server (safe on the reactor thread); None, having done nothing, where it
+        cannot (then call ``open`` through Blocking). Errors are ``open``'s."""
         ...
 
     def opendir(self, path: str) -> Directory: ...

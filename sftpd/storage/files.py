@@ -109,8 +109,12 @@ class LocalFile:
     every call fails with EBADF.
     """
 
-    def __init__(self, fd: int, *, in_memory: bool = False) -> None:
+    def __init__(self, fd: int, *, in_memory: bool = False, quick_close: bool = False) -> None:
         self._guard = _FdGuard(fd)
+        # A file in memory is written at once; one whose close cannot wait for a device
+        # (in memory, or opened read-only on a local disk) is closed at once.
+        self._in_memory = in_memory
+        self._quick_close = in_memory or quick_close
         # pread_cached is tried until the kernel says RWF_NOWAIT reads are not honoured
         # here (EOPNOTSUPP on NFS, CIFS, FUSE; EBADF for a write-only fd). A file that
         # lives in memory (tmpfs without swap: there is no device to wait for) is read
@@ -167,6 +171,12 @@ class LocalFile:
         _check_offsets(offset)
         self._do(_pwrite_all, data, offset)
 
+    def pwrite_nowait(self, data: bytes | bytearray | memoryview, offset: int) -> bool:
+        if not self._in_memory:
+            return False
+        self.pwrite(data, offset)
+        return True
+
     def fstat(self) -> os.stat_result:
         return self._do(os.fstat)
 
@@ -188,6 +198,12 @@ class LocalFile:
 
     def close(self) -> None:
         self._guard.close()
+
+    def close_nowait(self) -> bool:
+        if not self._quick_close:
+            return False
+        self._guard.close()
+        return True
 
 
 class LocalDirectory:

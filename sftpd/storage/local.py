@@ -8,7 +8,6 @@ import errno
 import os
 import platform
 import stat
-import sys
 from collections.abc import Iterator
 from typing import ParamSpec, TypeVar
 
@@ -26,12 +25,15 @@ from sftpd.storage.files import (
     _require_regular,
     _scrubbed,
 )
+from sftpd.storage.fsinfo import LOCAL_FS, TMPFS_MAGIC, fs_type, swap_configured
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
+_RESOLVE_NO_XDEV = 0x01
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_IN_ROOT = 0x10
+_RESOLVE_CACHED = 0x20  # Linux 5.12: EAGAIN unless every step is in the dentry cache
 _RENAME_NOREPLACE = 1
 _MAX_SYMLINKS = 40  # the kernel's MAXSYMLINKS, so both resolvers agree
 _EAGAIN_RETRIES = 64  # openat2 answers EAGAIN when a rename races a '..' step
@@ -54,21 +56,7 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-_TMPFS_MAGIC = 0x01021994
-_STATFS_SIZE = 256  # struct statfs is 120 bytes on 64-bit Linux
-
-
-def _swap_configured() -> bool:
-    """Whether /proc/meminfo shows any swap (unknown counts as yes)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("SwapTotal:"):
-                    return int(line.split()[1]) > 0
-    except (OSError, ValueError, IndexError):
-        pass
-    return True
-
+_WRITE_ACCESS = os.O_WRONLY | os.O_RDWR
 
 _OPEN_HOW_SIZE = ctypes.sizeof(_OpenHow)
 _SYSCALL_OPENAT2 = ctypes.CFUNCTYPE(
@@ -110,10 +98,13 @@ class LocalStorage:
         # syscall(2) with openat2's argument types declared once: no conversion objects
         # built per call (x86-64/aarch64/riscv64 pass these in registers either way).
         self._openat2_call = _SYSCALL_OPENAT2(("syscall", self._libc))
-        self._hows: dict[tuple[int, int], _OpenHow] = {}
+        self._hows: dict[tuple[int, int, int], _OpenHow] = {}
         # tmpfs pages cannot be swapped out when there is no swap: reading them never
         # waits for a device (checked once: an admin adding swap later should restart)
-        self._memory_files = not _swap_configured()
+        self._memory_files = not swap_configured()
+        root_fs = fs_type(self._libc, fd)
+        self._root_in_memory = self._memory_files and root_fs == TMPFS_MAGIC
+        self._root_local = root_fs in LOCAL_FS
         openat2_nr, renameat2_nr = dict(_SYSCALLS).get(platform.machine(), (None, None))
         self._renameat2_nr: int | None = renameat2_nr
         self._openat2_nr: int | None = None
@@ -138,13 +129,17 @@ class LocalStorage:
 
     # --- resolution -------------------------------------------------------------------
 
-    def _openat2(self, nr: int, dirfd: int, rel: str, flags: int, mode: int) -> int:
-        key = (flags, mode & 0o7777 if flags & os.O_CREAT else 0)
+    def _openat2(
+        self, nr: int, dirfd: int, rel: str, flags: int, mode: int, resolve: int = 0
+    ) -> int:
+        key = (flags, mode & 0o7777 if flags & os.O_CREAT else 0, resolve)
         how = self._hows.get(key)
-        if how is None:  # one read-only struct per (flags, mode), shared by all threads
+        if how is None:  # one read-only struct per (flags, mode, resolve), shared by all threads
             if len(self._hows) > 256:
                 self._hows.clear()
-            how = _OpenHow(key[0] | os.O_CLOEXEC, key[1], _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+            how = _OpenHow(
+                key[0] | os.O_CLOEXEC, key[1], _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS | resolve
+            )
             self._hows[key] = how
         path = os.fsencode(rel)
         call = self._openat2_call
@@ -153,8 +148,8 @@ class LocalStorage:
             if result >= 0:
                 return result
             code = ctypes.get_errno()
-            if code != errno.EAGAIN:  # EAGAIN: a rename raced a '..' step; try again
-                raise _error(code)
+            if code != errno.EAGAIN or resolve & _RESOLVE_CACHED:
+                raise _error(code)  # (else a rename raced a '..' step: try again)
         raise _error(errno.EAGAIN)
 
     def _syscall(self, nr: int, *args: object) -> int:
@@ -163,14 +158,17 @@ class LocalStorage:
             raise _error(ctypes.get_errno())
         return result
 
-    def _open_beneath(self, path: str, flags: int, mode: int = 0, *, follow: bool = True) -> int:
-        """An fd for virtual ``path`` opened with ``flags``, resolved inside the root."""
+    def _open_beneath(
+        self, path: str, flags: int, mode: int = 0, *, follow: bool = True, resolve: int = 0
+    ) -> int:
+        """An fd for virtual ``path`` opened with ``flags``, resolved inside the root
+        (``resolve``: more RESOLVE_* flags, for openat2 only)."""
         with self._root as root_fd:
             nr = self._openat2_nr
             if nr is not None:
                 if not follow:
                     flags |= os.O_NOFOLLOW
-                return self._openat2(nr, root_fd, path.lstrip("/") or ".", flags, mode)
+                return self._openat2(nr, root_fd, path.lstrip("/") or ".", flags, mode, resolve)
             return self._walk(root_fd, path, flags, mode & 0o7777, follow)
 
     @staticmethod
@@ -276,40 +274,67 @@ class LocalStorage:
     def open(self, path: str, flags: int, mode: int) -> LocalFile:
         """Open a regular file. An existing file is first resolved with O_PATH and checked,
         then reopened through /proc: a FIFO or device is never opened at all."""
-        path = vpath.normalize(path)
         flags &= _OPEN_FLAGS
+        fd = self._open_fd(vpath.normalize(path), flags, mode, 0)
+        kind = fs_type(self._libc, fd)
+        return LocalFile(
+            fd,
+            in_memory=self._memory_files and kind == TMPFS_MAGIC,
+            quick_close=kind in LOCAL_FS and not flags & _WRITE_ACCESS,
+        )
+
+    @_scrubbed
+    def open_nowait(self, path: str, flags: int, mode: int) -> LocalFile | None:
+        """``open`` on the caller's thread where nothing can wait for a device: the lookup
+        stays on the root's own file system (RESOLVE_NO_XDEV), which is local, and either
+        lives in memory (tmpfs without swap) or the file is only read and every step of
+        its path is in the dentry cache (RESOLVE_CACHED). Else None."""
+        flags &= _OPEN_FLAGS
+        if self._openat2_nr is None:
+            return None
+        if self._root_in_memory:
+            resolve = _RESOLVE_NO_XDEV
+        elif self._root_local and not flags & (os.O_CREAT | os.O_TRUNC | _WRITE_ACCESS):
+            resolve = _RESOLVE_NO_XDEV | _RESOLVE_CACHED
+        else:
+            return None
+        try:
+            fd = self._open_fd(vpath.normalize(path), flags, mode, resolve)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EXDEV):
+                return None  # not cached, or on another mount: a worker opens it
+            raise
+        return LocalFile(fd, in_memory=self._root_in_memory, quick_close=not flags & _WRITE_ACCESS)
+
+    def _open_fd(self, path: str, flags: int, mode: int, resolve: int) -> int:
         fd = -1
         if flags & os.O_CREAT:
             # An upload usually creates a new file: try exactly that first (one system
             # call; O_EXCL only ever creates a regular file and never follows a link).
             with contextlib.suppress(FileExistsError):
-                fd = self._open_beneath(path, flags | os.O_EXCL | _OPEN_EXTRA, mode)
+                fd = self._open_beneath(
+                    path, flags | os.O_EXCL | _OPEN_EXTRA, mode, resolve=resolve
+                )
             if fd < 0 and flags & os.O_EXCL:
                 raise _error(errno.EEXIST)
         if fd < 0:
-            fd = self._open_existing(path, flags, mode)
+            fd = self._open_existing(path, flags, mode, resolve)
         try:
             _require_regular(os.fstat(fd))  # also catches a node swapped in meanwhile
             os.set_blocking(fd, True)
         except OSError:
             os.close(fd)
             raise
-        return LocalFile(fd, in_memory=self._memory_files and self._fs_type(fd) == _TMPFS_MAGIC)
+        return fd
 
-    def _fs_type(self, fd: int) -> int:
-        """fstatfs(2)'s f_type (the file system's magic number); 0 if unknown."""
-        buf = ctypes.create_string_buffer(_STATFS_SIZE)
-        if self._libc.fstatfs(fd, buf) != 0:
-            return 0
-        return int.from_bytes(buf.raw[:8], sys.byteorder)  # f_type, a long on 64-bit Linux
-
-    def _open_existing(self, path: str, flags: int, mode: int) -> int:
+    def _open_existing(self, path: str, flags: int, mode: int, resolve: int) -> int:
         try:
-            ref = self._open_beneath(path, os.O_PATH)
+            ref = self._open_beneath(path, os.O_PATH, resolve=resolve)
         except FileNotFoundError:
             if not flags & os.O_CREAT:
                 raise
-            return self._open_beneath(path, flags | _OPEN_EXTRA, mode)  # a dangling link
+            # a dangling link
+            return self._open_beneath(path, flags | _OPEN_EXTRA, mode, resolve=resolve)
         else:
             try:
                 if flags & os.O_CREAT and flags & os.O_EXCL:
