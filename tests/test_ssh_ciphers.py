@@ -9,14 +9,13 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sftpd.ssh.chacha import AHEAD, chacha_contexts, chacha_nonce
 from sftpd.ssh.ciphers import (
     _SMALL,
     CIPHERS,
     MACS,
     MacError,
     PacketError,
-    _chacha,
-    _chacha_nonce,
     is_aead,
     make_opener,
     make_sealer,
@@ -105,7 +104,7 @@ def test_known_answer_seal_and_open(cipher: bytes, mac: bytes | None) -> None:
 THRESHOLD_SIZES = [_SMALL - 12, _SMALL, _SMALL + 1]
 
 
-@pytest.mark.parametrize("size", THRESHOLD_SIZES)
+@pytest.mark.parametrize("size", [40, AHEAD + 5, *THRESHOLD_SIZES])
 @pytest.mark.parametrize(("cipher", "mac"), SUITES, ids=SUITE_IDS)
 def test_small_and_large_packet_paths(cipher: bytes, mac: bytes | None, size: int) -> None:
     """Both paths round-trip, and both reject a flipped tag byte or ciphertext byte."""
@@ -154,6 +153,38 @@ def test_matches_asyncssh_both_ways(cipher: bytes, mac: bytes | None) -> None:
         assert _open_all(ours_in, seq, ct + tag) == (94, body)
 
 
+@pytest.mark.parametrize("ahead", ["none", "right", "wrong", "twice", "mid"])
+def test_chacha_key_material_made_ahead_matches_asyncssh(ahead: str) -> None:
+    """``prepare`` (key stream and Poly1305 key made while idle) never changes a byte:
+    made for the right sequence number, a wrong one, twice, not at all, or (opening)
+    between ``start`` and ``finish``; bodies on each side of the AHEAD key stream."""
+    cipher = b"chacha20-poly1305@openssh.com"
+    key = os.urandom(64)
+    theirs = asyncssh_encryption.get_encryption(cipher, key, b"")
+    ours_out = make_sealer(cipher, None, key, b"", b"", padding=_zero_padding)
+    ours_in = make_opener(cipher, None, key, b"", b"")
+    sizes = [0, 1, AHEAD - 10, AHEAD - 9, AHEAD - 2, AHEAD, AHEAD + 7, 4096, _SMALL, 40000]
+    for seq, size in enumerate(sizes, 2**32 - 3):
+        seq &= 2**32 - 1
+        body = os.urandom(size)
+        padlen = _padlen(cipher, None, size)
+        plain = bytes([padlen, 94]) + body + bytes(padlen)
+        ct, tag = theirs.encrypt_packet(seq, len(plain).to_bytes(4, "big"), plain)
+        for side in (ours_out, ours_in):
+            if ahead in ("right", "twice"):
+                side.prepare(seq)
+            if ahead == "twice":
+                side.prepare(seq)
+            if ahead == "wrong":
+                side.prepare(seq + 1)
+        assert b"".join(ours_out.seal(seq, 94, body)) == ct + tag
+        wire = memoryview(ct + tag)
+        assert ours_in.start(seq, wire, 0) == len(wire)
+        if ahead == "mid":
+            ours_in.prepare(seq)
+        assert ours_in.finish(seq, wire) == (94, body)
+
+
 # RFC 8439 2.4.2: key 00..1f, counter 1, nonce 00000000 0000004a 00000000.
 SUNSCREEN = (
     b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the "
@@ -174,16 +205,16 @@ def test_rfc8439_chacha20_through_openssh_nonce_layout() -> None:
     zero high counter word plus the 64-bit nonce 0000004a00000000; block 0 is skipped as
     the Poly1305 key, so the payload starts at counter 1 as in the RFC example.
     """
-    main, _ = _chacha(bytes(range(32)) + bytes(32))
-    main.reset_nonce(_chacha_nonce(int.from_bytes(bytes.fromhex("0000004a00000000"), "big")))
+    main, _ = chacha_contexts(bytes(range(32)) + bytes(32))
+    main.reset_nonce(chacha_nonce(int.from_bytes(bytes.fromhex("0000004a00000000"), "big")))
     main.update(bytes(64))  # block 0: the Poly1305 key
     assert main.update(SUNSCREEN) == SUNSCREEN_CT
 
 
 def test_rfc8439_poly1305_key_generation() -> None:
     """RFC 8439 2.6.2: the one-time key is the first 32 bytes of block 0."""
-    main, _ = _chacha(bytes(range(0x80, 0xA0)) + bytes(32))
-    main.reset_nonce(_chacha_nonce(int.from_bytes(bytes.fromhex("0001020304050607"), "big")))
+    main, _ = chacha_contexts(bytes(range(0x80, 0xA0)) + bytes(32))
+    main.reset_nonce(chacha_nonce(int.from_bytes(bytes.fromhex("0001020304050607"), "big")))
     assert main.update(bytes(64))[:32] == bytes.fromhex(
         "8ad5a08b905f81cc815040274ab29471a833b637e3fd0da508dbb8e2fdd1a646"
     )

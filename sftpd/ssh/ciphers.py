@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
@@ -20,84 +18,45 @@ from cryptography.hazmat.primitives.ciphers import (
     modes,
 )
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-# Largest packet_length accepted (RFC 4253 asks for at least 35000; OpenSSH sends up to 256 KiB).
-MAX_PACKET = 1 << 20
+from sftpd.ssh.chacha import ChaChaOpener, ChaChaSealer
+from sftpd.ssh.protect import (
+    LEN,
+    MAX_PACKET,
+    PADTYPE,
+    SMALL,
+    Buffer,
+    MacError,
+    NothingAhead,
+    Opener,
+    PacketError,
+    Padding,
+    Sealer,
+    random_padding,
+    split_padding,
+)
+
+__all__ = [
+    "CIPHERS",
+    "MACS",
+    "MAX_PACKET",
+    "MacError",
+    "Opener",
+    "PacketError",
+    "Sealer",
+    "is_aead",
+    "make_opener",
+    "make_sealer",
+]
+
 _MASK64 = (1 << 64) - 1
 
 _SEQ = struct.Struct(">I")
-_LEN = struct.Struct(">I")
+_LEN = LEN
+_PADTYPE = PADTYPE
 _HEAD = struct.Struct(">IBB")  # packet_length, padding_length, message type
-_PADTYPE = struct.Struct(">BB")  # padding_length, message type
 _NONCE64 = struct.Struct(">Q")
-# cryptography's 16-byte ChaCha20 nonce for block counter 0 and OpenSSH's 64-bit nonce.
-# OpenSSH uses the original ChaCha20 (64-bit little-endian block counter, then a 64-bit nonce:
-# the sequence number as a big-endian uint64). cryptography takes the last four state words
-# as 16 bytes, so that is 8 zero bytes (counter) followed by the nonce.
-_chacha_nonce = struct.Struct(">8xQ").pack
-_ZERO16 = bytes(16)
-_ZERO64 = bytes(64)
-# A packet whose body (sealing) or packet_length (opening) is at most this is joined and then
-# encrypted and MACed with one call each; a larger one goes chunk by chunk, not copying the body.
-_SMALL = 8192
-
-Padding = Callable[[int], bytes]
-Buffer = bytes | bytearray | memoryview
-
-
-class RandomPool:
-    """Random padding bytes, read from os.urandom 4 KiB at a time (each byte used once)."""
-
-    __slots__ = ("_buf", "_pos", "_size")
-
-    def __init__(self, size: int = 4096) -> None:
-        self._size = size
-        self._buf = b""
-        self._pos = 0
-
-    def __call__(self, n: int) -> bytes:
-        pos = self._pos
-        end = pos + n
-        if end > len(self._buf):
-            self._buf = os.urandom(max(self._size, n))
-            pos, end = 0, n
-        self._pos = end
-        return self._buf[pos:end]
-
-
-random_padding: Padding = RandomPool()
-
-
-class PacketError(Exception):
-    """The peer sent a malformed packet (bad length, alignment or padding)."""
-
-
-class MacError(PacketError):
-    """A packet failed its integrity check."""
-
-
-class Sealer(Protocol):
-    """Turns one outgoing message into wire bytes (a list of chunks to write in order)."""
-
-    def seal(self, seq: int, msg_type: int, body: bytes) -> list[bytes]: ...
-
-
-class Opener(Protocol):
-    """Reads incoming packets: ``start`` on the first ``head_size`` bytes, ``finish`` on all."""
-
-    head_size: int
-
-    def start(self, seq: int, buf: Buffer, pos: int) -> int:
-        """From ``head_size`` bytes at ``buf[pos:]``: the packet's size on the wire.
-
-        That is the length field, the packet and the MAC or tag.
-        """
-        ...
-
-    def finish(self, seq: int, wire: memoryview) -> tuple[int, bytes]:
-        """Check and decrypt the packet; return (message type, message body)."""
-        ...
+_SMALL = SMALL  # (tests use this name)
 
 
 @dataclass(frozen=True)
@@ -160,14 +119,6 @@ def _padding_length(payload_len: int, block: int, aad: bool) -> int:
     return pad + block if pad < 4 else pad
 
 
-def _split(plain: bytes, length: int) -> tuple[int, int]:
-    """Validate padding_length of a decrypted packet; return (padding length, body end)."""
-    padlen = plain[0]
-    if padlen < 4 or padlen > length - 2:
-        raise PacketError(f"bad padding length {padlen} in packet of {length}")
-    return padlen, 4 + length - padlen
-
-
 class _Hmac:
     """One keyed HMAC template per direction, copied for each packet."""
 
@@ -184,7 +135,7 @@ class _Hmac:
             raise MacError("bad MAC") from None
 
 
-class StreamSealer:
+class StreamSealer(NothingAhead):
     """none, or a CTR/CBC context with an HMAC, either over plaintext or (EtM) over ciphertext."""
 
     def __init__(
@@ -237,7 +188,7 @@ class StreamSealer:
         return [ctx.update(head), ctx.update(body), ctx.update(pad), h.finalize()]
 
 
-class StreamOpener:
+class StreamOpener(NothingAhead):
     """Inverse of StreamSealer. EtM verifies before it decrypts; the old order cannot."""
 
     def __init__(
@@ -286,10 +237,10 @@ class StreamOpener:
             mac.check(h, wire[end:])
             if self._chained or length <= _SMALL:
                 plain = ctx.update(wire[4:end])
-                padlen, body_end = _split(plain, length)
+                padlen, body_end = split_padding(plain, length)
                 return plain[1], plain[2 : body_end - 4]
             start = ctx.update(wire[4:6])
-            padlen, body_end = _split(start, length)
+            padlen, body_end = split_padding(start, length)
             body = ctx.update(wire[6:body_end])
             ctx.update(wire[body_end:end])  # keep the CTR keystream in step
             return start[1], body
@@ -303,7 +254,7 @@ class StreamOpener:
             h.update(first)
             h.update(rest)
             mac.check(h, wire[end:])
-        padlen, body_end = _split(first[4:], length)
+        padlen, body_end = split_padding(first[4:], length)
         if body_end <= block:
             body = first[6:body_end]
         else:
@@ -311,7 +262,7 @@ class StreamOpener:
         return first[5], body
 
 
-class GcmSealer:
+class GcmSealer(NothingAhead):
     """AES-GCM as OpenSSH does it: length as AAD, 4-byte fixed + 8-byte counter nonce."""
 
     def __init__(self, key: bytes, iv: bytes, padding: Padding = random_padding) -> None:
@@ -329,7 +280,7 @@ class GcmSealer:
         return [clear, self._aead.encrypt(nonce, plain, clear)]
 
 
-class GcmOpener:
+class GcmOpener(NothingAhead):
     """Inverse of GcmSealer."""
 
     head_size = 4
@@ -354,93 +305,8 @@ class GcmOpener:
             plain = self._aead.decrypt(nonce, wire[4:], wire[:4])
         except InvalidTag:
             raise MacError("bad AES-GCM tag") from None
-        padlen, body_end = _split(plain, self._length)
+        padlen, body_end = split_padding(plain, self._length)
         return plain[1], plain[2 : body_end - 4]
-
-
-def _chacha(key: bytes) -> tuple[CipherContext, CipherContext]:
-    """The two ChaCha20 instances of chacha20-poly1305@openssh.com, rewound per packet.
-
-    The first 256 bits of the key are K_2 (payload, returned first), the second K_1 (length).
-    """
-    main = Cipher(algorithms.ChaCha20(key[:32], _ZERO16), None).encryptor()
-    return main, Cipher(algorithms.ChaCha20(key[32:64], _ZERO16), None).encryptor()
-
-
-class ChaChaSealer:
-    """chacha20-poly1305@openssh.com (PROTOCOL.chacha20poly1305)."""
-
-    __slots__ = ("_lc", "_main", "_padding")
-
-    def __init__(self, key: bytes, padding: Padding = random_padding) -> None:
-        self._main, self._lc = _chacha(key)
-        self._padding = padding
-
-    def seal(self, seq: int, msg_type: int, body: bytes) -> list[bytes]:
-        n = len(body)
-        padlen = 7 - (n + 1) % 8  # 8-byte alignment of all but the length, at least 4
-        if padlen < 4:
-            padlen += 8
-        nonce = _chacha_nonce(seq)
-        lc = self._lc
-        lc.reset_nonce(nonce)
-        clear = lc.update(_LEN.pack(n + 2 + padlen))
-        main = self._main
-        main.reset_nonce(nonce)
-        if n <= _SMALL:
-            # One ChaCha20 call: the Poly1305 key (block 0), then the ciphertext.
-            out = main.update(
-                b"".join((_ZERO64, _PADTYPE.pack(padlen, msg_type), body, self._padding(padlen)))
-            )
-            packet = clear + out[64:]
-            return [packet, Poly1305.generate_tag(out[:32], packet)]
-        out = main.update(_ZERO64 + _PADTYPE.pack(padlen, msg_type))
-        head = clear + out[64:]
-        poly = Poly1305(out[:32])
-        middle = main.update(body)
-        tail = main.update(self._padding(padlen))
-        poly.update(head)
-        poly.update(middle)
-        poly.update(tail)
-        return [head, middle, tail, poly.finalize()]
-
-
-class ChaChaOpener:
-    """Inverse of ChaChaSealer: the tag is checked before anything but the length is decrypted."""
-
-    __slots__ = ("_lc", "_length", "_main")
-
-    head_size = 4
-
-    def __init__(self, key: bytes) -> None:
-        self._main, self._lc = _chacha(key)
-        self._length = 0
-
-    def start(self, seq: int, buf: Buffer, pos: int) -> int:
-        lc = self._lc
-        lc.reset_nonce(_chacha_nonce(seq))
-        length: int = _LEN.unpack(lc.update(buf[pos : pos + 4]))[0]
-        if length < 8 or length > MAX_PACKET or length % 8:
-            raise PacketError(f"bad packet length {length}")
-        self._length = length
-        return length + 20
-
-    def finish(self, seq: int, wire: memoryview) -> tuple[int, bytes]:
-        length = self._length
-        end = 4 + length
-        main = self._main
-        main.reset_nonce(_chacha_nonce(seq))
-        try:
-            Poly1305.verify_tag(main.update(_ZERO64)[:32], wire[:end], bytes(wire[end:]))
-        except InvalidSignature:
-            raise MacError("bad Poly1305 tag") from None
-        if length <= _SMALL:
-            plain = main.update(wire[4:end])
-            padlen, body_end = _split(plain, length)
-            return plain[1], plain[2 : body_end - 4]
-        start = main.update(wire[4:6])
-        padlen, body_end = _split(start, length)
-        return start[1], main.update(wire[6:body_end])
 
 
 def _stream_context(spec: CipherSpec, key: bytes, iv: bytes) -> Cipher[modes.CBC | modes.CTR]:

@@ -255,6 +255,10 @@ class ServerTransport(SSHServerTransport):
                 self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, str(e).encode())
                 return
             if message is None:
+                # Idle until more bytes arrive (replies to what came are out): make the
+                # next packets' key material now, off the path from request to reply.
+                self._opener.prepare(seq)
+                self._sealer.prepare(self.outgoingPacketSequence)
                 return
             self.incomingPacketSequence = (seq + 1) & _SEQ_MASK
             self._dispatch_seq = seq
