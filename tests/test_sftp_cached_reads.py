@@ -69,8 +69,7 @@ def test_a_write_only_handle_reads_nothing(root: Path) -> None:
 
 def test_local_file_pread_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "f").write_bytes(bytes(range(256)) * 32)  # 8 KiB
-    storage = LocalStorage(tmp_path)
-    file = storage.open("/f", os.O_RDONLY, 0)
+    file = LocalFile(os.open(tmp_path / "f", os.O_RDONLY))  # not known to be local
     try:
         with monkeypatch.context() as patch:
             # nothing but preadv2(RWF_NOWAIT) on the reactor thread: an fstat may wait
@@ -176,7 +175,7 @@ def test_a_bulk_read_costs_the_reactor_one_byte(
     """A READ that pread would answer with more than the limit is left to a worker before
     any buffer of the limit's size is read (downloads must not pay for it twice)."""
     (tmp_path / "big").write_bytes(os.urandom(3 * CACHED_READ_MAX))
-    file = LocalStorage(tmp_path).open("/big", os.O_RDONLY, 0)
+    file = LocalFile(os.open(tmp_path / "big", os.O_RDONLY))  # not known to be local
     sizes: list[int] = []
     real = os.preadv
 
@@ -193,3 +192,58 @@ def test_a_bulk_read_costs_the_reactor_one_byte(
             assert file.pread_cached(261120, tail, CACHED_READ_MAX) == file.pread(100, tail)
     finally:
         file.close()
+
+
+def test_on_a_local_file_system_the_size_decides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where fstat cannot wait (ext4, XFS, Btrfs, tmpfs), the size says what pread would
+    return: one read of exactly that, none at the end or for a bulk read."""
+    data = os.urandom(3 * CACHED_READ_MAX)
+    (tmp_path / "big").write_bytes(data)
+    storage = LocalStorage(tmp_path)
+    if not storage._root_local:
+        pytest.skip("the temporary directory is not on a local file system")
+    file = storage.open("/big", os.O_RDONLY, 0)
+    sizes: list[int] = []
+    real_preadv, real_pread = os.preadv, os.pread
+
+    def counting_preadv(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
+        sizes.extend(len(b) for b in buffers)
+        return real_preadv(fd, buffers, offset, flags)
+
+    def counting_pread(fd: int, n: int, offset: int) -> bytes:
+        sizes.append(n)
+        return real_pread(fd, n, offset)
+
+    end = len(data)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "preadv", counting_preadv)
+            patch.setattr(os, "pread", counting_pread)
+            assert file.pread_cached(261120, 0, CACHED_READ_MAX) is None  # bulk
+            assert file.pread_cached(261120, end, CACHED_READ_MAX) == b""  # at the end
+            assert file.pread_cached(100, end + 5, CACHED_READ_MAX) == b""  # past it
+            assert sizes == []
+            assert file.pread_cached(261120, end - 100, CACHED_READ_MAX) == data[-100:]
+            assert file.pread_cached(50, 10, CACHED_READ_MAX) == data[10:60]
+            assert sizes == [100, 50]
+    finally:
+        file.close()
+
+
+def test_on_a_local_disk_uncached_pages_are_left_to_a_worker(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(os.urandom(8192))
+    storage = LocalStorage(tmp_path)
+    if not storage._root_local or storage._root_in_memory:
+        pytest.skip("needs a local disk file system")
+    file = storage.open("/f", os.O_RDONLY, 0)
+    try:
+        os.fsync(file.fileno())
+        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        evicted = file.pread_cached(8192, 0, CACHED_READ_MAX)
+    finally:
+        file.close()
+    if evicted is not None:
+        pytest.skip("this file system keeps its pages (tmpfs): eviction cannot be shown")
+    assert evicted is None

@@ -109,16 +109,19 @@ class LocalFile:
     every call fails with EBADF.
     """
 
-    def __init__(self, fd: int, *, in_memory: bool = False, quick_close: bool = False) -> None:
+    def __init__(
+        self, fd: int, *, in_memory: bool = False, local: bool = False, writable: bool = True
+    ) -> None:
         self._guard = _FdGuard(fd)
-        # A file in memory is written at once; one whose close cannot wait for a device
-        # (in memory, or opened read-only on a local disk) is closed at once.
+        # A file in memory (tmpfs without swap: no device to wait for) is written at once.
+        # On a local file system (local.LOCAL_FS) fstat never waits, and neither does the
+        # close of a file opened read-only; in memory, no close does.
         self._in_memory = in_memory
-        self._quick_close = in_memory or quick_close
+        self._sized = in_memory or local
+        self._quick_close = in_memory or (local and not writable)
         # pread_cached is tried until the kernel says RWF_NOWAIT reads are not honoured
         # here (EOPNOTSUPP on NFS, CIFS, FUSE; EBADF for a write-only fd). A file that
-        # lives in memory (tmpfs without swap: there is no device to wait for) is read
-        # without the flag, which tmpfs does not take.
+        # lives in memory is read without the flag, which tmpfs does not take.
         self._read_flags = 0 if in_memory else _RWF_NOWAIT
         self._nowait = in_memory or bool(_RWF_NOWAIT)
 
@@ -142,30 +145,50 @@ class LocalFile:
 
     def pread_cached(self, size: int, offset: int, limit: int) -> bytes | None:
         """preadv2(RWF_NOWAIT) only (plain preadv for a file in memory), which fails with
-        EAGAIN rather than wait for a disk; no other call (an fstat may wait on a server).
-        An answer counts only if it is what pread would return: a full buffer, or a short
-        one followed by the end of the file (a one-byte read there returns 0). Anything
-        else gives None."""
+        EAGAIN rather than wait for a disk; plus, on a local file system, an fstat for the
+        size. An answer counts only if it is what pread would return: all the bytes up to
+        ``size`` or the end of the file. Anything else gives None."""
         if not self._nowait or offset < 0 or size <= 0:
             return None
         try:
             with self._guard as fd:
-                flags = self._read_flags
-                if size > limit and os.preadv(fd, [bytearray(1)], offset + limit, flags):
-                    return None  # the file goes on past the limit: a bulk read, whose
-                    # bytes a worker reads (no 64 KiB read here only to be thrown away)
-                buf = bytearray(min(size, limit))
-                count = os.preadv(fd, [buf], offset, flags)
-                if count == len(buf):
-                    return bytes(buf) if size <= limit else None  # pread would read on
-                if count and os.preadv(fd, [bytearray(1)], offset + count, flags):
-                    return None  # short only because the rest is not cached
-                return bytes(memoryview(buf)[:count])  # up to the end of the file
+                if self._sized:
+                    return self._read_sized(fd, size, offset, limit)
+                return self._read_probing(fd, size, offset, limit)
         except BlockingIOError:
             return None  # not cached
         except OSError:
             self._nowait = False  # not here: every later read goes to a worker, which
             return None  # also reports any real error
+
+    def _read_sized(self, fd: int, size: int, offset: int, limit: int) -> bytes | None:
+        """The file's size says how much pread would return: read exactly that."""
+        want = min(size, os.fstat(fd).st_size - offset)
+        if want <= 0:
+            return b""  # at or past the end
+        if want > limit:
+            return None  # a bulk read, for a worker
+        if self._in_memory:
+            data = os.pread(fd, want, offset)
+            return data if len(data) == want else None
+        buf = bytearray(want)
+        count = os.preadv(fd, [buf], offset, self._read_flags)
+        return bytes(buf) if count == want else None  # short: not all cached (or truncated)
+
+    def _read_probing(self, fd: int, size: int, offset: int, limit: int) -> bytes | None:
+        """No fstat (it may wait on a server): a one-byte read past the answer tells
+        whether pread would have returned more."""
+        flags = self._read_flags
+        if size > limit and os.preadv(fd, [bytearray(1)], offset + limit, flags):
+            return None  # the file goes on past the limit: a bulk read, whose
+            # bytes a worker reads (no 64 KiB read here only to be thrown away)
+        buf = bytearray(min(size, limit))
+        count = os.preadv(fd, [buf], offset, flags)
+        if count == len(buf):
+            return bytes(buf) if size <= limit else None  # pread would read on
+        if count and os.preadv(fd, [bytearray(1)], offset + count, flags):
+            return None  # short only because the rest is not cached
+        return bytes(memoryview(buf)[:count])  # up to the end of the file
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         _check_offsets(offset)

@@ -280,7 +280,8 @@ class LocalStorage:
         return LocalFile(
             fd,
             in_memory=self._memory_files and kind == TMPFS_MAGIC,
-            quick_close=kind in LOCAL_FS and not flags & _WRITE_ACCESS,
+            local=kind in LOCAL_FS,
+            writable=bool(flags & _WRITE_ACCESS),
         )
 
     @_scrubbed
@@ -304,7 +305,9 @@ class LocalStorage:
             if exc.errno in (errno.EAGAIN, errno.EXDEV):
                 return None  # not cached, or on another mount: a worker opens it
             raise
-        return LocalFile(fd, in_memory=self._root_in_memory, quick_close=not flags & _WRITE_ACCESS)
+        return LocalFile(
+            fd, in_memory=self._root_in_memory, local=True, writable=bool(flags & _WRITE_ACCESS)
+        )
 
     def _open_fd(self, path: str, flags: int, mode: int, resolve: int) -> int:
         fd = -1
