@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Env, have
+from tests.support import Env, have, wait_for
 
 pytestmark = [
     pytest.mark.e2e,
@@ -210,5 +210,6 @@ def test_missing_bwrap_is_reported_and_the_rest_keeps_working(make_server) -> No
     env: Env = make_server(tail='[exec]\nbwrap_path = "/nonexistent/bwrap"')
     res = rsync(env, "-a", f"{REMOTE}:/", f"{env.tmp}/none/", ok=False)
     assert "sftpd: rsync is not available on this server" in res.stderr
-    assert "/nonexistent/bwrap" in env.server.log_text()
+    # the log line may land just after the client saw the message
+    assert wait_for(lambda: "/nonexistent/bwrap" in env.server.log_text())
     env.sftp("ls /")
