@@ -62,7 +62,7 @@ class _KeyMaterial:
 
     def __init__(self, key: bytes) -> None:
         self._main, self._lc = chacha_contexts(key)
-        self._ready: tuple[int, bytes, Poly1305, bytes] | None = None
+        self._ready: tuple[int, int, Poly1305, bytes] | None = None
 
     def prepare(self, seq: int) -> None:
         ready = self._ready
@@ -71,12 +71,12 @@ class _KeyMaterial:
         nonce = chacha_nonce(seq)
         lc, main = self._lc, self._main
         lc.reset_nonce(nonce)
-        length_stream = lc.update(_ZERO4)
+        length_stream = LEN.unpack(lc.update(_ZERO4))[0]  # XORed into packet_length
         main.reset_nonce(nonce)
         block = main.update(_ZERO_AHEAD)
         self._ready = (seq, length_stream, Poly1305(block[:32]), block[64:])
 
-    def length_stream(self, seq: int) -> bytes:
+    def length_stream(self, seq: int) -> int:
         ready = self._ready
         if ready is None or ready[0] != seq:
             self.prepare(seq)
@@ -84,7 +84,7 @@ class _KeyMaterial:
             assert ready is not None
         return ready[1]
 
-    def take(self, seq: int) -> tuple[bytes, Poly1305, bytes]:
+    def take(self, seq: int) -> tuple[int, Poly1305, bytes]:
         ready = self._ready
         if ready is None or ready[0] != seq:
             self.prepare(seq)
@@ -123,7 +123,7 @@ class ChaChaSealer:
             padlen += 8
         keys = self._keys
         length_stream, poly, stream = keys.take(seq)
-        clear = _xor(LEN.pack(n + 2 + padlen), length_stream)
+        clear = LEN.pack((n + 2 + padlen) ^ length_stream)
         if n <= SMALL:
             plain = b"".join((PADTYPE.pack(padlen, msg_type), body, self._padding(padlen)))
             if len(plain) <= AHEAD:
@@ -158,7 +158,7 @@ class ChaChaOpener:
 
     def start(self, seq: int, buf: Buffer, pos: int) -> int:
         stream = self._keys.length_stream(seq)
-        length: int = LEN.unpack(_xor(buf[pos : pos + 4], stream))[0]
+        length: int = LEN.unpack_from(buf, pos)[0] ^ stream
         if length < 8 or length > MAX_PACKET or length % 8:
             raise PacketError(f"bad packet length {length}")
         self._length = length
