@@ -95,8 +95,8 @@ def test_pread_cached_only_where_pread_would_answer_the_same(tmp_path: Path) -> 
     storage = LocalStorage(tmp_path)
     write_only = storage.open("/w", os.O_WRONLY, 0)
     try:
-        assert write_only.pread_cached(100, 0, 4096) is None  # never readable here
         assert write_only.pread_cached(100, 6, 4096) is None  # not even "end of file"
+        assert write_only.pread_cached(100, 0, 4096) is None  # never readable here
     finally:
         write_only.close()
     # procfs: st_size is 0 but pread returns data; the answer must be pread's or None

@@ -189,3 +189,15 @@ def test_a_big_write_still_goes_to_a_worker(shm_root: Path) -> None:
     blocking.release_all()
     assert c.replies()[0].code == Status.OK
     assert (shm_root / "big").read_bytes() == data
+
+
+def test_a_write_only_handle_at_its_end_reads_an_error_not_eof(shm_root: Path) -> None:
+    """pread on a write-only fd fails; the inline read must not answer "end of file"."""
+    c = Client(shm_root)
+    c.send(PacketType.OPEN, s("w"), u32(OpenFlag.WRITE | OpenFlag.CREAT), u32(0))
+    h = c.replies()[0].handle
+    c.send(PacketType.WRITE, s(h), u64(0), s(b"secret"))
+    assert c.replies()[0].code == Status.OK
+    c.feed(read_packet(1, h, 6, 100))
+    (reply,) = c.replies()
+    assert reply.type == PacketType.STATUS and reply.code == Status.FAILURE

@@ -110,7 +110,13 @@ class LocalFile:
     """
 
     def __init__(
-        self, fd: int, *, in_memory: bool = False, local: bool = False, writable: bool = True
+        self,
+        fd: int,
+        *,
+        in_memory: bool = False,
+        local: bool = False,
+        writable: bool = True,
+        readable: bool = True,
     ) -> None:
         self._guard = _FdGuard(fd)
         # A file in memory (tmpfs without swap: no device to wait for) is written at once.
@@ -123,7 +129,8 @@ class LocalFile:
         # here (EOPNOTSUPP on NFS, CIFS, FUSE; EBADF for a write-only fd). A file that
         # lives in memory is read without the flag, which tmpfs does not take.
         self._read_flags = 0 if in_memory else _RWF_NOWAIT
-        self._nowait = in_memory or bool(_RWF_NOWAIT)
+        # (a write-only fd is never read here: pread fails, so must every answer)
+        self._nowait = readable and (in_memory or bool(_RWF_NOWAIT))
 
     @_scrubbed
     def _do(self, fn: Callable[Concatenate[int, P], T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -282,6 +282,7 @@ class LocalStorage:
             in_memory=self._memory_files and kind == TMPFS_MAGIC,
             local=kind in LOCAL_FS,
             writable=bool(flags & _WRITE_ACCESS),
+            readable=not flags & os.O_WRONLY,
         )
 
     @_scrubbed
@@ -306,7 +307,11 @@ class LocalStorage:
                 return None  # not cached, or on another mount: a worker opens it
             raise
         return LocalFile(
-            fd, in_memory=self._root_in_memory, local=True, writable=bool(flags & _WRITE_ACCESS)
+            fd,
+            in_memory=self._root_in_memory,
+            local=True,
+            writable=bool(flags & _WRITE_ACCESS),
+            readable=not flags & os.O_WRONLY,
         )
 
     def _open_fd(self, path: str, flags: int, mode: int, resolve: int) -> int:
