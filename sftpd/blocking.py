@@ -157,6 +157,10 @@ class WorkerPool:
         self.call(done, fn, *args, **kwargs)
         return d
 
+    def idle(self) -> bool:
+        """Whether no job is queued, running, or waiting to be delivered."""
+        return not self._outstanding
+
     def call(self, done: Done, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
         if self._stopping:
             done(False, RuntimeError("worker pool stopped"))

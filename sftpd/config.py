@@ -102,6 +102,7 @@ class ServerConfig:
     rekey_bytes: int = 1 << 30
     rekey_seconds: float = 3600.0
     workers: int = 1
+    busy_poll_us: int = 100
     log_format: str = "text"  # "text" or "json"
     log_level: str = "info"
 
@@ -210,6 +211,7 @@ class _Loader(Values):
             "rekey_bytes": self.integer(1 << 16, 1 << 62),
             "rekey_seconds": self.number(1, 1 << 31),
             "workers": self.integer(1, 1024),
+            "busy_poll_us": self.integer(0, 10000),
             "log_format": self.choice(("text", "json")),
             "log_level": self.choice(LOG_LEVELS),
         }

@@ -255,6 +255,10 @@ def serve(config: Config, *, log_format: str | None = None, reactor: Any = None)
     start_logging(log_format or config.server.log_format, config.server.log_level)
     pool = WorkerPool(reactor, max_threads=16, name="sftpd-storage")
     auth_pool = WorkerPool(reactor, max_threads=2, name="sftpd-bcrypt")
+    if hasattr(reactor, "busy_poll"):
+        reactor.busy_poll(
+            config.server.busy_poll_us / 1e6, quiet=lambda: pool.idle() and auth_pool.idle()
+        )
     host_keys = load_host_keys(config.server.host_keys_dir)
     factory = build_factory(
         config,

@@ -138,6 +138,7 @@ host_key_algorithms = ["ssh-ed25519", "ssh-rsa", "ssh-dss"]
 rekey_bytes = 1048576
 rekey_seconds = 600
 workers = 4
+busy_poll_us = 0
 log_format = "json"
 log_level = "debug"
 [sftp]
@@ -169,6 +170,7 @@ bwrap_path = "/usr/bin/bwrap"
         rekey_bytes=1 << 20,
         rekey_seconds=600.0,
         workers=4,
+        busy_poll_us=0,
         log_format="json",
         log_level="debug",
     )
@@ -272,6 +274,11 @@ LISTEN_EXPECTED = 'expected "IPV4:PORT" (like "0.0.0.0:22") or "[IPV6]:PORT" (li
             "[server]\nmax_sessions = true\n",
             "server.max_sessions",
             "expected an integer from 1 to 1000, got boolean True",
+        ),
+        (
+            "[server]\nbusy_poll_us = 20000\n",
+            "server.busy_poll_us",
+            "expected an integer from 0 to 10000, got integer 20000",
         ),
         (
             "[server]\nlogin_grace_time = 0\n",
