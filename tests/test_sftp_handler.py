@@ -807,13 +807,15 @@ def test_readdir_batches_and_longnames(client: Client) -> None:
     client.close(h)
 
 
-def test_readdir_replies_stay_small_with_long_names(client: Client) -> None:
-    """A batch stops at about READDIR_BYTES of names: 255-byte names cannot make a NAME
-    reply anywhere near the 256 KiB a client accepts."""
+@pytest.mark.parametrize("char", ["n", "\U0001f600"], ids=["ascii", "4-byte-utf8"])
+def test_readdir_replies_stay_small_with_long_names(client: Client, char: str) -> None:
+    """A batch stops at about READDIR_BYTES of names, counted in bytes: 255-byte names
+    (63 four-byte characters) cannot make a NAME reply anywhere near the 256 KiB a
+    client accepts."""
     d = client.root / "long"
     d.mkdir()
     for i in range(400):
-        (d / (f"{i:03}" + "n" * 252)).write_bytes(b"")
+        (d / (f"{i:03}" + char * (252 // len(char.encode())))).write_bytes(b"")
     h = client.call(PacketType.OPENDIR, s("/long")).handle
     total = 0
     while True:

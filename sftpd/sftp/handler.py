@@ -191,7 +191,12 @@ def read_names(
         for name, st in step:
             text = line(name, st, now)
             out.append(entry(name, text, attrs(st)))
-            size += len(name) + len(text) + 40  # two lengths and the attributes
+            # bytes on the wire: UTF-8 names can be up to 4 bytes per character
+            size += (
+                (len(name) if name.isascii() else len(name.encode("utf-8", "surrogateescape")))
+                + (len(text) if text.isascii() else len(text.encode("utf-8", "surrogateescape")))
+                + 40  # two lengths and the attributes
+            )
         if len(step) < want:
             break  # the listing is exhausted
     return tuple(out)
