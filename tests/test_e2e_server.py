@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import ALICE_PASSWORD, Env, askpass_env, asyncssh_sftp
+from tests.support import ALICE_PASSWORD, Env, askpass_env, asyncssh_sftp, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -122,6 +122,47 @@ def test_paramiko_client_with_key_and_password(server: Env) -> None:
         finally:
             client.close()
         assert (server.alice.root / name).read_bytes() == b"from paramiko\n"
+
+
+def _tcp_timer(local_port: int, remote_port: int) -> str | None:
+    """The timer field ("tr:when") of a loopback TCP socket in /proc/net/tcp."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{local_port:04X}") and fields[2].endswith(f":{remote_port:04X}"):
+            return fields[5]
+    return None
+
+
+def test_connections_use_tcp_keepalive(server: Env) -> None:
+    """Like OpenSSH's TCPKeepAlive default: the kernel probes an idle peer, so a client
+    that vanished without a FIN or RST does not hold its session forever. In
+    /proc/net/tcp an idle socket with SO_KEEPALIVE has timer 2 (keepalive); the client's
+    own socket, without it, has none."""
+    paramiko = pytest.importorskip("paramiko")
+    key = paramiko.Ed25519Key.from_private_key_file(str(server.key_path))
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect(
+        "127.0.0.1",
+        port=server.port,
+        username="alice",
+        pkey=key,
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=20,
+    )
+    try:
+        sftp = client.open_sftp()
+        sftp.listdir(".")
+        transport = client.get_transport()
+        assert transport is not None
+        mine = transport.sock.getsockname()[1]  # type: ignore[union-attr]
+        # idle once the last ACK is in: the retransmit timer (1) gives way to keepalive (2)
+        assert wait_for(lambda: (_tcp_timer(server.port, mine) or "").startswith("02:"))
+        assert (_tcp_timer(mine, server.port) or "").startswith("00:")
+        sftp.close()
+    finally:
+        client.close()
 
 
 def test_asyncssh_client_with_key(server: Env) -> None:

@@ -185,12 +185,16 @@ class ServerTransport(SSHServerTransport):
 
     def connectionMade(self) -> None:
         tcp: Any = self.transport
-        set_nodelay = getattr(tcp, "setTcpNoDelay", None)
-        if set_nodelay is not None:
-            try:
-                set_nodelay(True)
-            except OSError:
-                pass
+        # No Nagle delay for small replies; and TCP keepalive, as OpenSSH's TCPKeepAlive
+        # default: a peer that vanished (a dropped network, a suspended laptop) is found
+        # and its session closed, instead of holding a session slot forever.
+        for option in ("setTcpNoDelay", "setTcpKeepAlive"):
+            setter = getattr(tcp, option, None)
+            if setter is not None:
+                try:
+                    setter(True)
+                except OSError:
+                    pass
         policy = self.policy
         limit = policy.rekey_bytes if policy is not None else TransportPolicy.rekey_bytes
         self._rekey_bytes = limit if limit > 0 else _NEVER
