@@ -60,17 +60,21 @@ class LeanEPollReactor(epollreactor.EPollReactor):
     vCPU: a loopback TCP ping-pong between two processes measured 62 µs per round trip on
     two cores and 23 µs when one side polls). So after running out of work the reactor
     keeps polling epoll without sleeping for a ``SpinWindow``, never longer than the next
-    timer, and only while ``quiet()`` says no worker thread waits for the GIL it holds.
+    timer, and only while ``quiet()`` says no job is out on a worker thread (the polling
+    thread holds the GIL such a thread would need).
     """
 
     _spin: SpinWindow | None = None
     _quiet: Callable[[], bool] = staticmethod(lambda: True)
 
-    def busy_poll(self, limit: float, quiet: Callable[[], bool] | None = None) -> None:
+    def busy_poll(
+        self, limit: float, quiet: Callable[[], bool] | None = None, processes: int = 1
+    ) -> None:
         """Poll up to ``limit`` seconds before sleeping (adaptive; 0 turns it off). It is
-        never used with a single usable CPU, where it would only delay the peer."""
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-        self._spin = SpinWindow(limit) if limit > 0 and usable > 1 else None
+        not used unless the usable CPUs (affinity and cgroup quota) outnumber the
+        ``processes`` serving on this machine: polling would only take a CPU from a peer."""
+        spare = usable_cpus() > processes
+        self._spin = SpinWindow(limit) if limit > 0 and spare else None
         if quiet is not None:
             self._quiet = quiet
 
@@ -100,8 +104,11 @@ class LeanEPollReactor(epollreactor.EPollReactor):
         if events:
             return events  # not idle at all
         start = clock()
+        # Only an idle period in which polling was allowed says how quickly the client
+        # answers; one with a worker job out ends when the job does.
+        quiet = self._quiet()
         window = spin.window
-        if window and self._quiet():
+        if window and quiet:
             deadline = start + (window if timeout is None else min(window, timeout))
             while not events and clock() < deadline:
                 events = poll(0, most)
@@ -110,9 +117,55 @@ class LeanEPollReactor(epollreactor.EPollReactor):
         if timeout is not None:
             timeout = max(0.0, timeout - (clock() - start))
         events = poll(-1 if timeout is None else timeout, most)
-        if events:
-            spin.idle_ended(clock() - start)
+        if quiet:
+            idle = clock() - start
+            if events or idle > spin.limit:  # a timer that long also says: do not poll
+                spin.idle_ended(idle)
         return events
+
+
+def usable_cpus(cgroups: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> float:
+    """The CPUs this process may use: its affinity, reduced by a CPU quota on its own
+    cgroup (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), as a container's ``--cpus`` sets.
+    Quotas of parent cgroups are not looked at."""
+    if hasattr(os, "sched_getaffinity"):
+        cpus = float(len(os.sched_getaffinity(0)))
+    else:
+        cpus = float(os.cpu_count() or 1)
+    try:
+        with open(cgroups) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return cpus
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers and "cpu" not in controllers.split(","):
+            continue
+        mount = os.path.join(root, controllers)  # v2: root itself; v1: root/cpu[,cpuacct]
+        # The cgroup's own directory; without a cgroup namespace a container sees its own
+        # cgroup at the mount point instead.
+        for where in (os.path.join(mount, path.lstrip("/")), mount):
+            try:
+                quota = _cpu_quota(where, v2=not controllers)
+            except (OSError, ValueError, IndexError, ZeroDivisionError):
+                continue
+            if quota is not None:
+                cpus = min(cpus, quota)
+            break
+    return cpus
+
+
+def _cpu_quota(where: str, *, v2: bool) -> float | None:
+    """CPUs allowed by the quota in cgroup directory ``where`` (None: no quota)."""
+    if v2:  # "quota period", or "max period"
+        with open(os.path.join(where, "cpu.max")) as f:
+            fields = f.read().split()
+        return None if fields[0] == "max" else int(fields[0]) / int(fields[1])
+    with open(os.path.join(where, "cpu.cfs_quota_us")) as f:
+        quota = int(f.read())  # -1: none
+    with open(os.path.join(where, "cpu.cfs_period_us")) as f:
+        period = int(f.read())
+    return quota / period if quota > 0 else None
 
 
 def default_reactor() -> Any:

@@ -257,7 +257,9 @@ def serve(config: Config, *, log_format: str | None = None, reactor: Any = None)
     auth_pool = WorkerPool(reactor, max_threads=2, name="sftpd-bcrypt")
     if hasattr(reactor, "busy_poll"):
         reactor.busy_poll(
-            config.server.busy_poll_us / 1e6, quiet=lambda: pool.idle() and auth_pool.idle()
+            config.server.busy_poll_us / 1e6,
+            quiet=lambda: pool.idle() and auth_pool.idle(),
+            processes=config.server.workers,
         )
     host_keys = load_host_keys(config.server.host_keys_dir)
     factory = build_factory(

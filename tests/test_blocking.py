@@ -123,3 +123,30 @@ def test_a_thread_that_cannot_start_fails_the_call_or_queues_it(
     assert reactor.pump_until(lambda: len(got) == 4)
     assert sorted(got) == [0, 1, 2, 2] and len(pool._threads) == 1
     pool.stop()
+
+
+def test_idle_until_every_result_is_delivered() -> None:
+    """``idle()`` (the reactor polls without sleeping only then) is false from ``call`` until
+    the result is handed back on the reactor thread, not merely until the job ran."""
+    reactor = QueueReactor()
+    pool = WorkerPool(reactor, max_threads=1)  # type: ignore[arg-type]
+    assert pool.idle()
+    gate = threading.Event()
+    ran = threading.Event()
+    got: list[Any] = []
+
+    def job() -> str:
+        ran.set()
+        gate.wait(30)
+        return "done"
+
+    pool.run(job).addCallback(got.append)
+    assert not pool.idle()
+    assert ran.wait(30)
+    assert not pool.idle()  # running
+    gate.set()
+    pool._threads[0].join(0.2)  # the job returns; its result waits for the reactor
+    assert not pool.idle()
+    assert reactor.pump_until(lambda: got == ["done"])
+    assert pool.idle()
+    pool.stop()

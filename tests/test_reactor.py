@@ -4,13 +4,18 @@ and busy polling."""
 from __future__ import annotations
 
 import os
-import socket
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet import protocol
 
-from sftpd.reactor import LeanEPollReactor, SpinWindow
+from sftpd import reactor as reactor_module
+from sftpd.reactor import LeanEPollReactor, SpinWindow, usable_cpus
 
 
 class Echo(protocol.Protocol):
@@ -101,16 +106,29 @@ class Counting:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.poller, name)
 
+    def longest_spin(self) -> int:
+        """The longest run of non-blocking polls in a row."""
+        longest = run = 0
+        for t in self.timeouts:
+            run = run + 1 if t == 0 else 0
+            longest = max(longest, run)
+        return longest
 
-def spin_until_timer(quiet: bool) -> tuple[list[float], float]:
-    """Run a reactor whose spin window (30 s) is far longer than its only timer (0.2 s);
-    return the poll timeouts and how late the timer fired."""
+
+def spinning_reactor(quiet: bool, window: float = 30.0) -> tuple[LeanEPollReactor, Counting]:
     reactor = LeanEPollReactor()
-    reactor.busy_poll(30.0, quiet=lambda: quiet)
+    reactor.busy_poll(window, quiet=lambda: quiet)
     assert reactor._spin is not None
-    reactor._spin.window = 30.0
+    reactor._spin.window = window
     counting = Counting(reactor._poller)
     reactor._poller = counting
+    return reactor, counting
+
+
+def spin_until_timer(quiet: bool) -> tuple[Counting, float]:
+    """Run a reactor whose spin window (30 s) is far longer than its only timer (0.2 s);
+    return its polls and how late the timer fired."""
+    reactor, counting = spinning_reactor(quiet)
     fired: list[float] = []
     due = reactor.seconds() + 0.2
 
@@ -124,57 +142,147 @@ def spin_until_timer(quiet: bool) -> tuple[list[float], float]:
     if guard.active():
         guard.cancel()
     assert fired, "the timer never fired"
-    return counting.timeouts, fired[0]
+    return counting, fired[0]
 
 
-def test_spinning_ends_at_the_next_timer(monkeypatch: Any) -> None:
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    timeouts, late = spin_until_timer(quiet=True)
-    assert timeouts.count(0) > 3  # it polled without sleeping ...
+@pytest.fixture
+def two_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reactor_module, "usable_cpus", lambda: 2.0)
+
+
+@pytest.mark.usefixtures("two_cpus")
+def test_spinning_ends_at_the_next_timer() -> None:
+    counting, late = spin_until_timer(quiet=True)
+    assert counting.longest_spin() > 10  # it polled without sleeping ...
     assert late < 10.0  # ... and still ran a 0.2 s timer long before its 30 s window ended
 
 
-def test_no_spinning_while_a_worker_waits(monkeypatch: Any) -> None:
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    timeouts, _ = spin_until_timer(quiet=False)
-    assert timeouts.count(0) <= 3  # one non-blocking check per idle period, then a sleep
+@pytest.mark.usefixtures("two_cpus")
+def test_no_spinning_while_a_worker_job_is_out() -> None:
+    counting, _ = spin_until_timer(quiet=False)
+    # per idle period one non-blocking check, then a sleep (and one more poll at stop)
+    assert counting.longest_spin() <= 2
 
 
-def test_no_busy_polling_on_one_cpu(monkeypatch: Any) -> None:
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+def connect_later(port: int, delay: float) -> subprocess.Popen[bytes]:
+    """Another process that connects to ``port`` after ``delay`` seconds."""
+    code = "import socket, sys, time; time.sleep(float(sys.argv[1]))\n"
+    code += "socket.create_connection(('127.0.0.1', int(sys.argv[2])))"
+    return subprocess.Popen([sys.executable, "-c", code, str(delay), str(port)])
+
+
+class StopOnConnect(protocol.Protocol):
+    def connectionMade(self) -> None:
+        reactor: Any = self.factory.reactor  # type: ignore[attr-defined]
+        reactor.stop()
+
+
+@pytest.mark.usefixtures("two_cpus")
+def test_spinning_without_timers_ends_at_an_event() -> None:
+    """No timer at all (poll's timeout is None): polling ends when an event comes, here a
+    connection from another process, long before the 30 s window."""
+    reactor, counting = spinning_reactor(quiet=True)
+    factory = protocol.ServerFactory.forProtocol(StopOnConnect)
+    factory.reactor = reactor  # type: ignore[attr-defined]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    peer = connect_later(port.getHost().port, 0.2)
+    # deadlock guard outside the reactor (a reactor timer would set a timeout)
+    guard = threading.Timer(60, reactor.callFromThread, (reactor.stop,))
+    guard.start()
+    assert not reactor.getDelayedCalls()
+    began = time.monotonic()
+    reactor.run(installSignalHandlers=False)
+    took = time.monotonic() - began
+    guard.cancel()
+    peer.wait(30)
+    port.stopListening()
+    assert counting.longest_spin() > 10
+    assert took < 20.0  # the event ended the 30 s window
+
+
+def test_busy_polling_needs_a_spare_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     reactor = LeanEPollReactor()
-    reactor.busy_poll(100e-6)
-    assert reactor._spin is None
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    reactor.busy_poll(0)
-    assert reactor._spin is None
-    reactor.busy_poll(100e-6)
-    assert reactor._spin is not None
+    for cpus, processes, limit, on in [
+        (1.0, 1, 100e-6, False),  # one CPU: polling would only delay the client
+        (2.0, 1, 100e-6, True),
+        (2.0, 2, 100e-6, False),  # workers = 2 on two CPUs: each would take its sibling's
+        (0.5, 1, 100e-6, False),  # a container quota of half a CPU
+        (4.0, 1, 0.0, False),  # busy_poll_us = 0
+    ]:
+        monkeypatch.setattr(reactor_module, "usable_cpus", lambda cpus=cpus: cpus)
+        reactor.busy_poll(limit, processes=processes)
+        assert (reactor._spin is not None) == on, (cpus, processes, limit)
 
 
-def test_echo_with_busy_polling_learns_the_window(monkeypatch: Any) -> None:
-    """A client thread in ping-pong with an echo server: every reply arrives, and the idle
-    periods between requests (all far below the 1 s limit) open the spin window."""
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_usable_cpus_reads_cgroup_quotas(tmp_path: Path) -> None:
+    affinity = float(len(os.sched_getaffinity(0)))
+    cg = tmp_path / "cgroup"
+    fs = tmp_path / "fs"
+    # v2, own cgroup with a quota of 1.5 CPUs
+    write(cg, "0::/svc/sftpd\n")
+    write(fs / "svc/sftpd/cpu.max", "150000 100000\n")
+    assert usable_cpus(str(cg), str(fs)) == min(affinity, 1.5)
+    # v2 without a quota
+    write(fs / "svc/sftpd/cpu.max", "max 100000\n")
+    assert usable_cpus(str(cg), str(fs)) == affinity
+    # v1, "cpu,cpuacct" hierarchy; a container without a cgroup namespace sees its own
+    # cgroup at the mount point, not under the path /proc/self/cgroup names
+    write(cg, "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n")
+    write(fs / "cpu,cpuacct/cpu.cfs_quota_us", "50000\n")
+    write(fs / "cpu,cpuacct/cpu.cfs_period_us", "100000\n")
+    assert usable_cpus(str(cg), str(fs)) == 0.5
+    write(fs / "cpu,cpuacct/cpu.cfs_quota_us", "-1\n")
+    assert usable_cpus(str(cg), str(fs)) == affinity
+    # nothing readable: the affinity
+    assert usable_cpus(str(tmp_path / "missing"), str(fs)) == affinity
+    write(cg, "0::/elsewhere\n")
+    assert usable_cpus(str(cg), str(tmp_path / "empty")) == affinity
+
+
+PING_PONG = """
+import socket, sys
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30) as s:
+    for i in range(40):
+        s.sendall(b"ping%02d" % i)
+        assert s.recv(100) == b"ping%02d" % i, i
+print("ok")
+"""
+
+
+@pytest.mark.usefixtures("two_cpus")
+@pytest.mark.parametrize("quiet", [True, False])
+def test_echo_with_busy_polling_learns_only_when_quiet(quiet: bool) -> None:
+    """A client process in ping-pong with an echo server: every reply arrives, and the idle
+    periods between requests (all far below the 1 s limit) open the spin window, unless a
+    worker job was out (quiet false): then those idle periods measure the job, not the
+    client, and teach nothing."""
     reactor = LeanEPollReactor()
-    reactor.busy_poll(1.0)
+    reactor.busy_poll(1.0, quiet=lambda: quiet)
     port = reactor.listenTCP(0, protocol.ServerFactory.forProtocol(Echo), interface="127.0.0.1")
-    replies: list[bytes] = []
+    result: dict[str, Any] = {}
 
     def client() -> None:
-        with socket.create_connection(("127.0.0.1", port.getHost().port), timeout=30) as s:
-            for i in range(20):
-                s.sendall(b"ping%02d" % i)
-                replies.append(s.recv(100))
+        result["out"] = subprocess.run(
+            [sys.executable, "-c", PING_PONG, str(port.getHost().port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         reactor.callFromThread(reactor.stop)
 
-    thread = threading.Thread(target=client)
+    thread = threading.Thread(target=client)  # it waits in subprocess.run, off the GIL
     reactor.callWhenRunning(thread.start)
-    guard = reactor.callLater(60, reactor.stop)  # deadlock guard, not a timing assertion
+    guard = reactor.callLater(90, reactor.stop)  # deadlock guard, not a timing assertion
     reactor.run(installSignalHandlers=False)
-    thread.join(30)
+    thread.join(60)
     if guard.active():
         guard.cancel()
-    assert replies == [b"ping%02d" % i for i in range(20)]
-    assert reactor._spin is not None and reactor._spin.window > 0
     port.stopListening()
+    assert result["out"].stdout.strip() == "ok", result["out"].stderr
+    assert reactor._spin is not None
+    assert (reactor._spin.window > 0) == quiet
