@@ -10,18 +10,20 @@ import stat
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet import defer
 
-from sftpd.blocking import Blocking, InlineBlocking
+from sftpd.blocking import Blocking, CallViaRun, InlineBlocking
 from sftpd.config import SftpConfig
 from sftpd.session_api import SessionContext
 from sftpd.sftp.attrs import Attrs
 from sftpd.sftp.codec import Reader
 from sftpd.sftp.constants import ADVERTISED_EXTENSIONS, AttrFlag, OpenFlag, PacketType, Status
-from sftpd.sftp.handler import READDIR_BATCH, READDIR_BYTES, READDIR_STEP
+from sftpd.sftp.listing import READDIR_BATCH, READDIR_BYTES, READDIR_STEP
 from sftpd.sftp.protocol import SftpApp
 from sftpd.storage import vpath
 from sftpd.storage.base import File, Storage
@@ -826,6 +828,123 @@ def test_readdir_replies_stay_small_with_long_names(client: Client, char: str) -
         assert len(reply.names) < READDIR_BATCH
         total += len(reply.names)
     assert total == 402
+
+
+class FlakyDirectory(OsDirectory):
+    """A real listing whose read fails with EIO once ``good`` entries have been read."""
+
+    def __init__(self, host: str, good: int) -> None:
+        super().__init__(host)
+        self.good = good
+        self.failed_reads = 0
+        self.closed = 0
+
+    def read(self, count: int) -> list[tuple[str, os.stat_result]]:
+        if self.good <= 0:
+            self.failed_reads += 1
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        out = super().read(min(count, self.good))
+        self.good -= len(out)
+        return out
+
+    def close(self) -> None:
+        self.closed += 1
+        super().close()
+
+
+class FlakyListings(OsStorage):
+    def __init__(self, root: Path, good: int) -> None:
+        super().__init__(root)
+        self.good = good
+        self.opened: list[FlakyDirectory] = []
+
+    def opendir(self, path: str) -> FlakyDirectory:
+        host, _ = self._resolve(path, True)
+        d = FlakyDirectory(host, self.good)
+        self.opened.append(d)
+        return d
+
+
+def test_readdir_reads_ahead_and_an_error_there_answers_the_next_readdir(root: Path) -> None:
+    """The next batch is read as soon as one is answered (before the client asks for it);
+    an error met then is what the next READDIR gets, as it would have been."""
+    for i in range(100):
+        (root / f"f{i:04}").write_bytes(b"")
+    storage = FlakyListings(root, good=102)  # every entry, '.' and '..' too; then EIO
+    c = Client(root, storage=storage)
+    h = c.call(PacketType.OPENDIR, s("/")).handle
+    (listing,) = storage.opened
+    first = c.call(PacketType.READDIR, s(h))
+    assert len(first.names) == 102
+    assert listing.failed_reads == 1  # the next batch was already read, and failed
+    assert c.status(PacketType.READDIR, s(h)) == (Status.FAILURE, "Input/output error")
+    assert listing.failed_reads == 1  # the answer was the one read ahead, not a new read
+    c.close(h)
+    assert listing.closed == 1
+
+
+class ManualBlocking(CallViaRun):
+    """Blocking calls that run only when the test says so."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[defer.Deferred[Any], Callable[[], Any]]] = []
+
+    def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.jobs.append((d, partial(fn, *args, **kwargs)))
+        return d
+
+    def run_one(self) -> None:
+        d, job = self.jobs.pop(0)
+        d.callback(job())
+
+    def run_all(self) -> int:
+        n = 0
+        while self.jobs:
+            d, job = self.jobs.pop(0)
+            d.callback(job())
+            n += 1
+        return n
+
+
+def test_readdir_read_ahead_waits_for_close_and_is_one_per_session(root: Path) -> None:
+    """A CLOSE waits for the batch being read ahead before the directory is closed; and
+    only one directory per session is read ahead (a batch can be half a megabyte)."""
+    (root / "a").mkdir()
+    (root / "b").mkdir()
+    for i in range(5):
+        (root / "a" / f"f{i}").write_bytes(b"")
+    for i in range(3 * READDIR_BATCH):  # more than two batches
+        (root / "b" / f"f{i:04}").write_bytes(b"")
+    storage = FlakyListings(root, good=10**6)
+    blocking = ManualBlocking()
+    c = Client(root, storage=storage, blocking=blocking)
+
+    def answer(ptype: int, *fields: bytes, jobs: int) -> Reply:
+        rid = c.send(ptype, *fields)
+        assert blocking.run_all() == jobs
+        (reply,) = c.replies()
+        assert reply.id == rid
+        return reply
+
+    a = answer(PacketType.OPENDIR, s("a"), jobs=1).handle
+    b = answer(PacketType.OPENDIR, s("b"), jobs=1).handle
+    assert len(answer(PacketType.READDIR, s(a), jobs=2).names) == 7  # + a's next, read ahead
+    # a's read-ahead is not consumed yet: none for b
+    assert answer(PacketType.READDIR, s(b), jobs=1).names
+    assert answer(PacketType.READDIR, s(a), jobs=0).code == Status.EOF  # from a's read-ahead
+    # b reads ahead now; its CLOSE waits for that read before the directory is closed
+    c.send(PacketType.READDIR, s(b))
+    blocking.run_one()
+    assert c.replies()[0].names
+    assert len(blocking.jobs) == 1  # b's next batch, read ahead
+    c.send(PacketType.CLOSE, s(b))
+    assert c.replies() == []
+    b_listing = storage.opened[1]
+    assert b_listing.closed == 0
+    assert blocking.run_all() == 2  # the read-ahead, then the close
+    assert [r.code for r in c.replies()] == [Status.OK]
+    assert b_listing.closed == 1
 
 
 def test_opendir_errors(client: Client) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import time
 from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
@@ -36,6 +35,7 @@ from sftpd.sftp.constants import (
     Status,
 )
 from sftpd.sftp.handles import DirHandle, FileHandle, HandleTable
+from sftpd.sftp.listing import Listings
 from sftpd.storage import vpath
 from sftpd.storage.base import Directory, File, Storage
 
@@ -50,13 +50,6 @@ READ_CLAMP = min(MAX_READ_LENGTH, MAX_PACKET_LENGTH - DATA_HEADER_LENGTH)
 # So is a WRITE of at most this much to a file in memory; longer ones go to a worker,
 # where they overlap the reactor's decryption of the next packets.
 CACHED_READ_MAX = 64 * 1024
-# A READDIR answers up to this many entries, and stops adding steps of READDIR_STEP once
-# about READDIR_BYTES are in (a step is at most ~45 KB: names are at most 255 bytes), so a
-# NAME reply stays under ~110 KB, below the 256 KiB packets clients accept. Bigger batches
-# than OpenSSH's 100 save round trips: each costs both sides more than 100 entries do.
-READDIR_BATCH = 1000
-READDIR_STEP = 50
-READDIR_BYTES = 64 * 1024
 DEFAULT_FILE_MODE = 0o666
 DEFAULT_DIR_MODE = 0o777
 # Only the permission bits are ever applied: setuid, setgid and sticky are dropped.
@@ -176,32 +169,6 @@ def apply_fsetstat(file: File, attrs: Attrs) -> None:
         file.utime(attrs.atime, attrs.mtime)
 
 
-def read_names(
-    directory: Directory, count: int, names: IdNames, budget: int = READDIR_BYTES
-) -> tuple[m.NameEntry, ...]:
-    """The next batch of a listing as NAME entries with ls -l longnames (blocking): up to
-    ``count`` entries, read in steps until about ``budget`` bytes of names are in."""
-    now = time.time()  # once per batch, not per entry
-    entry, line, attrs = m.NameEntry, names.longname, attrs_from_stat
-    out: list[m.NameEntry] = []
-    size = 0
-    while len(out) < count and size < budget:
-        want = min(READDIR_STEP, count - len(out))
-        step = directory.read(want)
-        for name, st in step:
-            text = line(name, st, now)
-            out.append(entry(name, text, attrs(st)))
-            # bytes on the wire: UTF-8 names can be up to 4 bytes per character
-            size += (
-                (len(name) if name.isascii() else len(name.encode("utf-8", "surrogateescape")))
-                + (len(text) if text.isascii() else len(text.encode("utf-8", "surrogateescape")))
-                + 40  # two lengths and the attributes
-            )
-        if len(step) < want:
-            break  # the listing is exhausted
-    return tuple(out)
-
-
 class SftpHandler:
     """Serves the requests of one SFTP session against ``ctx.storage``.
 
@@ -214,6 +181,7 @@ class SftpHandler:
         self.storage = ctx.storage
         self.handles = HandleTable(ctx.blocking, ctx.sftp.max_handles)
         self.names = IdNames()
+        self.listings = Listings(self.handles, ctx.blocking, self.names, ctx.reactor)
         self.client_version: int | None = None
         self.client_extensions: tuple[tuple[bytes, bytes], ...] = ()
         self._symlink_client = ctx.client_version
@@ -465,13 +433,7 @@ class SftpHandler:
         return m.HandleResponse(request.id, self.handles.add(DirHandle(directory, path)))
 
     async def _readdir(self, request: m.Readdir) -> m.Response:
-        entry = self.handles.acquire_dir(request.handle)
-        try:
-            batch: tuple[m.NameEntry, ...] = await entry.lock.run(
-                self.ctx.blocking.run, read_names, entry.directory, READDIR_BATCH, self.names
-            )
-        finally:
-            self.handles.release(entry)
+        batch = await self.listings.next_batch(request.handle)
         if not batch:
             return status(request.id, Status.EOF)
         return m.NameResponse(request.id, batch)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from twisted.internet import defer
 
@@ -53,6 +54,9 @@ class DirHandle(_Entry):
     directory: Directory
     path: str
     lock: defer.DeferredLock = field(default_factory=defer.DeferredLock, init=False)
+    # The next batch, read ahead while the client works on this one: (True, entries) or
+    # (False, Failure); it never fails itself, so an unread one logs nothing.
+    ahead: defer.Deferred[tuple[bool, Any]] | None = field(default=None, init=False)
 
     def close(self) -> None:
         self.directory.close()
@@ -78,6 +82,8 @@ class HandleTable:
         self._used = 0
         self._counter = 0
         self._closed = False
+        # Called with each entry the table forgets (closed by the client or the session).
+        self.on_forget: Callable[[FileHandle | DirHandle], None] | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -138,6 +144,8 @@ class HandleTable:
         entry = self._entries.pop(handle, None)
         if entry is None:
             return defer.fail(StatusError(Status.FAILURE, INVALID_HANDLE))
+        if self.on_forget is not None:
+            self.on_forget(entry)
         return self._close_when_idle(entry)
 
     def close_all(self) -> defer.Deferred[None]:
@@ -145,6 +153,9 @@ class HandleTable:
         self._closed = True
         entries = list(self._entries.values())
         self._entries.clear()
+        if self.on_forget is not None:
+            for entry in entries:
+                self.on_forget(entry)
         waits = [self._close_when_idle(entry) for entry in entries]
         for d in waits:
             d.addErrback(lambda _: None)  # errors closing a dead session's files are moot
