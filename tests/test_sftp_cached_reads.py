@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 from sftpd.sftp.constants import OpenFlag, PacketType, Status
-from sftpd.sftp.handler import CACHED_READ_MAX
+from sftpd.sftp.handler import READ_CLAMP
 from sftpd.storage.files import LocalFile
 from sftpd.storage.local import LocalStorage
 from tests.test_sftp_handler import Client, s, u32
 from tests.test_sftp_handler import root as root  # the fixture
 from tests.test_sftp_protocol import QueuedBlocking, _open_handle, read_packet
+
+LIMIT = 64 * 1024  # the most pread_cached may answer, in the File-level tests
 
 
 def test_a_small_file_is_read_without_a_worker(root: Path) -> None:
@@ -30,18 +32,19 @@ def test_a_small_file_is_read_without_a_worker(root: Path) -> None:
     assert (second.id, second.code) == (2, Status.EOF)
 
 
-def test_big_reads_go_to_the_workers_and_the_tail_does_not(root: Path) -> None:
-    data = os.urandom(3 * CACHED_READ_MAX)
+def test_a_full_size_read_of_cached_data_needs_no_worker(root: Path) -> None:
+    """Up to the largest READ answered (255 KiB), cached data is copied on the reactor
+    thread: a worker hand-off and back costs more CPU than the copy."""
+    data = os.urandom(3 * READ_CLAMP)
     (root / "big").write_bytes(data)
     blocking = QueuedBlocking()
     c = Client(root, blocking=blocking)
     h = _open_handle(c, blocking, "big")
-    c.feed(read_packet(1, h, 0, 261120))
-    assert c.replies() == [] and len(blocking.calls) == 1  # more than the limit: a worker
-    blocking.release_all()
-    assert c.replies()[0].data == data  # never a short read
+    c.feed(read_packet(1, h, 0, 1 << 20))  # more than READ_CLAMP: clamped
+    assert blocking.calls == []
+    assert c.replies()[0].data == data[:READ_CLAMP]
     tail = len(data) - 1000
-    c.feed(read_packet(2, h, tail, 261120))
+    c.feed(read_packet(2, h, tail, READ_CLAMP))
     assert blocking.calls == [] and c.replies()[0].data == data[tail:]
 
 
@@ -174,7 +177,7 @@ def test_a_bulk_read_costs_the_reactor_one_byte(
 ) -> None:
     """A READ that pread would answer with more than the limit is left to a worker before
     any buffer of the limit's size is read (downloads must not pay for it twice)."""
-    (tmp_path / "big").write_bytes(os.urandom(3 * CACHED_READ_MAX))
+    (tmp_path / "big").write_bytes(os.urandom(3 * LIMIT))
     file = LocalFile(os.open(tmp_path / "big", os.O_RDONLY))  # not known to be local
     sizes: list[int] = []
     real = os.preadv
@@ -186,10 +189,10 @@ def test_a_bulk_read_costs_the_reactor_one_byte(
     try:
         with monkeypatch.context() as patch:
             patch.setattr(os, "preadv", counting)
-            assert file.pread_cached(261120, 0, CACHED_READ_MAX) is None
+            assert file.pread_cached(261120, 0, LIMIT) is None
             assert sizes == [1]
-            tail = 3 * CACHED_READ_MAX - 100  # the last 100 bytes: answered here
-            assert file.pread_cached(261120, tail, CACHED_READ_MAX) == file.pread(100, tail)
+            tail = 3 * LIMIT - 100  # the last 100 bytes: answered here
+            assert file.pread_cached(261120, tail, LIMIT) == file.pread(100, tail)
     finally:
         file.close()
 
@@ -199,7 +202,7 @@ def test_on_a_local_file_system_the_size_decides(
 ) -> None:
     """Where fstat cannot wait (ext4, XFS, Btrfs, tmpfs), the size says what pread would
     return: one read of exactly that, none at the end or for a bulk read."""
-    data = os.urandom(3 * CACHED_READ_MAX)
+    data = os.urandom(3 * LIMIT)
     (tmp_path / "big").write_bytes(data)
     storage = LocalStorage(tmp_path)
     if not storage._root_local:
@@ -221,12 +224,12 @@ def test_on_a_local_file_system_the_size_decides(
         with monkeypatch.context() as patch:
             patch.setattr(os, "preadv", counting_preadv)
             patch.setattr(os, "pread", counting_pread)
-            assert file.pread_cached(261120, 0, CACHED_READ_MAX) is None  # bulk
-            assert file.pread_cached(261120, end, CACHED_READ_MAX) == b""  # at the end
-            assert file.pread_cached(100, end + 5, CACHED_READ_MAX) == b""  # past it
+            assert file.pread_cached(261120, 0, LIMIT) is None  # bulk
+            assert file.pread_cached(261120, end, LIMIT) == b""  # at the end
+            assert file.pread_cached(100, end + 5, LIMIT) == b""  # past it
             assert sizes == []
-            assert file.pread_cached(261120, end - 100, CACHED_READ_MAX) == data[-100:]
-            assert file.pread_cached(50, 10, CACHED_READ_MAX) == data[10:60]
+            assert file.pread_cached(261120, end - 100, LIMIT) == data[-100:]
+            assert file.pread_cached(50, 10, LIMIT) == data[10:60]
             assert sizes == [100, 50]
     finally:
         file.close()
@@ -241,7 +244,7 @@ def test_on_a_local_disk_uncached_pages_are_left_to_a_worker(tmp_path: Path) -> 
     try:
         os.fsync(file.fileno())
         os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        evicted = file.pread_cached(8192, 0, CACHED_READ_MAX)
+        evicted = file.pread_cached(8192, 0, LIMIT)
     finally:
         file.close()
     if evicted is not None:

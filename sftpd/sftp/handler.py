@@ -45,11 +45,13 @@ Reply = Callable[[m.Response], None]
 # The largest READ we answer: the advertised read length, and the DATA reply must fit
 # the advertised packet length.
 READ_CLAMP = min(MAX_READ_LENGTH, MAX_PACKET_LENGTH - DATA_HEADER_LENGTH)
-# A READ whose answer is at most this long and all in the page cache is served on the
-# reactor thread (preadv2 RWF_NOWAIT): a small file's READs skip the worker hand-off.
-# So is a WRITE of at most this much to a file in memory; longer ones go to a worker,
+# A READ whose answer is all in the page cache (preadv2 RWF_NOWAIT; any file in memory) is
+# served on the reactor thread, up to READ_CLAMP: copying 255 KiB costs the reactor
+# ~25 us, handing it to a worker and back cost ~120 us of CPU in thread wake-ups (a
+# 512 MiB download on tmpfs: server CPU 1.14 -> 0.89 s). A WRITE of at most
+# INLINE_WRITE_MAX to a file in memory is served there too; longer ones go to a worker,
 # where they overlap the reactor's decryption of the next packets.
-CACHED_READ_MAX = 64 * 1024
+INLINE_WRITE_MAX = 64 * 1024
 DEFAULT_FILE_MODE = 0o666
 DEFAULT_DIR_MODE = 0o777
 # Only the permission bits are ever applied: setuid, setgid and sticky are dropped.
@@ -315,7 +317,7 @@ class SftpHandler:
         entry = self.handles.acquire_file(request.handle)
         length = min(request.length, READ_CLAMP)
         try:
-            cached = entry.file.pread_cached(length, request.offset, CACHED_READ_MAX)
+            cached = entry.file.pread_cached(length, request.offset, READ_CLAMP)
         except Exception:
             self.handles.release(entry)
             raise
@@ -353,7 +355,7 @@ class SftpHandler:
             reply(self.ok(request.id) if ok else self._error(result, request))
 
         data = request.data
-        if len(data) <= CACHED_READ_MAX:  # a big write goes to a worker, next to decryption
+        if len(data) <= INLINE_WRITE_MAX:  # a big write goes to a worker, next to decryption
             try:
                 written = entry.file.pwrite_nowait(data, request.offset)
             except Exception as exc:
