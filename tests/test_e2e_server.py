@@ -98,21 +98,28 @@ def test_none_auth_refused_by_paramiko(server: Env) -> None:
         t.close()
 
 
+def _paramiko_client(server: Env, **auth: Any) -> Any:
+    """A paramiko SSHClient logged in as alice with ``auth`` (pkey= or password=)."""
+    paramiko = pytest.importorskip("paramiko")
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect(
+        "127.0.0.1",
+        port=server.port,
+        username="alice",
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=20,
+        **auth,
+    )
+    return client
+
+
 def test_paramiko_client_with_key_and_password(server: Env) -> None:
     paramiko = pytest.importorskip("paramiko")
     key = paramiko.Ed25519Key.from_private_key_file(str(server.key_path))
     for kwargs in ({"pkey": key}, {"password": ALICE_PASSWORD}):
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        client.connect(
-            "127.0.0.1",
-            port=server.port,
-            username="alice",
-            look_for_keys=False,
-            allow_agent=False,
-            timeout=20,
-            **kwargs,
-        )
+        client = _paramiko_client(server, **kwargs)
         try:
             sftp = client.open_sftp()
             name = f"paramiko-{'key' if 'pkey' in kwargs else 'pw'}.txt"
@@ -140,17 +147,7 @@ def test_connections_use_tcp_keepalive(server: Env) -> None:
     own socket, without it, has none."""
     paramiko = pytest.importorskip("paramiko")
     key = paramiko.Ed25519Key.from_private_key_file(str(server.key_path))
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        "127.0.0.1",
-        port=server.port,
-        username="alice",
-        pkey=key,
-        look_for_keys=False,
-        allow_agent=False,
-        timeout=20,
-    )
+    client = _paramiko_client(server, pkey=key)
     try:
         sftp = client.open_sftp()
         sftp.listdir(".")
