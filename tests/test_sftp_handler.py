@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.task import Clock
 
 from sftpd.blocking import Blocking, CallViaRun, InlineBlocking
 from sftpd.config import SftpConfig
@@ -23,7 +24,7 @@ from sftpd.session_api import SessionContext
 from sftpd.sftp.attrs import Attrs
 from sftpd.sftp.codec import Reader
 from sftpd.sftp.constants import ADVERTISED_EXTENSIONS, AttrFlag, OpenFlag, PacketType, Status
-from sftpd.sftp.listing import READDIR_BATCH, READDIR_BYTES, READDIR_STEP
+from sftpd.sftp.listing import READDIR_BATCH, READDIR_BYTES, READDIR_STEP, read_names
 from sftpd.sftp.protocol import SftpApp
 from sftpd.storage import vpath
 from sftpd.storage.base import File, Storage
@@ -387,6 +388,7 @@ class Client:
         umask: int = 0o022,
         max_handles: int = 1024,
         home: str = "/",
+        reactor: Any = None,
         **app_kwargs: Any,
     ) -> None:
         self.root = root
@@ -400,6 +402,7 @@ class Client:
             host_root=root,
             sftp=SftpConfig(umask=umask, max_handles=max_handles),
             client_version=client_version,
+            reactor=reactor,
         )
         self.io = FakeIO()
         self.app = SftpApp(self.ctx, self.io, **app_kwargs)
@@ -896,13 +899,17 @@ class ManualBlocking(CallViaRun):
 
     def run_one(self) -> None:
         d, job = self.jobs.pop(0)
-        d.callback(job())
+        try:
+            result = job()
+        except Exception:
+            d.errback()
+        else:
+            d.callback(result)
 
     def run_all(self) -> int:
         n = 0
         while self.jobs:
-            d, job = self.jobs.pop(0)
-            d.callback(job())
+            self.run_one()
             n += 1
         return n
 
@@ -945,6 +952,99 @@ def test_readdir_read_ahead_waits_for_close_and_is_one_per_session(root: Path) -
     assert blocking.run_all() == 2  # the read-ahead, then the close
     assert [r.code for r in c.replies()] == [Status.OK]
     assert b_listing.closed == 1
+
+
+def listing_client(root: Path, files: int) -> tuple[Client, ManualBlocking, Clock, bytes]:
+    """A client whose listing of ``/b`` (``files`` files) reads ahead as the server does:
+    on a reactor turn (a Clock here), with blocking calls run by hand; and its handle."""
+    (root / "b").mkdir()
+    for i in range(files):
+        (root / "b" / f"f{i:05}").write_bytes(b"")
+    blocking, clock = ManualBlocking(), Clock()
+    c = Client(root, storage=FlakyListings(root, good=10**6), blocking=blocking, reactor=clock)
+    c.send(PacketType.OPENDIR, s("b"))
+    blocking.run_all()
+    return c, blocking, clock, c.replies()[0].handle
+
+
+@pytest.mark.parametrize("order", ["jobs first", "turns first", "alternating"])
+def test_pipelined_readdirs_get_every_entry_once_and_in_order(root: Path, order: str) -> None:
+    """A client may send READDIRs without waiting for answers; with the read-ahead started
+    on reactor turns in between, every name still comes exactly once, in order."""
+    files = 3 * READDIR_BATCH
+    c, blocking, clock, h = listing_client(root, files)
+    names: list[str] = []
+    eof = False
+    for step in range(200):
+        if not eof:
+            c.send(PacketType.READDIR, s(h))
+            c.send(PacketType.READDIR, s(h))
+        for _ in range(4):
+            if order == "turns first" or (order == "alternating" and step % 2):
+                clock.advance(0)
+            if blocking.jobs:
+                blocking.run_one()
+            clock.advance(0)
+        for reply in c.replies():
+            if reply.type == PacketType.STATUS:
+                assert reply.code == Status.EOF
+                eof = True
+            else:
+                names += [n for n, _, _ in reply.names]
+        if eof and not blocking.jobs:
+            break
+    assert eof
+    expected = sorted(f"f{i:05}" for i in range(files))
+    assert [n for n in names if n.startswith("f")] == expected
+
+
+def test_an_error_read_ahead_leaves_read_ahead_on_for_the_session(root: Path) -> None:
+    """After a read-ahead failed on one directory (and its client never closed it, as
+    paramiko's listdir does on an error), another directory is still read ahead."""
+    (root / "a").mkdir()
+    (root / "b").mkdir()
+    for i in range(5):
+        (root / "b" / f"f{i}").write_bytes(b"")
+    storage = FlakyListings(root, good=10**6)
+    blocking = ManualBlocking()
+    c = Client(root, storage=storage, blocking=blocking)
+    handles = []
+    for d in ("a", "b"):
+        c.send(PacketType.OPENDIR, s(d))
+        blocking.run_all()
+        handles.append(c.replies()[0].handle)
+    a, b = handles
+    storage.opened[0].good = 2  # '.' and '..', then EIO
+    c.send(PacketType.READDIR, s(a))
+    assert blocking.run_all() == 2  # the batch, then the read-ahead that fails
+    assert len(c.replies()[0].names) == 2
+    c.send(PacketType.READDIR, s(a))
+    assert blocking.run_all() == 0
+    assert c.replies()[0].code == Status.FAILURE
+    c.send(PacketType.READDIR, s(b))
+    assert blocking.run_all() == 2  # b's batch and b's read-ahead
+
+
+def test_a_read_ahead_waiting_for_the_lock_is_dropped_when_the_session_ends(
+    root: Path,
+) -> None:
+    c, blocking, clock, h = listing_client(root, 3 * READDIR_BATCH)
+    c.send(PacketType.READDIR, s(h))
+    c.send(PacketType.READDIR, s(h))
+    blocking.run_one()  # the first batch: answered; the second READDIR reads its own
+    assert len(blocking.jobs) == 1
+    clock.advance(0)  # the read-ahead waits for that read's lock
+    assert len(blocking.jobs) == 1
+    c.app.connection_lost()  # the session ends: the handle is forgotten
+    blocking.run_one()  # the second batch; the lock goes to the read-ahead
+    assert [fn.args[0] for _, fn in blocking.jobs if fn.func is read_names] == []  # type: ignore[attr-defined]
+    blocking.run_all()  # the close
+    assert storage_of(c).opened[0].closed == 1
+
+
+def storage_of(c: Client) -> FlakyListings:
+    assert isinstance(c.storage, FlakyListings)
+    return c.storage
 
 
 def test_opendir_errors(client: Client) -> None:

@@ -57,6 +57,7 @@ class DirHandle(_Entry):
     # The next batch, read ahead while the client works on this one: (True, entries) or
     # (False, Failure); it never fails itself, so an unread one logs nothing.
     ahead: defer.Deferred[tuple[bool, Any]] | None = field(default=None, init=False)
+    forgotten: bool = field(default=False, init=False)  # closed by the client or session
 
     def close(self) -> None:
         self.directory.close()

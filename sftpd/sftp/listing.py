@@ -85,8 +85,9 @@ class Listings:
                 batch = result
         finally:
             self._handles.release(entry)
-        if self._ahead is entry:
-            self._ahead = None
+            # (also after an error: else read-ahead would stop for the whole session)
+            if self._ahead is entry and entry.ahead is None:
+                self._ahead = None
         if batch:
             if self._clock is None:
                 self._read_ahead(handle)
@@ -97,8 +98,12 @@ class Listings:
         return batch
 
     def _read(self, entry: DirHandle) -> defer.Deferred[tuple[m.NameEntry, ...]]:
-        run = self._blocking.run
-        return entry.lock.run(run, read_names, entry.directory, READDIR_BATCH, self._names)
+        return entry.lock.run(self._read_locked, entry)
+
+    def _read_locked(self, entry: DirHandle) -> defer.Deferred[tuple[m.NameEntry, ...]]:
+        if entry.forgotten:
+            return defer.succeed(())  # closed while this read waited for the lock
+        return self._blocking.run(read_names, entry.directory, READDIR_BATCH, self._names)
 
     def _read_ahead(self, handle: bytes) -> None:
         if self._ahead is not None:
@@ -107,6 +112,11 @@ class Listings:
             entry = self._handles.acquire_dir(handle)
         except m.StatusError:
             return  # closed meanwhile
+        if entry.ahead is not None:
+            # A pipelining client's READDIR read the batch after the one that scheduled
+            # this; the read ahead it started itself is still to be taken: keep it.
+            self._handles.release(entry)
+            return
         self._ahead = entry
 
         def settled(result: Any) -> tuple[bool, Any]:
@@ -116,5 +126,7 @@ class Listings:
         entry.ahead = self._read(entry).addBoth(settled)
 
     def _forget(self, entry: FileHandle | DirHandle) -> None:
+        if isinstance(entry, DirHandle):
+            entry.forgotten = True
         if entry is self._ahead:
             self._ahead = None
