@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from twisted.logger import Logger
 
@@ -38,6 +39,10 @@ PAUSE_INPUT_AT = 1024 * 1024
 RESUME_INPUT_AT = 256 * 1024
 # Beyond this the client is ignoring the window: the session is closed.
 MAX_BUFFERED_INPUT = 16 * 1024 * 1024
+# One pass over the queue dispatches requests for at most about this many bytes, then
+# yields a reactor turn to other sessions. READs answered inline (from the page cache)
+# finish at once, so the in-flight limits never stop a pipelining client's burst.
+MAX_BYTES_PER_TURN = 2 * 1024 * 1024
 
 
 class SftpApp:
@@ -89,6 +94,7 @@ class SftpApp:
         self._in_flight = 0
         self._in_flight_bytes = 0
         self._pumping = False
+        self._resume: Any = None  # a pump on the next reactor turn, when one is due
         self._closed = False
         self._eof = False
 
@@ -144,6 +150,8 @@ class SftpApp:
         if self._pumping:
             return  # a reply completed synchronously inside the loop below
         self._pumping = True
+        clock = self._ctx.reactor
+        served = 0
         try:
             queue = self._queue
             while queue and not self._closed:
@@ -153,9 +161,13 @@ class SftpApp:
                     break
                 if self._io.pending_output() > self._max_pending_output:
                     break
+                if served >= MAX_BYTES_PER_TURN and clock is not None:
+                    if self._resume is None:
+                        self._resume = clock.callLater(0, self._resume_pump)
+                    break
                 packet = queue.popleft()
                 self._queued_bytes -= len(packet)
-                self._dispatch(packet)
+                served += self._dispatch(packet)
         finally:
             self._pumping = False
         if self._input_paused and not self._closed and self.queued() < RESUME_INPUT_AT:
@@ -164,26 +176,31 @@ class SftpApp:
         if self._eof:
             self._maybe_finish()
 
-    def _dispatch(self, packet: Packet) -> None:
+    def _resume_pump(self) -> None:
+        self._resume = None
+        self._pump()
+
+    def _dispatch(self, packet: Packet) -> int:
+        """Decode and start one request; returns the bytes it reads or writes."""
         try:
             request = decode_request(packet)
         except m.RequestDecodeError as exc:
             if exc.request_id is None:
                 self._abort("undecodable packet without a request id: {error}", error=str(exc))
-                return
+                return 0
             log.debug("bad message {error}", error=str(exc))
             self._slots.append(
                 [(encode_response(SftpHandler.bad_message(exc.request_id, exc)), b"")]
             )
             self._flush()
-            return
+            return 0
         if not isinstance(request, _CONCURRENT):
             if self._in_flight:
                 # put it back; it is dispatched once everything before it is answered
                 self._queue.appendleft(packet)
                 self._queued_bytes += len(packet)
                 self._barrier = True
-                return
+                return 0
             self._barrier = True
         io_handle: bytes | None = None
         kind = 0
@@ -195,7 +212,7 @@ class SftpApp:
                 self._queue.appendleft(packet)
                 self._queued_bytes += len(packet)
                 self._held = True
-                return
+                return 0
             if busy is None:
                 busy = self._on_handle[io_handle] = [0, 0]
             busy[kind] += 1
@@ -214,6 +231,7 @@ class SftpApp:
             self._reply(response, slot, cost, io_handle, kind)
 
         self._handler.submit(request, reply)
+        return cost
 
     def _reply(
         self,
