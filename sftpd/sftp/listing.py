@@ -113,8 +113,8 @@ class Listings:
         except m.StatusError:
             return  # closed meanwhile
         if entry.ahead is not None:
-            # A pipelining client's READDIR read the batch after the one that scheduled
-            # this; the read ahead it started itself is still to be taken: keep it.
+            # Never a second read-ahead on one handle: it would replace a batch that
+            # no READDIR has taken yet (pipelined READDIRs lost one that way).
             self._handles.release(entry)
             return
         self._ahead = entry
