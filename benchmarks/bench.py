@@ -23,13 +23,14 @@ import re
 import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from report import fmt, report
 from targets import (
+    REPO,
     USER,
     OpenSSH,
     Sftpd,
@@ -357,71 +358,6 @@ def machine():
     )
 
 
-# -------------------------------------------------------------------- report
-def fmt(v):
-    if v is None:
-        return "-"
-    digits = 0 if abs(v) >= 100 else 1 if abs(v) >= 10 else 2 if abs(v) >= 1 else 3
-    return f"{v:.{digits}f}"
-
-
-def fx(x):
-    return f"{x:.2f}x" if x >= 0.1 else f"{x:.2g}x"
-
-
-def report(b, names, results, algos, header):
-    """Markdown: algorithms; medians with the ratio to OpenSSH (ratio of medians) and the
-    range of the per-round ratios; server CPU per unit of work; W8 detail; failures."""
-    ref = "openssh" if "openssh" in names else None
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    L = [*header, "", "| target | kex | cipher+MAC (server->client) | server version |"]
-    L += ["|---|---|---|---|"]
-    L += [f"| {t} | {a['kex']} | {a['s2c']} | {a['version']} |" for t, a in algos.items()]
-    L += ["", f"Load average at the end: {load}", "", "Medians of the rounds; in brackets: "]
-    L[-1] += "ratio to OpenSSH (ratio of medians), range of the per-round ratios."
-    cols = " | ".join(names) + " |"
-    L += ["", f"| workload | unit | better | {cols}", "|---|---|---|" + "---|" * len(names)]
-    wls = [w for w in WORKLOADS if any(k[0] == w for k in results)]
-
-    def med(w, t, i):
-        vals = [r[i] for r in results.get((w, t), []) if not r[0]["err"] and r[i] is not None]
-        return statistics.median(vals) if vals else None
-
-    def cell(w, t, i):
-        v, rs = med(w, t, i), results.get((w, t), [])
-        nok = sum(1 for r in rs if not r[0]["err"])
-        if v is None:
-            return f"FAILED {len(rs) - nok}/{len(rs)}" if rs else "n/a"
-        c, vr = fmt(v), (med(w, ref, i) if ref and t != ref else None)
-        if vr:
-            pairs = zip(rs, results.get((w, ref), []), strict=False)
-            per = [a[i] / o[i] for a, o in pairs if not a[0]["err"] and not o[0]["err"] and o[i]]
-            rng = f", {fx(min(per))[:-1]}-{fx(max(per))}" if len(per) > 1 else ""
-            c += f" ({fx(v / vr)}{rng})"
-        return c + (f" [{nok}/{len(rs)} ok]" if nok < len(rs) else "")
-
-    for w in wls:
-        title, unit, hib, _ = WORKLOADS[w]
-        cells = " | ".join(cell(w, t, 1) for t in names)
-        L.append(
-            f"| {w} {title.format(**b.p)} | {unit} | {'higher' if hib else 'lower'} | {cells} |"
-        )
-    L += ["", "Server CPU per unit of work (all server processes; lower is better):", ""]
-    L += [f"| workload | unit | {cols}", "|---|---|" + "---|" * len(names)]
-    for w in wls:
-        if WORKLOADS[w][3]:
-            cells = " | ".join(cell(w, t, 2) for t in names)
-            L.append(f"| {w} | {WORKLOADS[w][3]} | {cells} |")
-    L.append("")
-    for (w, t), rs in results.items():
-        for i, (r, _v, _c) in enumerate(rs):
-            if r.get("detail"):
-                L.append(f"- {w} {t} round {i + 1}: {r['detail']}")
-            if r["err"]:
-                L.append(f"- {w} {t} round {i + 1} FAILED: {r['err'][:300]}")
-    return L
-
-
 # ---------------------------------------------------------------------- main
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -432,6 +368,12 @@ def parse_args():
     add("--size-mib", type=int, help="W1/W2 size (default 512; 64 with --quick); W7: 8 x size/8")
     add("--workdir", help="parent of the temporary dir (default /dev/shm if room, else /tmp)")
     add("--sftpd-cmd", default="python3 -m sftpd", help="started from the repository root")
+    add(
+        "--baseline",
+        metavar="REV",
+        help="also run sftpd at git revision REV (a temporary worktree) as a third target,\n"
+        "to measure a change side by side with the code before it",
+    )
     add(
         "--sftpd-set",
         action="append",
@@ -465,6 +407,19 @@ def run_one(b, t, w):
     return (r, v, c), line
 
 
+def baseline_checkout(rev, work):
+    """A detached worktree of ``rev`` inside the temporary directory (removed at the end)."""
+    path = os.path.join(work, "base")
+    r = subprocess.run(
+        ["git", "-C", REPO, "worktree", "add", "--detach", path, rev],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode:
+        raise SystemExit(f"--baseline {rev}: {r.stderr.strip()}")
+    return path
+
+
 def main():
     args = parse_args()
     rounds, p = args.rounds or (1 if args.quick else 3), params(args)
@@ -477,7 +432,12 @@ def main():
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     opts = " ".join(MODES[args.mode]) or "(no options)"
     header = [f"# sftpd benchmark ({started})", "", f"Command: `{cmdline}`", ""]
-    header += [f"Machine: {machine()}", "", f"Servers: {sftpd_version()}; {sshd_version()}", ""]
+    servers = f"{sftpd_version()}; {sshd_version()}"
+    if args.baseline:
+        git = ["git", "-C", REPO, "rev-parse", "--short", args.baseline]
+        rev = subprocess.run(git, capture_output=True, text=True).stdout.strip()
+        servers += f"; baseline sftpd@{args.baseline} at git {rev or '?'}"
+    header += [f"Machine: {machine()}", "", f"Servers: {servers}", ""]
     header += [f"Mode: {args.mode} (`sftp {opts}`), {rounds} interleaved round(s)"]
     say(f"command: {cmdline}\n" + "\n".join(header[4:]))
 
@@ -496,9 +456,16 @@ def main():
     try:
         b = Bench(args, work)
         b.make_data()
-        for name in args.targets.split(","):
+        names = args.targets.split(",")
+        if args.baseline:
+            base = baseline_checkout(args.baseline, work)
+            names.append(f"sftpd@{args.baseline}")
+        for name in names:
             try:
-                made.append({"sftpd": Sftpd, "openssh": OpenSSH}[name](b))
+                if name.startswith("sftpd@"):
+                    made.append(Sftpd(b, base, name))
+                else:
+                    made.append({"sftpd": Sftpd, "openssh": OpenSSH}[name](b))
                 made[-1].start()
                 algos[name] = negotiated(b, made[-1])
                 say(f"started {name} on port {made[-1].port}: {algos[name]}")
@@ -525,9 +492,12 @@ def main():
     finally:
         for t in made:
             t.stop()
+        if args.baseline:
+            subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", f"{work}/base"])
         shutil.rmtree(work, ignore_errors=True)
     if results:
-        text = "\n".join(report(b, [t.name for t in live], results, algos, [*header, "", *skipped]))
+        names = [t.name for t in live]
+        text = "\n".join(report(b, names, results, algos, [*header, "", *skipped], WORKLOADS))
         say("\n" + text)
         if args.markdown:
             with open(args.markdown, "w") as f:

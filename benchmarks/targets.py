@@ -132,6 +132,7 @@ def port_open(port):
 # ------------------------------------------------------------------- targets
 class Target:
     name = "?"
+    checkout = REPO  # the directory the server is started in
 
     def __init__(self, ctx):
         self.ctx, self.reaper, self.port = ctx, None, None
@@ -144,7 +145,7 @@ class Target:
         log_start = os.path.getsize(self.log) if os.path.exists(self.log) else 0
         self.reaper = subprocess.Popen(
             [sys.executable, "-c", REAPER, self.log, *argv],
-            cwd=REPO,
+            cwd=self.checkout,
             env=env,
             start_new_session=True,
             stdin=subprocess.DEVNULL,
@@ -195,7 +196,13 @@ class Target:
 
 
 class Sftpd(Target):
+    """sftpd from this checkout, or (``checkout``, ``name``) from another one."""
+
     name = "sftpd"
+
+    def __init__(self, ctx, checkout=REPO, name="sftpd"):
+        self.checkout, self.name = checkout, name
+        super().__init__(ctx)
 
     def command(self):
         cfg = os.path.join(self.state, "sftpd.toml")
@@ -206,7 +213,8 @@ class Sftpd(Target):
                 f'{extra}\n[[users]]\nname = "{USER}"\nroot = "{self.ctx.root}"\n'
                 f'authorized_keys_file = "{self.ctx.key}.pub"\n'
             )
-        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        path = self.checkout + os.pathsep + os.environ.get("PYTHONPATH", "")
+        env = dict(os.environ, PYTHONPATH=path)
         return [*shlex.split(self.ctx.args.sftpd_cmd), "serve", "--config", cfg], env
 
     def find_port(self, log_start):
