@@ -29,7 +29,7 @@ class ReadOnlyFile:
     def readinto(self, buf: memoryview, offset: int) -> int:
         return os.preadv(self._inner.fileno(), [buf], offset)
 
-    def pread_cached(self, size: int, offset: int, limit: int) -> bytes | None:
+    def pread_cached(self, size: int, offset: int, limit: int) -> bytes | memoryview | None:
         return self._inner.pread_cached(size, offset, limit)
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:

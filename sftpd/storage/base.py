@@ -21,10 +21,11 @@ class File(Protocol):
         """Read into ``buf`` at ``offset`` (the zero-copy read path); 0 at end of file."""
         ...
 
-    def pread_cached(self, size: int, offset: int, limit: int) -> bytes | None:
-        """Exactly what ``pread(size, offset)`` returns, if that is at most ``limit`` bytes
-        and all of it is in memory; else None. Never waits for a disk or a server: the one
-        File call that is safe on the reactor thread."""
+    def pread_cached(self, size: int, offset: int, limit: int) -> bytes | memoryview | None:
+        """Exactly the bytes ``pread(size, offset)`` returns (perhaps as a memoryview of a
+        fresh buffer), if that is at most ``limit`` bytes and all of it is in memory; else
+        None. Never waits for a disk or a server: the one File call that is safe on the
+        reactor thread."""
         ...
 
     def pwrite_nowait(self, data: bytes | bytearray | memoryview, offset: int) -> bool:

@@ -150,7 +150,7 @@ class LocalFile:
         _check_offsets(offset)
         return self._do(os.preadv, [buf], offset)
 
-    def pread_cached(self, size: int, offset: int, limit: int) -> bytes | None:
+    def pread_cached(self, size: int, offset: int, limit: int) -> bytes | memoryview | None:
         """preadv2(RWF_NOWAIT) only (plain preadv for a file in memory), which fails with
         EAGAIN rather than wait for a disk; plus, on a local file system, an fstat for the
         size. An answer counts only if it is what pread would return: all the bytes up to
@@ -168,7 +168,7 @@ class LocalFile:
             self._nowait = False  # not here: every later read goes to a worker, which
             return None  # also reports any real error
 
-    def _read_sized(self, fd: int, size: int, offset: int, limit: int) -> bytes | None:
+    def _read_sized(self, fd: int, size: int, offset: int, limit: int) -> bytes | memoryview | None:
         """The file's size says how much pread would return: read exactly that."""
         want = min(size, os.fstat(fd).st_size - offset)
         if want <= 0:
@@ -180,9 +180,12 @@ class LocalFile:
             return data if len(data) == want else None
         buf = bytearray(want)
         count = os.preadv(fd, [buf], offset, self._read_flags)
-        return bytes(buf) if count == want else None  # short: not all cached (or truncated)
+        # the buffer itself (fresh, never reused): no second copy of up to 255 KiB
+        return memoryview(buf) if count == want else None  # short: not all cached
 
-    def _read_probing(self, fd: int, size: int, offset: int, limit: int) -> bytes | None:
+    def _read_probing(
+        self, fd: int, size: int, offset: int, limit: int
+    ) -> bytes | memoryview | None:
         """No fstat (it may wait on a server): a one-byte read past the answer tells
         whether pread would have returned more."""
         flags = self._read_flags
@@ -192,10 +195,10 @@ class LocalFile:
         buf = bytearray(min(size, limit))
         count = os.preadv(fd, [buf], offset, flags)
         if count == len(buf):
-            return bytes(buf) if size <= limit else None  # pread would read on
+            return memoryview(buf) if size <= limit else None  # pread would read on
         if count and os.preadv(fd, [bytearray(1)], offset + count, flags):
             return None  # short only because the rest is not cached
-        return bytes(memoryview(buf)[:count])  # up to the end of the file
+        return memoryview(buf)[:count]  # up to the end of the file
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         _check_offsets(offset)
