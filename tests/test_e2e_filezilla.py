@@ -189,3 +189,30 @@ def test_wrong_password_and_refused_host_key_fail(server: Env, tmp_path: Path) -
     # The server keeps serving after both.
     with FzSftp(home=tmp_path, password=ALICE_PASSWORD) as fz:
         _ok(fz.command(f'open "alice@127.0.0.1" {server.port}'), fz, server)
+
+
+def test_big_listing_old_dates_and_empty_files(fz_key: FzSftp, server: Env, tmp_path: Path) -> None:
+    """A listing spanning many READDIR replies, a year-style date, and 0-byte transfers."""
+    fz, root = fz_key, server.alice.root
+    (root / "many").mkdir()
+    for i in range(1200):
+        (root / "many" / f"f{i:05d}").write_bytes(b"x" * (i % 7))
+    os.utime(root / "many" / "f00001", (1_000_000_000, 1_000_000_000))
+    listing = _ok(fz.command(f"ls {q('/many')}"), fz, server)
+    names = [n for _, _, n in listing.entries if n not in (".", "..")]
+    assert sorted(names) == [f"f{i:05d}" for i in range(1200)]
+    old = next(e for e in listing.entries if e[2] == "f00001")
+    m = _LONGNAME.match(old[0])
+    assert m and m.group(4) == "2001" and old[1] == 1_000_000_000, old
+
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    _ok(fz.command(f"put {q(str(empty))} {q('/many/empty')}", local=empty), fz, server)
+    assert (root / "many" / "empty").read_bytes() == b""
+    back = tmp_path / "back"
+    back.write_bytes(b"stale")
+    _ok(fz.command(f"get {q('/many/empty')} {q(str(back))}", local=back, download=True), fz, server)
+    assert back.read_bytes() == b""
+    refused = fz.command(f"mkdir {q('/many')}")
+    assert not refused.ok and refused.errors
+    assert str(root) not in " ".join(refused.errors)

@@ -176,6 +176,36 @@ def test_hard_link_and_fsync(dirs: tuple[Path, Path]) -> None:
     assert (disk / "a.txt").stat().st_nlink == 2
 
 
+def test_append_exclusive_64bit_offsets_and_unicode(dirs: tuple[Path, Path]) -> None:
+    m, disk = dirs
+    (m / "log.txt").write_bytes(b"one\n")
+    with open(m / "log.txt", "ab") as f:
+        f.write(b"two\n")
+    assert (disk / "log.txt").read_bytes() == b"one\ntwo\n"
+    with pytest.raises(FileExistsError):
+        open(m / "log.txt", "xb")  # O_EXCL: OPEN with CREAT|EXCL
+
+    far = 5 * 2**30  # an offset that needs all 64 bits of the WRITE (sparse on disk)
+    with open(m / "sparse.bin", "wb") as f:
+        f.seek(far)
+        f.write(b"far")
+    assert os.stat(disk / "sparse.bin").st_size == far + 3
+    with open(disk / "sparse.bin", "rb") as f:
+        f.seek(far - 2)
+        assert f.read() == b"\0\0far"
+    with open(m / "sparse.bin", "rb") as f:
+        f.seek(far - 2)
+        assert f.read() == b"\0\0far"
+
+    name = "ünï €.txt"
+    (m / name).write_bytes(b"u")
+    assert (disk / name).read_bytes() == b"u"
+    os.makedirs(m / "d1" / "x")
+    os.mkdir(m / "d2")
+    os.rename(m / "d1", m / "d2")  # a directory over an empty one
+    assert os.listdir(disk / "d2") == ["x"] and not (disk / "d1").exists()
+
+
 def test_df_reports_the_server_filesystem(mnt: Path, server: Env) -> None:
     """`df` on the mount: sshfs asks statvfs@openssh.com; sizes are those of the user's root."""
     theirs, ours = os.statvfs(mnt), os.statvfs(server.alice.root)
