@@ -193,3 +193,26 @@ def test_e2e_huge_exec_command_is_capped(make_server: ServerFactory) -> None:
     assert re.search(
         r"exec: conn=\S+ peer=\S+ user=alice command='echo z+…' \(100005 bytes\)", added
     )
+
+
+def test_e2e_workers_log_json_only(make_server: ServerFactory) -> None:
+    """With workers, the supervisor's lines (listening, a worker's restart) are JSON too."""
+    import os
+    import signal
+    from pathlib import Path
+
+    env = make_server(server_extra='workers = 2\nlog_format = "json"')
+    sup = env.server.proc.pid
+    children = Path(f"/proc/{sup}/task/{sup}/children")
+    assert wait_for(lambda: len(children.read_text().split()) == 2, timeout=20)
+    victim = int(children.read_text().split()[0])
+    os.kill(victim, signal.SIGKILL)
+    assert wait_for(lambda: "worker_exit" in env.server.log_text(), timeout=20)
+    for _ in range(4):
+        env.ssh(None, "-T")
+    env.server.stop()
+    records = [json.loads(line) for line in env.server.lines]
+    exit_record = next(r for r in records if r.get("event") == "worker_exit")
+    assert exit_record["pid"] == victim and exit_record["level"] == "warn"
+    opened = [r["conn"] for r in records if r.get("event") == "connection_open"]
+    assert len(opened) == 4 and len(set(opened)) == 4
