@@ -24,7 +24,7 @@ CLIP_CHARS = 256
 _OWN_TEXT_CHARS = 4 * CLIP_CHARS
 _SKIP = {"format", "isError", "message", "time", "system", "failure", "why"}
 _ESCAPED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
-_BARE_PUNCTUATION = set("-_.@+:/=,%~#[]()")
+_BARE_PUNCTUATION = set("-_.@+:/,%~#[]()")
 
 
 class Shown(str):
@@ -55,7 +55,7 @@ def clip(
     and other invisible characters are escaped (``\\n``, ``\\x1b``, ``\\u202e``); at most
     ``limit`` characters are kept, then ``…`` and the original length, e.g.
     ``'aaaa…' (200000 bytes)``. With ``quote`` the text is put in single quotes (a quote
-    inside escaped) unless it is a plain word (letters, digits, ``-_.@+:/=,%~#[]()``), so
+    inside escaped) unless it is a plain word (letters, digits, ``-_.@+:/,%~#[]()``), so
     a client cannot make its string look like more fields of the line.
     """
     if isinstance(value, (bytes, bytearray, memoryview)):

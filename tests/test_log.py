@@ -32,6 +32,7 @@ def test_clip_keeps_a_plain_word_bare() -> None:
 def test_clip_quotes_text_with_spaces_so_it_cannot_look_like_more_fields() -> None:
     assert clip(b"scp -r -p -t x") == "'scp -r -p -t x'"
     assert clip(b"x peer=10.0.0.1:22") == "'x peer=10.0.0.1:22'"
+    assert clip(b"peer=10.0.0.1:22") == "'peer=10.0.0.1:22'"  # not even one fake field
     assert clip(b"it's") == "'it\\'s'"
     assert clip(b"") == "''"
 
