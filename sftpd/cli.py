@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -186,10 +187,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             _error(f"sftpd serve: cannot tell the current user name ({e}); use --config")
             return EXIT_CONFIG
         config, password = embedded_default(Path.cwd(), Path.home(), username)
+    from sftpd.log import announce
+
+    log_format = args.log_format or config.server.log_format
     if os.environ.get("SFTPD_WORKER_FDS") is None:  # workers: the supervisor printed it
         infos = ensure_host_keys(config.server.host_keys_dir)
-        print_banner(config, infos, password, sys.stdout)
-    log_format = args.log_format or config.server.log_format
+        banner = io.StringIO()
+        print_banner(config, infos, password, banner)
+        for line in banner.getvalue().splitlines():
+            announce(line, log_format, sys.stdout, event="banner")
 
     # Before sftpd.server: Conch's modules import (and so install) the default reactor.
     from sftpd.reactor import default_reactor

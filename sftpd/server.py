@@ -27,6 +27,7 @@ from sftpd.auth.users import UserDB
 from sftpd.avatar import Connection
 from sftpd.blocking import Blocking, WorkerPool
 from sftpd.config import Config, ExecConfig, UserConfig
+from sftpd.log import announce_listening, conn_fields
 from sftpd.policy import apply_policy
 from sftpd.session_api import SessionContext
 from sftpd.ssh.transport import ServerTransport, TransportPolicy
@@ -38,26 +39,32 @@ class ConnectionTransport(ServerTransport):
     """The server transport plus connection open/close log lines."""
 
     _opened = 0.0
+    conn_id = "-"
     factory: Factory
 
     def connectionMade(self) -> None:
         self._opened = time.monotonic()
         self.factory.live.add(self)
         log.info(
-            "connection open: peer={peer} pid={pid}",
-            peer=self._peer_text(),
+            "connection open: conn={conn} peer={peer} pid={pid}",
             pid=os.getpid(),
             event="connection_open",
+            **conn_fields(self),
         )
         super().connectionMade()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.factory.live.discard(self)
+        avatar = getattr(self, "avatar", None)
+        user = getattr(getattr(avatar, "ctx", None), "username", None)
         log.info(
-            "connection closed: peer={peer} duration={duration:.3f}",
-            peer=self._peer_text(),
+            "connection closed: conn={conn} peer={peer} duration={duration:.3f} "
+            + ("user={user}" if user is not None else "preauth"),
             duration=time.monotonic() - self._opened,
+            user=user,
+            authenticated=user is not None,
             event="connection_close",
+            **conn_fields(self),
         )
         super().connectionLost(reason)
 
@@ -69,14 +76,6 @@ class ConnectionTransport(ServerTransport):
             for name, value in extensions
         ]
         super().sendExtInfo(fixed)
-
-    def _peer_text(self) -> str:
-        try:
-            tcp: Any = self.transport
-            peer = tcp.getPeer()
-            return f"{peer.host}:{peer.port}"
-        except Exception:
-            return "?"
 
 
 class Factory(ssh_factory.SSHFactory):  # type: ignore[misc]
@@ -102,6 +101,7 @@ class Factory(ssh_factory.SSHFactory):  # type: ignore[misc]
         self.auth_settings = auth_settings
         self.clock = clock
         self.live: set[ConnectionTransport] = set()
+        self._conn_ids = itertools.count(1)
         self.key_algorithms = [
             alg for key in host_keys.values() for alg in key.supportedSignatureAlgorithms()
         ]
@@ -109,6 +109,7 @@ class Factory(ssh_factory.SSHFactory):  # type: ignore[misc]
     def buildProtocol(self, addr: Any) -> ConnectionTransport:
         t = ConnectionTransport()
         t.factory = self
+        t.conn_id = f"{os.getpid()}-{next(self._conn_ids)}"
         t.apply_policy(self.policy, self.key_algorithms)
         return t
 
@@ -216,14 +217,15 @@ def dummy_rounds(config: Config) -> int:
     return 12
 
 
-def listen(factory: Factory, config: Config, reactor: Any) -> list[IListeningPort]:
+def listen(
+    factory: Factory, config: Config, reactor: Any, log_format: str = "text"
+) -> list[IListeningPort]:
     """Listen on every configured address; print each bound address (port 0 = ephemeral)."""
     ports: list[IListeningPort] = []
     for host, port in config.server.listen:
         p = reactor.listenTCP(port, factory, interface=host)
         addr = p.getHost()
-        shown = f"[{addr.host}]" if ":" in addr.host else addr.host
-        print(f"sftpd: listening on {shown}:{addr.port}", file=sys.stderr, flush=True)
+        announce_listening(addr.host, addr.port, log_format)
         ports.append(p)
     return ports
 
@@ -252,7 +254,8 @@ def serve(config: Config, *, log_format: str | None = None, reactor: Any = None)
         from sftpd.reactor import default_reactor
 
         reactor = default_reactor()
-    start_logging(log_format or config.server.log_format, config.server.log_level)
+    log_format = log_format or config.server.log_format
+    start_logging(log_format, config.server.log_level)
     pool = WorkerPool(reactor, max_threads=16, name="sftpd-storage")
     auth_pool = WorkerPool(reactor, max_threads=2, name="sftpd-bcrypt")
     if hasattr(reactor, "busy_poll"):
@@ -271,7 +274,9 @@ def serve(config: Config, *, log_format: str | None = None, reactor: Any = None)
     )
     try:
         ports = (
-            adopt(factory, inherited, reactor) if inherited else listen(factory, config, reactor)
+            adopt(factory, inherited, reactor)
+            if inherited
+            else listen(factory, config, reactor, log_format)
         )
     except Exception as exc:
         print(f"sftpd: cannot listen: {exc}", file=sys.stderr)

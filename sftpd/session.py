@@ -14,6 +14,7 @@ from twisted.conch.ssh.common import getNS
 from twisted.logger import Logger
 
 from sftpd.exec.dispatch import make_exec_app
+from sftpd.log import conn_fields
 from sftpd.session_api import ChannelApp, SessionContext
 from sftpd.sftp.protocol import make_sftp_app
 
@@ -74,7 +75,12 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
     def request_subsystem(self, data: bytes) -> int:
         name = bytes(getNS(data)[0])
         if self._app is not None or name != b"sftp":
-            log.info("refused subsystem {name!r}", name=name)
+            log.info(
+                "refused subsystem: conn={conn} peer={peer} user={user} name={name}",
+                name=name,
+                user=self._ctx.username,
+                **self._conn_fields(),
+            )
             return 0
         self.kind = "sftp"
         return self._start(_sftp_app)
@@ -84,7 +90,13 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
             return 0
         command = bytes(getNS(data)[0])
         self.kind = "exec"
-        log.info("exec {command!r} by {user}", command=command, user=self._ctx.username)
+        log.info(
+            "exec: conn={conn} peer={peer} user={user} command={command}",
+            command=command,
+            user=self._ctx.username,
+            event="exec",
+            **self._conn_fields(),
+        )
         return self._start(_exec_app(command))
 
     def request_shell(self, data: bytes) -> int:
@@ -108,7 +120,11 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
         return 0
 
     def _start(self, factory: AppFactory) -> int:
-        ctx = replace(self._ctx, client_version=self._client_version())
+        ctx = replace(
+            self._ctx,
+            client_version=self._client_version(),
+            session_id=self._conn_fields()["conn"],  # the id in the connection's log lines
+        )
         self._holding = True
         try:
             self._app = factory(ctx, self)
@@ -120,6 +136,9 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
             return 0
         self._release_soon()
         return 1
+
+    def _conn_fields(self) -> dict[str, str]:
+        return conn_fields(getattr(self.conn, "transport", None))
 
     def _client_version(self) -> bytes:
         transport = getattr(self.conn, "transport", None)
@@ -274,13 +293,14 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
             except Exception:
                 log.failure("error while closing {kind}", kind=self.kind)
         log.info(
-            "session closed: user={user} kind={kind} bytes_in={bytes_in} bytes_out={bytes_out} "
-            "duration={duration:.3f}",
+            "session closed: conn={conn} peer={peer} user={user} kind={kind} "
+            "bytes_in={bytes_in} bytes_out={bytes_out} duration={duration:.3f}",
             user=self._ctx.username,
             kind=self.kind,
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
             duration=time.monotonic() - self._started,
             event="session_close",
+            **self._conn_fields(),
         )
         self._on_closed(self)

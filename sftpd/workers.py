@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sftpd.config import Config
+from sftpd.log import announce, announce_listening
 
 WORKER_FDS_ENV = "SFTPD_WORKER_FDS"
 
@@ -63,8 +64,7 @@ def supervise(config: Config, *, log_format: str | None = None) -> int:
         return 1
     for s in sockets[0]:
         host, port = s.getsockname()[:2]
-        shown = f"[{host}]" if ":" in host else host
-        print(f"sftpd: listening on {shown}:{port}", file=sys.stderr, flush=True)
+        announce_listening(host, port, log_format or config.server.log_format)
     argv = [sys.executable, "-m", "sftpd", "serve", "--config", str(config.source)]
     if log_format:
         argv += ["--log-format", log_format]
@@ -100,8 +100,13 @@ def supervise(config: Config, *, log_format: str | None = None) -> int:
         slot = slots.pop(pid, 0)
         if not stopping:
             code = os.waitstatus_to_exitcode(status)
-            print(
-                f"sftpd: worker {pid} exited with {code}; restarting", file=sys.stderr, flush=True
+            announce(
+                f"sftpd: worker {pid} exited with {code}; restarting",
+                log_format or config.server.log_format,
+                level="warn",
+                event="worker_exit",
+                pid=pid,
+                status=code,
             )
             time.sleep(1.0)
             if not stopping:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import io
+import json
 import os
 import shutil
 import stat
@@ -304,10 +305,13 @@ def test_serve_with_config(
     assert main(["serve", "--config", str(cfg), "--log-format", "json"]) == 0
     ((config, log_format),) = fake_server
     assert (config.source, log_format) == (cfg, "json")
-    out = capsys.readouterr().out
-    assert "sftp alice@127.0.0.1\n" in out
-    assert "sftp -P 2022 alice@[::1]\n" in out
-    assert "password" not in out
+    # with --log-format json the banner is JSON lines too
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {r["event"] for r in records} == {"banner"}
+    messages = [r["message"] for r in records]
+    assert "  sftp alice@127.0.0.1" in messages
+    assert "  sftp -P 2022 alice@[::1]" in messages
+    assert not [m for m in messages if "password" in m]
 
 
 def test_serve_with_bad_config_exits_2(

@@ -115,14 +115,22 @@ def test_json_log_lines(make_server, tmp_path: Path) -> None:  # type: ignore[no
     env.sftp("ls\n")
     env.ssh(None, "-T")
     env.server.stop()
-    records = []
-    for line in env.server.lines:
-        if line.startswith("{"):
-            records.append(json.loads(line))
+    # every line is JSON: the banner and "listening on" lines too
+    records = [json.loads(line) for line in env.server.lines]
+    assert any(r.get("event") == "banner" for r in records)
+    listening = next(r for r in records if r.get("event") == "listening")
+    assert listening["message"] == f"sftpd: listening on 127.0.0.1:{env.port}"
     events = {r.get("event") for r in records}
     assert {"connection_open", "connection_close", "auth_success", "session_close"} <= events
     auth = next(r for r in records if r.get("event") == "auth_success")
     assert auth["user"] == "alice" and auth["method"] == "publickey"
-    assert auth["key"].startswith("SHA256:") and auth["peer"].startswith("127.0.0.1:")
+    assert auth["key_fingerprint"].startswith("SHA256:") and auth["peer"].startswith("127.0.0.1:")
+    assert "keyinfo" not in auth
     close = next(r for r in records if r.get("event") == "session_close")
+    opened = next(r for r in records if r.get("event") == "connection_open")
+    assert close["conn"] == opened["conn"] == auth["conn"] and close["peer"] == opened["peer"]
+    # no Python byte reprs, and Conch's chatter is not at info
+    assert not [r for r in records if "b'" in r["message"]]
+    chatter = ("channel open", "sending close 0")
+    assert not [r for r in records if r["message"] in chatter or "Starting factory" in r["message"]]
     assert close["bytes_in"] > 0 and close["bytes_out"] > 0

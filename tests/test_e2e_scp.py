@@ -239,5 +239,5 @@ def test_rclone_check_uses_md5sum_and_sha1sum(server: Env) -> None:
     assert res.returncode != 0
     assert "1 differences found" in res.stderr
     log = server.server.log_text()
-    assert "exec b'echo ${ShellId}%ComSpec%'" in log
-    assert "exec b'md5sum'" in log
+    assert "command='echo ${ShellId}%ComSpec%'" in log
+    assert "command=md5sum" in log

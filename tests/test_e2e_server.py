@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -51,15 +52,22 @@ def test_openssh_sftp_with_password_via_askpass(server: Env) -> None:
     res = _password_sftp(server, ALICE_PASSWORD, f"put {src} pw-upload.txt\n")
     assert res.returncode == 0, res.stderr
     assert (server.alice.root / "pw-upload.txt").read_bytes() == src.read_bytes()
-    assert "auth ok: user=alice method=password" in server.server.log_text()
+    assert re.search(
+        r"auth ok: conn=\S+ peer=127\.0\.0\.1:\d+ user=alice method=password$",
+        server.server.log_text(),
+        re.M,
+    )
 
 
 def test_wrong_password_and_unknown_user_refused(server: Env) -> None:
     assert _password_sftp(server, "wrong", "ls\n").returncode != 0
     assert _password_sftp(server, ALICE_PASSWORD, "ls\n", user="mallory").returncode != 0
     log = server.server.log_text()
-    assert "auth failed: user=alice method=password" in log
-    assert "auth failed: user=mallory method=password" in log
+    peer = r"conn=\S+ peer=127\.0\.0\.1:\d+"
+    assert re.search(rf"auth failed: {peer} user=alice method=password$", log, re.M)
+    assert re.search(
+        rf"auth failed: {peer} user=mallory method=password \(invalid user\)$", log, re.M
+    )
     assert ALICE_PASSWORD not in log and "wrong" not in log.split("auth failed")[-1]
 
 

@@ -31,7 +31,7 @@ def test_two_workers_serve_and_stop_cleanly(make_server) -> None:  # type: ignor
     with ThreadPoolExecutor(max_workers=6) as pool:
         results = list(pool.map(shell, range(24)))
     assert all(b"This service allows SFTP connections only." in r for r in results)
-    pids = set(re.findall(r"connection open: peer=\S+ pid=(\d+)", env.server.log_text()))
+    pids = set(re.findall(r"connection open: conn=\S+ peer=\S+ pid=(\d+)", env.server.log_text()))
     # SO_REUSEPORT spreads by 4-tuple hash: 24 connections all on one worker is ~1e-7
     assert pids == {str(p) for p in workers}
     assert env.server.stop() == 0

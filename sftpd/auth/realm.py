@@ -32,6 +32,10 @@ class Realm:
         self._clock = clock
         self._max_sessions = max_sessions
 
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is a configured user (logged: "invalid user" otherwise)."""
+        return self._users.get(name) is not None
+
     def requestAvatar(
         self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any
     ) -> tuple[Any, Avatar, Callable[[], None]]:

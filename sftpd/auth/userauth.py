@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sftpd.hostkeys import fingerprint
+from sftpd.log import conn_fields
 
 log = Logger(namespace="sftpd.auth")
 
@@ -40,50 +41,46 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
         self.passwordDelay = settings.failure_delay  # type: ignore[assignment]
         super().serviceStarted()
 
-    def _peer(self) -> str:
+    def _known(self, user: bytes) -> bool:
+        t: Any = self.transport
+        portal = getattr(getattr(t, "factory", None), "portal", None)
+        knows = getattr(getattr(portal, "realm", None), "knows", None)
         try:
-            t: Any = self.transport
-            peer = t.transport.getPeer()
-            return f"{peer.host}:{peer.port}"
-        except Exception:
-            return "?"
+            return knows is None or bool(knows(user.decode("utf-8")))
+        except UnicodeDecodeError:
+            return False
 
     def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> defer.Deferred[Any]:
         d: defer.Deferred[Any] = super().tryAuth(kind, user, data)
         if kind == b"none":
             return d
-        fields: dict[str, Any] = {
-            "user": user.decode("utf-8", "replace"),
-            "method": kind.decode("ascii", "replace"),
-            "peer": self._peer(),
-        }
+        # bytes from the client: the log observer decodes, escapes and caps them
+        fields: dict[str, Any] = {"user": user, "method": kind, **conn_fields(self.transport)}
+        known = self._known(user)
+        fields["invalid_user"] = not known
+        head = "conn={conn} peer={peer} user={user} method={method}"
+        tail = "" if known else " (invalid user)"
+        query = False
         if kind == b"publickey":
             try:
-                has_sig = data[0:1] != b"\x00"
+                query = data[0:1] == b"\x00"
                 _alg, blob, _rest = getNS(data[1:], 2)
-                fields["key"] = fingerprint(bytes(blob))
+                fields["key_fingerprint"] = fingerprint(bytes(blob))
+                head += " key={key_fingerprint}"
             except Exception:
-                has_sig = True
-            if not has_sig:
-                return d  # a key query, not an attempt
+                query = False
 
         def success(result: Any) -> Any:
-            log.info(
-                "auth ok: user={user} method={method} peer={peer}{keyinfo}",
-                keyinfo=f" key={fields['key']}" if "key" in fields else "",
-                event="auth_success",
-                **fields,
-            )
+            log.info("auth ok: " + head, event="auth_success", **fields)
             return result
 
         def failure(reason: Failure) -> Failure:
-            if reason.check(UnauthorizedLogin) or reason.check(Exception):
-                log.info(
-                    "auth failed: user={user} method={method} peer={peer}{keyinfo}",
-                    keyinfo=f" key={fields['key']}" if "key" in fields else "",
-                    event="auth_failure",
-                    **fields,
-                )
+            if query:
+                if reason.check(UnauthorizedLogin):
+                    # a client asking whether a key would do: not an attempt
+                    log.info("key refused: " + head + tail, event="auth_key_refused", **fields)
+            elif reason.check(UnauthorizedLogin) or reason.check(Exception):
+                log.info("auth failed: " + head + tail, event="auth_failure", **fields)
             return reason
 
         d.addCallbacks(success, failure)

@@ -83,7 +83,7 @@ def make_exec_app(command: bytes, ctx: SessionContext, io: ChannelIO) -> Channel
     try:
         argv = split_command(command)
     except CommandRefused as exc:
-        log.info("refused exec {command!r}: {why}", command=command, why=str(exc))
+        log.info("refused exec {command}: {why}", command=command, why=str(exc))
         return _not_allowed(io, str(exc))
     if not argv:
         return _not_allowed(io, "(empty command)")
@@ -103,7 +103,7 @@ def make_exec_app(command: bytes, ctx: SessionContext, io: ChannelIO) -> Channel
             return _finish(io, 1, b"sftpd: sftp is not available on this server\n")
         app: ChannelApp = make_sftp_app(ctx, io)
         return app
-    log.info("refused exec {command!r}: not allowed", command=command)
+    log.info("refused exec {command}: not allowed", command=command)
     return _not_allowed(io, display(name))
 
 

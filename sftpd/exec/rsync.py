@@ -56,6 +56,7 @@ from sftpd.exec.rsync_args import (
     read_protected_args,
     validate,
 )
+from sftpd.log import clip
 from sftpd.session_api import ChannelApp, ChannelIO, SessionContext
 
 log = Logger()
@@ -321,11 +322,11 @@ class RsyncApp:
             bwrap, rsync, runtime, os.fsencode(self._ctx.host_root), self._ctx.read_only
         )
         log.info(
-            "rsync session {session_id} user {username!r}: {mode} {paths!r}",
+            "rsync session {session_id} user {username}: {mode} {paths}",
             session_id=self._ctx.session_id,
             username=self._ctx.username,
             mode="send" if self._args is not None and self._args.sender else "receive",
-            paths=self._args.paths if self._args is not None else (),
+            paths=clip(b" ".join(self._args.paths) if self._args is not None else b""),
         )
         self._state = "handshake"
         try:
@@ -406,7 +407,7 @@ class RsyncApp:
             if line.startswith(b"@ERROR"):
                 self._unavailable(f"daemon refused: {bytes(line)!r}")
                 return
-            log.debug("rsync daemon says {line!r}", line=bytes(line))
+            log.debug("rsync daemon says {line}", line=bytes(line))
 
     def _daemon_line(self) -> bytes | None:
         end = self._outbuf.find(b"\n")
@@ -454,7 +455,7 @@ class RsyncApp:
 
     def _refuse(self, error: RsyncArgError) -> None:
         log.info(
-            "rsync session {session_id}: refused option {option!r}",
+            "rsync session {session_id}: refused option {option}",
             session_id=self._ctx.session_id,
             option=error.option,
         )
@@ -463,7 +464,7 @@ class RsyncApp:
 
     def _unavailable(self, reason: str) -> None:
         log.warn(
-            "rsync is not available (session {session_id}): {reason}; stderr: {stderr!r}",
+            "rsync is not available (session {session_id}): {reason}; stderr: {stderr}",
             session_id=self._ctx.session_id,
             reason=reason,
             stderr=bytes(self._errlog),

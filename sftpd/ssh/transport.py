@@ -33,6 +33,7 @@ from twisted.conch.ssh.transport import (
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from sftpd.log import conn_fields
 from sftpd.ssh.ciphers import (
     CIPHERS,
     MACS,
@@ -218,7 +219,10 @@ class ServerTransport(SSHServerTransport):
         # Conch logs every peer DISCONNECT as an error, the normal "bye" included.
         normal = reasonCode in (DISCONNECT_BY_APPLICATION, DISCONNECT_CONNECTION_LOST)
         (log.debug if normal else log.warn)(
-            "peer disconnected: code={code} reason={reason!r}", code=reasonCode, reason=description
+            "peer disconnected: conn={conn} peer={peer} code={code} reason={reason}",
+            code=reasonCode,
+            reason=description,
+            **conn_fields(self),
         )
 
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
@@ -227,7 +231,12 @@ class ServerTransport(SSHServerTransport):
         self._write_packet(MSG_DISCONNECT, _U32.pack(reason) + NS(desc) + NS(b""))
         self._closed = True
         self._cancel_rekey()
-        log.info("disconnecting: code={code} reason={reason!r}", code=reason, reason=desc)
+        log.info(
+            "disconnecting: conn={conn} peer={peer} code={code} reason={reason}",
+            code=reason,
+            reason=desc,
+            **conn_fields(self),
+        )
         tcp: Any = self.transport
         tcp.loseConnection()
 
