@@ -110,6 +110,7 @@ class Factory(ssh_factory.SSHFactory):  # type: ignore[misc]
         t = ConnectionTransport()
         t.factory = self
         t.apply_policy(self.policy, self.key_algorithms)
+        t.login_grace_time = self.auth_settings.login_grace_time  # runs from the TCP connect
         return t
 
 

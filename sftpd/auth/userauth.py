@@ -1,12 +1,14 @@
-"""The ssh-userauth service: configured grace time, attempt limit, failure delay, auth logs."""
+"""The ssh-userauth service: one request at a time, per-connection limits, auth logs."""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.conch.ssh import userauth
 from twisted.conch.ssh.common import getNS
+from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -15,6 +17,11 @@ from twisted.python.failure import Failure
 from sftpd.hostkeys import fingerprint
 
 log = Logger(namespace="sftpd.auth")
+
+# Requests a client may send ahead of the answers (RFC 4252 section 5 allows it; the server
+# must finish each before it starts the next), and the bytes they may hold.
+MAX_PENDING = 8
+MAX_PENDING_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -27,18 +34,53 @@ class AuthSettings:
 
 
 class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
-    """Conch's userauth with sftpd's limits and one log line per decided attempt."""
+    """Conch's userauth with sftpd's limits and one log line per decided attempt.
+
+    The failed-attempt count and the login grace timer belong to the connection (see
+    ``ServerTransport.auth_failures`` and ``login_grace_time``), so they hold however often
+    the client requests ssh-userauth. Requests are decided one at a time, in order.
+    """
+
+    _busy = False
 
     def serviceStarted(self) -> None:
+        # Conch's serviceStarted, minus its own login timer (the connection's runs from the
+        # TCP connect) and minus resetting the attempt count (the connection's too).
         t: Any = self.transport
         factory = t.factory
         settings: AuthSettings = factory.auth_settings
         self.clock = factory.clock
-        self.loginTimeout = settings.login_grace_time  # type: ignore[assignment]
         # Conch disconnects once failures exceed this; OpenSSH's MaxAuthTries counts to N.
         self.attemptsBeforeDisconnect = max(0, settings.max_auth_tries - 1)
         self.passwordDelay = settings.failure_delay  # type: ignore[assignment]
-        super().serviceStarted()
+        self.authenticatedWith: list[bytes] = []
+        self.user: bytes | None = None
+        self.nextService: bytes | None = None
+        self.method = b""
+        self.portal = factory.portal
+        methods = self.interfaceToMethod
+        self.supportedAuthentications = [
+            methods[i] for i in self.portal.listCredentialsInterfaces() if i in methods
+        ]
+        if not t.isEncrypted("in") and b"password" in self.supportedAuthentications:
+            self.supportedAuthentications.remove(b"password")
+        self._cancelLoginTimeout = None  # type: ignore[assignment]
+        self._pending: deque[bytes] = deque()
+        self._pending_bytes = 0
+
+    def serviceStopped(self) -> None:
+        self._pending.clear()
+        super().serviceStopped()
+
+    @property
+    def loginAttempts(self) -> int:  # Conch's name
+        t: Any = self.transport
+        return int(t.auth_failures)
+
+    @loginAttempts.setter
+    def loginAttempts(self, value: int) -> None:
+        t: Any = self.transport
+        t.auth_failures = value
 
     def _peer(self) -> str:
         try:
@@ -47,6 +89,53 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
             return f"{peer.host}:{peer.port}"
         except Exception:
             return "?"
+
+    # -- one request at a time -----------------------------------------------------------
+
+    def ssh_USERAUTH_REQUEST(self, packet: bytes) -> None:
+        if not self._busy:
+            self._start(packet)
+            return
+        self._pending_bytes += len(packet)
+        self._pending.append(packet)
+        if len(self._pending) > MAX_PENDING or self._pending_bytes > MAX_PENDING_BYTES:
+            self._pending.clear()
+            self._refuse("too many requests ahead of the answers", b"too many auth requests")
+
+    def _start(self, packet: bytes) -> None:
+        user, next_service, method, rest = getNS(packet, 3)
+        if user != self.user or next_service != self.nextService:
+            self.authenticatedWith = []  # clear auth state
+        self.user, self.nextService, self.method = user, next_service, method
+        d = self.tryAuth(method, user, rest)
+        self._busy = True
+        d.addCallback(self._cbFinishedAuth)
+        d.addErrback(self._ebMaybeBadAuth)
+        d.addErrback(self._ebBadAuth)
+        d.addBoth(self._decided)
+
+    def _decided(self, result: object) -> None:
+        self._busy = False
+        if isinstance(result, Failure):
+            log.failure("deciding an authentication request", failure=result)
+        t: Any = self.transport
+        if t.closed or t.service is not self:
+            self._pending.clear()  # disconnected, or logged in: later requests are moot
+        elif self._pending:
+            packet = self._pending.popleft()
+            self._pending_bytes -= len(packet)
+            self._start(packet)
+
+    def _refuse(self, reason: str, wire: bytes = b"malformed authentication request") -> None:
+        """A protocol error: one log line and a DISCONNECT."""
+        log.info(
+            "auth request refused: peer={peer} reason={reason}",
+            peer=self._peer(),
+            reason=reason,
+            event="auth_bad",
+        )
+        t: Any = self.transport
+        t.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, wire)
 
     def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> defer.Deferred[Any]:
         d: defer.Deferred[Any] = super().tryAuth(kind, user, data)
