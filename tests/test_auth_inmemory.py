@@ -6,15 +6,17 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from twisted.conch.error import ValidPublicKey
 from twisted.conch.ssh import keys, transport, userauth
-from twisted.conch.ssh.common import NS
+from twisted.conch.ssh.common import MP, NS
 from twisted.cred import credentials
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 
 from sftpd.auth.checkers import PasswordChecker, PublicKeyChecker
 from sftpd.auth.userauth import AuthSettings, UserAuthServer
@@ -256,3 +258,130 @@ def test_too_many_requests_ahead_of_the_answers_disconnect(tmp_path: Path) -> No
     for i in range(20):
         svc.ssh_USERAUTH_REQUEST(_password_request(b"alice", b"wrong%d" % i))
     assert t.disconnected[0][0] == transport.DISCONNECT_PROTOCOL_ERROR
+
+
+# -- password requests: no password change, nothing after the password -------------------------
+
+
+def _password_outcome(tmp: Path, rest: bytes) -> tuple[FakeTransport, list[Any]]:
+    svc, t, clock = _service(tmp, AuthSettings(failure_delay=1.0))
+    events: list[Any] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        svc.ssh_USERAUTH_REQUEST(_request(b"password", rest))
+        clock.advance(1.0)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    return t, events
+
+
+@pytest.mark.parametrize(
+    "rest",
+    [
+        b"\x01" + NS(PW) + NS(b"new-password"),  # a change request with the right old password
+        b"\x00" + NS(PW) + b"junk",  # trailing bytes after the right password
+        b"\x00" + NS(PW) + NS(b""),
+    ],
+    ids=["change", "trailing-bytes", "trailing-string"],
+)
+def test_password_change_and_trailing_bytes_fail(tmp_path: Path, rest: bytes) -> None:
+    t, events = _password_outcome(tmp_path, rest)
+    assert t.replies() == [userauth.MSG_USERAUTH_FAILURE]
+    assert not t.disconnected and t.avatar is None and t.auth_failures == 1
+    assert not _logged_failures(events)
+
+
+def test_password_over_72_bytes_fails_quietly(tmp_path: Path) -> None:
+    # bcrypt 5 raises ValueError for it; that must be a plain failed attempt.
+    t, events = _password_outcome(tmp_path, b"\x00" + NS(PW + b"x" * 100))
+    assert t.replies() == [userauth.MSG_USERAUTH_FAILURE] and not _logged_failures(events)
+
+
+# -- malformed requests: FAILURE for a bad key, DISCONNECT for broken framing, no traceback ----
+
+
+def _logged_failures(events: list[Any]) -> list[Any]:
+    return [e for e in events if "log_failure" in e or e.get("isError")]
+
+
+def _rsa_blob(e: int, n: int) -> bytes:
+    return NS(b"ssh-rsa") + MP(e) + MP(n)
+
+
+_GOOD_KEY = keys.Key(ed25519.Ed25519PrivateKey.generate()).public().blob()
+_BAD_KEYS = {
+    "rsa-e-over-n": (b"rsa-sha2-256", _rsa_blob(65537, 3)),
+    "rsa-n-zero": (b"rsa-sha2-256", _rsa_blob(65537, 0)),
+    "ed25519-7-bytes": (b"ssh-ed25519", NS(b"ssh-ed25519") + NS(b"1234567")),
+    "garbage": (b"ssh-ed25519", b"\xff\xfe not a key"),
+    "non-ascii-alg": (b"\xff\xfe", b"\xff"),
+}
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["query", "signed"])
+@pytest.mark.parametrize("name", sorted(_BAD_KEYS))
+def test_unparsable_public_keys_fail(tmp_path: Path, name: str, signed: bool) -> None:
+    alg, blob = _BAD_KEYS[name]
+    svc, t, clock = _service(tmp_path, AuthSettings())
+    events: list[Any] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        rest = bytes([signed]) + NS(alg) + NS(blob) + (NS(NS(alg) + NS(b"sig")) if signed else b"")
+        svc.ssh_USERAUTH_REQUEST(_request(b"publickey", rest))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert t.replies() == [userauth.MSG_USERAUTH_FAILURE] and not t.disconnected
+    assert not _logged_failures(events)
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        _request(b"publickey", b"\x00"),  # only the flag byte
+        _request(b"publickey", b""),  # not even the flag
+        _request(b"publickey", b"\x00" + NS(b"ssh-ed25519") + b"\x00\x00\x01\x00short"),
+        _request(b"publickey", b"\x01" + NS(b"ssh-ed25519") + NS(_GOOD_KEY)),  # no signature
+        _request(b"password", b"\x00"),  # no password string
+        _request(b"password", b""),
+        _request(b"password", b"\x01" + NS(PW)),  # a change request without the new password
+        NS(b"alice") + NS(b"ssh-connection"),  # no method name
+        NS(b"alice") + NS(b"ssh-connection") + b"\x00\x00\x00\x09pass",  # method name cut
+        b"",
+    ],
+    ids=[
+        "pk-flag-only",
+        "pk-empty",
+        "pk-blob-cut",
+        "pk-no-signature",
+        "pw-no-string",
+        "pw-empty",
+        "pw-change-no-new",
+        "no-method",
+        "method-cut",
+        "empty",
+    ],
+)
+def test_truncated_requests_disconnect_with_a_protocol_error(tmp_path: Path, packet: bytes) -> None:
+    svc, t, clock = _service(tmp_path, AuthSettings())
+    events: list[Any] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        svc.ssh_USERAUTH_REQUEST(packet)
+        clock.advance(5)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert t.disconnected == [
+        (transport.DISCONNECT_PROTOCOL_ERROR, b"malformed authentication request")
+    ]
+    assert t.replies() == [] and not _logged_failures(events)
+    lines = [e for e in events if e.get("event") == "auth_bad"]
+    assert len(lines) == 1
+
+
+def test_unknown_next_service_disconnects_before_checking(tmp_path: Path) -> None:
+    counting = CountingBlocking()
+    svc, t, clock = _service(tmp_path, AuthSettings(), counting)
+    for service in (b"ssh-userauth", b"no-such-service"):
+        svc.ssh_USERAUTH_REQUEST(NS(b"alice") + NS(service) + NS(b"password") + b"\x00" + NS(PW))
+    assert t.disconnected[0][0] == transport.DISCONNECT_SERVICE_NOT_AVAILABLE
+    assert counting.calls == 0 and t.avatar is None

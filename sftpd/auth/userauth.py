@@ -1,4 +1,4 @@
-"""The ssh-userauth service: one request at a time, per-connection limits, auth logs."""
+"""The ssh-userauth service: strict parsing, one request at a time, per-connection limits."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.conch.ssh import userauth
-from twisted.conch.ssh.common import getNS
-from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
+from twisted.conch.ssh import keys, userauth
+from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR, DISCONNECT_SERVICE_NOT_AVAILABLE
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -31,6 +30,29 @@ class AuthSettings:
     login_grace_time: float = 120.0
     max_auth_tries: int = 6
     failure_delay: float = 1.0
+
+
+class MalformedRequest(Exception):
+    """A USERAUTH_REQUEST whose fields do not parse: a protocol error, not a failed login."""
+
+
+def take_strings(data: bytes, count: int) -> tuple[list[bytes], bytes]:
+    """``count`` SSH strings from the start of ``data`` and the rest; MalformedRequest if short.
+
+    (Conch's getNS returns a short string when the declared length runs past the data.)
+    """
+    out: list[bytes] = []
+    pos = 0
+    for _ in range(count):
+        if len(data) - pos < 4:
+            raise MalformedRequest("truncated request")
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        pos += 4
+        if len(data) - pos < size:
+            raise MalformedRequest("truncated request")
+        out.append(data[pos : pos + size])
+        pos += size
+    return out, data[pos:]
 
 
 class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
@@ -103,11 +125,23 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
             self._refuse("too many requests ahead of the answers", b"too many auth requests")
 
     def _start(self, packet: bytes) -> None:
-        user, next_service, method, rest = getNS(packet, 3)
-        if user != self.user or next_service != self.nextService:
-            self.authenticatedWith = []  # clear auth state
-        self.user, self.nextService, self.method = user, next_service, method
-        d = self.tryAuth(method, user, rest)
+        t: Any = self.transport
+        try:
+            (user, next_service, method), rest = take_strings(packet, 3)
+            services = getattr(t.factory, "services", {})
+            if next_service == self.name or next_service not in services:
+                log.info(
+                    "auth refused: unknown service peer={peer}", peer=self._peer(), event="auth_bad"
+                )
+                t.sendDisconnect(DISCONNECT_SERVICE_NOT_AVAILABLE, b"no such service")
+                return
+            if user != self.user or next_service != self.nextService:
+                self.authenticatedWith = []  # clear auth state
+            self.user, self.nextService, self.method = user, next_service, method
+            d = self.tryAuth(method, user, rest)
+        except MalformedRequest as e:
+            self._refuse(str(e))
+            return
         self._busy = True
         d.addCallback(self._cbFinishedAuth)
         d.addErrback(self._ebMaybeBadAuth)
@@ -127,7 +161,7 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
             self._start(packet)
 
     def _refuse(self, reason: str, wire: bytes = b"malformed authentication request") -> None:
-        """A protocol error: one log line and a DISCONNECT."""
+        """A protocol error: one log line and a DISCONNECT (no traceback, no FAILURE)."""
         log.info(
             "auth request refused: peer={peer} reason={reason}",
             peer=self._peer(),
@@ -137,24 +171,59 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
         t: Any = self.transport
         t.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, wire)
 
-    def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = super().tryAuth(kind, user, data)
-        if kind == b"none":
+    # -- methods -------------------------------------------------------------------------
+
+    def auth_publickey(self, packet: bytes) -> defer.Deferred[Any]:
+        if not packet:
+            raise MalformedRequest("publickey request without its flag")
+        (_alg, blob), rest = take_strings(packet[1:], 2)
+        if packet[0]:
+            _signature, rest = take_strings(rest, 1)
+        if rest:
+            return defer.fail(UnauthorizedLogin("trailing bytes after the publickey request"))
+        try:
+            keys.Key.fromString(blob, type="blob")
+        except Exception:
+            # Not only BadKeyError: an RSA key with e > n or n = 0, a short ed25519 key ...
+            # raise ValueError and the like from the key libraries.
+            return defer.fail(UnauthorizedLogin("malformed public key"))
+        d: defer.Deferred[Any] = super().auth_publickey(packet)
+        return d
+
+    def auth_password(self, packet: bytes) -> defer.Deferred[Any]:
+        if not packet:
+            raise MalformedRequest("password request without its flag")
+        _password, rest = take_strings(packet[1:], 1)
+        if packet[0]:
+            take_strings(rest, 1)  # the new password, well formed or a protocol error
+            reason = "password change requested (not supported)"
+        elif rest:
+            reason = "trailing bytes after the password"
+        else:
+            d: defer.Deferred[Any] = super().auth_password(packet)
             return d
+        # A FAILURE, after the same delay as a wrong password (RFC 4252 section 8: SUCCESS
+        # would mean "password changed").
+        log.debug("password request refused: {reason}", reason=reason)
+        refused: defer.Deferred[Any] = self._ebPassword(Failure(UnauthorizedLogin(reason)))
+        return refused
+
+    def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> defer.Deferred[Any]:
         fields: dict[str, Any] = {
             "user": user.decode("utf-8", "replace"),
             "method": kind.decode("ascii", "replace"),
             "peer": self._peer(),
         }
+        query = False
         if kind == b"publickey":
-            try:
-                has_sig = data[0:1] != b"\x00"
-                _alg, blob, _rest = getNS(data[1:], 2)
-                fields["key"] = fingerprint(bytes(blob))
-            except Exception:
-                has_sig = True
-            if not has_sig:
-                return d  # a key query, not an attempt
+            if not data:
+                raise MalformedRequest("publickey request without its flag")
+            (_alg, blob), _rest = take_strings(data[1:], 2)
+            fields["key"] = fingerprint(bytes(blob))
+            query = data[0] == 0  # a key query, not an attempt
+        d: defer.Deferred[Any] = super().tryAuth(kind, user, data)
+        if kind == b"none" or query:
+            return d
 
         def success(result: Any) -> Any:
             log.info(
