@@ -111,6 +111,7 @@ class Factory(ssh_factory.SSHFactory):  # type: ignore[misc]
         t.factory = self
         t.conn_id = f"{os.getpid()}-{next(self._conn_ids)}"
         t.apply_policy(self.policy, self.key_algorithms)
+        t.login_grace_time = self.auth_settings.login_grace_time  # runs from the TCP connect
         return t
 
 

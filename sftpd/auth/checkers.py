@@ -32,6 +32,7 @@ SERVER_SIG_ALGS = (
 ACCEPTED_SIGNATURES = frozenset(SERVER_SIG_ALGS)
 
 log = Logger(namespace="sftpd.auth")
+_BCRYPT_MAX = 72  # bytes of a password that bcrypt uses
 
 
 def make_dummy_hash(rounds: int = 12) -> bytes:
@@ -66,8 +67,12 @@ class PasswordChecker:
         password: bytes = creds.password
 
         def check() -> bool:
-            ok = bcrypt.checkpw(password, stored or self._dummy_hash())
-            return ok and stored is not None
+            # bcrypt reads at most 72 bytes (and bcrypt 5 raises ValueError beyond), and
+            # `sftpd hash-password` refuses longer ones: a longer password is wrong, at the
+            # cost of a check all the same.
+            fits = len(password) <= _BCRYPT_MAX
+            ok = bcrypt.checkpw(password[:_BCRYPT_MAX], stored or self._dummy_hash())
+            return ok and fits and stored is not None
 
         d = self._blocking.run(check)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sftpd.ssh.ciphers import Opener
+from sftpd.ssh.ciphers import Opener, PacketError
 
 # Compact the buffer once this much has been consumed (or half of it): amortised O(n).
 _COMPACT_AT = 1 << 16
@@ -16,13 +16,15 @@ class PacketReader:
     ciphertext through memoryview slices of the buffer, never through copies of it.
     """
 
-    __slots__ = ("_buf", "_need", "_pos", "last_size")
+    __slots__ = ("_buf", "_need", "_pos", "last_size", "max_wire")
 
-    def __init__(self) -> None:
+    def __init__(self, max_wire: int = 0) -> None:
         self._buf = bytearray()
         self._pos = 0
         self._need = 0  # wire size of the packet whose head has been read, 0 between packets
         self.last_size = 0  # wire size of the last packet returned
+        # Largest wire size accepted on top of the opener's own limit (0: the opener's only).
+        self.max_wire = max_wire
 
     @property
     def pending(self) -> int:
@@ -69,6 +71,8 @@ class PacketReader:
                     self._pos = 0
                 return None
             need = opener.start(seq, buf, pos)
+            if self.max_wire and need > self.max_wire:
+                raise PacketError(f"packet of {need} bytes is over the limit of {self.max_wire}")
             self._need = need
         if avail < need:
             return None

@@ -56,6 +56,7 @@ from sftpd.ssh.kexinit import (
     build_kexinit,
     negotiate,
 )
+from sftpd.ssh.login import LoginPhase
 from sftpd.ssh.packets import PacketReader
 from sftpd.ssh.sockwrite import SocketWriter
 
@@ -71,6 +72,9 @@ MAX_PACKETS_PER_KEY = 1 << 31
 _MSG_KEX_INIT = 30  # KEXDH_INIT, KEX_ECDH_INIT, hybrid INIT and GEX_REQUEST_OLD share it
 _MSG_GEX_INIT = 32
 _MSG_GEX_REQUEST = 34
+# Largest packet_length before the first NEWKEYS (OpenSSH's limit for any packet): a peer
+# that stalls in the key exchange pins at most this much.
+MAX_PACKET_BEFORE_KEYS = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,7 @@ class _NextKeys(SSHCiphers):
         self.opener = make_opener(self.inCipType, self._mac_in, inKey, inIV, inInteg)
 
 
-class ServerTransport(SSHServerTransport):
+class ServerTransport(LoginPhase, SSHServerTransport):
     """Conch's server transport with sftpd's packet path.
 
     Conch still runs the key exchange methods, host key signatures, key derivation and
@@ -168,6 +172,11 @@ class ServerTransport(SSHServerTransport):
     _rekey_bytes = _NEVER
     _rekey_call: IDelayedCall | None = None
     _junk = 0
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closing or closed (nothing more is sent on it)."""
+        return self._closed
 
     def apply_policy(self, policy: TransportPolicy, key_algorithms: Sequence[bytes]) -> None:
         """Restrict negotiation to ``policy``; ``key_algorithms``: what the host keys can sign."""
@@ -201,14 +210,16 @@ class ServerTransport(SSHServerTransport):
         self._rekey_bytes = limit if limit > 0 else _NEVER
         self._tcp: Any = self.transport
         self._writer = SocketWriter(self.transport)
-        self._reader = PacketReader()
+        self._reader = PacketReader(max_wire=4 + MAX_PACKET_BEFORE_KEYS)
         self._sealer: Sealer = make_sealer(b"none", None, b"", b"", b"")
         self._opener: Opener = make_opener(b"none", None, b"", b"", b"")
+        self.start_login_timer()
         super().connectionMade()  # version line, then our KEXINIT
 
     def connectionLost(self, reason: Any = None) -> None:
         self._closed = True
         self._cancel_rekey()
+        self.cancel_login_timer()
         # Conch's, minus its log line (sftpd.server logs the close with context).
         if self.service:
             self.service.serviceStopped()
@@ -231,6 +242,7 @@ class ServerTransport(SSHServerTransport):
         self._write_packet(MSG_DISCONNECT, _U32.pack(reason) + NS(desc) + NS(b""))
         self._closed = True
         self._cancel_rekey()
+        self.cancel_login_timer()
         log.info(
             "disconnecting: conn={conn} peer={peer} code={code} reason={reason}",
             code=reason,
@@ -243,6 +255,7 @@ class ServerTransport(SSHServerTransport):
     def ssh_DISCONNECT(self, packet: bytes) -> None:
         self._closed = True
         self._cancel_rekey()
+        self.cancel_login_timer()
         code = _U32.unpack_from(packet)[0] if len(packet) >= 4 else 0
         size = _U32.unpack_from(packet, 4)[0] if len(packet) >= 8 else 0
         self.receiveError(code, packet[8 : 8 + size])
@@ -461,6 +474,7 @@ class ServerTransport(SSHServerTransport):
         self._peer_in_kex = False
         self._sent_newkeys = False
         self._initial_done = True
+        self._reader.max_wire = 0  # from now on the opener's limit
         self.completed_kex += 1
         self._bytes_in = self._bytes_out = self._packets_in = self._packets_out = 0
         self._schedule_rekey()
