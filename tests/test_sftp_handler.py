@@ -44,9 +44,6 @@ class OsFile:
     def pread(self, size: int, offset: int) -> bytes:
         return os.pread(self.fd, size, offset)
 
-    def readinto(self, buf: memoryview, offset: int) -> int:
-        return os.preadv(self.fd, [buf], offset)
-
     def pread_cached(self, size: int, offset: int, limit: int) -> bytes | None:
         return None  # never cached: every read goes through Blocking
 
