@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import re
 import socket
+import sys
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from twisted.conch.openssh_compat import primes
 from twisted.conch.ssh import _kex, channel, connection, factory, keys, userauth
 from twisted.conch.ssh import transport as conch_transport
 from twisted.cred import credentials
-from twisted.internet import epollreactor, process, tcp
+from twisted.internet import epollreactor, process, protocol, tcp
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 # The group-exchange instance check makes a finite-field DH key, which cryptography
@@ -57,6 +58,7 @@ OWNERS: dict[str, Any] = {
     "tcp.Connection": tcp.Connection,
     "EPollReactor": epollreactor.EPollReactor,
     "Process": process.Process,
+    "ProcessProtocol": protocol.ProcessProtocol,
 }
 
 
@@ -270,6 +272,7 @@ NEEDS: tuple[Need, ...] = (
     Need("SSHConnection", "ssh_CHANNEL_WINDOW_ADJUST", S, "source", pattern=r"\.addWindowBytes\("),
     Need("SSHConnection", "getChannel", A, "source", pattern=r"avatar\.lookupChannel\("),
     Need("SSHConnection", "gotGlobalRequest", A, "source", pattern=r"avatar\.gotGlobalRequest\("),
+    Need("ConchUser", "__init__", A, params=()),
     Need(
         "ConchUser", "lookupChannel", A, params=("channelType", "windowSize", "maxPacket", "data")
     ),
@@ -291,6 +294,7 @@ NEEDS: tuple[Need, ...] = (
             "avatar",
         ),
     ),
+    Need("SSHChannel", "name", S),
     Need("SSHChannel", "write", S, params=("data",)),  # replaced, no super()
     Need("SSHChannel", "addWindowBytes", S, params=("data",)),  # replaced, no super()
     Need("SSHChannel", "dataReceived", S, params=("data",)),
@@ -340,6 +344,9 @@ NEEDS: tuple[Need, ...] = (
     Need("Process", "resumeProducing", "sftpd/exec/rsync.py", params=()),
     Need("Process", "registerProducer", "sftpd/exec/rsync.py", params=("producer", "streaming")),
     Need("Process", "unregisterProducer", "sftpd/exec/rsync.py", params=()),
+    Need("ProcessProtocol", "outReceived", "sftpd/exec/rsync.py", params=("data",)),
+    Need("ProcessProtocol", "errReceived", "sftpd/exec/rsync.py", params=("data",)),
+    Need("ProcessProtocol", "processEnded", "sftpd/exec/rsync.py", params=("reason",)),
 )
 
 # ---- real instances, for the attributes Twisted sets in __init__ or at run time --------
@@ -548,3 +555,63 @@ def test_every_where_is_a_module() -> None:
     root = Path(__file__).resolve().parent.parent
     missing = sorted({n.where for n in NEEDS if not (root / n.where).is_file()})
     assert not missing, f"NEEDS points at modules that do not exist: {missing}"
+
+
+def _overrides() -> Iterator[tuple[type, str]]:
+    """(sftpd class, name) for each name an sftpd class defines over a Twisted base's."""
+    import importlib
+
+    from tests.test_import_direction import MODULES
+
+    for module_name in MODULES:
+        if module_name.endswith(".__main__"):
+            continue  # runs the command line when imported
+        module = importlib.import_module(module_name)
+        for cls in vars(module).values():
+            if not isinstance(cls, type) or cls.__module__ != module_name:
+                continue
+            bases = [b for b in cls.__mro__[1:] if b.__module__.startswith("twisted.")]
+            for name in vars(cls):
+                if name.startswith("__") and name != "__init__":
+                    continue
+                if any(name in vars(b) for b in bases):
+                    yield cls, name
+
+
+def test_table_covers_every_override_of_a_twisted_name() -> None:
+    """Each name an sftpd class overrides or sets over a Twisted class is in NEEDS (with
+    the Twisted class it comes from, or a base of it): a new override needs an entry."""
+    listed = {(OWNERS[n.owner], n.name) for n in NEEDS}
+    missing = sorted(
+        f"{cls.__module__}.{cls.__qualname__}.{name}"
+        for cls, name in _overrides()
+        if not any((base, name) in listed for base in cls.__mro__)
+    )
+    assert not missing, "overrides of Twisted names not in NEEDS:\n  " + "\n  ".join(missing)
+
+
+@pytest.mark.parametrize(
+    ("dropped", "test", "named"),
+    [
+        (("SSHTransportBase", "sendPacket"), "override", "ServerTransport.sendPacket"),
+        (("EPollReactor", "doPoll"), "override", "LeanEPollReactor.doPoll"),
+        (("SSHConnection", "ssh_CHANNEL_EOF"), "override", "Connection.ssh_CHANNEL_EOF"),
+        (("_kex", "getSupportedKeyExchanges"), "private", None),
+    ],
+)
+def test_the_coverage_checks_fail_for_a_missing_entry(
+    monkeypatch: pytest.MonkeyPatch, dropped: tuple[str, str], test: str, named: str | None
+) -> None:
+    """Drop entries from NEEDS: the coverage tests notice (a new override needs an entry)."""
+    owner = OWNERS[dropped[0]]
+    kept = tuple(n for n in NEEDS if (n.owner, n.name) != dropped)
+    if test == "private":  # every _kex entry, then the module is not listed at all
+        kept = tuple(n for n in NEEDS if OWNERS[n.owner] is not owner)
+    monkeypatch.setattr(sys.modules[__name__], "NEEDS", kept)
+    check = {
+        "override": test_table_covers_every_override_of_a_twisted_name,
+        "private": test_table_covers_every_private_twisted_import,
+    }[test]
+    with pytest.raises(AssertionError) as info:
+        check()
+    assert named is None or named in str(info.value)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import functools
+import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +131,21 @@ def _resolve(module: str, is_package: bool, level: int, name: str | None) -> str
     return ".".join([*base, name] if name else base)
 
 
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+@functools.cache
+def _is_module(name: str) -> bool:
+    """Whether ``name`` (outside sftpd) is a module: ``from a import b`` may import one."""
+    if _under(name, "sftpd"):
+        return False
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def imports_of(module: str) -> Iterator[Import]:
     """Every import in ``module``, at any depth (functions, ``if TYPE_CHECKING``, ...),
     plus ``importlib.import_module``-style calls naming an sftpd module in a literal."""
@@ -143,7 +160,7 @@ def imports_of(module: str) -> Iterator[Import]:
             base = _resolve(module, is_package, node.level, node.module)
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
-                target = sub if sub in MODULES else base
+                target = sub if sub in MODULES or _is_module(sub) else base
                 yield Import(
                     target,
                     node.lineno,
@@ -160,10 +177,6 @@ def imports_of(module: str) -> Iterator[Import]:
 
 
 GRAPH = {module: list(imports_of(module)) for module in MODULES}
-
-
-def _under(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
 
 
 def _in_layer(module: str, layer: Layer) -> bool:
