@@ -78,6 +78,10 @@ class Avatar(ConchUser):  # type: ignore[misc]
             self._on_logout()
 
 
+# Conch's ssh_CHANNEL_* look the channel up with self.channels[n]: a message for a
+# channel already closed (legal, it crossed our CLOSE) raises KeyError and a packet under
+# 4 bytes struct.error, each ending the whole connection. The guard ignores the first
+# and answers the second with a protocol-error disconnect.
 def _guard(name: str) -> Callable[[Any, bytes], Any]:
     original = getattr(connection.SSHConnection, name)
 
@@ -100,6 +104,7 @@ class Connection(connection.SSHConnection):  # type: ignore[misc]
     """Conch's connection service, tolerant of messages for channels that are gone, and
     withholding window adjustments from a channel whose app paused reading."""
 
+    # Conch's SSHService dispatches by getattr on the message name; CHANNEL_DATA goes direct.
     def packetReceived(self, messageNum: int, packet: bytes) -> None:
         if messageNum == connection.MSG_CHANNEL_DATA:
             self.ssh_CHANNEL_DATA(packet)  # the hot message, without a getattr dispatch
@@ -139,6 +144,7 @@ class Connection(connection.SSHConnection):  # type: ignore[misc]
         t: Any = self.transport
         t.sendPacket(connection.MSG_CHANNEL_DATA, _DATA_HEADER.pack(remote, len(data)) + data)
 
+    # As sendData: Conch's copies twice; replaced, no super().
     def sendExtendedData(self, channel: Any, dataType: int, data: bytes | memoryview) -> None:
         if channel.localClosed:
             return
@@ -147,12 +153,14 @@ class Connection(connection.SSHConnection):  # type: ignore[misc]
         t: Any = self.transport
         t.sendPacket(connection.MSG_CHANNEL_EXTENDED_DATA, header + data)
 
+    # Conch's sends every adjust asked for; a paused channel keeps the client waiting.
     def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
         if getattr(channel, "reading_paused", False):
             return  # SessionChannel.resume_reading re-opens the window
         super().adjustWindow(channel, bytesToAdd)
 
 
+# Set on our subclass at import, not on Conch's class (Conch's stays as it is).
 for _name in (
     "ssh_CHANNEL_OPEN_CONFIRMATION",
     "ssh_CHANNEL_OPEN_FAILURE",

@@ -10,11 +10,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, ParamSpec, Protocol, TypeVar
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorFDSet, IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -51,20 +50,6 @@ class CallViaRun:
             done(False, failure.value)
 
         self.run(fn, *args, **kwargs).addCallbacks(lambda result: done(True, result), failed)
-
-
-class ThreadPoolBlocking(CallViaRun):
-    """Runs calls in an injected thread pool so one slow file system stalls no other session."""
-
-    def __init__(self, reactor: IReactorFromThreads, pool: ThreadPool) -> None:
-        self._reactor = reactor
-        self._pool = pool
-
-    def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> defer.Deferred[T]:
-        d: defer.Deferred[T] = threads.deferToThreadPool(
-            self._reactor, self._pool, fn, *args, **kwargs
-        )
-        return d
 
 
 class InlineBlocking(CallViaRun):

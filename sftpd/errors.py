@@ -18,10 +18,6 @@ class ConfigError(SftpdError):
         super().__init__(f"{where}: {message}")
 
 
-class AuthError(SftpdError):
-    """Authentication could not be set up or was refused."""
-
-
 class JailError(SftpdError):
     """A user's root could not be opened or a path escaped resolution."""
 

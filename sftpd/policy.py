@@ -26,9 +26,6 @@ class ReadOnlyFile:
     def pread(self, size: int, offset: int) -> bytes:
         return self._inner.pread(size, offset)
 
-    def readinto(self, buf: memoryview, offset: int) -> int:
-        return os.preadv(self._inner.fileno(), [buf], offset)
-
     def pread_cached(self, size: int, offset: int, limit: int) -> bytes | memoryview | None:
         return self._inner.pread_cached(size, offset, limit)
 

@@ -78,6 +78,9 @@ class LeanEPollReactor(epollreactor.EPollReactor):
         if quiet is not None:
             self._quiet = quiet
 
+    # Replaces EPollReactor.doPoll (no super()): the same epoll wait and dispatch through
+    # Twisted's private _selectables, _poller and _doReadOrWrite, minus callWithLogger.
+    # tests/test_conch_contract.py checks those names against the installed Twisted.
     def doPoll(self, timeout: float | None) -> None:
         selectables = self._selectables
         spin = self._spin

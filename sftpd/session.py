@@ -154,6 +154,9 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
         self._flush()
 
     # ---- ChannelIO --------------------------------------------------------------------
+    # Replaces Conch's SSHChannel.write and addWindowBytes (no super()): Conch buffers
+    # stdout and stderr apart (self.buf, self.extBuf) and copies; ours is one ordered queue,
+    # held until the request's reply, sent without copies. Conch's buffers stay empty.
     def write(self, data: bytes | memoryview) -> None:
         self._queue(0, data)
 
@@ -259,6 +262,7 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
         conn.sendEOF(self)
         conn.sendClose(self)
 
+    # Called by Conch's ssh_CHANNEL_WINDOW_ADJUST; see write() for why not Conch's.
     def addWindowBytes(self, data: int) -> None:
         self.remoteWindowLeft += data
         self._flush()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+# Fails collection when a test that starts a real server is not marked e2e.
+from tests.e2e_guard import pytest_collection_modifyitems as pytest_collection_modifyitems
 from tests.support import ALICE_PASSWORD, Env, SftpdProcess, User, start_sftpd, write_config
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.support import User
 from tests.test_storage_nowait import shm_root as shm_root  # the fixture
+
+pytestmark = pytest.mark.e2e
 
 
 def test_small_files_both_ways_and_the_jail_on_tmpfs(

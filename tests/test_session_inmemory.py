@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from twisted.conch.ssh import connection
 from twisted.conch.ssh.common import NS
+from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
 from twisted.internet.task import Clock
 
 from sftpd.avatar import Avatar, Connection
@@ -121,10 +122,12 @@ def test_late_messages_for_closed_channels_are_ignored(tmp_path: Path, message: 
     conn.ssh_CHANNEL_CLOSE(struct.pack(">L", 0))  # client closes; we answer close; channel gone
     before = list(t.sent)
     payload = struct.pack(">LL", 0, 0) + NS(b"x") + b"\x00" + b"\x00" * 16
-    getattr(conn, message)(payload)  # must not raise
+    getattr(conn, message)(payload)  # well formed, for a channel that is gone: ignored
     assert t.sent == before
+    assert t.disconnects == []  # the connection stays up
     getattr(conn, message)(b"\x00")  # too short to name a channel: protocol error
-    assert t.disconnects
+    assert t.disconnects == [DISCONNECT_PROTOCOL_ERROR]
+    assert t.sent == before  # and nothing else is sent for it
 
 
 def test_output_waits_for_window_and_exit_waits_for_output(tmp_path: Path) -> None:

@@ -44,9 +44,6 @@ class OsFile:
     def pread(self, size: int, offset: int) -> bytes:
         return os.pread(self.fd, size, offset)
 
-    def readinto(self, buf: memoryview, offset: int) -> int:
-        return os.preadv(self.fd, [buf], offset)
-
     def pread_cached(self, size: int, offset: int, limit: int) -> bytes | None:
         return None  # never cached: every read goes through Blocking
 
@@ -1100,15 +1097,39 @@ def test_paths_with_undecodable_bytes_round_trip(client: Client) -> None:
     assert s(name) in raw
 
 
-def test_error_messages_never_show_host_paths(client: Client) -> None:
+def test_error_messages_never_show_host_paths(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither the reply nor the exception the handler gets (which a log line could render)
+    names a path: the storage scrubs every OSError (``storage.files._scrubbed``)."""
+    import sftpd.sftp.handler as handler
+
+    seen: list[BaseException] = []
+    real = handler.status_for_exception
+
+    def recording(exc: BaseException) -> tuple[Status, str] | None:
+        seen.append(exc)
+        return real(exc)
+
+    monkeypatch.setattr(handler, "status_for_exception", recording)
+    (client.root / "plain").write_bytes(b"x")
     replies = [
         client.call(PacketType.STAT, s("/nope/x")),
         client.call(PacketType.OPEN, s("/nope"), u32(OpenFlag.READ), u32(0)),
         client.call(PacketType.RMDIR, s("/nope")),
         client.call(PacketType.READLINK, s("/nope")),
+        client.call(PacketType.MKDIR, s("/plain"), u32(0)),
+        client.call(PacketType.RENAME, s("/nope"), s("/nope2")),
     ]
     for reply in replies:
+        assert reply.type == PacketType.STATUS
         assert str(client.root) not in reply.message and "nope" not in reply.message
+    assert len(seen) == len(replies)
+    for exc in seen:
+        assert isinstance(exc, OSError), exc
+        assert exc.filename is None and exc.filename2 is None, repr(exc)
+        assert "nope" not in str(exc) and "plain" not in str(exc), str(exc)
+        assert exc.__cause__ is None and exc.__context__ is None, repr(exc)
 
 
 def test_rename_refuses_existing_target_posix_rename_replaces(client: Client) -> None:

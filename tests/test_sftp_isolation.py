@@ -10,10 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-from twisted.python.threadpool import ThreadPool
-
-from sftpd.blocking import ThreadPoolBlocking, WorkerPool
+from sftpd.blocking import WorkerPool
 from sftpd.session_api import SessionContext
 from sftpd.sftp.protocol import make_sftp_app
 from sftpd.storage.local import LocalStorage
@@ -101,23 +98,16 @@ def _stat(rid: int, path: bytes) -> bytes:
     return _packet(FXP_STAT, struct.pack(">II", rid, len(path)) + path)
 
 
-@pytest.mark.parametrize("executor", ["WorkerPool", "ThreadPoolBlocking"])
-def test_slow_storage_call_does_not_delay_other_session(tmp_path: Path, executor: str) -> None:
+def test_slow_storage_call_does_not_delay_other_session(tmp_path: Path) -> None:
     root_a, root_b = tmp_path / "a", tmp_path / "b"
     root_a.mkdir()
     root_b.mkdir()
     (root_a / "slow").write_bytes(b"x")
     (root_b / "file").write_bytes(b"y")
     reactor = QueueReactor()
-    pool = ThreadPool(minthreads=2, maxthreads=4)
-    pool.start()
     gate, entered = threading.Event(), threading.Event()
+    blocking = WorkerPool(reactor, max_threads=4)  # type: ignore[arg-type]
     try:
-        blocking: Any
-        if executor == "WorkerPool":
-            blocking = WorkerPool(reactor, max_threads=4)  # type: ignore[arg-type]
-        else:
-            blocking = ThreadPoolBlocking(reactor, pool)  # type: ignore[arg-type]
         ctx_a = SessionContext(
             "a", "/", False, SlowStorage(root_a, gate, entered), blocking, root_a, reactor=reactor
         )
@@ -139,6 +129,4 @@ def test_slow_storage_call_does_not_delay_other_session(tmp_path: Path, executor
         app_b.connection_lost()
     finally:
         gate.set()
-        pool.stop()
-        if isinstance(blocking, WorkerPool):
-            blocking.stop()
+        blocking.stop()

@@ -93,7 +93,6 @@ CIPHERS: dict[bytes, CipherSpec] = {
     b"aes256-cbc": CipherSpec(32, 16, 16, "stream", algorithms.AES, modes.CBC),
     b"3des-cbc": CipherSpec(24, 8, 8, "stream", TripleDES, modes.CBC),
 }
-NONE_CIPHER = CipherSpec(0, 0, 8, "none")
 
 MACS: dict[bytes, MacSpec] = {
     b"hmac-sha2-256-etm@openssh.com": MacSpec(hashes.SHA256, 32, True),

@@ -31,6 +31,8 @@ class SocketWriter:
         self._tcp = transport
         self._sock = transport.socket if isinstance(transport, tcp.Connection) else None
 
+    # Twisted has no public "nothing is queued": read tcp.Connection's private buffer
+    # state (checked against Twisted by tests/test_conch_contract.py).
     def _idle(self) -> bool:
         t = self._tcp
         return (

@@ -3,6 +3,7 @@
 # Conch's transport classes are untyped: subclassing them and overriding their methods needs
 # these relaxations here (and only here).
 # mypy: disable-error-code="misc,no-untyped-call,no-any-return"
+# Each Conch internal used here is checked against Twisted by tests/test_conch_contract.py.
 
 from __future__ import annotations
 
@@ -130,6 +131,7 @@ class _NextKeys(SSHCiphers):
         self._mac_out = mac_out
         self._mac_in = mac_in
 
+    # Conch's _keySetup calls this before NEWKEYS; we build our sealer/opener, not its ciphers.
     def setKeys(
         self,
         outIV: bytes,
@@ -236,6 +238,7 @@ class ServerTransport(LoginPhase, SSHServerTransport):
             **conn_fields(self),
         )
 
+    # Conch's goes through sendPacket (queued during a KEX); ours is written at once, once.
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
         if self._closed:
             return
@@ -252,6 +255,7 @@ class ServerTransport(LoginPhase, SSHServerTransport):
         tcp: Any = self.transport
         tcp.loseConnection()
 
+    # Conch's parses without length checks (a short packet raises); ours does not.
     def ssh_DISCONNECT(self, packet: bytes) -> None:
         self._closed = True
         self._cancel_rekey()
@@ -263,6 +267,7 @@ class ServerTransport(LoginPhase, SSHServerTransport):
 
     # -- incoming ------------------------------------------------------------------------
 
+    # Replaces Conch's (getPacket, its SSHCiphers): our PacketReader and opener, no super().
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
             return
@@ -313,6 +318,7 @@ class ServerTransport(LoginPhase, SSHServerTransport):
                 return False
             return True
 
+    # Conch's dispatches any message at any time; ours refuses what is not legal now.
     def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
         if messageNum >= 50 and not self._peer_in_kex:
             service = self.service
@@ -359,11 +365,13 @@ class ServerTransport(LoginPhase, SSHServerTransport):
             return n == _MSG_GEX_INIT if group_sent else n in (_MSG_KEX_INIT, _MSG_GEX_REQUEST)
         return True
 
+    # Conch's sends the *next* packet's number; RFC 4253 11.4 wants the rejected one's.
     def sendUnimplemented(self) -> None:
         self.sendPacket(MSG_UNIMPLEMENTED, _U32.pack(self._dispatch_seq))
 
     # -- outgoing ------------------------------------------------------------------------
 
+    # Conch's KEX queueing on its private state (its _newKeys flushes it); sealed by us.
     def sendPacket(self, messageType: int, payload: bytes) -> None:
         if self._keyExchangeState != self._KEY_EXCHANGE_NONE:
             if not self._allowedKeyExchangeMessageType(messageType):
@@ -394,6 +402,7 @@ class ServerTransport(LoginPhase, SSHServerTransport):
 
     # -- key exchange --------------------------------------------------------------------
 
+    # Conch's offers zlib, no strict KEX; ours sets the same private state Conch's sets.
     def sendKexInit(self) -> None:
         if self._keyExchangeState != self._KEY_EXCHANGE_NONE:
             raise RuntimeError(f"cannot send KEXINIT in state {self._keyExchangeState}")
@@ -414,6 +423,8 @@ class ServerTransport(LoginPhase, SSHServerTransport):
         self._keyExchangeState = self._KEY_EXCHANGE_REQUESTED
         self._blockedByKeyExchange = []
 
+    # Not Conch's (no strict KEX, unchecked lengths); sets what its KEX handlers read:
+    # kexAlg, keyAlg, nextEncryptions, both KEXINIT payloads, _peerSupportsExtensions.
     def ssh_KEXINIT(self, packet: bytes) -> None:
         try:
             theirs = KexInit.parse(packet)

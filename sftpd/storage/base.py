@@ -17,10 +17,6 @@ class File(Protocol):
         """Read up to ``size`` bytes at ``offset``; b"" at end of file."""
         ...
 
-    def readinto(self, buf: memoryview, offset: int) -> int:
-        """Read into ``buf`` at ``offset`` (the zero-copy read path); 0 at end of file."""
-        ...
-
     def pread_cached(self, size: int, offset: int, limit: int) -> bytes | memoryview | None:
         """Exactly the bytes ``pread(size, offset)`` returns (perhaps as a memoryview of a
         fresh buffer), if that is at most ``limit`` bytes and all of it is in memory; else

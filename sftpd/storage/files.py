@@ -145,11 +145,6 @@ class LocalFile:
         _check_offsets(size, offset)
         return self._do(os.pread, min(size, _MAX_READ), offset)
 
-    def readinto(self, buf: memoryview, offset: int) -> int:
-        """Read into ``buf`` at ``offset`` without an intermediate copy; 0 at end of file."""
-        _check_offsets(offset)
-        return self._do(os.preadv, [buf], offset)
-
     def pread_cached(self, size: int, offset: int, limit: int) -> bytes | memoryview | None:
         """preadv2(RWF_NOWAIT) only (plain preadv for a file in memory), which fails with
         EAGAIN rather than wait for a disk; plus, on a local file system, an fstat for the

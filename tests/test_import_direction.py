@@ -1,0 +1,299 @@
+"""Imports point one way: each layer of sftpd imports only what the table below allows."""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import functools
+import importlib.util
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# ---- the rules (update these when modules move) ---------------------------------------
+#
+# Each layer: which modules belong to it (fnmatch patterns on dotted names), which sftpd
+# modules they may import (prefixes: "sftpd.storage" allows sftpd.storage and
+# sftpd.storage.*, not sftpd.storage_x; None: any), and which outside packages they must
+# not import, directly or through any sftpd module they import (``transitive``).
+# A module in several layers obeys every one of them.
+
+TWISTED = ("twisted", "zope")  # zope.interface comes with Twisted and is its interface layer
+SANS_IO = (
+    "sftpd.sftp.codec",
+    "sftpd.sftp.attrs",
+    "sftpd.sftp.messages",
+    "sftpd.sftp.constants",
+    "sftpd.exec.scp_proto",
+    "sftpd.exec.rsync_args",
+    "sftpd.exec.cmdline",
+    "sftpd.storage.vpath",
+    "sftpd.config*",
+)
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    modules: tuple[str, ...]
+    may_import: tuple[str, ...] | None
+    never: tuple[str, ...] = ()
+    transitive: bool = False
+    why: str = ""
+
+
+LAYERS = (
+    Layer(
+        "storage",
+        modules=("sftpd.storage", "sftpd.storage.*", "sftpd.policy"),
+        may_import=("sftpd.storage", "sftpd.policy", "sftpd.errors"),
+        never=TWISTED,
+        transitive=True,
+        why="storage knows no protocol, no SSH, no authentication and no Twisted",
+    ),
+    Layer(
+        "sans-io",
+        modules=SANS_IO,
+        may_import=None,
+        never=TWISTED,
+        transitive=True,
+        why="sans-IO code parses and builds bytes; it runs without a reactor",
+    ),
+    Layer(
+        "apps",
+        modules=("sftpd.sftp", "sftpd.sftp.*", "sftpd.exec", "sftpd.exec.*"),
+        may_import=(
+            "sftpd.sftp",
+            "sftpd.exec",
+            "sftpd.storage",
+            "sftpd.policy",
+            "sftpd.session_api",
+            "sftpd.blocking",
+            "sftpd.config",
+            "sftpd.config_values",
+            "sftpd.errors",
+        ),
+        why="apps see the channel/app contract (session_api), never SSH or auth internals",
+    ),
+    Layer(
+        "config",
+        modules=("sftpd.config*",),
+        may_import=("sftpd.config", "sftpd.config_values", "sftpd.errors"),
+        why="the configuration model depends on nothing else in sftpd",
+    ),
+)
+
+# Imports that break a rule today, each with the reason it is tolerated. The test fails
+# when one of them is gone (delete it here) as well as for any import not listed.
+KNOWN: dict[tuple[str, str], str] = {
+    ("sftpd.config_values", "sftpd.storage.vpath"): (
+        "config checks home directories with vpath.normalize (sans-IO, no Twisted); "
+        "move normalize where config may import it, or allow it in LAYERS"
+    ),
+}
+
+# The package root is importable from everywhere: it holds only __version__ (checked below).
+ROOT_PACKAGE = "sftpd"
+
+# ---- reading the imports ---------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "sftpd"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+@dataclass(frozen=True)
+class Import:
+    target: str  # dotted module name
+    line: int
+    how: str  # the statement, for the message
+
+
+def _resolve(module: str, is_package: bool, level: int, name: str | None) -> str:
+    if not level:
+        return name or ""
+    base = module.split(".")
+    if not is_package:
+        base.pop()
+    if level > 1:
+        base = base[: len(base) - (level - 1)]
+    return ".".join([*base, name] if name else base)
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+@functools.cache
+def _is_module(name: str) -> bool:
+    """Whether ``name`` (outside sftpd) is a module: ``from a import b`` may import one."""
+    if _under(name, "sftpd"):
+        return False
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def imports_of(module: str) -> Iterator[Import]:
+    """Every import in ``module``, at any depth (functions, ``if TYPE_CHECKING``, ...),
+    plus ``importlib.import_module``-style calls naming an sftpd module in a literal."""
+    path = MODULES[module]
+    is_package = path.name == "__init__.py"
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield Import(alias.name, node.lineno, f"import {alias.name}")
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve(module, is_package, node.level, node.module)
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                target = sub if sub in MODULES or _is_module(sub) else base
+                yield Import(
+                    target,
+                    node.lineno,
+                    f"from {'.' * node.level}{node.module or ''} import {alias.name}",
+                )
+        elif isinstance(node, ast.Call) and node.args:
+            first = node.args[0]
+            if (
+                isinstance(first, ast.Constant)
+                and isinstance(first.value, str)
+                and first.value in MODULES
+            ):
+                yield Import(first.value, node.lineno, f"dynamic import of {first.value!r}")
+
+
+GRAPH = {module: list(imports_of(module)) for module in MODULES}
+
+
+def _in_layer(module: str, layer: Layer) -> bool:
+    return any(fnmatch.fnmatchcase(module, pattern) for pattern in layer.modules)
+
+
+def _where(module: str, imp: Import) -> str:
+    return f"{MODULES[module].relative_to(ROOT)}:{imp.line}: {imp.how}"
+
+
+def violations(layer: Layer) -> list[str]:
+    """One line per import that breaks ``layer``'s rule, naming module and import."""
+    out: list[str] = []
+    for module in sorted(m for m in MODULES if _in_layer(m, layer)):
+        for imp in GRAPH[module]:
+            if (module, imp.target) in KNOWN or imp.target == ROOT_PACKAGE:
+                continue
+            if _under(imp.target, "sftpd"):
+                if layer.may_import is not None and not any(
+                    _under(imp.target, p) for p in layer.may_import
+                ):
+                    out.append(f"{module} imports {imp.target} ({_where(module, imp)})")
+            elif any(_under(imp.target, p) for p in layer.never):
+                out.append(f"{module} imports {imp.target} ({_where(module, imp)})")
+        if layer.transitive and layer.never:
+            chain = _reaches(module, layer.never)
+            if chain is not None and len(chain) > 2:
+                out.append(f"{module} imports {chain[-1]} through " + " -> ".join(chain[1:-1]))
+    return out
+
+
+def _reaches(start: str, never: tuple[str, ...]) -> list[str] | None:
+    """The shortest import chain from ``start`` to a module under ``never`` (or None)."""
+    seen = {start}
+    paths = [[start]]
+    while paths:
+        nxt = []
+        for path in paths:
+            for imp in GRAPH.get(path[-1], ()):
+                if any(_under(imp.target, p) for p in never):
+                    return [*path, imp.target]
+                if imp.target in MODULES and imp.target not in seen:
+                    seen.add(imp.target)
+                    nxt.append([*path, imp.target])
+        paths = nxt
+    return None
+
+
+# ---- the tests -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", LAYERS, ids=[layer.name for layer in LAYERS])
+def test_layer_imports_only_what_it_may(layer: Layer) -> None:
+    members = [m for m in MODULES if _in_layer(m, layer)]
+    assert members, f"layer {layer.name}: no module matches {layer.modules}; update LAYERS"
+    bad = violations(layer)
+    assert not bad, f"layer {layer.name} ({layer.why}):\n  " + "\n  ".join(bad)
+
+
+def test_known_exceptions_still_occur() -> None:
+    stale = [
+        f"{module} -> {target}"
+        for module, target in KNOWN
+        if not any(imp.target == target for imp in GRAPH.get(module, ()))
+    ]
+    assert not stale, "no longer imported; delete from KNOWN: " + ", ".join(stale)
+
+
+def test_package_root_imports_nothing() -> None:
+    assert GRAPH[ROOT_PACKAGE] == [], "sftpd/__init__.py must stay import-free: " + ", ".join(
+        imp.how for imp in GRAPH[ROOT_PACKAGE]
+    )
+
+
+# ---- the checks can fail ---------------------------------------------------------------
+
+LAYER = {layer.name: layer for layer in LAYERS}
+
+
+@pytest.mark.parametrize(
+    ("layer", "module", "target", "expected"),
+    [
+        ("storage", "sftpd.storage.local", "sftpd.sftp.handler", "imports sftpd.sftp.handler"),
+        ("storage", "sftpd.storage.files", "sftpd.ssh.transport", "imports sftpd.ssh.transport"),
+        ("storage", "sftpd.policy", "sftpd.auth.users", "imports sftpd.auth.users"),
+        ("storage", "sftpd.storage.base", "twisted.internet.defer", "imports twisted.internet"),
+        ("storage", "sftpd.storage.local", "sftpd.errors", None),
+        ("sans-io", "sftpd.sftp.codec", "twisted.internet", "imports twisted.internet"),
+        ("sans-io", "sftpd.exec.cmdline", "sftpd.blocking", "through sftpd.blocking"),
+        ("sans-io", "sftpd.config", "zope.interface", "imports zope.interface"),
+        ("apps", "sftpd.exec.scp", "sftpd.ssh.transport", "imports sftpd.ssh.transport"),
+        ("apps", "sftpd.sftp.handler", "sftpd.auth.realm", "imports sftpd.auth.realm"),
+        ("apps", "sftpd.sftp.protocol", "sftpd.session", "imports sftpd.session "),
+        ("apps", "sftpd.exec.rsync", "sftpd.session_api", None),
+        ("config", "sftpd.config", "sftpd.server", "imports sftpd.server"),
+        ("config", "sftpd.config_values", "sftpd.errors", None),
+    ],
+)
+def test_a_bad_import_is_named(
+    monkeypatch: pytest.MonkeyPatch, layer: str, module: str, target: str, expected: str | None
+) -> None:
+    """Each rule catches an import it forbids (added to the graph here), naming the module
+    and the import; an allowed one passes."""
+    assert violations(LAYER[layer]) == []
+    monkeypatch.setitem(GRAPH, module, [*GRAPH[module], Import(target, 1, f"import {target}")])
+    found = violations(LAYER[layer])
+    if expected is None:
+        assert found == []
+    else:
+        # (the same import may also show up through the modules that import ``module``)
+        assert any(line.startswith(module + " ") and expected in line for line in found), found
+
+
+def test_imports_are_read_at_every_depth() -> None:
+    cli = {imp.target for imp in GRAPH["sftpd.cli"]}
+    assert "sftpd.server" in cli  # imported inside a function
+    dispatch = {imp.target for imp in GRAPH["sftpd.exec.dispatch"]}
+    assert "sftpd.exec.rsync" in dispatch  # imported by name (importlib)
+    assert _resolve("sftpd.sftp.codec", False, 1, "attrs") == "sftpd.sftp.attrs"
+    assert _resolve("sftpd.sftp", True, 2, "errors") == "sftpd.errors"
