@@ -16,7 +16,10 @@ from tests.support import Env, askpass_env, have, wait_for
 FILTER = Path(__file__).resolve().parent.parent / "contrib" / "fail2ban" / "filter.d" / "sftpd.conf"
 JAIL = FILTER.parent.parent / "jail.d" / "sftpd.conf"
 
-pytestmark = pytest.mark.skipif(not have("fail2ban-regex"), reason="fail2ban is not installed")
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not have("fail2ban-regex"), reason="fail2ban is not installed"),
+]
 
 
 def _paramiko_password(env: Env, user: str, password: str) -> None:

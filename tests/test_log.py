@@ -151,6 +151,7 @@ def test_conch_info_chatter_shows_only_at_debug(level: str) -> None:
 # ---- end to end -------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_e2e_huge_user_name_does_not_flood_the_log(make_server: ServerFactory) -> None:
     env = make_server()
     before = len(env.server.log_text())
@@ -170,6 +171,7 @@ def test_e2e_huge_user_name_does_not_flood_the_log(make_server: ServerFactory) -
     assert len(failures) == 3
 
 
+@pytest.mark.e2e
 def test_e2e_huge_exec_command_is_capped(make_server: ServerFactory) -> None:
     env = make_server()
     client = paramiko.SSHClient()
@@ -196,6 +198,7 @@ def test_e2e_huge_exec_command_is_capped(make_server: ServerFactory) -> None:
     )
 
 
+@pytest.mark.e2e
 def test_e2e_workers_log_json_only(make_server: ServerFactory) -> None:
     """With workers, the supervisor's lines (listening, a worker's restart) are JSON too."""
     import os
