@@ -671,3 +671,48 @@ def test_asyncssh_names_are_bytes_end_to_end(server: Env) -> None:
     assert sorted(os.listdir(d)) == sorted([raw_name + b"2", uni_name])
     with open(os.path.join(d, uni_name), "rb") as f:
         assert f.read() == b"unicode name\n"
+
+
+# ---- rclone -------------------------------------------------------------------------------
+
+
+def _rclone(server: Env, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.update(
+        RCLONE_CONFIG_SRV_TYPE="sftp",
+        RCLONE_CONFIG_SRV_HOST="127.0.0.1",
+        RCLONE_CONFIG_SRV_PORT=str(server.port),
+        RCLONE_CONFIG_SRV_USER="alice",
+        RCLONE_CONFIG_SRV_KEY_FILE=str(server.key_path),
+    )
+    cmd = ["rclone", "--config", str(tmp_path / "rclone.conf"), "--retries", "1", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+@pytest.mark.skipif(not have("rclone"), reason="rclone is not installed")
+def test_rclone_copy_uploads_files_above_32_kib(server: Env, tmp_path: Path) -> None:
+    """rclone 1.60 (pkg/sftp's concurrent ReadFrom, many 32 KiB WRITEs in flight) sends
+    the last WRITE of a file with its whole 32 KiB buffer behind a shorter data string;
+    every upload above 32 KiB used to fail with "Bad message: N trailing bytes"."""
+    local = tmp_path / "rclone-up"
+    local.mkdir()
+    sizes = {
+        "f40k.bin": 40 * 1024,
+        "f100000.bin": 100_000,
+        "f1m.bin": 1024 * 1024,
+        "f33m.bin": 33 * 1024 * 1024 + 4321,
+        "f32773.bin": 32_773,
+    }
+    digests = {}
+    for name, size in sizes.items():
+        data = os.urandom(size)
+        (local / name).write_bytes(data)
+        digests[name] = hashlib.sha256(data).hexdigest()
+    res = _rclone(server, tmp_path, "copy", str(local), "SRV:rclone-up")
+    assert res.returncode == 0, res.stderr + server.server.log_text()[-3000:]
+    remote = server.alice.root / "rclone-up"
+    assert sorted(os.listdir(remote)) == sorted(sizes)
+    for name, size in sizes.items():
+        assert (remote / name).stat().st_size == size, name
+        assert hashlib.sha256((remote / name).read_bytes()).hexdigest() == digests[name], name
+    assert "BAD_MESSAGE" not in server.server.log_text()

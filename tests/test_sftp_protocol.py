@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import pytest
 from twisted.internet import defer
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from sftpd.blocking import CallViaRun
 from sftpd.session_api import ChannelApp
@@ -244,6 +245,20 @@ def test_bad_message_is_answered_and_session_continues(root: Path) -> None:
     assert [(r.id, r.code) for r in replies[:1]] == [(5, Status.BAD_MESSAGE)]
     assert replies[1].id == 6 and replies[1].type == PacketType.ATTRS
     assert c.io.exited is None
+
+
+def test_bad_message_is_logged_once_per_session_without_paths(root: Path) -> None:
+    c = Client(root)
+    bad = frame(bytes([PacketType.OPEN]) + u32(7) + s(str(root / "x")) + u32(1))  # no attrs
+    with capturedLogs() as events:
+        c.feed(bad + bad + bad)
+    assert [r.code for r in c.replies()] == [Status.BAD_MESSAGE] * 3
+    lines = [(e["log_level"], formatEvent(e)) for e in events]
+    loud = [text for level, text in lines if level >= LogLevel.info]
+    assert len(loud) == 1 and len(lines) == 3, lines
+    assert "BAD_MESSAGE to OPEN request 7 of alice" in loud[0]
+    assert "truncated uint32" in loud[0]
+    assert all(str(root) not in text for _, text in lines)
 
 
 def test_eof_exits_after_the_last_reply(root: Path) -> None:

@@ -300,9 +300,13 @@ def _decode_io(view: memoryview, packet_type: int, request_id: int) -> m.Read | 
     if pos + 12 > end:
         return None
     offset, length = _U64U32.unpack_from(view, pos)
-    if pos + 12 + length != end:
+    start = pos + 12
+    if start + length > end:
         return None
-    return m.Write(request_id, bytes(view[9:pos]), offset, view[pos + 12 :])
+    # Bytes after the data string are ignored, as OpenSSH's sftp-server ignores any
+    # packet's tail: pkg/sftp before 1.13.6 (rclone 1.60) sends the last WRITE of a
+    # concurrent upload with its whole 32 KiB buffer behind a shorter data string.
+    return m.Write(request_id, bytes(view[9:pos]), offset, view[start : start + length])
 
 
 def decode_request(packet: Packet) -> m.Request:

@@ -17,6 +17,7 @@ from sftpd.sftp.codec import (
     encode_response,
     encode_response_parts,
 )
+from sftpd.sftp.constants import PacketType
 from sftpd.sftp.handler import READ_CLAMP, SftpHandler
 
 log = Logger(namespace="sftpd.sftp")
@@ -33,6 +34,7 @@ _Reply = tuple[bytes, m.Payload]
 # Only these may run concurrently with each other; every other request is a barrier that
 # runs alone, after everything before it, as OpenSSH's sequential sftp-server would.
 _CONCURRENT = (m.Read, m.Write)
+_PACKET_TYPES = frozenset(int(t) for t in PacketType)
 # Received but not yet dispatched input beyond this stops granting the client window
 # (so it cannot send more than its window); below the low mark, the window reopens.
 PAUSE_INPUT_AT = 1024 * 1024
@@ -97,6 +99,7 @@ class SftpApp:
         self._resume: Any = None  # a pump on the next reactor turn, when one is due
         self._closed = False
         self._eof = False
+        self._bad_messages = 0
 
     @property
     def handler(self) -> SftpHandler:
@@ -188,7 +191,7 @@ class SftpApp:
             if exc.request_id is None:
                 self._abort("undecodable packet without a request id: {error}", error=str(exc))
                 return 0
-            log.debug("bad message {error}", error=str(exc))
+            self._log_bad_message(exc)
             self._slots.append(
                 [(encode_response(SftpHandler.bad_message(exc.request_id, exc)), b"")]
             )
@@ -270,6 +273,25 @@ class SftpApp:
                 io.write_parts(head, body)  # a DATA reply: its payload is not copied here
             else:
                 io.write(head)
+
+    def _log_bad_message(self, exc: m.RequestDecodeError) -> None:
+        """The first BAD_MESSAGE of a session at warn (a client bug worth seeing), the rest
+        at debug: a client cannot flood the log with them. No paths: only the request
+        type, id and what was wrong with its encoding."""
+        emit = log.debug if self._bad_messages else log.warn
+        self._bad_messages += 1
+        kind = exc.packet_type
+        name = PacketType(kind).name if kind in _PACKET_TYPES else str(kind)
+        emit(
+            "answered BAD_MESSAGE to {request} request {request_id} of {user} ({session}): "
+            "{error}{more}",
+            request=name,
+            request_id=exc.request_id,
+            user=self._ctx.username,
+            session=self._ctx.session_id,
+            error=str(exc),
+            more="" if self._bad_messages > 1 else " (further ones this session at debug)",
+        )
 
     def _maybe_finish(self) -> None:
         if self._eof and not self._closed and not self._queue and not self._in_flight:
