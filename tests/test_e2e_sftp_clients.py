@@ -57,6 +57,26 @@ def sftp(server: Env) -> Iterator[Any]:
         transport.close()
 
 
+def test_a_request_before_init_ends_the_channel(server: Env, sftp: Any) -> None:
+    """OpenSSH's sftp-server treats a request before SSH_FXP_INIT as fatal; so do we: no
+    ATTRS, exit status 1 and the channel closes. The connection's other channel (the
+    ``sftp`` fixture's) keeps being served."""
+    transport = sftp.get_channel().get_transport()
+    chan = transport.open_session()
+    chan.settimeout(60)
+    chan.invoke_subsystem("sftp")
+    path = b"/"
+    chan.sendall(struct.pack(">IBII", 9 + len(path), 17, 1, len(path)) + path)  # STAT
+    received = b""
+    while chunk := chan.recv(65536):
+        received += chunk
+    assert received == b""
+    assert chan.recv_exit_status() == 1
+    chan.close()
+    assert sftp.normalize(".") == "/"
+    assert "STAT request before SSH_FXP_INIT" in server.server.log_text()
+
+
 def test_paramiko_lists_a_big_directory_whole(server: Env, sftp: Any) -> None:
     names = _big_directory(server.alice.root, "pm-big")
     entries = sftp.listdir_attr("/pm-big")

@@ -100,6 +100,7 @@ class SftpApp:
         self._closed = False
         self._eof = False
         self._bad_messages = 0
+        self._initialized = False  # SSH_FXP_INIT seen
 
     @property
     def handler(self) -> SftpHandler:
@@ -185,6 +186,13 @@ class SftpApp:
 
     def _dispatch(self, packet: Packet) -> int:
         """Decode and start one request; returns the bytes it reads or writes."""
+        if not self._initialized:
+            kind = packet[0] if len(packet) else None
+            if kind != PacketType.INIT:
+                # OpenSSH's sftp-server treats any request before INIT as fatal: the
+                # client has not agreed on a version, so nothing it sends is meaningful.
+                self._abort("{request} request before SSH_FXP_INIT", request=_type_name(kind))
+                return 0
         try:
             request = decode_request(packet)
         except m.RequestDecodeError as exc:
@@ -197,6 +205,8 @@ class SftpApp:
             )
             self._flush()
             return 0
+        if isinstance(request, m.Init):
+            self._initialized = True  # a second INIT is answered again, as OpenSSH does
         if not isinstance(request, _CONCURRENT):
             if self._in_flight:
                 # put it back; it is dispatched once everything before it is answered
@@ -280,12 +290,10 @@ class SftpApp:
         type, id and what was wrong with its encoding."""
         emit = log.debug if self._bad_messages else log.warn
         self._bad_messages += 1
-        kind = exc.packet_type
-        name = PacketType(kind).name if kind in _PACKET_TYPES else str(kind)
         emit(
             "answered BAD_MESSAGE to {request} request {request_id} of {user} ({session}): "
             "{error}{more}",
-            request=name,
+            request=_type_name(exc.packet_type),
             request_id=exc.request_id,
             user=self._ctx.username,
             session=self._ctx.session_id,
@@ -311,6 +319,12 @@ class SftpApp:
         self._queued_bytes = 0
         self._io.exit(1)
         self._handler.close_all()
+
+
+def _type_name(kind: int | None) -> str:
+    if kind is None:
+        return "empty"
+    return PacketType(kind).name if kind in _PACKET_TYPES else f"type {kind}"
 
 
 def make_sftp_app(ctx: SessionContext, io: ChannelIO) -> SftpApp:
