@@ -661,6 +661,17 @@ def test_lftp_put_ls_get_and_mirror(server: Env, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not have("lftp"), reason="lftp is not installed")
+def test_lftp_ln_s_points_where_the_client_asked(server: Env, tmp_path: Path) -> None:
+    d = server.alice.root / "lftp-ln"
+    d.mkdir()
+    (d / "t.txt").write_bytes(b"lftp target\n")
+    res = _lftp(server, "cd lftp-ln; ln -s t.txt link", tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert os.readlink(d / "link") == "t.txt"
+    assert (d / "link").read_bytes() == b"lftp target\n"
+
+
+@pytest.mark.skipif(not have("lftp"), reason="lftp is not installed")
 def test_lftp_get_of_a_missing_file_fails(server: Env, tmp_path: Path) -> None:
     res = _lftp(server, "get lftp-missing.bin -o x.bin", tmp_path)
     assert res.returncode != 0

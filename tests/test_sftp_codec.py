@@ -513,6 +513,9 @@ def test_longname_uses_names_when_known(utc: None) -> None:
         (b"SSH-2.0-OpenSSH_for_Windows_9.5", True),
         (b"SSH-2.0-paramiko_3.4.0", True),
         (b"SSH-2.0-Go", True),
+        (b"SSH-2.0-libssh2_1.10.0", True),  # curl
+        (b"SSH-2.0-libssh2_1.11.1_DEV", True),
+        (b"SSH-2.0-ssh2js1.16.0", False),  # Node's ssh2
         (b"SSH-2.0-AsyncSSH_2.14.2", False),
         (b"SSH-2.0-libssh_0.10.6", False),
         (b"SSH-2.0-Gopher", False),

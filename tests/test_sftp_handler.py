@@ -1141,7 +1141,9 @@ def test_readlink_returns_link_text(client: Client) -> None:
         (b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3", True),
         (b"SSH-2.0-paramiko_3.4.0", True),
         (b"SSH-2.0-Go", True),
+        (b"SSH-2.0-libssh2_1.10.0", True),  # curl's sftp://
         (b"SSH-2.0-AsyncSSH_2.14.2", False),
+        (b"SSH-2.0-ssh2js1.16.0", False),  # Node's ssh2
         (b"SSH-2.0-libssh_0.10.6", False),
         (b"SSH-2.0-WinSCP_release_6.3", False),
     ],

@@ -433,9 +433,12 @@ def pack_uint64s(*values: int) -> bytes:
 
 # --- client quirks --------------------------------------------------------------------
 
-# Clients whose SYMLINK sends (targetpath, linkpath), the reverse of the draft:
-# OpenSSH's sftp, paramiko, and Go's pkg/sftp (rclone; version "SSH-2.0-Go").
-_REVERSED_SYMLINK_PREFIXES = (b"OpenSSH", b"paramiko")
+# Clients whose SYMLINK sends (targetpath, linkpath), the reverse of the draft, whatever
+# the server: OpenSSH's sftp (and lftp, sshfs, which run it), paramiko, libssh2 (curl's
+# sftp://; "SSH-2.0-libssh2_1.10.0") and Go's pkg/sftp (rclone; "SSH-2.0-Go"). The others
+# seen (asyncssh, Node's ssh2, libssh, WinSCP) send the draft order (linkpath,
+# targetpath) to a server whose version string is not OpenSSH's, as ours is not.
+_REVERSED_SYMLINK_PREFIXES = (b"OpenSSH", b"paramiko", b"libssh2_")
 _REVERSED_SYMLINK_EXACT = (b"Go",)
 
 
