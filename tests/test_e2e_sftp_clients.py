@@ -733,16 +733,19 @@ def test_rclone_copy_uploads_files_above_32_kib(server: Env, tmp_path: Path) -> 
         "f1m.bin": 1024 * 1024,
         "f33m.bin": 33 * 1024 * 1024 + 4321,
         "f32773.bin": 32_773,
+        "sub/deeper/f70000.bin": 70_000,  # a tree, as `rclone copy DIR` sends it
     }
     digests = {}
     for name, size in sizes.items():
         data = os.urandom(size)
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
         (local / name).write_bytes(data)
         digests[name] = hashlib.sha256(data).hexdigest()
     res = _rclone(server, tmp_path, "copy", str(local), "SRV:rclone-up")
     assert res.returncode == 0, res.stderr + server.server.log_text()[-3000:]
     remote = server.alice.root / "rclone-up"
-    assert sorted(os.listdir(remote)) == sorted(sizes)
+    on_disk = {str(p.relative_to(remote)) for p in remote.rglob("*") if p.is_file()}
+    assert on_disk == set(sizes)
     for name, size in sizes.items():
         assert (remote / name).stat().st_size == size, name
         assert hashlib.sha256((remote / name).read_bytes()).hexdigest() == digests[name], name
