@@ -9,6 +9,7 @@ from typing import Any
 from twisted.conch.avatar import ConchUser
 from twisted.conch.error import ConchError
 from twisted.conch.ssh import connection, transport
+from twisted.internet import abstract
 from twisted.logger import Logger
 
 from sftpd.session import SessionChannel
@@ -17,6 +18,7 @@ from sftpd.session_api import SessionContext
 log = Logger(namespace="sftpd.avatar")
 _DATA_HEADER = struct.Struct(">LL")
 _EXT_HEADER = struct.Struct(">LLL")
+_MAX_WINDOW = 0xFFFFFFFF  # RFC 4254 5.2: a window may not grow past 2^32 - 1
 
 
 class Avatar(ConchUser):  # type: ignore[misc]
@@ -100,9 +102,91 @@ def _guard(name: str) -> Callable[[Any, bytes], Any]:
     return method
 
 
+def _write_backlog(tcp: Any) -> int:
+    """Bytes Twisted holds for ``tcp`` that the kernel has not taken yet."""
+    if not isinstance(tcp, abstract.FileDescriptor):
+        return 0
+    return len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen
+
+
+class _OutputWatch:
+    """A streaming producer on the TCP connection: Twisted tells it when its write buffer
+    fills and when it has drained; a drain wakes every channel's app (see
+    ``SessionChannel.pending_output``, which counts the buffer)."""
+
+    def __init__(self, conn: Connection, tcp: Any) -> None:
+        self._conn = conn
+        self._tcp = tcp
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        tcp = self._tcp
+        if tcp.disconnecting:
+            # A paused streaming producer keeps Twisted from closing a flushed connection.
+            tcp.unregisterProducer()
+            return
+        self._conn.output_drained()
+
+    def stopProducing(self) -> None:
+        self.paused = False
+
+
 class Connection(connection.SSHConnection):  # type: ignore[misc]
-    """Conch's connection service, tolerant of messages for channels that are gone, and
-    withholding window adjustments from a channel whose app paused reading."""
+    """Conch's connection service, tolerant of messages for channels that are gone,
+    withholding window adjustments from a channel whose app paused reading, and watching
+    the TCP write buffer so that apps stop producing while the client does not read."""
+
+    _tcp: Any = None
+    _watch: _OutputWatch | None = None
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        tcp = getattr(self.transport, "transport", None)
+        register = getattr(tcp, "registerProducer", None)
+        if register is not None and getattr(tcp, "producer", None) is None:
+            self._tcp = tcp
+            self._watch = _OutputWatch(self, tcp)
+            register(self._watch, True)
+
+    def serviceStopped(self) -> None:
+        tcp, self._tcp = self._tcp, None
+        if tcp is not None and getattr(tcp, "producer", None) is self._watch:
+            tcp.unregisterProducer()
+        super().serviceStopped()
+
+    def output_backlog(self) -> int:
+        """Bytes sent on this connection that the socket has not taken yet (all channels)."""
+        return _write_backlog(self._tcp) if self._tcp is not None else 0
+
+    def output_drained(self) -> None:
+        for channel in list(self.channels.values()):
+            drained = getattr(channel, "transport_drained", None)
+            if drained is not None:
+                drained()
+
+    def ssh_CHANNEL_WINDOW_ADJUST(self, packet: bytes) -> None:
+        t: Any = self.transport
+        if len(packet) < 8:
+            t.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"short channel message")
+            return
+        local, add = _DATA_HEADER.unpack_from(packet)
+        channel = self.channels.get(local)
+        if channel is None:
+            log.debug("WINDOW_ADJUST for unknown channel {local}", local=local)
+            return
+        if channel.remoteWindowLeft + add > _MAX_WINDOW:
+            log.warn(
+                "channel {local}: window adjust of {add} takes the window past 2^32-1",
+                local=local,
+                add=add,
+            )
+            t.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"window exceeds 2^32-1")
+            return
+        channel.addWindowBytes(add)
 
     # Conch's SSHService dispatches by getattr on the message name; CHANNEL_DATA goes direct.
     def packetReceived(self, messageNum: int, packet: bytes) -> None:
@@ -164,7 +248,6 @@ class Connection(connection.SSHConnection):  # type: ignore[misc]
 for _name in (
     "ssh_CHANNEL_OPEN_CONFIRMATION",
     "ssh_CHANNEL_OPEN_FAILURE",
-    "ssh_CHANNEL_WINDOW_ADJUST",
     "ssh_CHANNEL_EXTENDED_DATA",
     "ssh_CHANNEL_EOF",
     "ssh_CHANNEL_CLOSE",

@@ -176,7 +176,16 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
         self._queue(connection.EXTENDED_DATA_STDERR, data)
 
     def pending_output(self) -> int:
-        return self._pending
+        # What waits for the peer's window, plus what the socket has not taken: a client
+        # with a huge window that stops reading must stop the app as well.
+        conn: Any = self.conn
+        backlog = getattr(conn, "output_backlog", None)
+        return self._pending + (backlog() if backlog is not None else 0)
+
+    def transport_drained(self) -> None:
+        """The connection's socket took everything buffered (called by Connection)."""
+        if self._app is not None and not self._finished:
+            self._app.output_drained()
 
     def pause_reading(self) -> None:
         self.reading_paused = True

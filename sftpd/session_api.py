@@ -31,7 +31,8 @@ class ChannelIO(Protocol):
         ...
 
     def pending_output(self) -> int:
-        """Bytes written but not yet sent because the peer's window is full."""
+        """Bytes written but not yet sent: held for the peer's window, plus what the
+        connection's socket has not taken yet (shared by the connection's channels)."""
         ...
 
     def pause_reading(self) -> None:
@@ -55,7 +56,8 @@ class ChannelApp(Protocol):
         ...
 
     def output_drained(self) -> None:
-        """Output that was pending has been sent (resume producing if paused)."""
+        """Output that was pending has been sent (resume producing if paused). May come
+        when nothing was paused: check ``pending_output`` again."""
         ...
 
     def connection_lost(self) -> None:

@@ -57,6 +57,26 @@ def sftp(server: Env) -> Iterator[Any]:
         transport.close()
 
 
+def test_a_request_before_init_ends_the_channel(server: Env, sftp: Any) -> None:
+    """OpenSSH's sftp-server treats a request before SSH_FXP_INIT as fatal; so do we: no
+    ATTRS, exit status 1 and the channel closes. The connection's other channel (the
+    ``sftp`` fixture's) keeps being served."""
+    transport = sftp.get_channel().get_transport()
+    chan = transport.open_session()
+    chan.settimeout(60)
+    chan.invoke_subsystem("sftp")
+    path = b"/"
+    chan.sendall(struct.pack(">IBII", 9 + len(path), 17, 1, len(path)) + path)  # STAT
+    received = b""
+    while chunk := chan.recv(65536):
+        received += chunk
+    assert received == b""
+    assert chan.recv_exit_status() == 1
+    chan.close()
+    assert sftp.normalize(".") == "/"
+    assert "STAT request before SSH_FXP_INIT" in server.server.log_text()
+
+
 def test_paramiko_lists_a_big_directory_whole(server: Env, sftp: Any) -> None:
     names = _big_directory(server.alice.root, "pm-big")
     entries = sftp.listdir_attr("/pm-big")
@@ -641,6 +661,17 @@ def test_lftp_put_ls_get_and_mirror(server: Env, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not have("lftp"), reason="lftp is not installed")
+def test_lftp_ln_s_points_where_the_client_asked(server: Env, tmp_path: Path) -> None:
+    d = server.alice.root / "lftp-ln"
+    d.mkdir()
+    (d / "t.txt").write_bytes(b"lftp target\n")
+    res = _lftp(server, "cd lftp-ln; ln -s t.txt link", tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert os.readlink(d / "link") == "t.txt"
+    assert (d / "link").read_bytes() == b"lftp target\n"
+
+
+@pytest.mark.skipif(not have("lftp"), reason="lftp is not installed")
 def test_lftp_get_of_a_missing_file_fails(server: Env, tmp_path: Path) -> None:
     res = _lftp(server, "get lftp-missing.bin -o x.bin", tmp_path)
     assert res.returncode != 0
@@ -671,3 +702,51 @@ def test_asyncssh_names_are_bytes_end_to_end(server: Env) -> None:
     assert sorted(os.listdir(d)) == sorted([raw_name + b"2", uni_name])
     with open(os.path.join(d, uni_name), "rb") as f:
         assert f.read() == b"unicode name\n"
+
+
+# ---- rclone -------------------------------------------------------------------------------
+
+
+def _rclone(server: Env, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.update(
+        RCLONE_CONFIG_SRV_TYPE="sftp",
+        RCLONE_CONFIG_SRV_HOST="127.0.0.1",
+        RCLONE_CONFIG_SRV_PORT=str(server.port),
+        RCLONE_CONFIG_SRV_USER="alice",
+        RCLONE_CONFIG_SRV_KEY_FILE=str(server.key_path),
+    )
+    cmd = ["rclone", "--config", str(tmp_path / "rclone.conf"), "--retries", "1", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+@pytest.mark.skipif(not have("rclone"), reason="rclone is not installed")
+def test_rclone_copy_uploads_files_above_32_kib(server: Env, tmp_path: Path) -> None:
+    """rclone 1.60 (pkg/sftp's concurrent ReadFrom, many 32 KiB WRITEs in flight) sends
+    the last WRITE of a file with its whole 32 KiB buffer behind a shorter data string;
+    every upload above 32 KiB used to fail with "Bad message: N trailing bytes"."""
+    local = tmp_path / "rclone-up"
+    local.mkdir()
+    sizes = {
+        "f40k.bin": 40 * 1024,
+        "f100000.bin": 100_000,
+        "f1m.bin": 1024 * 1024,
+        "f33m.bin": 33 * 1024 * 1024 + 4321,
+        "f32773.bin": 32_773,
+        "sub/deeper/f70000.bin": 70_000,  # a tree, as `rclone copy DIR` sends it
+    }
+    digests = {}
+    for name, size in sizes.items():
+        data = os.urandom(size)
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        (local / name).write_bytes(data)
+        digests[name] = hashlib.sha256(data).hexdigest()
+    res = _rclone(server, tmp_path, "copy", str(local), "SRV:rclone-up")
+    assert res.returncode == 0, res.stderr + server.server.log_text()[-3000:]
+    remote = server.alice.root / "rclone-up"
+    on_disk = {str(p.relative_to(remote)) for p in remote.rglob("*") if p.is_file()}
+    assert on_disk == set(sizes)
+    for name, size in sizes.items():
+        assert (remote / name).stat().st_size == size, name
+        assert hashlib.sha256((remote / name).read_bytes()).hexdigest() == digests[name], name
+    assert "BAD_MESSAGE" not in server.server.log_text()

@@ -10,11 +10,16 @@ import pytest
 from twisted.conch.ssh import connection
 from twisted.conch.ssh.common import NS
 from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
+from twisted.internet import abstract
+from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.task import Clock
 
 from sftpd.avatar import Avatar, Connection
 from sftpd.blocking import InlineBlocking
 from sftpd.session_api import SessionContext
+from sftpd.sftp.codec import Framer
+from sftpd.sftp.constants import PacketType
+from sftpd.sftp.protocol import MAX_BYTES_PER_TURN, MAX_PENDING_OUTPUT
 from sftpd.storage.local import LocalStorage
 
 MSG = {v: k for k, v in connection.messages.items()}
@@ -202,3 +207,173 @@ def test_channel_data_beyond_the_window_closes_the_channel(tmp_path: Path) -> No
     too_much = b"z" * (ch.localWindowLeft + 1)
     conn.packetReceived(connection.MSG_CHANNEL_DATA, struct.pack(">L", 0) + NS(too_much))
     assert got == [] and _names(t)[-1] == "MSG_CHANNEL_CLOSE"
+
+
+# ---- the connection's window rules and its socket's write buffer ----------------------
+
+
+def test_window_adjust_past_2_32_minus_1_disconnects(tmp_path: Path) -> None:
+    """RFC 4254 5.2: a window may not exceed 2^32-1. 1,000 adjusts of 2^32-1 used to be
+    added up without complaint; the first one that overflows is a protocol error."""
+    conn, t, clock = _setup(tmp_path)
+    _open(conn, window=(1 << 32) - 11)
+    ch: Any = conn.channels[0]
+    conn.ssh_CHANNEL_WINDOW_ADJUST(struct.pack(">2L", 0, 10))  # exactly 2^32-1: fine
+    assert ch.remoteWindowLeft == (1 << 32) - 1 and t.disconnects == []
+    for _ in range(1000):
+        conn.ssh_CHANNEL_WINDOW_ADJUST(struct.pack(">2L", 0, (1 << 32) - 1))
+        if t.disconnects:
+            break
+    assert t.disconnects == [DISCONNECT_PROTOCOL_ERROR]
+    assert ch.remoteWindowLeft == (1 << 32) - 1
+    conn.ssh_CHANNEL_WINDOW_ADJUST(struct.pack(">L", 0) + b"\x00\x00")  # short: also an error
+    assert t.disconnects == [DISCONNECT_PROTOCOL_ERROR] * 2
+
+
+class _Reactor:
+    """Just enough reactor for a FileDescriptor: whether it waits to write."""
+
+    writing = False
+
+    def addReader(self, r: Any) -> None: ...
+    def removeReader(self, r: Any) -> None: ...
+
+    def addWriter(self, w: Any) -> None:
+        self.writing = True
+
+    def removeWriter(self, w: Any) -> None:
+        self.writing = False
+
+
+class StalledTCP(abstract.FileDescriptor):
+    """Twisted's own write buffer and producer logic over a "kernel" that takes only
+    ``accept`` more bytes: a TCP connection whose client stopped reading."""
+
+    def __init__(self) -> None:
+        self.loop = _Reactor()
+        super().__init__(reactor=self.loop)
+        self.connected = 1
+        self.accept = 0
+        self.taken = 0
+
+    def writeSomeData(self, data: bytes) -> int:
+        n = min(len(data), self.accept)
+        self.accept -= n
+        self.taken += n
+        return n
+
+    def backlog(self) -> int:
+        return len(self.dataBuffer) - self.offset + self._tempDataLen
+
+
+class StreamTransport:
+    """The SSH transport over a StalledTCP: every packet payload goes into its buffer; the
+    channel's data is parsed back into SFTP replies as (type, id, length)."""
+
+    def __init__(self, avatar: Avatar, tcp: StalledTCP) -> None:
+        self.avatar = avatar
+        self.transport = tcp
+        self.otherVersionString = b"SSH-2.0-OpenSSH_9.2"
+        self.disconnects: list[int] = []
+        self.framer = Framer()
+        self.replies: list[tuple[int, int, int]] = []
+        self.handle = b""
+
+    def sendPacket(self, kind: int, payload: bytes) -> None:
+        self.transport.write(bytes(payload))
+        if kind != connection.MSG_CHANNEL_DATA:
+            return
+        for packet in self.framer.feed(payload[8:]):
+            ptype = packet[0]
+            rid = struct.unpack_from(">I", packet, 1)[0] if ptype != PacketType.VERSION else 0
+            self.replies.append((ptype, rid, len(packet)))
+            if ptype == PacketType.HANDLE:
+                self.handle = bytes(packet[9:])
+
+    def sendDisconnect(self, code: int, desc: bytes) -> None:
+        self.disconnects.append(code)
+        self.transport.loseConnection()
+
+
+def _sftp_over_stalled_tcp(tmp: Path) -> tuple[Connection, StreamTransport, StalledTCP, Clock]:
+    clock = Clock()
+    ctx = SessionContext(
+        "alice", "/", False, LocalStorage(tmp), InlineBlocking(), tmp, reactor=clock
+    )
+    avatar = Avatar(ctx, clock=clock, max_sessions=10)
+    conn = Connection()
+    tcp = StalledTCP()
+    t = StreamTransport(avatar, tcp)
+    conn.transport = t
+    conn.serviceStarted()
+    _open(conn, window=(1 << 32) - 1, maxpkt=32768)
+    conn.ssh_CHANNEL_REQUEST(struct.pack(">L", 0) + NS(b"subsystem") + b"\x01" + NS(b"sftp"))
+    clock.advance(0)
+    return conn, t, tcp, clock
+
+
+def _sftp(conn: Connection, ptype: int, rid: int, body: bytes) -> None:
+    packet = bytes([ptype]) + struct.pack(">I", rid) + body
+    conn.ssh_CHANNEL_DATA(struct.pack(">L", 0) + NS(struct.pack(">I", len(packet)) + packet))
+
+
+def _run(clock: Clock) -> None:
+    for _ in range(10_000):
+        if not clock.getDelayedCalls():
+            return
+        clock.advance(0)
+    raise AssertionError("the session never went idle")
+
+
+def test_a_client_that_stops_reading_stops_the_sftp_pump(tmp_path: Path) -> None:
+    """Window 2^32-1, a 256 MiB file, 4,096 READs of 32 KiB, and a socket that takes
+    nothing: what the server buffers stays bounded (it used to queue all 128 MiB). Once
+    the client reads again, every READ is answered, in order."""
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        f.truncate(256 * 1024 * 1024)
+    conn, t, tcp, clock = _sftp_over_stalled_tcp(tmp_path)
+    _sftp(conn, PacketType.INIT, 3, b"")
+    _sftp(conn, PacketType.OPEN, 1, NS(b"big.bin") + struct.pack(">II", 1, 0))
+    _run(clock)
+    assert t.handle
+    for i in range(4096):
+        _sftp(conn, PacketType.READ, 100 + i, NS(t.handle) + struct.pack(">QI", i * 32768, 32768))
+        _run(clock)
+    bound = MAX_PENDING_OUTPUT + MAX_BYTES_PER_TURN
+    assert tcp.taken == 0 and 0 < tcp.backlog() <= bound, tcp.backlog()
+    answered = sum(1 for ptype, _, _ in t.replies if ptype == PacketType.DATA)
+    assert 0 < answered < 4096 // 16
+    # the client reads again: the socket drains, the app is woken, and so on to the end
+    for _ in range(10_000):
+        if tcp.backlog() == 0 and not clock.getDelayedCalls():
+            break
+        tcp.accept = 1 << 40
+        if tcp.loop.writing:
+            tcp.doWrite()
+        _run(clock)
+        assert tcp.backlog() <= bound
+    data = [(rid, size) for ptype, rid, size in t.replies if ptype == PacketType.DATA]
+    assert data == [(100 + i, 13 - 4 + 32768) for i in range(4096)]
+    assert t.disconnects == []
+
+
+def test_a_disconnect_while_the_client_stalls_still_closes_once_flushed(tmp_path: Path) -> None:
+    """A paused streaming producer keeps Twisted from closing a flushed connection: the
+    watch steps aside when the connection is closing."""
+    conn, t, tcp, clock = _sftp_over_stalled_tcp(tmp_path)
+    (tmp_path / "f.bin").write_bytes(bytes(1 << 20))
+    _sftp(conn, PacketType.INIT, 3, b"")
+    _sftp(conn, PacketType.OPEN, 1, NS(b"f.bin") + struct.pack(">II", 1, 0))
+    for i in range(32):
+        _sftp(conn, PacketType.READ, 100 + i, NS(t.handle) + struct.pack(">QI", i * 32768, 32768))
+    _run(clock)
+    assert tcp.producerPaused and tcp.backlog() > 2**16
+    t.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"test")
+    tcp.accept = 1 << 40
+    result = None
+    for _ in range(10):  # what the reactor does: doWrite while the socket is watched
+        if not tcp.loop.writing:
+            break
+        result = tcp.doWrite()
+    assert result is CONNECTION_DONE and tcp.backlog() == 0

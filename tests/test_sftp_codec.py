@@ -179,7 +179,8 @@ def test_decode_with_trailing_data(body: bytes, expected: m.Request) -> None:
 STRICT = [
     (body, req)
     for body, req in REQUESTS
-    if not isinstance(req, m.Init | m.UnknownRequest | m.UnknownExtended)  # these take any tail
+    # these take any tail (WRITE: see test_write_ignores_bytes_after_its_data)
+    if not isinstance(req, m.Init | m.UnknownRequest | m.UnknownExtended | m.Write)
 ]
 
 
@@ -211,6 +212,46 @@ def test_write_data_is_a_view_into_the_packet() -> None:
     assert request.data.obj is (packet.obj if isinstance(packet, memoryview) else packet)
 
 
+def _rclone_last_write(request_id: int, handle: bytes, offset: int, data: bytes) -> bytes:
+    """A WRITE as pkg/sftp < 1.13.6 (rclone 1.60) sends the last chunk of a concurrent
+    ReadFrom: the data string says ``len(data)`` but the packet carries the whole 32 KiB
+    buffer (the first ``len(data)`` bytes being the data)."""
+    buf = data + bytes(32768 - len(data))
+    head = struct.pack(">BII", 6, request_id, len(handle)) + handle
+    return head + struct.pack(">QI", offset, len(data)) + buf
+
+
+def test_write_ignores_bytes_after_its_data() -> None:
+    """rclone 1.60 uploading 100,000 bytes: the fourth WRITE declares 1,696 bytes of data
+    in a packet of 32,790 bytes, behind three full ones, fed as the SSH channel delivers
+    them (straddling). OpenSSH's sftp-server ignores the tail; so must we (it was
+    "Bad message: 31072 trailing bytes")."""
+    data = os.urandom(100_000)
+    wire = b""
+    for n, offset in enumerate(range(0, len(data), 32768)):
+        chunk = data[offset : offset + 32768]
+        wire += framed(_rclone_last_write(31 + n, b"5", offset, chunk))
+    assert len(wire) == 4 * (4 + 32790)
+    for step in (len(wire), 32768, 32759, 1000, 7):
+        framer = Framer()
+        packets: list[bytes | memoryview] = []
+        for i in range(0, len(wire), step):
+            packets.extend(framer.feed(wire[i : i + step]))
+        writes = [decode_request(p) for p in packets]
+        assert all(isinstance(w, m.Write) for w in writes)
+        assert [(w.id, w.offset, len(w.data)) for w in writes if isinstance(w, m.Write)] == [
+            (31, 0, 32768),
+            (32, 32768, 32768),
+            (33, 65536, 32768),
+            (34, 98304, 1696),
+        ]
+        assert b"".join(bytes(w.data) for w in writes if isinstance(w, m.Write)) == data
+    # the general decoder agrees (a WRITE the fast path leaves to it still fails cleanly)
+    with pytest.raises(m.RequestDecodeError) as info:
+        decode_request(_io_body(6, b"h", 0, struct.pack(">I", 9) + b"short"))
+    assert info.value.request_id == 9
+
+
 def _io_body(kind: int, handle: bytes, offset: int, tail: bytes) -> bytes:
     return struct.pack(">BII", kind, 9, len(handle)) + handle + struct.pack(">Q", offset) + tail
 
@@ -227,11 +268,12 @@ def test_read_and_write_decode_exactly_and_refuse_bad_lengths(handle: bytes) -> 
     assert (decoded.id, decoded.handle, decoded.offset) == (9, handle, 7)
     empty = decode_request(_io_body(6, handle, 0, struct.pack(">I", 0)))
     assert isinstance(empty, m.Write) and bytes(empty.data) == b""
+    tail = decode_request(_io_body(6, handle, 7, struct.pack(">I", 2) + b"abc"))
+    assert isinstance(tail, m.Write) and bytes(tail.data) == b"ab"  # the tail is ignored
     for bad in (
         read + b"x",  # trailing byte
         read[:-1],  # short length field
         _io_body(6, handle, 7, struct.pack(">I", 4) + b"abc"),  # data shorter than declared
-        _io_body(6, handle, 7, struct.pack(">I", 2) + b"abc"),  # trailing data
         struct.pack(">BII", 5, 9, len(handle) + 50) + handle + bytes(12),  # handle overruns
     ):
         with pytest.raises(m.RequestDecodeError) as info:
@@ -471,6 +513,9 @@ def test_longname_uses_names_when_known(utc: None) -> None:
         (b"SSH-2.0-OpenSSH_for_Windows_9.5", True),
         (b"SSH-2.0-paramiko_3.4.0", True),
         (b"SSH-2.0-Go", True),
+        (b"SSH-2.0-libssh2_1.10.0", True),  # curl
+        (b"SSH-2.0-libssh2_1.11.1_DEV", True),
+        (b"SSH-2.0-ssh2js1.16.0", False),  # Node's ssh2
         (b"SSH-2.0-AsyncSSH_2.14.2", False),
         (b"SSH-2.0-libssh_0.10.6", False),
         (b"SSH-2.0-Gopher", False),

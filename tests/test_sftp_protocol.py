@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import pytest
 from twisted.internet import defer
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from sftpd.blocking import CallViaRun
 from sftpd.session_api import ChannelApp
@@ -152,9 +153,12 @@ def test_pending_output_pauses_dispatch_until_drained(root: Path) -> None:
 def test_slow_reader_stops_big_reads_at_the_output_limit(root: Path) -> None:
     io = WindowIO()
     (root / "big").write_bytes(os.urandom(1 << 20))
-    c = Client(root)
+    c = Client(root, init=False)
     c.io = io
     c.app = SftpApp(c.ctx, io)
+    c.feed(frame(bytes([PacketType.INIT]) + u32(3)))
+    assert c.replies()[0].type == PacketType.VERSION
+    io.pending = 0
     handle = c.open("big", OpenFlag.READ)
     read = bytes([PacketType.READ])
     packets = [frame(read + u32(i) + s(handle) + u64(0) + u32(261120)) for i in range(40)]
@@ -243,6 +247,59 @@ def test_bad_message_is_answered_and_session_continues(root: Path) -> None:
     replies = c.replies()
     assert [(r.id, r.code) for r in replies[:1]] == [(5, Status.BAD_MESSAGE)]
     assert replies[1].id == 6 and replies[1].type == PacketType.ATTRS
+    assert c.io.exited is None
+
+
+def test_bad_message_is_logged_once_per_session_without_paths(root: Path) -> None:
+    c = Client(root)
+    bad = frame(bytes([PacketType.OPEN]) + u32(7) + s(str(root / "x")) + u32(1))  # no attrs
+    with capturedLogs() as events:
+        c.feed(bad + bad + bad)
+    assert [r.code for r in c.replies()] == [Status.BAD_MESSAGE] * 3
+    lines = [(e["log_level"], formatEvent(e)) for e in events]
+    loud = [text for level, text in lines if level >= LogLevel.info]
+    assert len(loud) == 1 and len(lines) == 3, lines
+    assert "BAD_MESSAGE to OPEN request 7 of alice" in loud[0]
+    assert "truncated uint32" in loud[0]
+    assert all(str(root) not in text for _, text in lines)
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        stat_packet(1),
+        frame(bytes([PacketType.EXTENDED]) + u32(2) + s("limits@openssh.com")),
+        frame(bytes([PacketType.VERSION]) + u32(3)),
+        frame(b"\x99" + u32(3)),
+        frame(b""),
+    ],
+    ids=["stat", "extended", "version", "unknown", "empty"],
+)
+def test_a_request_before_init_closes_the_session(root: Path, first: bytes) -> None:
+    """OpenSSH's sftp-server: "Received N request before init" is fatal. No reply, exit
+    status 1 (the channel then closes); what follows is not served, not even an INIT."""
+    (root / "f").write_bytes(b"x")
+    c = Client(root, init=False)
+    with capturedLogs() as events:
+        c.feed(first + frame(bytes([PacketType.INIT]) + u32(3)) + stat_packet(5, "/f"))
+    assert c.replies() == [] and c.io.exited == 1 and c.io.exit_calls == 1
+    assert c.app.queued() == 0
+    c.feed(stat_packet(6))
+    assert c.replies() == []
+    (warn,) = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.info]
+    assert "before SSH_FXP_INIT" in warn and "alice" in warn
+
+
+def test_init_first_then_requests_in_the_same_chunk(root: Path) -> None:
+    c = Client(root, init=False)
+    c.feed(frame(bytes([PacketType.INIT]) + u32(3)) + stat_packet(1) + stat_packet(2))
+    assert [(r.type, r.id) for r in c.replies()] == [
+        (PacketType.VERSION, None),
+        (PacketType.ATTRS, 1),
+        (PacketType.ATTRS, 2),
+    ]
+    c.feed(frame(bytes([PacketType.INIT]) + u32(3)) + stat_packet(3))  # OpenSSH answers again
+    assert [r.type for r in c.replies()] == [PacketType.VERSION, PacketType.ATTRS]
     assert c.io.exited is None
 
 

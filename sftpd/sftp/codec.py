@@ -300,9 +300,13 @@ def _decode_io(view: memoryview, packet_type: int, request_id: int) -> m.Read | 
     if pos + 12 > end:
         return None
     offset, length = _U64U32.unpack_from(view, pos)
-    if pos + 12 + length != end:
+    start = pos + 12
+    if start + length > end:
         return None
-    return m.Write(request_id, bytes(view[9:pos]), offset, view[pos + 12 :])
+    # Bytes after the data string are ignored, as OpenSSH's sftp-server ignores any
+    # packet's tail: pkg/sftp before 1.13.6 (rclone 1.60) sends the last WRITE of a
+    # concurrent upload with its whole 32 KiB buffer behind a shorter data string.
+    return m.Write(request_id, bytes(view[9:pos]), offset, view[start : start + length])
 
 
 def decode_request(packet: Packet) -> m.Request:
@@ -429,9 +433,12 @@ def pack_uint64s(*values: int) -> bytes:
 
 # --- client quirks --------------------------------------------------------------------
 
-# Clients whose SYMLINK sends (targetpath, linkpath), the reverse of the draft:
-# OpenSSH's sftp, paramiko, and Go's pkg/sftp (rclone; version "SSH-2.0-Go").
-_REVERSED_SYMLINK_PREFIXES = (b"OpenSSH", b"paramiko")
+# Clients whose SYMLINK sends (targetpath, linkpath), the reverse of the draft, whatever
+# the server: OpenSSH's sftp (and lftp, sshfs, which run it), paramiko, libssh2 (curl's
+# sftp://; "SSH-2.0-libssh2_1.10.0") and Go's pkg/sftp (rclone; "SSH-2.0-Go"). The others
+# seen (asyncssh, Node's ssh2, libssh, WinSCP) send the draft order (linkpath,
+# targetpath) to a server whose version string is not OpenSSH's, as ours is not.
+_REVERSED_SYMLINK_PREFIXES = (b"OpenSSH", b"paramiko", b"libssh2_")
 _REVERSED_SYMLINK_EXACT = (b"Go",)
 
 

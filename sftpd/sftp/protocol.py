@@ -17,6 +17,7 @@ from sftpd.sftp.codec import (
     encode_response,
     encode_response_parts,
 )
+from sftpd.sftp.constants import PacketType
 from sftpd.sftp.handler import READ_CLAMP, SftpHandler
 
 log = Logger(namespace="sftpd.sftp")
@@ -33,6 +34,7 @@ _Reply = tuple[bytes, m.Payload]
 # Only these may run concurrently with each other; every other request is a barrier that
 # runs alone, after everything before it, as OpenSSH's sequential sftp-server would.
 _CONCURRENT = (m.Read, m.Write)
+_PACKET_TYPES = frozenset(int(t) for t in PacketType)
 # Received but not yet dispatched input beyond this stops granting the client window
 # (so it cannot send more than its window); below the low mark, the window reopens.
 PAUSE_INPUT_AT = 1024 * 1024
@@ -97,6 +99,8 @@ class SftpApp:
         self._resume: Any = None  # a pump on the next reactor turn, when one is due
         self._closed = False
         self._eof = False
+        self._bad_messages = 0
+        self._initialized = False  # SSH_FXP_INIT seen
 
     @property
     def handler(self) -> SftpHandler:
@@ -182,18 +186,27 @@ class SftpApp:
 
     def _dispatch(self, packet: Packet) -> int:
         """Decode and start one request; returns the bytes it reads or writes."""
+        if not self._initialized:
+            kind = packet[0] if len(packet) else None
+            if kind != PacketType.INIT:
+                # OpenSSH's sftp-server treats any request before INIT as fatal: the
+                # client has not agreed on a version, so nothing it sends is meaningful.
+                self._abort("{request} request before SSH_FXP_INIT", request=_type_name(kind))
+                return 0
         try:
             request = decode_request(packet)
         except m.RequestDecodeError as exc:
             if exc.request_id is None:
                 self._abort("undecodable packet without a request id: {error}", error=str(exc))
                 return 0
-            log.debug("bad message {error}", error=str(exc))
+            self._log_bad_message(exc)
             self._slots.append(
                 [(encode_response(SftpHandler.bad_message(exc.request_id, exc)), b"")]
             )
             self._flush()
             return 0
+        if isinstance(request, m.Init):
+            self._initialized = True  # a second INIT is answered again, as OpenSSH does
         if not isinstance(request, _CONCURRENT):
             if self._in_flight:
                 # put it back; it is dispatched once everything before it is answered
@@ -271,6 +284,23 @@ class SftpApp:
             else:
                 io.write(head)
 
+    def _log_bad_message(self, exc: m.RequestDecodeError) -> None:
+        """The first BAD_MESSAGE of a session at warn (a client bug worth seeing), the rest
+        at debug: a client cannot flood the log with them. No paths: only the request
+        type, id and what was wrong with its encoding."""
+        emit = log.debug if self._bad_messages else log.warn
+        self._bad_messages += 1
+        emit(
+            "answered BAD_MESSAGE to {request} request {request_id} of {user} ({session}): "
+            "{error}{more}",
+            request=_type_name(exc.packet_type),
+            request_id=exc.request_id,
+            user=self._ctx.username,
+            session=self._ctx.session_id,
+            error=str(exc),
+            more="" if self._bad_messages > 1 else " (further ones this session at debug)",
+        )
+
     def _maybe_finish(self) -> None:
         if self._eof and not self._closed and not self._queue and not self._in_flight:
             self._closed = True
@@ -289,6 +319,12 @@ class SftpApp:
         self._queued_bytes = 0
         self._io.exit(1)
         self._handler.close_all()
+
+
+def _type_name(kind: int | None) -> str:
+    if kind is None:
+        return "empty"
+    return PacketType(kind).name if kind in _PACKET_TYPES else f"type {kind}"
 
 
 def make_sftp_app(ctx: SessionContext, io: ChannelIO) -> SftpApp:
