@@ -213,7 +213,7 @@ class _Loader(Values):
             "workers": self.integer(1, 1024),
             "busy_poll_us": self.integer(0, 10000),
             "log_format": self.choice(("text", "json")),
-            "log_level": self.choice(LOG_LEVELS),
+            "log_level": self.choice(LOG_LEVELS, {"warning": "warn"}),
         }
 
     def users_check(self, where: str, value: Any) -> list[tuple[UserConfig, str]]:
@@ -309,15 +309,18 @@ def load_config(path: Path) -> Config:
     source = str(path)
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            text = f.read().decode("utf-8")
+        data = tomllib.loads(text)
     except OSError as e:
         raise ConfigError(source, "", f"cannot read: {e.strerror}; expected a TOML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, "", "invalid TOML: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         text = str(e)
         m = re.fullmatch(r"(.*) \(at (line \d+, column \d+|end of document)\)", text)
         where, what = (m[2], m[1]) if m else ("", text)
         raise ConfigError(source, where, f"invalid TOML: {what}") from None
-    loader = _Loader(source, Path(os.path.abspath(path)).parent)
+    loader = _Loader(source, Path(os.path.abspath(path)).parent, text)
     config, roots = loader.load(data)
     if not loader.errors:
         for where, root in roots:

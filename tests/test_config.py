@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import stat
@@ -375,9 +376,10 @@ LISTEN_EXPECTED = 'expected "IPV4:PORT" (like "0.0.0.0:22") or "[IPV6]:PORT" (li
         (
             '[sftp]\numask = "9"\n',
             "sftp.umask",
-            "expected an octal mode like \"022\" or 0o022, got string '9'",
+            'expected an octal mode from 000 to 777; write it as a string "022" or as a TOML '
+            "octal integer 0o022, got string '9'",
         ),
-        ("[sftp]\numask = 512\n", "sftp.umask", "expected an octal mode"),
+        ("[sftp]\numask = 0o1000\n", "sftp.umask", "expected an octal mode from 000 to 777"),
     ],
 )
 def test_server_section_errors(tmp_path: Path, body: str, key: str, message: str) -> None:
@@ -387,13 +389,30 @@ def test_server_section_errors(tmp_path: Path, body: str, key: str, message: str
 
 
 NAME_EXPECTED = (
-    "expected 1 to 32 characters of a-z, 0-9, '_', '.', '-', starting with a letter or '_'"
+    "expected 1 to 64 characters of A-Z, a-z, 0-9, '_', '.', '-', '@', '+', starting with a "
+    "letter, digit or '_', without '..'"
 )
 
 
-@pytest.mark.parametrize("name", ["Alice", "1abc", "a" * 33, "al ice", "al/ice"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a" * 65,
+        "al ice",
+        "al/ice",
+        "..",
+        "a..b",
+        "-alice",
+        ".alice",
+        "@x",
+        "+x",
+        "al\tice",
+        "a\x01",
+    ],
+)
 def test_invalid_user_names(tmp_path: Path, name: str) -> None:
-    path, e = load_error(tmp_path, user(f'password_hash = "{HASH}"', name=name))
+    text = user(f'password_hash = "{HASH}"').replace('"alice"', json.dumps(name))
+    path, e = load_error(tmp_path, text)
     assert str(e) == f"{path}: users[0].name: invalid user name {name!r}; {NAME_EXPECTED}"
 
 
@@ -628,3 +647,50 @@ def test_config_modules_do_not_import_twisted() -> None:
         "assert not [m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope')]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+@pytest.mark.parametrize(
+    "name", ["Alice", "1abc", "john.doe@example.com", "Ann+sftp@Example.org", "a" * 64, "a.b-c_d"]
+)
+def test_email_style_user_names(tmp_path: Path, name: str) -> None:
+    cfg = write(tmp_path, user(f'password_hash = "{HASH}"', name=name))
+    assert load_config(cfg).users[0].name == name
+
+
+def test_log_level_warning_is_warn(tmp_path: Path) -> None:
+    cfg = write(tmp_path, '[server]\nlog_level = "warning"\n' + user(f'password_hash = "{HASH}"'))
+    assert load_config(cfg).server.log_level == "warn"
+
+
+UMASK_FORMS = 'write it as a string "022" or as a TOML octal integer 0o022'
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("0o022", 0o22), ("0o0_77", 0o77), ("0", 0), ("7", 7), ('"22"', 0o22), ('"0o27"', 0o27)],
+)
+def test_umask_octal_integers_and_strings(tmp_path: Path, text: str, value: int) -> None:
+    cfg = write(
+        tmp_path,
+        f"[sftp] # the mode\numask = {text}  # 0o022\n" + user(f'password_hash = "{HASH}"'),
+    )
+    assert load_config(cfg).sftp.umask == value
+
+
+@pytest.mark.parametrize(
+    ("body", "shown", "value"),
+    [
+        ("[sftp]\numask = 22\n", "22", 22),
+        ("[sftp]\numask=18 # 0o022\n", "18", 18),
+        ("sftp = { max_handles = 9, umask = 63 }\n", "63", 63),
+        ("sftp.umask = +22\n", "+22", 22),
+        ("[sftp]\numask = 0x12\n", "0x12", 18),
+        ("[sftp]\n'umask' = 0b10010\n", "0b10010", 18),
+    ],
+)
+def test_umask_decimal_integer_refused(tmp_path: Path, body: str, shown: str, value: int) -> None:
+    path, e = load_error(tmp_path, body + user(f'password_hash = "{HASH}"'))
+    assert str(e) == (
+        f"{path}: sftp.umask: the integer {shown} is read as decimal {value} "
+        f"(octal {value:o}), not as an octal mode; {UMASK_FORMS}"
+    )
