@@ -155,7 +155,7 @@ class _Loader(Values):
 
     # Sections.
 
-    def load(self, data: dict[str, Any]) -> tuple[Config, list[tuple[str, Path]]]:
+    def load(self, data: dict[str, Any]) -> Config:
         sections: dict[str, Check] = {
             "server": self.section_check(self.server_checks()),
             "sftp": self.section_check(
@@ -176,13 +176,12 @@ class _Loader(Values):
         if "users" not in data:
             self.errors.append(self.err("users", "missing; expected at least one [[users]] entry"))
         users: list[tuple[UserConfig, str]] = got.get("users", [])
-        config = Config(
+        return Config(
             server=ServerConfig(**got.get("server", {})),
             sftp=SftpConfig(**got.get("sftp", {})),
             exec=ExecConfig(**got.get("exec", {})),
             users=tuple(u for u, _ in users),
         )
-        return config, [(where, u.root) for u, where in users]
 
     def section_check(self, checks: dict[str, Check]) -> Check:
         def check(where: str, value: Any) -> dict[str, Any]:
@@ -281,25 +280,11 @@ def make_root(root: Path) -> None:
     root.mkdir(mode=0o750, parents=True, exist_ok=True)
 
 
-def _create_root(source: str, where: str, root: Path) -> ConfigError | None:
-    try:
-        make_root(root)
-    except FileExistsError:
-        return ConfigError(
-            source, where, f"{root} exists but is not a directory; expected a directory"
-        )
-    except OSError as e:
-        return ConfigError(
-            source,
-            where,
-            f"cannot create {root}: {e.strerror}; expected an existing directory or one "
-            "sftpd may create",
-        )
-    return None
-
-
 def load_config(path: Path) -> Config:
-    """Load and validate a TOML config file; user roots are created (mode 0o750) when missing.
+    """Load and validate a TOML config file; nothing on disk is created or changed.
+
+    What serving needs of the disk (user roots, host key directory) is checked by
+    ``sftpd.preflight``, which ``serve`` and ``check-config`` share.
 
     Every problem raises ConfigError naming the file and the key path, e.g.
     ``sftpd.toml: users[1].root: ...``; array indexes are 0-based (``users[0]`` is the first
@@ -321,12 +306,7 @@ def load_config(path: Path) -> Config:
         where, what = (m[2], m[1]) if m else ("", text)
         raise ConfigError(source, where, f"invalid TOML: {what}") from None
     loader = _Loader(source, Path(os.path.abspath(path)).parent, text)
-    config, roots = loader.load(data)
-    if not loader.errors:
-        for where, root in roots:
-            problem = _create_root(source, where, root)
-            if problem is not None:
-                loader.errors.append(problem)
+    config = loader.load(data)
     if len(loader.errors) == 1:
         raise loader.errors[0]
     if loader.errors:
@@ -357,12 +337,9 @@ def embedded_default(cwd: Path, home: Path, username: str) -> tuple[Config, str]
 
     Login works with any key in ``home/.ssh/authorized_keys`` or ``home/.ssh/id_*.pub`` or
     with the returned random password (only its bcrypt hash is kept). Host keys live in
-    ``cwd/keys``. Raises ConfigError when ``cwd/data`` cannot be created.
+    ``cwd/keys``. Nothing is created here: ``sftpd.preflight.prepare`` creates ``cwd/data``.
     """
     root = Path(os.path.abspath(cwd / "data"))
-    problem = _create_root(EMBEDDED_SOURCE, "users[0].root", root)
-    if problem is not None:
-        raise problem
     password = secrets.token_urlsafe(12)
     user = UserConfig(
         name=username,

@@ -16,6 +16,7 @@ from typing import Any
 import bcrypt
 import pytest
 
+from sftpd import cli
 from sftpd.cli import main
 from sftpd.config import Config
 
@@ -91,8 +92,9 @@ def test_check_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == (
-        f"{cfg}: users[0].root: cannot create {tmp_path / 'file' / 'data'}: Not a directory; "
-        "expected an existing directory or one sftpd may create\n"
+        f"{cfg}: users[0].root: cannot create {tmp_path / 'file' / 'data'}: "
+        f"{tmp_path / 'file'} is not a directory; expected an existing directory or one sftpd "
+        "may create\n"
     )
 
 
@@ -246,12 +248,18 @@ def test_keygen_into_an_impossible_directory(
 
 @pytest.fixture
 def fake_server(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Config, Any]]:
-    """Replace sftpd.server with a stub recording serve() calls; serve returns 0."""
+    """Replace sftpd.server with a stub recording serve() calls; serve returns 0.
+
+    Binding is replaced too (these tests use fixed ports such as 22 and 2222); the e2e
+    tests bind for real."""
     calls: list[tuple[Config, Any]] = []
 
-    def serve(config: Config, *, log_format: str | None = None) -> int:
+    def serve(config: Config, *, log_format: str | None = None, sockets: Any = None) -> int:
+        assert sockets == [[]]
         calls.append((config, log_format))
         return 0
+
+    monkeypatch.setattr(cli, "bind_all", lambda listen, copies, hint: [[]])
 
     module = types.ModuleType("sftpd.server")
     module.serve = serve  # type: ignore[attr-defined]
