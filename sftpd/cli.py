@@ -170,6 +170,13 @@ def _connect_command(user: str, host: str, port: int) -> str:
     return f"sftp {option}{user}@{host}"
 
 
+def offered(key_type: str, algorithms: Sequence[str]) -> bool:
+    """Whether a host key of ``key_type`` signs with one of ``algorithms``."""
+    if key_type == "ssh-rsa":
+        return any(a in ("ssh-rsa", "rsa-sha2-256", "rsa-sha2-512") for a in algorithms)
+    return key_type in algorithms
+
+
 def print_banner(
     config: Config,
     infos: Sequence[HostKeyInfo],
@@ -193,6 +200,8 @@ def print_banner(
         print(f"  password (shown only now): {password}", file=out)
     print("Host key fingerprints:", file=out)
     for info in infos:
+        if not offered(info.key_type, config.server.host_key_algorithms):
+            continue  # e.g. ECDSA with algorithms = "modern": clients never see it
         print(f"  {info.bits} {info.fingerprint} ({info.label})", file=out)
     out.flush()
 

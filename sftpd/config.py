@@ -23,9 +23,9 @@ from sftpd.config_values import (
 )
 from sftpd.errors import ConfigError
 
-# Algorithm names offered by default (modern only). Admins may opt in to others by
-# listing them explicitly in [server]; see config.example.toml.
-DEFAULT_KEX = (
+# Algorithm presets, chosen by [server] algorithms; explicit lists in [server] win.
+# "compat": OpenSSH's own default offer (NIST ECDH and ECDSA, encrypt-and-MAC HMACs).
+COMPAT_KEX = (
     "mlkem768x25519-sha256",
     "curve25519-sha256",
     "curve25519-sha256@libssh.org",
@@ -34,7 +34,7 @@ DEFAULT_KEX = (
     "ecdh-sha2-nistp521",
     "diffie-hellman-group-exchange-sha256",  # only offered when a moduli file is present
 )
-DEFAULT_CIPHERS = (
+COMPAT_CIPHERS = (
     "chacha20-poly1305@openssh.com",
     "aes128-gcm@openssh.com",
     "aes256-gcm@openssh.com",
@@ -42,13 +42,13 @@ DEFAULT_CIPHERS = (
     "aes192-ctr",
     "aes256-ctr",
 )
-DEFAULT_MACS = (
+COMPAT_MACS = (
     "hmac-sha2-256-etm@openssh.com",
     "hmac-sha2-512-etm@openssh.com",
     "hmac-sha2-256",
     "hmac-sha2-512",
 )
-DEFAULT_HOST_KEY_ALGORITHMS = (
+COMPAT_HOST_KEY_ALGORITHMS = (
     "ssh-ed25519",
     "ecdsa-sha2-nistp256",
     "ecdsa-sha2-nistp384",
@@ -56,6 +56,28 @@ DEFAULT_HOST_KEY_ALGORITHMS = (
     "rsa-sha2-512",
     "rsa-sha2-256",
 )
+# "modern", the default: what ssh-audit passes without a [fail] or [warn] (no NIST curves,
+# MACs only encrypt-then-MAC; the ECDSA host key file may exist but is not offered).
+DEFAULT_KEX = tuple(k for k in COMPAT_KEX if not k.startswith("ecdh-sha2-"))
+DEFAULT_CIPHERS = COMPAT_CIPHERS
+DEFAULT_MACS = tuple(m for m in COMPAT_MACS if m.endswith("-etm@openssh.com"))
+DEFAULT_HOST_KEY_ALGORITHMS = tuple(
+    h for h in COMPAT_HOST_KEY_ALGORITHMS if not h.startswith("ecdsa-")
+)
+ALGORITHM_PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "modern": {
+        "kex_algorithms": DEFAULT_KEX,
+        "ciphers": DEFAULT_CIPHERS,
+        "macs": DEFAULT_MACS,
+        "host_key_algorithms": DEFAULT_HOST_KEY_ALGORITHMS,
+    },
+    "compat": {
+        "kex_algorithms": COMPAT_KEX,
+        "ciphers": COMPAT_CIPHERS,
+        "macs": COMPAT_MACS,
+        "host_key_algorithms": COMPAT_HOST_KEY_ALGORITHMS,
+    },
+}
 
 # Legacy names Conch can negotiate; never offered unless an admin lists them.
 LEGACY_KEX = ("diffie-hellman-group14-sha1", "diffie-hellman-group-exchange-sha1")
@@ -95,6 +117,7 @@ class ServerConfig:
     auth_failure_delay: float = 1.0
     max_sessions: int = 10
     moduli_file: Path | None = None
+    algorithms: str = "modern"  # the preset the four lists below default to
     kex_algorithms: tuple[str, ...] = DEFAULT_KEX
     ciphers: tuple[str, ...] = DEFAULT_CIPHERS
     macs: tuple[str, ...] = DEFAULT_MACS
@@ -176,8 +199,11 @@ class _Loader(Values):
         if "users" not in data:
             self.errors.append(self.err("users", "missing; expected at least one [[users]] entry"))
         users: list[tuple[UserConfig, str]] = got.get("users", [])
+        server: dict[str, Any] = got.get("server", {})
+        for key, names in ALGORITHM_PRESETS[server.get("algorithms", "modern")].items():
+            server.setdefault(key, names)  # explicit lists win over the preset
         return Config(
-            server=ServerConfig(**got.get("server", {})),
+            server=ServerConfig(**server),
             sftp=SftpConfig(**got.get("sftp", {})),
             exec=ExecConfig(**got.get("exec", {})),
             users=tuple(u for u, _ in users),
@@ -201,11 +227,12 @@ class _Loader(Values):
             "auth_failure_delay": self.number(0, 60),
             "max_sessions": self.integer(1, 1000),
             "moduli_file": self.moduli,
-            "kex_algorithms": self.algorithms(DEFAULT_KEX, LEGACY_KEX),
-            "ciphers": self.algorithms(DEFAULT_CIPHERS, LEGACY_CIPHERS),
-            "macs": self.algorithms(DEFAULT_MACS, LEGACY_MACS),
+            "algorithms": self.choice(tuple(ALGORITHM_PRESETS)),
+            "kex_algorithms": self.algorithms(COMPAT_KEX, LEGACY_KEX),
+            "ciphers": self.algorithms(COMPAT_CIPHERS, LEGACY_CIPHERS),
+            "macs": self.algorithms(COMPAT_MACS, LEGACY_MACS),
             "host_key_algorithms": self.algorithms(
-                DEFAULT_HOST_KEY_ALGORITHMS, LEGACY_HOST_KEY_ALGORITHMS
+                COMPAT_HOST_KEY_ALGORITHMS, LEGACY_HOST_KEY_ALGORITHMS
             ),
             "rekey_bytes": self.integer(1 << 16, 1 << 62),
             "rekey_seconds": self.number(1, 1 << 31),

@@ -684,3 +684,29 @@ def test_umask_decimal_integer_refused(tmp_path: Path, body: str, shown: str, va
         f"{path}: sftp.umask: the integer {shown} is read as decimal {value} "
         f"(octal {value:o}), not as an octal mode; {UMASK_FORMS}"
     )
+
+
+def test_algorithm_presets(tmp_path: Path) -> None:
+    from sftpd import config as cfgmod
+
+    creds = user(f'password_hash = "{HASH}"')
+    modern = load_config(write(tmp_path, creds)).server
+    assert modern.algorithms == "modern"
+    offered = modern.kex_algorithms + modern.macs + modern.host_key_algorithms
+    assert not [n for n in offered if "nistp" in n or n in ("hmac-sha2-256", "hmac-sha2-512")]
+    assert modern.macs == ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
+    compat = load_config(write(tmp_path, '[server]\nalgorithms = "compat"\n' + creds)).server
+    assert compat.kex_algorithms == cfgmod.COMPAT_KEX
+    assert compat.macs == cfgmod.COMPAT_MACS
+    assert compat.host_key_algorithms == cfgmod.COMPAT_HOST_KEY_ALGORITHMS
+    assert "ecdh-sha2-nistp256" in compat.kex_algorithms
+    # an explicit list wins over either preset; the others still follow the preset
+    body = '[server]\nalgorithms = "compat"\nmacs = ["hmac-sha2-512"]\n' + creds
+    mixed = load_config(write(tmp_path, body)).server
+    assert (mixed.macs, mixed.kex_algorithms) == (("hmac-sha2-512",), cfgmod.COMPAT_KEX)
+    body = '[server]\nkex_algorithms = ["ecdh-sha2-nistp256"]\n' + creds
+    assert load_config(write(tmp_path, body)).server.kex_algorithms == ("ecdh-sha2-nistp256",)
+    path, e = load_error(tmp_path, '[server]\nalgorithms = "fips"\n' + creds)
+    assert str(e) == (
+        f'{path}: server.algorithms: expected "modern" or "compat", got string \'fips\''
+    )
