@@ -9,12 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.support import (
     ALICE_PASSWORD,
+    Env,
     SftpdProcess,
     User,
     start_sftpd,
@@ -216,3 +218,19 @@ def test_listen_option_errors(tmp_path: Path, client_key: tuple[Path, str]) -> N
         '"0.0.0.0:22") or "[IPV6]:PORT" (like "[::1]:2222")\n'
     )
     assert not (work / "data").exists()
+
+
+# ------------------------------------------------------------------------------ user names
+
+
+def test_email_style_user_name_logs_in(
+    make_server: Callable[..., Env], client_key: tuple[Path, str], tmp_path: Path
+) -> None:
+    name = "Ann.Lee+sftp@Example.com"
+    ann = User(name, tmp_path / "ann-root", client_key[1])
+    env = make_server(users=[ann], server_extra='log_level = "warning"')
+    src = tmp_path / "ann.txt"
+    src.write_bytes(b"an e-mail style login\n")
+    res = env.sftp(f"put {src} ann.txt\n", user=name)  # ssh splits at the last "@"
+    assert res.returncode == 0, res.stderr
+    assert (ann.root / "ann.txt").read_bytes() == src.read_bytes()
