@@ -8,6 +8,7 @@ import io
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -15,8 +16,11 @@ import bcrypt
 
 from sftpd import __version__
 from sftpd.config import Config, embedded_default, load_config
+from sftpd.config_values import Values
 from sftpd.errors import ConfigError
-from sftpd.hostkeys import HostKeyInfo, ensure_host_keys, host_keys_problems
+from sftpd.hostkeys import HostKeyInfo, ensure_host_keys
+from sftpd.listening import ListenError, bind_all, shown
+from sftpd.preflight import check, prepare
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -31,10 +35,12 @@ the random password printed at start. See config.example.toml for a multi-user s
 """
 
 EPILOG = """\
-exit status: 0 success, 1 failure (e.g. passwords do not match), 2 invalid configuration.
+exit status: 0 success, 1 failure (e.g. address in use, passwords do not match),
+2 invalid configuration.
 
 examples:
   sftpd serve                          share ./data on 127.0.0.1:2222 with yourself
+  sftpd serve --listen 127.0.0.1:2223  ... on another port
   sftpd serve --config /etc/sftpd/sftpd.toml
   sftpd check-config /etc/sftpd/sftpd.toml
   sftpd hash-password                  prints a bcrypt hash for a [[users]] password_hash
@@ -69,13 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the server in the foreground",
         formatter_class=raw,
         description="Run the server in the foreground, logging to stderr, until SIGINT or "
-        "SIGTERM\n(then it stops listening, closes sessions and exits 0). Missing host keys "
-        "are created\nfirst. Prints how to connect and the host key fingerprints.\n\n"
-        "Without --config it runs the embedded default: 127.0.0.1:2222, host keys in ./keys,\n"
-        "./data served to the current OS user, who logs in with a key from\n"
+        "SIGTERM\n(then it stops listening, closes sessions and exits 0; SIGHUP is logged and "
+        "ignored).\nMissing user roots and host keys are created first; once every address "
+        "is bound it\nprints how to connect and the host key fingerprints (exit 1 if an "
+        "address is busy).\n\n"
+        "Without --config it runs the embedded default: 127.0.0.1:2222 (--listen to change it),\n"
+        "host keys in ./keys, ./data served to the current OS user, who logs in with a key from\n"
         "~/.ssh/authorized_keys or ~/.ssh/id_*.pub, or with a random password printed once.",
     )
     serve.add_argument("-c", "--config", metavar="FILE", type=Path, help="TOML configuration file")
+    serve.add_argument(
+        "-l",
+        "--listen",
+        metavar="ADDR",
+        action="append",
+        help='address to listen on, "IPV4:PORT" or "[IPV6]:PORT"; repeat it or give a '
+        "comma list; replaces [server] listen (also with the embedded default)",
+    )
     serve.add_argument(
         "--log-format",
         choices=("text", "json"),
@@ -86,10 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check-config",
         help="validate a configuration file",
-        description="Validate FILE (including that the host key directory is usable; user "
-        "roots are created if missing). Prints 'FILE: OK' and exits 0, or prints one "
-        "'FILE: key: problem' line per problem on stderr and exits 2. Array indexes in key "
-        "paths are 0-based: users[0] is the first [[users]] entry.",
+        description="Validate FILE with the checks `serve` runs before it starts: user roots "
+        "(and homes inside them) exist and are usable, or can be created; the host key "
+        "directory is usable or can be created. Nothing on disk is created or changed. "
+        "Prints 'FILE: OK' and exits 0, or prints one 'FILE: key: problem' line per problem "
+        'on stderr and exits 2; warnings (such as root = "/") are printed without failing. '
+        "Array indexes in key paths are 0-based: users[0] is the first [[users]] entry.",
     )
     check.add_argument("file", metavar="FILE", type=Path, help="TOML configuration file")
     check.set_defaults(func=cmd_check_config)
@@ -153,16 +171,28 @@ def _connect_command(user: str, host: str, port: int) -> str:
     return f"sftp {option}{user}@{host}"
 
 
+def offered(key_type: str, algorithms: Sequence[str]) -> bool:
+    """Whether a host key of ``key_type`` signs with one of ``algorithms``."""
+    if key_type == "ssh-rsa":
+        return any(a in ("ssh-rsa", "rsa-sha2-256", "rsa-sha2-512") for a in algorithms)
+    return key_type in algorithms
+
+
 def print_banner(
-    config: Config, infos: Sequence[HostKeyInfo], password: str | None, out: TextIO
+    config: Config,
+    infos: Sequence[HostKeyInfo],
+    password: str | None,
+    out: TextIO,
+    bound: Sequence[tuple[str, int]] | None = None,
 ) -> None:
-    """Tell the operator how to connect, and which host key fingerprints clients will see."""
+    """Tell the operator how to connect (to ``bound``, the addresses really listened on,
+    else the configured ones), and which host key fingerprints clients will see."""
     users = config.users
     user = users[0].name if len(users) == 1 else "USER"
     source = config.source if config.source is not None else "embedded default"
     print(f"sftpd {__version__} ({source}): {len(users)} user(s)", file=out)
     print("Connect with:", file=out)
-    for host, port in config.server.listen:
+    for host, port in bound if bound is not None else config.server.listen:
         print(f"  {_connect_command(user, host, port)}", file=out)
     if password is not None:
         only = users[0]
@@ -171,13 +201,36 @@ def print_banner(
         print(f"  password (shown only now): {password}", file=out)
     print("Host key fingerprints:", file=out)
     for info in infos:
+        if not offered(info.key_type, config.server.host_key_algorithms):
+            continue  # e.g. ECDSA with algorithms = "modern": clients never see it
         print(f"  {info.bits} {info.fingerprint} ({info.label})", file=out)
     out.flush()
 
 
+def parse_listen(values: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    """The addresses of ``--listen`` options (each one address or a comma list)."""
+    checker = Values("--listen", Path.cwd())
+    out: list[tuple[str, int]] = []
+    for value in values:
+        for item in value.split(","):
+            addr = checker.listen_one("", item.strip())
+            if addr not in out:
+                out.append(addr)
+    return tuple(out)
+
+
+def _listen_hint(config: Config, listen: Sequence[tuple[str, int]]) -> str:
+    host, port = listen[0]
+    other = shown(host, port + 1 if 0 < port < 65535 else 2223)
+    where = f"listen in [server] of {config.source}" if config.source else "a config file"
+    return f"choose another address with `sftpd serve --listen {other}` or {where}"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    """``sftpd serve``: load the config (or embedded default), ensure keys, run the server."""
+    """``sftpd serve``: load the config (or embedded default), check and prepare the disk,
+    bind the listening sockets, then print how to connect and run the server."""
     password: str | None = None
+    listen = parse_listen(args.listen) if args.listen else None
     if args.config is not None:
         config = load_config(args.config)
     else:
@@ -187,13 +240,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
             _error(f"sftpd serve: cannot tell the current user name ({e}); use --config")
             return EXIT_CONFIG
         config, password = embedded_default(Path.cwd(), Path.home(), username)
+    if listen is not None:
+        config = replace(config, server=replace(config.server, listen=listen))
     from sftpd.log import announce
 
     log_format = args.log_format or config.server.log_format
-    if os.environ.get("SFTPD_WORKER_FDS") is None:  # workers: the supervisor printed it
+    sockets = None
+    if os.environ.get("SFTPD_WORKER_FDS") is None:  # workers: the supervisor did all this
+        for warning in prepare(config):
+            _error(f"warning: {warning}")
         infos = ensure_host_keys(config.server.host_keys_dir)
+        try:
+            sockets = bind_all(
+                config.server.listen,
+                config.server.workers,
+                hint=_listen_hint(config, config.server.listen),
+            )
+        except ListenError as e:
+            _error(f"sftpd: {e}")
+            return EXIT_FAILURE
+        bound = [s.getsockname()[:2] for s in sockets[0]] if sockets and sockets[0] else None
         banner = io.StringIO()
-        print_banner(config, infos, password, banner)
+        print_banner(config, infos, password, banner, bound)
         for line in banner.getvalue().splitlines():
             announce(line, log_format, sys.stdout, event="banner")
 
@@ -203,16 +271,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     default_reactor()
     from sftpd.server import serve  # lazy: keeps the Twisted reactor out of other commands
 
-    return serve(config, log_format=log_format)
+    return serve(config, log_format=log_format, sockets=sockets)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """``sftpd check-config FILE``: 0 and "FILE: OK", or 2 and one line per problem."""
+    """``sftpd check-config FILE``: 0 and "FILE: OK", or 2 and one line per problem.
+
+    Runs the checks ``serve`` runs before starting (``sftpd.preflight``), and changes
+    nothing on disk: missing user roots and host keys are only checked to be creatable."""
     config = load_config(args.file)
-    problems = host_keys_problems(config.server.host_keys_dir)
-    for problem in problems:
-        _error(f"{args.file}: server.host_keys_dir: {problem}")
-    if problems:
+    found = check(config)
+    for warning in found.warnings:
+        _error(f"warning: {warning}")
+    for problem in found.errors:
+        _error(str(problem))
+    if found.errors:
         return EXIT_CONFIG
     print(f"{args.file}: OK")
     return EXIT_OK

@@ -23,9 +23,9 @@ from sftpd.config_values import (
 )
 from sftpd.errors import ConfigError
 
-# Algorithm names offered by default (modern only). Admins may opt in to others by
-# listing them explicitly in [server]; see config.example.toml.
-DEFAULT_KEX = (
+# Algorithm presets, chosen by [server] algorithms; explicit lists in [server] win.
+# "compat": OpenSSH's own default offer (NIST ECDH and ECDSA, encrypt-and-MAC HMACs).
+COMPAT_KEX = (
     "mlkem768x25519-sha256",
     "curve25519-sha256",
     "curve25519-sha256@libssh.org",
@@ -34,7 +34,7 @@ DEFAULT_KEX = (
     "ecdh-sha2-nistp521",
     "diffie-hellman-group-exchange-sha256",  # only offered when a moduli file is present
 )
-DEFAULT_CIPHERS = (
+COMPAT_CIPHERS = (
     "chacha20-poly1305@openssh.com",
     "aes128-gcm@openssh.com",
     "aes256-gcm@openssh.com",
@@ -42,13 +42,13 @@ DEFAULT_CIPHERS = (
     "aes192-ctr",
     "aes256-ctr",
 )
-DEFAULT_MACS = (
+COMPAT_MACS = (
     "hmac-sha2-256-etm@openssh.com",
     "hmac-sha2-512-etm@openssh.com",
     "hmac-sha2-256",
     "hmac-sha2-512",
 )
-DEFAULT_HOST_KEY_ALGORITHMS = (
+COMPAT_HOST_KEY_ALGORITHMS = (
     "ssh-ed25519",
     "ecdsa-sha2-nistp256",
     "ecdsa-sha2-nistp384",
@@ -56,6 +56,28 @@ DEFAULT_HOST_KEY_ALGORITHMS = (
     "rsa-sha2-512",
     "rsa-sha2-256",
 )
+# "modern", the default: what ssh-audit passes without a [fail] or [warn] (no NIST curves,
+# MACs only encrypt-then-MAC; the ECDSA host key file may exist but is not offered).
+DEFAULT_KEX = tuple(k for k in COMPAT_KEX if not k.startswith("ecdh-sha2-"))
+DEFAULT_CIPHERS = COMPAT_CIPHERS
+DEFAULT_MACS = tuple(m for m in COMPAT_MACS if m.endswith("-etm@openssh.com"))
+DEFAULT_HOST_KEY_ALGORITHMS = tuple(
+    h for h in COMPAT_HOST_KEY_ALGORITHMS if not h.startswith("ecdsa-")
+)
+ALGORITHM_PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "modern": {
+        "kex_algorithms": DEFAULT_KEX,
+        "ciphers": DEFAULT_CIPHERS,
+        "macs": DEFAULT_MACS,
+        "host_key_algorithms": DEFAULT_HOST_KEY_ALGORITHMS,
+    },
+    "compat": {
+        "kex_algorithms": COMPAT_KEX,
+        "ciphers": COMPAT_CIPHERS,
+        "macs": COMPAT_MACS,
+        "host_key_algorithms": COMPAT_HOST_KEY_ALGORITHMS,
+    },
+}
 
 # Legacy names Conch can negotiate; never offered unless an admin lists them.
 LEGACY_KEX = ("diffie-hellman-group14-sha1", "diffie-hellman-group-exchange-sha1")
@@ -95,6 +117,7 @@ class ServerConfig:
     auth_failure_delay: float = 1.0
     max_sessions: int = 10
     moduli_file: Path | None = None
+    algorithms: str = "modern"  # the preset the four lists below default to
     kex_algorithms: tuple[str, ...] = DEFAULT_KEX
     ciphers: tuple[str, ...] = DEFAULT_CIPHERS
     macs: tuple[str, ...] = DEFAULT_MACS
@@ -155,7 +178,7 @@ class _Loader(Values):
 
     # Sections.
 
-    def load(self, data: dict[str, Any]) -> tuple[Config, list[tuple[str, Path]]]:
+    def load(self, data: dict[str, Any]) -> Config:
         sections: dict[str, Check] = {
             "server": self.section_check(self.server_checks()),
             "sftp": self.section_check(
@@ -176,13 +199,15 @@ class _Loader(Values):
         if "users" not in data:
             self.errors.append(self.err("users", "missing; expected at least one [[users]] entry"))
         users: list[tuple[UserConfig, str]] = got.get("users", [])
-        config = Config(
-            server=ServerConfig(**got.get("server", {})),
+        server: dict[str, Any] = got.get("server", {})
+        for key, names in ALGORITHM_PRESETS[server.get("algorithms", "modern")].items():
+            server.setdefault(key, names)  # explicit lists win over the preset
+        return Config(
+            server=ServerConfig(**server),
             sftp=SftpConfig(**got.get("sftp", {})),
             exec=ExecConfig(**got.get("exec", {})),
             users=tuple(u for u, _ in users),
         )
-        return config, [(where, u.root) for u, where in users]
 
     def section_check(self, checks: dict[str, Check]) -> Check:
         def check(where: str, value: Any) -> dict[str, Any]:
@@ -202,18 +227,19 @@ class _Loader(Values):
             "auth_failure_delay": self.number(0, 60),
             "max_sessions": self.integer(1, 1000),
             "moduli_file": self.moduli,
-            "kex_algorithms": self.algorithms(DEFAULT_KEX, LEGACY_KEX),
-            "ciphers": self.algorithms(DEFAULT_CIPHERS, LEGACY_CIPHERS),
-            "macs": self.algorithms(DEFAULT_MACS, LEGACY_MACS),
+            "algorithms": self.choice(tuple(ALGORITHM_PRESETS)),
+            "kex_algorithms": self.algorithms(COMPAT_KEX, LEGACY_KEX),
+            "ciphers": self.algorithms(COMPAT_CIPHERS, LEGACY_CIPHERS),
+            "macs": self.algorithms(COMPAT_MACS, LEGACY_MACS),
             "host_key_algorithms": self.algorithms(
-                DEFAULT_HOST_KEY_ALGORITHMS, LEGACY_HOST_KEY_ALGORITHMS
+                COMPAT_HOST_KEY_ALGORITHMS, LEGACY_HOST_KEY_ALGORITHMS
             ),
             "rekey_bytes": self.integer(1 << 16, 1 << 62),
             "rekey_seconds": self.number(1, 1 << 31),
             "workers": self.integer(1, 1024),
             "busy_poll_us": self.integer(0, 10000),
             "log_format": self.choice(("text", "json")),
-            "log_level": self.choice(LOG_LEVELS),
+            "log_level": self.choice(LOG_LEVELS, {"warning": "warn"}),
         }
 
     def users_check(self, where: str, value: Any) -> list[tuple[UserConfig, str]]:
@@ -281,25 +307,11 @@ def make_root(root: Path) -> None:
     root.mkdir(mode=0o750, parents=True, exist_ok=True)
 
 
-def _create_root(source: str, where: str, root: Path) -> ConfigError | None:
-    try:
-        make_root(root)
-    except FileExistsError:
-        return ConfigError(
-            source, where, f"{root} exists but is not a directory; expected a directory"
-        )
-    except OSError as e:
-        return ConfigError(
-            source,
-            where,
-            f"cannot create {root}: {e.strerror}; expected an existing directory or one "
-            "sftpd may create",
-        )
-    return None
-
-
 def load_config(path: Path) -> Config:
-    """Load and validate a TOML config file; user roots are created (mode 0o750) when missing.
+    """Load and validate a TOML config file; nothing on disk is created or changed.
+
+    What serving needs of the disk (user roots, host key directory) is checked by
+    ``sftpd.preflight``, which ``serve`` and ``check-config`` share.
 
     Every problem raises ConfigError naming the file and the key path, e.g.
     ``sftpd.toml: users[1].root: ...``; array indexes are 0-based (``users[0]`` is the first
@@ -309,21 +321,19 @@ def load_config(path: Path) -> Config:
     source = str(path)
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            text = f.read().decode("utf-8")
+        data = tomllib.loads(text)
     except OSError as e:
         raise ConfigError(source, "", f"cannot read: {e.strerror}; expected a TOML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, "", "invalid TOML: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         text = str(e)
         m = re.fullmatch(r"(.*) \(at (line \d+, column \d+|end of document)\)", text)
         where, what = (m[2], m[1]) if m else ("", text)
         raise ConfigError(source, where, f"invalid TOML: {what}") from None
-    loader = _Loader(source, Path(os.path.abspath(path)).parent)
-    config, roots = loader.load(data)
-    if not loader.errors:
-        for where, root in roots:
-            problem = _create_root(source, where, root)
-            if problem is not None:
-                loader.errors.append(problem)
+    loader = _Loader(source, Path(os.path.abspath(path)).parent, text)
+    config = loader.load(data)
     if len(loader.errors) == 1:
         raise loader.errors[0]
     if loader.errors:
@@ -354,12 +364,9 @@ def embedded_default(cwd: Path, home: Path, username: str) -> tuple[Config, str]
 
     Login works with any key in ``home/.ssh/authorized_keys`` or ``home/.ssh/id_*.pub`` or
     with the returned random password (only its bcrypt hash is kept). Host keys live in
-    ``cwd/keys``. Raises ConfigError when ``cwd/data`` cannot be created.
+    ``cwd/keys``. Nothing is created here: ``sftpd.preflight.prepare`` creates ``cwd/data``.
     """
     root = Path(os.path.abspath(cwd / "data"))
-    problem = _create_root(EMBEDDED_SOURCE, "users[0].root", root)
-    if problem is not None:
-        raise problem
     password = secrets.token_urlsafe(12)
     user = UserConfig(
         name=username,

@@ -26,7 +26,9 @@ USER_KEY_TYPES = (
     "ecdsa-sha2-nistp521",
     "ssh-rsa",
 )
-USER_NAME_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+# Login names: letters, digits and ``_ . - @ +`` (e-mail style names, as SFTPGo allows),
+# never a path or an option: no '/', no "..", no leading '-', '.', '@' or '+', no spaces.
+USER_NAME_RE = re.compile(r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,63}")
 BCRYPT_RE = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 
 
@@ -101,9 +103,10 @@ Check = Callable[[str, Any], Any]
 class Values:
     """Checks raw TOML values; ``table`` collects every problem instead of stopping at one."""
 
-    def __init__(self, source: str, base: Path) -> None:
+    def __init__(self, source: str, base: Path, text: str = "") -> None:
         self.source = source
         self.base = base
+        self.text = text  # the TOML source, for checks that need how a value was written
         self.errors: list[ConfigError] = []
 
     def err(self, key: str, message: str) -> ConfigError:
@@ -160,8 +163,13 @@ class Values:
             raise self.err(where, f"expected a non-empty string, {got(value)}")
         return value
 
-    def choice(self, choices: tuple[str, ...]) -> Check:
+    def choice(self, choices: tuple[str, ...], aliases: dict[str, str] | None = None) -> Check:
+        """One of ``choices``; ``aliases`` maps other accepted spellings to a choice."""
+        aliases = aliases or {}
+
         def check(where: str, value: Any) -> str:
+            if isinstance(value, str) and value in aliases:
+                return aliases[value]
             if value not in choices:
                 wanted = " or ".join(f'"{c}"' for c in choices)
                 raise self.err(where, f"expected {wanted}, {got(value)}")
@@ -238,14 +246,39 @@ class Values:
         return host, int(port)
 
     def umask(self, where: str, value: Any) -> int:
+        """A mode as a string ("022", "0o022") or a TOML octal integer (0o022).
+
+        tomllib gives the same int for ``0o022`` and ``18``, so an integer is accepted only
+        when the file writes it with the ``0o`` prefix (or as one digit 0-7, the same in
+        either base): ``umask = 22`` would silently mean 0o026, and is refused.
+        """
+        forms = 'write it as a string "022" or as a TOML octal integer 0o022'
         number: int | None = None
         if isinstance(value, int) and not isinstance(value, bool):
+            literal = self._literal(where.rsplit(".", 1)[-1])
+            if literal is None or not re.fullmatch(r"0o[0-7_]+|[0-7]", literal):
+                shown = literal if literal is not None else str(value)
+                raise self.err(
+                    where,
+                    f"the integer {shown} is read as decimal {value} (octal "
+                    f"{value:o}), not as an octal mode; {forms}",
+                )
             number = value
         elif isinstance(value, str) and re.fullmatch(r"(0o)?[0-7]{1,4}", value):
             number = int(value.removeprefix("0o"), 8)
         if number is None or not 0 <= number <= 0o777:
-            raise self.err(where, f'expected an octal mode like "022" or 0o022, {got(value)}')
+            raise self.err(where, f"expected an octal mode from 000 to 777; {forms}, {got(value)}")
         return number
+
+    def _literal(self, key: str) -> str | None:
+        """How ``key = VALUE`` writes its value in the file (comments skipped), or None."""
+        pattern = rf"""(?:^|[{{,.\s])["']?{re.escape(key)}["']?\s*=\s*([^\s,}}#]+)"""
+        for line in self.text.splitlines():
+            code = line.split("#", 1)[0]
+            m = re.search(pattern, code)
+            if m:
+                return m[1]
+        return None
 
     def moduli(self, where: str, value: Any) -> Path:
         path = self.path(where, value)
@@ -267,8 +300,8 @@ class Values:
         if not USER_NAME_RE.fullmatch(text):
             raise self.err(
                 where,
-                f"invalid user name {text!r}; expected 1 to 32 characters of a-z, 0-9, '_', '.', "
-                "'-', starting with a letter or '_'",
+                f"invalid user name {text!r}; expected 1 to 64 characters of A-Z, a-z, 0-9, "
+                "'_', '.', '-', '@', '+', starting with a letter, digit or '_', without '..'",
             )
         return text
 

@@ -222,11 +222,23 @@ def host_keys_problems(directory: Path) -> list[str]:
             elif not os.access(directory, os.W_OK | os.X_OK):
                 problems.append(f"{path} is missing and {directory} is not writable")
         return problems
-    parent = directory.parent
+    reason = creatable(directory)
+    return [] if reason is None else [f"cannot create {directory}: {reason}"]
+
+
+def creatable(path: Path) -> str | None:
+    """Why ``mkdir -p path`` would fail (None: it would work); leaves the disk as it was.
+
+    ``os.access`` says yes to root everywhere, even in /proc, so the nearest existing
+    ancestor is tried for real with a temporary directory that is removed at once.
+    """
+    parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        return [f"cannot create {directory}: {parent} is not a directory"]
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return [f"cannot create {directory}: {parent} is not writable"]
-    return []
+        return f"{parent} is not a directory"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".sftpd-check-", dir=parent))
+    except OSError as e:
+        return f"{parent}: {e.strerror}"
+    return None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
+import socket
 import sys
 import time
 from dataclasses import replace
@@ -27,6 +29,7 @@ from sftpd.auth.users import UserDB
 from sftpd.avatar import Connection
 from sftpd.blocking import Blocking, WorkerPool
 from sftpd.config import Config, ExecConfig, UserConfig
+from sftpd.listening import ListenError, bind_all
 from sftpd.log import announce_listening, conn_fields
 from sftpd.policy import apply_policy
 from sftpd.session_api import SessionContext
@@ -209,6 +212,15 @@ def build_factory(
     )
 
 
+def ignore_hangup(reactor: Any) -> None:
+    """Log SIGHUP (sent by admins and logrotate) instead of dying of it: no reload yet."""
+
+    def logged() -> None:
+        log.warn("SIGHUP received; reloading is not supported, carrying on", event="sighup")
+
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(logged))
+
+
 def dummy_rounds(config: Config) -> int:
     """The bcrypt cost of the configured hashes, so unknown users cost the same."""
     for user in config.users:
@@ -218,13 +230,16 @@ def dummy_rounds(config: Config) -> int:
     return 12
 
 
-def listen(
-    factory: Factory, config: Config, reactor: Any, log_format: str = "text"
-) -> list[IListeningPort]:
-    """Listen on every configured address; print each bound address (port 0 = ephemeral)."""
-    ports: list[IListeningPort] = []
-    for host, port in config.server.listen:
-        p = reactor.listenTCP(port, factory, interface=host)
+def adopt_sockets(
+    factory: Factory, sockets: list[socket.socket], reactor: Any, log_format: str = "text"
+) -> list[Any]:
+    """Accept on sockets bound by the caller; print each bound address (port 0 = ephemeral).
+
+    Twisted duplicates each descriptor, so the originals are closed here."""
+    ports = []
+    for s in sockets:
+        p = reactor.adoptStreamPort(s.fileno(), s.family, factory)
+        s.close()
         addr = p.getHost()
         announce_listening(addr.host, addr.port, log_format)
         ports.append(p)
@@ -238,24 +253,40 @@ def adopt(factory: Factory, fds: str, reactor: Any) -> list[IListeningPort]:
     return [reactor.adoptStreamPort(fd, family, factory) for fd, family in decode_fds(fds)]
 
 
-def serve(config: Config, *, log_format: str | None = None, reactor: Any = None) -> int:
+def serve(
+    config: Config,
+    *,
+    log_format: str | None = None,
+    reactor: Any = None,
+    sockets: list[list[socket.socket]] | None = None,
+) -> int:
     """Run the server in the foreground until SIGINT/SIGTERM; return the exit code.
 
-    With ``workers > 1`` this process becomes a supervisor of that many worker processes
-    sharing the listening sockets (each a full server on its own core)."""
+    ``sockets``: the listening sockets, one list per process, bound by the caller (so it
+    can print credentials only once listening works); bound here when None. With
+    ``workers > 1`` this process becomes a supervisor of that many worker processes
+    sharing the listening sockets (each a full server on its own core). SIGHUP is logged
+    and otherwise ignored (there is no reload yet)."""
     from sftpd.hostkeys import load_host_keys
     from sftpd.log import start_logging
     from sftpd.workers import WORKER_FDS_ENV, supervise
 
     inherited = os.environ.get(WORKER_FDS_ENV)
     if inherited is None and config.server.workers > 1:
-        return supervise(config, log_format=log_format)
+        return supervise(config, log_format=log_format, sockets=sockets)
+    if inherited is None and sockets is None:
+        try:
+            sockets = bind_all(config.server.listen)
+        except ListenError as exc:
+            print(f"sftpd: {exc}", file=sys.stderr)
+            return 1
 
     if reactor is None:
         from sftpd.reactor import default_reactor
 
         reactor = default_reactor()
     log_format = log_format or config.server.log_format
+    ignore_hangup(reactor)  # before "listening on": from then on admins may send it
     start_logging(log_format, config.server.log_level)
     pool = WorkerPool(reactor, max_threads=16, name="sftpd-storage")
     auth_pool = WorkerPool(reactor, max_threads=2, name="sftpd-bcrypt")
@@ -273,15 +304,11 @@ def serve(config: Config, *, log_format: str | None = None, reactor: Any = None)
         auth_blocking=auth_pool,
         host_keys=host_keys,
     )
-    try:
-        ports = (
-            adopt(factory, inherited, reactor)
-            if inherited
-            else listen(factory, config, reactor, log_format)
-        )
-    except Exception as exc:
-        print(f"sftpd: cannot listen: {exc}", file=sys.stderr)
-        return 1
+    if inherited:
+        ports = adopt(factory, inherited, reactor)
+    else:
+        assert sockets is not None
+        ports = adopt_sockets(factory, sockets[0], reactor, log_format)
 
     def shutdown() -> Any:
         from twisted.internet import defer

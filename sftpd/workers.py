@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sftpd.config import Config
+from sftpd.listening import ListenError, bind_all
 from sftpd.log import announce, announce_listening
 
 WORKER_FDS_ENV = "SFTPD_WORKER_FDS"
@@ -20,21 +21,7 @@ WORKER_FDS_ENV = "SFTPD_WORKER_FDS"
 def bind_sockets(listen: Sequence[tuple[str, int]], copies: int) -> list[list[socket.socket]]:
     """For each worker, one SO_REUSEPORT socket per address, all bound to the same ports
     (port 0 picks a free port for the first copy), so the kernel spreads connections."""
-    per_worker: list[list[socket.socket]] = [[] for _ in range(copies)]
-    for host, port in listen:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        for i in range(copies):
-            s = socket.socket(family, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            s.bind((host, port))
-            port = s.getsockname()[1]
-            s.listen(512)
-            s.setblocking(False)
-            per_worker[i].append(s)
-    return per_worker
+    return bind_all(listen, copies)
 
 
 def encode_fds(socks: Sequence[socket.socket]) -> str:
@@ -51,17 +38,33 @@ def decode_fds(value: str) -> list[tuple[int, socket.AddressFamily]]:
     return out
 
 
-def supervise(config: Config, *, log_format: str | None = None) -> int:
-    """Start ``config.server.workers`` worker processes on shared sockets; restart any that
-    die; on SIGTERM/SIGINT stop them all and return 0."""
+def supervise(
+    config: Config,
+    *,
+    log_format: str | None = None,
+    sockets: list[list[socket.socket]] | None = None,
+) -> int:
+    """Start ``config.server.workers`` worker processes on shared sockets (``sockets``: one
+    list per worker, bound by the caller; else bound here); restart any that die; on
+    SIGTERM/SIGINT stop them all and return 0. SIGHUP is logged and otherwise ignored."""
     if config.source is None:
         print("sftpd: workers > 1 needs a configuration file", file=sys.stderr)
         return 2
-    try:
-        sockets = bind_sockets(config.server.listen, config.server.workers)
-    except OSError as exc:
-        print(f"sftpd: cannot listen: {exc.strerror}", file=sys.stderr)
-        return 1
+    if sockets is None:
+        try:
+            sockets = bind_sockets(config.server.listen, config.server.workers)
+        except ListenError as exc:
+            print(f"sftpd: {exc}", file=sys.stderr)
+            return 1
+
+    def hangup(signum: int, frame: Any) -> None:
+        print(
+            "sftpd: SIGHUP received; reloading is not supported, carrying on",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    signal.signal(signal.SIGHUP, hangup)  # before "listening on", as in sftpd.server
     for s in sockets[0]:
         host, port = s.getsockname()[:2]
         announce_listening(host, port, log_format or config.server.log_format)

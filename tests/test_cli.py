@@ -17,6 +17,7 @@ from typing import Any
 import bcrypt
 import pytest
 
+from sftpd import cli
 from sftpd.cli import main
 from sftpd.config import Config
 
@@ -92,8 +93,9 @@ def test_check_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == (
-        f"{cfg}: users[0].root: cannot create {tmp_path / 'file' / 'data'}: Not a directory; "
-        "expected an existing directory or one sftpd may create\n"
+        f"{cfg}: users[0].root: cannot create {tmp_path / 'file' / 'data'}: "
+        f"{tmp_path / 'file'} is not a directory; expected an existing directory or one sftpd "
+        "may create\n"
     )
 
 
@@ -199,9 +201,11 @@ def test_hash_password_refuses(
 # --------------------------------------------------------------------------- keygen
 
 
-def fingerprints_by_ssh_keygen(directory: Path) -> set[str]:
+def fingerprints_by_ssh_keygen(
+    directory: Path, names: tuple[str, ...] = ("ed25519", "ecdsa", "rsa")
+) -> set[str]:
     out = set()
-    for name in ("ssh_host_ed25519_key", "ssh_host_ecdsa_key", "ssh_host_rsa_key"):
+    for name in (f"ssh_host_{n}_key" for n in names):
         line = subprocess.run(
             ["ssh-keygen", "-lf", str(directory / name)], capture_output=True, text=True, check=True
         ).stdout
@@ -247,12 +251,18 @@ def test_keygen_into_an_impossible_directory(
 
 @pytest.fixture
 def fake_server(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Config, Any]]:
-    """Replace sftpd.server with a stub recording serve() calls; serve returns 0."""
+    """Replace sftpd.server with a stub recording serve() calls; serve returns 0.
+
+    Binding is replaced too (these tests use fixed ports such as 22 and 2222); the e2e
+    tests bind for real."""
     calls: list[tuple[Config, Any]] = []
 
-    def serve(config: Config, *, log_format: str | None = None) -> int:
+    def serve(config: Config, *, log_format: str | None = None, sockets: Any = None) -> int:
+        assert sockets == [[]]
         calls.append((config, log_format))
         return 0
+
+    monkeypatch.setattr(cli, "bind_all", lambda listen, copies, hint: [[]])
 
     module = types.ModuleType("sftpd.server")
     module.serve = serve  # type: ignore[attr-defined]
@@ -289,7 +299,9 @@ def test_serve_embedded_default(
     assert alice.password_hash is not None
     assert bcrypt.checkpw(password.encode(), alice.password_hash)
     fingerprints = [line.split()[1] for line in out.splitlines() if " SHA256:" in line]
-    assert set(fingerprints) == fingerprints_by_ssh_keygen(work / "keys")
+    # only the keys clients are offered: with algorithms = "modern" not the ECDSA one
+    assert set(fingerprints) == fingerprints_by_ssh_keygen(work / "keys", ("ed25519", "rsa"))
+    assert "(ECDSA)" not in out
 
 
 def test_serve_with_config(

@@ -32,9 +32,10 @@ SUITES = [
     ("aes128-ctr", "hmac-sha2-256-etm@openssh.com"),
     ("aes256-ctr", "hmac-sha2-512-etm@openssh.com"),
     ("aes192-ctr", "hmac-sha2-256-etm@openssh.com"),
-    ("aes128-ctr", "hmac-sha2-256"),
+    ("aes128-ctr", "hmac-sha2-256"),  # encrypt-and-MAC: algorithms = "compat" only
     ("aes256-ctr", "hmac-sha2-512"),
 ]
+COMPAT_ONLY_MACS = ("hmac-sha2-256", "hmac-sha2-512")
 _NEGOTIATED = re.compile(r"kex: (client->server|server->client) cipher: (\S+) MAC: (\S+)")
 
 
@@ -48,7 +49,11 @@ def _negotiated(stderr: str) -> set[tuple[str, ...]]:
 
 @openssh
 @pytest.mark.parametrize(("cipher", "mac"), SUITES, ids=[f"{c}+{m or 'aead'}" for c, m in SUITES])
-def test_openssh_negotiates_and_moves_data(server: Env, cipher: str, mac: str | None) -> None:
+def test_openssh_negotiates_and_moves_data(
+    server: Env, make_server: ServerFactory, cipher: str, mac: str | None
+) -> None:
+    if mac in COMPAT_ONLY_MACS:
+        server = make_server(server_extra='algorithms = "compat"')
     name = f"{cipher}-{mac or 'aead'}".replace("@", "_")
     src = server.tmp / f"{name}.src"
     src.write_bytes(os.urandom(3 * 1024 * 1024 + 12345))
@@ -269,3 +274,133 @@ def test_paramiko_client_per_algorithm(
     assert server.currentEncryptions.inCipType == cipher.encode()
     assert server._strict is strict
     assert server.completed_kex >= 2
+
+
+# -- the default offer audited by ssh-audit; "compat" one setting away ----------------------
+
+audit = pytest.mark.skipif(not have("ssh-audit"), reason="ssh-audit not installed")
+# ssh-audit 2.5.0 (Debian 12) predates these two and warns "unknown algorithm"; newer
+# versions know them, and instead note that curve25519 is not post-quantum.
+_UNKNOWN_TO_OLD_AUDIT = {"mlkem768x25519-sha256", "kex-strict-s-v00@openssh.com"}
+_AUDIT_LINE = re.compile(r"^\((\w+)\) (\S+)(?: \([^)]*\))?\s+-- \[(\w+)\] (.*)$")
+_AUDIT_MORE = re.compile(r"^\s+`- \[(\w+)\] (.*)$")
+
+
+def _ssh_audit(port: int) -> tuple[int, list[tuple[str, str, str, str]], dict[str, Any]]:
+    """ssh-audit's exit code, its (section, algorithm, level, note) lines, and its JSON."""
+    import json
+    import subprocess
+
+    cmd = ["ssh-audit", "-n", "-p", str(port), "127.0.0.1"]
+    text = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    notes: list[tuple[str, str, str, str]] = []
+    for line in text.stdout.splitlines():
+        if m := _AUDIT_LINE.match(line):
+            notes.append((m[1], m[2], m[3], m[4]))
+        elif (m := _AUDIT_MORE.match(line)) and notes:
+            notes.append((notes[-1][0], notes[-1][1], m[1], m[2]))
+    assert notes, text.stdout + text.stderr
+    raw = subprocess.run([*cmd[:2], "-j", *cmd[2:]], capture_output=True, text=True, timeout=60)
+    return text.returncode, notes, json.loads(raw.stdout)
+
+
+def _offer(report: dict[str, Any]) -> dict[str, list[str]]:
+    return {
+        "kex": [k["algorithm"] for k in report["kex"]],
+        "key": [k["algorithm"] for k in report["key"]],
+        "enc": list(report["enc"]),
+        "mac": list(report["mac"]),
+    }
+
+
+@audit
+def test_ssh_audit_passes_the_default_offer(server: Env) -> None:
+    code, notes, report = _ssh_audit(server.port)
+    bad = [
+        n
+        for n in notes
+        if n[2] in ("fail", "warn")
+        and not (n[1] in _UNKNOWN_TO_OLD_AUDIT and n[3] == "unknown algorithm")
+        and not (n[1].startswith("curve25519") and "quantum" in n[3])
+    ]
+    assert bad == []
+    # ssh-audit's exit codes: 0 good, 1 connection error, 2 warnings (here only the allowed
+    # ones above), 3 failures
+    assert code in (0, 2)
+    assert any(n[2] == "info" for n in notes)  # the parse found ssh-audit's notes
+    offer = _offer(report)
+    assert offer["kex"][:3] == [
+        "mlkem768x25519-sha256",
+        "curve25519-sha256",
+        "curve25519-sha256@libssh.org",
+    ]
+    assert offer["key"] == ["ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256"]
+    assert offer["mac"] == ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com"]
+    assert {f["hostkey"] for f in report["fingerprints"]} == {"ssh-ed25519", "ssh-rsa"}
+
+
+@audit
+def test_compat_offers_openssh_wider_set(make_server: ServerFactory) -> None:
+    env = make_server(server_extra='algorithms = "compat"')
+    _, notes, report = _ssh_audit(env.port)
+    offer = _offer(report)
+    assert {"ecdh-sha2-nistp256", "ecdh-sha2-nistp384", "ecdh-sha2-nistp521"} <= set(offer["kex"])
+    assert "ecdsa-sha2-nistp256" in offer["key"]
+    assert {"hmac-sha2-256", "hmac-sha2-512"} <= set(offer["mac"])
+    assert ("kex", "ecdh-sha2-nistp256", "fail", "using weak elliptic curves") in notes
+
+
+@openssh
+@pytest.mark.parametrize("preset", ["modern", "compat"])
+def test_nist_and_encrypt_and_mac_only_with_compat(make_server: ServerFactory, preset: str) -> None:
+    env = make_server(server_extra=f'algorithms = "{preset}"')
+    opts = ["-o", "KexAlgorithms=ecdh-sha2-nistp256", "-o", "HostKeyAlgorithms=ecdsa-sha2-nistp256"]
+    opts += ["-c", "aes128-ctr", "-o", "MACs=hmac-sha2-256"]
+    res = env.sftp("pwd\n", *opts, "-v", check=False)
+    if preset == "compat":
+        assert res.returncode == 0, res.stderr
+        assert ("server->client", "aes128-ctr", "hmac-sha2-256") in _negotiated(res.stderr)
+    else:
+        assert res.returncode != 0
+        assert "Unable to negotiate" in res.stderr or "no common" in res.stderr
+
+
+def _libssh2_version() -> tuple[int, ...]:
+    import subprocess
+
+    out = subprocess.run(["curl", "-V"], capture_output=True, text=True).stdout
+    m = re.search(r"libssh2/(\d+)\.(\d+)", out)
+    return (int(m[1]), int(m[2])) if m else (0, 0)
+
+
+@pytest.mark.skipif(not have("curl"), reason="curl not installed")
+@pytest.mark.parametrize("preset", ["modern", "compat"])
+def test_curl_libssh2_needs_compat_before_1_11(make_server: ServerFactory, preset: str) -> None:
+    """libssh2 1.10 (Debian 12's curl) has no AEAD cipher and no encrypt-then-MAC, so it
+    needs algorithms = "compat"; 1.11 added both (README, Algorithms)."""
+    import subprocess
+
+    from tests.support import ALICE_PASSWORD
+
+    version = _libssh2_version()
+    if version == (0, 0):
+        pytest.skip("curl is not built with libssh2")
+    env = make_server(server_extra=f'algorithms = "{preset}"\nauth_failure_delay = 0')
+    (env.alice.root / "curl.txt").write_bytes(b"fetched by curl\n")
+    res = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-k",
+            "-u",
+            f"alice:{ALICE_PASSWORD}",
+            f"sftp://127.0.0.1:{env.port}/curl.txt",
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    if preset == "modern" and version < (1, 11):
+        assert res.returncode != 0
+        assert b"Unable to exchange encryption keys" in res.stderr, res.stderr
+    else:
+        assert (res.returncode, res.stdout) == (0, b"fetched by curl\n"), res.stderr

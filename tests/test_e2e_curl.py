@@ -6,11 +6,12 @@ import hashlib
 import os
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import Env, have
+from tests.support import ALICE_PASSWORD, Env, User, have, start_sftpd, write_config
 
 pytestmark = [
     pytest.mark.e2e,
@@ -19,6 +20,21 @@ pytestmark = [
 
 # curl's exit status when a -Q command fails ("quote error")
 CURLE_QUOTE_ERROR = 21
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, client_key: tuple[Path, str], host_keys_dir: Path
+) -> Iterator[Env]:
+    """One server for this module, with OpenSSH's wider algorithm set: libssh2 1.10 has no
+    AEAD cipher and no encrypt-then-MAC, so it cannot connect to the "modern" default."""
+    tmp = tmp_path_factory.mktemp("curl-srv")
+    alice = User("alice", tmp / "alice-root", client_key[1], ALICE_PASSWORD)
+    cfg = tmp / "sftpd.toml"
+    write_config(cfg, [alice], host_keys_dir, 'algorithms = "compat"')
+    proc = start_sftpd(cfg)
+    yield Env(proc, alice, client_key[0], tmp)
+    proc.stop()
 
 
 def curl(env: Env, path: str, *args: str) -> subprocess.CompletedProcess[bytes]:

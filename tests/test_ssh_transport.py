@@ -41,10 +41,10 @@ CLIENT_VERSION = b"SSH-2.0-OpenSSH_9.9 test\r\n"
 
 def policy(**kw: Any) -> TransportPolicy:
     return TransportPolicy(
-        kex=config.DEFAULT_KEX,
-        ciphers=config.DEFAULT_CIPHERS,
-        macs=config.DEFAULT_MACS,
-        host_key_algorithms=config.DEFAULT_HOST_KEY_ALGORITHMS,
+        kex=config.COMPAT_KEX,
+        ciphers=config.COMPAT_CIPHERS,
+        macs=config.COMPAT_MACS,
+        host_key_algorithms=config.COMPAT_HOST_KEY_ALGORITHMS,
         version="sftpd_test",
         **kw,
     )
@@ -164,7 +164,7 @@ def test_server_kexinit_advertises_strict_kex_and_policy_order() -> None:
     offer = KexInit.parse(body)
     assert STRICT_S in offer.kex and b"ext-info-s" in offer.kex
     assert offer.enc_sc[0] == b"chacha20-poly1305@openssh.com"
-    assert offer.enc_sc[:3] == tuple(c.encode() for c in config.DEFAULT_CIPHERS[:3])
+    assert offer.enc_sc[:3] == tuple(c.encode() for c in config.COMPAT_CIPHERS[:3])
     assert offer.mac_sc[:2] == (b"hmac-sha2-256-etm@openssh.com", b"hmac-sha2-512-etm@openssh.com")
     assert offer.comp_sc == (b"none",)
 
