@@ -212,6 +212,15 @@ NEEDS: tuple[Need, ...] = (
     Need("Key", "sshType", "sftpd/hostkeys.py", params=()),
     # -- user authentication (sftpd/auth) ------------------------------------------------
     Need("SSHUserAuthServer", "serviceStarted", UA, params=()),
+    # one request at a time, the attempt count on the transport (ssh/userauth.py, login.py)
+    Need("SSHUserAuthServer", "serviceStopped", UA, params=()),
+    Need("SSHUserAuthServer", "ssh_USERAUTH_REQUEST", UA, params=("packet",)),  # replaced
+    Need("SSHUserAuthServer", "_cbFinishedAuth", UA, params=("result",)),
+    Need("SSHUserAuthServer", "_ebMaybeBadAuth", UA, params=("reason",)),
+    Need("SSHUserAuthServer", "_ebBadAuth", UA, params=("reason",)),
+    Need("SSHUserAuthServer", "_ebPassword", UA, params=("f",)),
+    Need("SSHUserAuthServer", "interfaceToMethod", UA),
+    Need("SSHUserAuthServer", "_ebBadAuth", UA, "source", pattern=r"self\.loginAttempts \+= 1"),
     Need("SSHUserAuthServer", "tryAuth", UA, params=("kind", "user", "data")),
     Need("SSHUserAuthServer", "clock", UA),
     Need("SSHUserAuthServer", "loginTimeout", UA),
@@ -262,6 +271,8 @@ NEEDS: tuple[Need, ...] = (
     Need("UsernamePassword", "password", CHK, kind="instance"),
     # -- the connection service (sftpd/avatar.py) ----------------------------------------
     Need("SSHConnection", "packetReceived", A, params=("messageNum", "packet")),
+    Need("SSHConnection", "serviceStarted", A, params=()),  # registers the TCP producer
+    Need("SSHConnection", "serviceStopped", A, params=()),
     Need("SSHConnection", "ssh_CHANNEL_DATA", A, params=("packet",)),  # replaced, no super()
     Need("SSHConnection", "sendData", A, params=("channel", "data")),  # replaced, no super()
     Need("SSHConnection", "sendExtendedData", A, params=("channel", "dataType", "data")),

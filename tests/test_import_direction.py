@@ -74,6 +74,7 @@ LAYERS = (
             "sftpd.config",
             "sftpd.config_values",
             "sftpd.errors",
+            "sftpd.log",
         ),
         why="apps see the channel/app contract (session_api), never SSH or auth internals",
     ),
