@@ -1,105 +1,69 @@
-"""The logged-in user (session channels only, at most N); a connection tolerant of late messages."""
+"""The SSH connection service: cheap CHANNEL_DATA, the receive window, late channel messages."""
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from typing import Any
 
-from twisted.conch.avatar import ConchUser
-from twisted.conch.error import ConchError
 from twisted.conch.ssh import connection, transport
 from twisted.internet import abstract
 from twisted.logger import Logger
 
-from sftpd.session import SessionChannel
-from sftpd.session_api import SessionContext
-
-log = Logger(namespace="sftpd.avatar")
+log = Logger(namespace="sftpd.connection")
 _DATA_HEADER = struct.Struct(">LL")
 _EXT_HEADER = struct.Struct(">LLL")
+_CHANNEL_ID = struct.Struct(">L")
 _MAX_WINDOW = 0xFFFFFFFF  # RFC 4254 5.2: a window may not grow past 2^32 - 1
 
 
-class Avatar(ConchUser):  # type: ignore[misc]
-    """One authenticated connection of one user."""
+class _ChannelGuard(connection.SSHConnection):  # type: ignore[misc]
+    """Conch's ssh_CHANNEL_* look the channel up with ``self.channels[n]``: a message for a
+    channel already closed (legal, it crossed our CLOSE) raises KeyError and a packet under
+    4 bytes struct.error, each ending the whole connection. Each override here ignores the
+    first and answers the second with a protocol-error disconnect, then calls Conch's."""
 
-    def __init__(
-        self,
-        ctx: SessionContext,
-        *,
-        clock: Any,
-        max_sessions: int,
-        on_logout: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__()
-        self.ctx = ctx
-        self._clock = clock
-        self._max_sessions = max_sessions
-        self._sessions: set[SessionChannel] = set()
-        self._on_logout = on_logout
-        self.channelLookup = {}
-        self.subsystemLookup = {}
-
-    def lookupChannel(
-        self, channelType: bytes, windowSize: int, maxPacket: int, data: bytes
-    ) -> SessionChannel:
-        if channelType != b"session":
-            raise ConchError(
-                "only session channels are allowed", connection.OPEN_UNKNOWN_CHANNEL_TYPE
-            )
-        if len(self._sessions) >= self._max_sessions:
-            raise ConchError("too many sessions", connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
-        if maxPacket < 1:
-            raise ConchError(
-                "maximum packet size too small", connection.OPEN_ADMINISTRATIVELY_PROHIBITED
-            )
-        ch = SessionChannel(
-            self.ctx,
-            clock=self._clock,
-            on_closed=self._sessions.discard,
-            remoteWindow=windowSize,
-            remoteMaxPacket=maxPacket,
-            data=data,
-            avatar=self,
-        )
-        self._sessions.add(ch)
-        return ch
-
-    def gotGlobalRequest(self, requestType: bytes, data: bytes) -> int:
-        return 0  # no port forwarding, no keepalive replies beyond failure
-
-    def logout(self) -> None:
-        close = getattr(self.ctx.storage, "close", None)
-        if close is not None:
-            try:
-                close()
-            except OSError:
-                pass
-        if self._on_logout is not None:
-            self._on_logout()
-
-
-# Conch's ssh_CHANNEL_* look the channel up with self.channels[n]: a message for a
-# channel already closed (legal, it crossed our CLOSE) raises KeyError and a packet under
-# 4 bytes struct.error, each ending the whole connection. The guard ignores the first
-# and answers the second with a protocol-error disconnect.
-def _guard(name: str) -> Callable[[Any, bytes], Any]:
-    original = getattr(connection.SSHConnection, name)
-
-    def method(self: connection.SSHConnection, packet: bytes) -> Any:
+    def _for_open_channel(self, name: str, packet: bytes) -> bool:
         if len(packet) < 4:
             t: Any = self.transport
             t.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"short channel message")
-            return None
-        (local,) = struct.unpack(">L", packet[:4])
+            return False
+        (local,) = _CHANNEL_ID.unpack_from(packet)
         if local not in self.channels:
             log.debug("message {name} for unknown channel {local}", name=name, local=local)
-            return None
-        return original(self, packet)
+            return False
+        return True
 
-    method.__name__ = name
-    return method
+    def ssh_CHANNEL_OPEN_CONFIRMATION(self, packet: bytes) -> None:
+        if self._for_open_channel("CHANNEL_OPEN_CONFIRMATION", packet):
+            super().ssh_CHANNEL_OPEN_CONFIRMATION(packet)
+
+    def ssh_CHANNEL_OPEN_FAILURE(self, packet: bytes) -> None:
+        if self._for_open_channel("CHANNEL_OPEN_FAILURE", packet):
+            super().ssh_CHANNEL_OPEN_FAILURE(packet)
+
+    def ssh_CHANNEL_EXTENDED_DATA(self, packet: bytes) -> None:
+        if self._for_open_channel("CHANNEL_EXTENDED_DATA", packet):
+            super().ssh_CHANNEL_EXTENDED_DATA(packet)
+
+    def ssh_CHANNEL_EOF(self, packet: bytes) -> None:
+        if self._for_open_channel("CHANNEL_EOF", packet):
+            super().ssh_CHANNEL_EOF(packet)
+
+    def ssh_CHANNEL_CLOSE(self, packet: bytes) -> None:
+        if self._for_open_channel("CHANNEL_CLOSE", packet):
+            super().ssh_CHANNEL_CLOSE(packet)
+
+    def ssh_CHANNEL_REQUEST(self, packet: bytes) -> None:
+        if self._for_open_channel("CHANNEL_REQUEST", packet):
+            super().ssh_CHANNEL_REQUEST(packet)
+
+    def ssh_CHANNEL_SUCCESS(self, packet: bytes) -> None:
+        if self._for_open_channel("CHANNEL_SUCCESS", packet):
+            super().ssh_CHANNEL_SUCCESS(packet)
+
+    def ssh_CHANNEL_FAILURE(self, packet: bytes) -> None:
+        if self._for_open_channel("CHANNEL_FAILURE", packet):
+            super().ssh_CHANNEL_FAILURE(packet)
 
 
 def _write_backlog(tcp: Any) -> int:
@@ -135,7 +99,7 @@ class _OutputWatch:
         self.paused = False
 
 
-class Connection(connection.SSHConnection):  # type: ignore[misc]
+class Connection(_ChannelGuard):
     """Conch's connection service, tolerant of messages for channels that are gone,
     withholding window adjustments from a channel whose app paused reading, and watching
     the TCP write buffer so that apps stop producing while the client does not read."""
@@ -242,17 +206,3 @@ class Connection(connection.SSHConnection):  # type: ignore[misc]
         if getattr(channel, "reading_paused", False):
             return  # SessionChannel.resume_reading re-opens the window
         super().adjustWindow(channel, bytesToAdd)
-
-
-# Set on our subclass at import, not on Conch's class (Conch's stays as it is).
-for _name in (
-    "ssh_CHANNEL_OPEN_CONFIRMATION",
-    "ssh_CHANNEL_OPEN_FAILURE",
-    "ssh_CHANNEL_EXTENDED_DATA",
-    "ssh_CHANNEL_EOF",
-    "ssh_CHANNEL_CLOSE",
-    "ssh_CHANNEL_REQUEST",
-    "ssh_CHANNEL_SUCCESS",
-    "ssh_CHANNEL_FAILURE",
-):
-    setattr(Connection, _name, _guard(_name))

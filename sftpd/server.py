@@ -32,6 +32,7 @@ from sftpd.config import Config, ExecConfig, UserConfig
 from sftpd.listening import ListenError, bind_all
 from sftpd.log import announce_listening, conn_fields
 from sftpd.policy import apply_policy
+from sftpd.session import SessionChannel
 from sftpd.session_api import SessionContext
 from sftpd.ssh.transport import ServerTransport, TransportPolicy
 
@@ -194,6 +195,7 @@ def build_factory(
         context_maker(config, reactor=reactor, blocking=blocking),
         clock=reactor,
         max_sessions=config.server.max_sessions,
+        make_channel=SessionChannel,
     )
     portal = Portal(realm)
     portal.registerChecker(

@@ -85,7 +85,9 @@ T, S, R, C, A = (
 )
 SRV, UA, SW = "sftpd/server.py", "sftpd/auth/userauth.py", "sftpd/ssh/sockwrite.py"
 CHK = "sftpd/auth/checkers.py"
-GUARDED = (  # avatar.py wraps each of these to drop messages for channels that are gone
+AV = "sftpd/auth/avatar.py"
+# the connection service guards each of these to drop messages for channels that are gone
+GUARDED = (
     "ssh_CHANNEL_OPEN_CONFIRMATION",
     "ssh_CHANNEL_OPEN_FAILURE",
     "ssh_CHANNEL_WINDOW_ADJUST",
@@ -283,13 +285,13 @@ NEEDS: tuple[Need, ...] = (
     Need("SSHConnection", "ssh_CHANNEL_WINDOW_ADJUST", S, "source", pattern=r"\.addWindowBytes\("),
     Need("SSHConnection", "getChannel", A, "source", pattern=r"avatar\.lookupChannel\("),
     Need("SSHConnection", "gotGlobalRequest", A, "source", pattern=r"avatar\.gotGlobalRequest\("),
-    Need("ConchUser", "__init__", A, params=()),
+    Need("ConchUser", "__init__", AV, params=()),
     Need(
-        "ConchUser", "lookupChannel", A, params=("channelType", "windowSize", "maxPacket", "data")
+        "ConchUser", "lookupChannel", AV, params=("channelType", "windowSize", "maxPacket", "data")
     ),
-    Need("ConchUser", "gotGlobalRequest", A, params=("requestType", "data")),
-    Need("ConchUser", "channelLookup", A, kind="instance"),
-    Need("ConchUser", "subsystemLookup", A, kind="instance"),
+    Need("ConchUser", "gotGlobalRequest", AV, params=("requestType", "data")),
+    Need("ConchUser", "channelLookup", AV, kind="instance"),
+    Need("ConchUser", "subsystemLookup", AV, kind="instance"),
     # -- the session channel (sftpd/session.py) ------------------------------------------
     Need(
         "SSHChannel",
@@ -502,9 +504,11 @@ def test_table_covers_every_private_twisted_import() -> None:
 def test_table_covers_every_guarded_channel_message() -> None:
     from sftpd.avatar import Connection
 
+    ours = [c for c in Connection.__mro__ if c.__module__.startswith("sftpd.")]
     guarded = {
         name
-        for name, value in vars(Connection).items()
+        for cls in ours
+        for name, value in vars(cls).items()
         if name.startswith("ssh_CHANNEL_") and name != "ssh_CHANNEL_DATA" and callable(value)
     }
     assert guarded == set(GUARDED)
@@ -606,7 +610,7 @@ def test_table_covers_every_override_of_a_twisted_name() -> None:
     [
         (("SSHTransportBase", "sendPacket"), "override", "ServerTransport.sendPacket"),
         (("EPollReactor", "doPoll"), "override", "LeanEPollReactor.doPoll"),
-        (("SSHConnection", "ssh_CHANNEL_EOF"), "override", "Connection.ssh_CHANNEL_EOF"),
+        (("SSHConnection", "ssh_CHANNEL_EOF"), "override", "_ChannelGuard.ssh_CHANNEL_EOF"),
         (("_kex", "getSupportedKeyExchanges"), "private", None),
     ],
 )

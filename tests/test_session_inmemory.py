@@ -14,8 +14,10 @@ from twisted.internet import abstract
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.task import Clock
 
-from sftpd.avatar import Avatar, Connection
+from sftpd.auth.avatar import Avatar
+from sftpd.avatar import Connection
 from sftpd.blocking import InlineBlocking
+from sftpd.session import SessionChannel
 from sftpd.session_api import SessionContext
 from sftpd.sftp.codec import Framer
 from sftpd.sftp.constants import PacketType
@@ -46,7 +48,7 @@ def _setup(tmp: Path, max_sessions: int = 10) -> tuple[Connection, RecordingTran
     ctx = SessionContext(
         "alice", "/", False, LocalStorage(tmp), InlineBlocking(), tmp, reactor=clock
     )
-    avatar = Avatar(ctx, clock=clock, max_sessions=max_sessions)
+    avatar = Avatar(ctx, clock=clock, max_sessions=max_sessions, make_channel=SessionChannel)
     conn = Connection()
     t = RecordingTransport(avatar)
     conn.transport = t
@@ -300,7 +302,7 @@ def _sftp_over_stalled_tcp(tmp: Path) -> tuple[Connection, StreamTransport, Stal
     ctx = SessionContext(
         "alice", "/", False, LocalStorage(tmp), InlineBlocking(), tmp, reactor=clock
     )
-    avatar = Avatar(ctx, clock=clock, max_sessions=10)
+    avatar = Avatar(ctx, clock=clock, max_sessions=10, make_channel=SessionChannel)
     conn = Connection()
     tcp = StalledTCP()
     t = StreamTransport(avatar, tcp)

@@ -9,8 +9,8 @@ from twisted.conch.interfaces import IConchUser
 from twisted.cred.portal import IRealm
 from zope.interface import implementer
 
+from sftpd.auth.avatar import Avatar, ChannelFactory
 from sftpd.auth.users import UserDB
-from sftpd.avatar import Avatar
 from sftpd.config import UserConfig
 from sftpd.session_api import SessionContext
 
@@ -26,11 +26,13 @@ class Realm:
         *,
         clock: Any,
         max_sessions: int,
+        make_channel: ChannelFactory,
     ) -> None:
         self._users = users
         self._make_context = make_context
         self._clock = clock
         self._max_sessions = max_sessions
+        self._make_channel = make_channel
 
     def knows(self, name: str) -> bool:
         """Whether ``name`` is a configured user (logged: "invalid user" otherwise)."""
@@ -45,5 +47,10 @@ class Realm:
         if user is None:
             raise KeyError("user vanished")
         ctx = self._make_context(user)
-        avatar = Avatar(ctx, clock=self._clock, max_sessions=self._max_sessions)
+        avatar = Avatar(
+            ctx,
+            clock=self._clock,
+            max_sessions=self._max_sessions,
+            make_channel=self._make_channel,
+        )
         return IConchUser, avatar, avatar.logout
