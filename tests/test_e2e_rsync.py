@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Env, have, wait_for
+from tests.support import ALICE_PASSWORD, Env, have, wait_for
 
 pytestmark = [
     pytest.mark.e2e,
@@ -213,3 +213,55 @@ def test_missing_bwrap_is_reported_and_the_rest_keeps_working(make_server) -> No
     # the log line may land just after the client saw the message
     assert wait_for(lambda: "/nonexistent/bwrap" in env.server.log_text())
     env.sftp("ls /")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live (not zombie) process below ``pid``, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def test_eof_before_the_protocol_version_ends_the_channel(server: Env) -> None:
+    paramiko = pytest.importorskip("paramiko")
+    pid = server.server.proc.pid
+    before = descendants(pid)
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect(
+        "127.0.0.1",
+        port=server.port,
+        username="alice",
+        password=ALICE_PASSWORD,
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=20,
+    )
+    try:
+        channel = client.get_transport().open_session()
+        channel.exec_command("rsync --server -vlogDtpre.iLsfxCIvu . /x")
+        # the sandbox is up (bwrap and what runs inside it) before the client gives up
+        assert wait_for(lambda: len(descendants(pid) - before) >= 2)
+        channel.shutdown_write()
+        assert channel.status_event.wait(20), "no exit status after EOF"
+        assert channel.recv_exit_status() == 12  # what a real `rsync --server` exits with
+        assert b"rsync" in channel.makefile_stderr().read()
+        # the server closes the channel, and no process of that session is left
+        assert wait_for(lambda: channel.closed, timeout=20)
+        assert wait_for(lambda: descendants(pid) <= before, timeout=20), descendants(pid)
+    finally:
+        client.close()
+    assert not (server.alice.root / "x").exists()

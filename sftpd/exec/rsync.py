@@ -71,6 +71,11 @@ _LOW_WATER = 64 * 1024
 _MAX_PREAMBLE = 1024 * 1024  # protect-args words, version, daemon greeting lines
 _MAX_LOGGED = 4096
 UNAVAILABLE = b"sftpd: rsync is not available on this server\n"
+RERR_STREAMIO = 12  # rsync's "error in rsync protocol data stream"
+EARLY_EOF = (
+    b"rsync: connection unexpectedly closed (0 bytes received so far) [server]\n"
+    b"rsync error: error in rsync protocol data stream (code 12) [server]\n"
+)
 
 # Defence in depth: the allow-list already refuses these before rsync sees anything.
 _REFUSE = (
@@ -265,6 +270,11 @@ class RsyncApp:
             self._close_stdin(self._process)
         elif self._state == "args":
             self._protocol_error("end of input before the protected arguments")
+        elif self._state in ("starting", "handshake") and self._client_version is None:
+            if len(self._inbuf) < 4:
+                # The daemon waits for a greeting only we can send, and we need the
+                # client's version for it: end as a real ``rsync --server`` does here.
+                self._early_eof()
 
     def output_drained(self) -> None:
         if self._paused and self._process is not None and self._io.pending_output() <= _LOW_WATER:
@@ -469,6 +479,13 @@ class RsyncApp:
             stderr=bytes(self._errlog),
         )
         self._finish(1, UNAVAILABLE)
+
+    def _early_eof(self) -> None:
+        log.info(
+            "rsync session {session_id}: end of input before the protocol version",
+            session_id=self._ctx.session_id,
+        )
+        self._finish(RERR_STREAMIO, EARLY_EOF)
 
     def _protocol_error(self, reason: str) -> None:
         log.info(
