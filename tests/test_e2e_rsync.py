@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -265,3 +266,51 @@ def test_eof_before_the_protocol_version_ends_the_channel(server: Env) -> None:
     finally:
         client.close()
     assert not (server.alice.root / "x").exists()
+
+
+@pytest.mark.parametrize("interrupt", ["rsync-sigint", "ssh-killed"])
+def test_interrupted_partial_upload_keeps_the_data_and_no_temporary(
+    server: Env, interrupt: str
+) -> None:
+    name = f"big-{interrupt}.bin"
+    src = server.tmp / name
+    data = os.urandom(24 << 20)
+    src.write_bytes(data)
+    root = server.alice.root
+    root.mkdir(parents=True, exist_ok=True)
+
+    def temporaries() -> list[Path]:
+        return [p for p in root.iterdir() if p.name.startswith(f".{name}.")]
+
+    client = subprocess.Popen(
+        ["rsync", "-e", rsh(server), "--partial", "--bwlimit=3000", str(src), f"{REMOTE}:{name}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=server.tmp,
+    )
+    try:
+        # throttled to 3000 KiB/s: 24 MiB take 8 s; interrupt once 2 MiB have arrived
+        assert wait_for(
+            lambda: any(p.stat().st_size >= 2 << 20 for p in temporaries()), timeout=60
+        ), server.server.log_text()[-2000:]
+        if interrupt == "rsync-sigint":
+            client.send_signal(signal.SIGINT)  # what ^C does
+        else:
+            (ssh,) = descendants(client.pid)
+            os.kill(ssh, signal.SIGKILL)
+        assert client.wait(30) != 0
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    # the server closes rsync's pipes; rsync keeps the partial file under the final name
+    assert wait_for(lambda: (root / name).exists() and not temporaries(), timeout=30), (
+        sorted(p.name for p in root.iterdir()),
+        server.server.log_text()[-2000:],
+    )
+    kept = (root / name).read_bytes()
+    assert 2 << 20 <= len(kept) < len(data)
+    assert data.startswith(kept)
+    rsync(server, "--partial", src, f"{REMOTE}:{name}")
+    assert (root / name).read_bytes() == data
+    assert temporaries() == []

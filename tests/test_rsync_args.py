@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.error import ProcessTerminated
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from sftpd.blocking import InlineBlocking
@@ -24,6 +25,7 @@ from sftpd.exec.rsync_args import (
     read_protected_args,
     validate,
 )
+from sftpd.exec.rsync_stop import KILL_AFTER, TERM_AFTER
 from sftpd.session_api import SessionContext
 
 
@@ -301,6 +303,8 @@ def test_parse_ldd() -> None:
 
 
 class FakeProcess:
+    pid = None  # no process: nothing to look for in /proc
+
     def __init__(self, proto: Any) -> None:
         self.proto = proto
         self.stdin = bytearray()
@@ -325,6 +329,12 @@ class FakeProcess:
     def closeStdin(self) -> None:
         self.calls.append("close stdin")
 
+    def closeStdout(self) -> None:
+        self.calls.append("close stdout")
+
+    def closeStderr(self) -> None:
+        self.calls.append("close stderr")
+
     def signalProcess(self, sig: str) -> None:
         self.calls.append(f"signal {sig}")
 
@@ -335,8 +345,9 @@ class FakeProcess:
         self.calls.append("resume")
 
 
-class FakeReactor:
+class FakeReactor(Clock):
     def __init__(self) -> None:
+        super().__init__()
         self.spawned: list[tuple[FakeProcess, list[bytes]]] = []
 
     def spawnProcess(self, proto: Any, executable: bytes, args: list[bytes], **kw: Any) -> Any:
@@ -377,6 +388,13 @@ class FakeIO:
 def bridge(
     tmp_path: Path, command: str, read_only: bool = False
 ) -> tuple[Any, FakeIO, Callable[[], tuple[FakeProcess, list[bytes]]]]:
+    app, io, spawned, _ = bridge_with_clock(tmp_path, command, read_only)
+    return app, io, spawned
+
+
+def bridge_with_clock(
+    tmp_path: Path, command: str, read_only: bool = False
+) -> tuple[Any, FakeIO, Callable[[], tuple[FakeProcess, list[bytes]]], FakeReactor]:
     reactor = FakeReactor()
     io = FakeIO()
     # Any two binaries that exist stand in: nothing is executed but ldd and "--help".
@@ -392,11 +410,13 @@ def bridge(
         session_id="mem",
     )
     app = make_rsync_app([w.encode() for w in command.split()], ctx, io)
-    return app, io, lambda: reactor.spawned[0]
+    return app, io, lambda: reactor.spawned[0], reactor
 
 
 def test_bridge_opening_and_backpressure(tmp_path: Path) -> None:
-    app, io, spawned = bridge(tmp_path, "rsync --server --sender -vlogDtpre.iLsfxCIvu . d")
+    app, io, spawned, clock = bridge_with_clock(
+        tmp_path, "rsync --server --sender -vlogDtpre.iLsfxCIvu . d"
+    )
     process, argv = spawned()
     assert process.child[3].startswith(b"use chroot = yes\n")
     assert "close 3" in process.calls
@@ -424,8 +444,65 @@ def test_bridge_opening_and_backpressure(tmp_path: Path) -> None:
     assert io.err == b"rsync: warning\n"
     app.eof_received()
     assert process.calls[-1] == "close stdin"
+    # the client is gone: rsync's pipes are closed, then TERM (inside), then KILL
+    app.connection_lost()
+    assert process.calls[-3:] == ["close stdin", "close stdout", "close stderr"]
+    clock.advance(TERM_AFTER)  # (SIGTERM goes to the processes inside: none here)
+    clock.advance(KILL_AFTER - 0.1)
+    assert "signal KILL" not in process.calls
+    clock.advance(0.1)
+    assert process.calls[-1] == "signal KILL"
+    process.proto.processEnded(Failure(ProcessTerminated(signal=9)))
+    assert clock.getDelayedCalls() == []
+    assert io.status == []  # the channel is gone: nothing more is sent
+
+
+def test_bridge_connection_lost_rsync_that_exits_is_not_signalled(tmp_path: Path) -> None:
+    app, io, spawned, clock = bridge_with_clock(tmp_path, "rsync --server -vlogDtpre.iLsfxCIvu . d")
+    process, _ = spawned()
+    app.data_received(struct.pack("<i", 31))
+    process.proto.outReceived(b"@RSYNCD: 32.0 md5\n@RSYNCD: OK\n")
+    app.connection_lost()
+    process.proto.processEnded(Failure(ProcessTerminated(exitCode=20)))
+    assert clock.getDelayedCalls() == []
+    clock.advance(TERM_AFTER)
+    clock.advance(KILL_AFTER)
+    assert [c for c in process.calls if c.startswith("signal")] == []
+
+
+def test_bridge_connection_lost_before_the_transfer_kills_at_once(tmp_path: Path) -> None:
+    app, io, spawned, clock = bridge_with_clock(tmp_path, "rsync --server -vlogDtpre.iLsfxCIvu . d")
+    process, _ = spawned()
     app.connection_lost()
     assert process.calls[-1] == "signal KILL"
+    assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("sent", [b"", b"\x1f", b"\x1f\x00\x00"])
+@pytest.mark.parametrize("greeted", [False, True])
+def test_bridge_eof_before_the_protocol_version_exits_12(
+    tmp_path: Path, sent: bytes, greeted: bool
+) -> None:
+    app, io, spawned = bridge(tmp_path, "rsync --server -vlogDtpre.iLsfxCIvu . /x")
+    process, _ = spawned()
+    if greeted:
+        process.proto.outReceived(b"@RSYNCD: 32.0 md5\n")
+    app.data_received(sent)
+    app.eof_received()
+    assert io.status == [12]
+    assert b"error in rsync protocol data stream (code 12)" in io.err
+    assert process.calls[-1] == "signal KILL"
+    assert bytes(process.stdin) == b""  # the daemon never heard from the client
+
+
+def test_bridge_eof_after_the_protocol_version_is_rsyncs_to_handle(tmp_path: Path) -> None:
+    app, io, spawned = bridge(tmp_path, "rsync --server -vlogDtpre.iLsfxCIvu . /x")
+    process, _ = spawned()
+    app.data_received(struct.pack("<i", 31))
+    app.eof_received()
+    assert io.status == []
+    process.proto.outReceived(b"@RSYNCD: 32.0 md5\n@RSYNCD: OK\n")
+    assert process.calls[-1] == "close stdin"  # rsync sees the EOF after its arguments
 
 
 def test_bridge_protect_args_and_refusal(tmp_path: Path) -> None:

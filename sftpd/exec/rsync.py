@@ -56,6 +56,15 @@ from sftpd.exec.rsync_args import (
     read_protected_args,
     validate,
 )
+from sftpd.exec.rsync_stop import (
+    KILL_AFTER,
+    TERM_AFTER,
+    GracefulStop,
+    ProcessTree,
+    Temporary,
+    removal_logger,
+    remove_temporaries,
+)
 from sftpd.session_api import ChannelApp, ChannelIO, SessionContext
 
 log = Logger()
@@ -87,10 +96,14 @@ _REFUSE = (
 class _ProcessHandle(Protocol):
     """What this module uses of Twisted's process transport (a Process is also a producer)."""
 
+    pid: int | None
+
     def write(self, data: bytes) -> None: ...
     def writeToChild(self, childFD: int, data: bytes) -> None: ...
     def closeChildFD(self, childFD: int) -> None: ...
     def closeStdin(self) -> None: ...
+    def closeStdout(self) -> None: ...
+    def closeStderr(self) -> None: ...
     def signalProcess(self, signalID: str | int) -> None: ...
     def pauseProducing(self) -> None: ...
     def resumeProducing(self) -> None: ...
@@ -115,9 +128,18 @@ class _ClientInput:
         pass
 
 
-def make_rsync_app(argv: list[bytes], ctx: SessionContext, io: ChannelIO) -> ChannelApp:
-    """Serve ``rsync --server ...`` (argv already shell-split) on a session channel."""
-    return RsyncApp(argv, ctx, io)
+def make_rsync_app(
+    argv: list[bytes],
+    ctx: SessionContext,
+    io: ChannelIO,
+    *,
+    stop_after: tuple[float, float] = (TERM_AFTER, KILL_AFTER),
+) -> ChannelApp:
+    """Serve ``rsync --server ...`` (argv already shell-split) on a session channel.
+
+    ``stop_after``: once the client is gone, seconds until SIGTERM, then until SIGKILL.
+    """
+    return RsyncApp(argv, ctx, io, stop_after=stop_after)
 
 
 def daemon_config(read_only: bool) -> bytes:
@@ -220,8 +242,16 @@ def daemon_arguments(args: ServerArgs, protocol: int) -> bytes:
 class RsyncApp:
     """ChannelApp: validates, starts the sandbox, bridges the opening, then relays bytes."""
 
-    def __init__(self, argv: list[bytes], ctx: SessionContext, io: ChannelIO) -> None:
+    def __init__(
+        self,
+        argv: list[bytes],
+        ctx: SessionContext,
+        io: ChannelIO,
+        *,
+        stop_after: tuple[float, float] = (TERM_AFTER, KILL_AFTER),
+    ) -> None:
         self._ctx = ctx
+        self._stop_after = stop_after
         self._io = io
         self._state = "args"  # args -> starting -> handshake -> running -> done
         self._inbuf = bytearray()  # client bytes not yet handed to rsync
@@ -237,6 +267,7 @@ class RsyncApp:
         self._greeted = False
         self._process: _ProcessHandle | None = None
         self._pending: Deferred[Runtime] | None = None
+        self._stop: GracefulStop | None = None
         if not ctx.exec.allow_rsync:
             self._finish(127, b"sftpd: command not allowed: rsync\n")
             return
@@ -282,10 +313,29 @@ class RsyncApp:
             self._process.resumeProducing()
 
     def connection_lost(self) -> None:
+        process, running = self._process, self._state == "running"
         self._state = "done"
         if self._pending is not None:
             self._pending.cancel()
-        self._kill()
+        if not running or process is None:
+            self._kill()  # nothing transferred yet: nothing of rsync's to keep or clean
+            return
+        # As OpenSSH: close rsync's pipes and let it clean up (keep --partial data), then
+        # TERM, then KILL; temporaries a killed rsync leaves are removed when it has gone.
+        in_place = any(
+            o in (b"--inplace", b"--append", b"--append-verify") for o in self._options()
+        )
+        inside = None
+        if process.pid is not None:
+            writes = self._args is not None and not self._args.sender and not in_place
+            inside = ProcessTree(process.pid, _JAIL, temporaries=writes)
+        term_after, kill_after = self._stop_after
+        self._stop = GracefulStop(
+            self._ctx.reactor, process, inside, term_after=term_after, kill_after=kill_after
+        )
+
+    def _options(self) -> tuple[bytes, ...]:
+        return self._args.options if self._args is not None else ()
 
     # -- validation and start-up -----------------------------------------------------
     def _read_protected_args(self) -> None:
@@ -452,6 +502,10 @@ class RsyncApp:
     # -- endings ---------------------------------------------------------------------
     def _process_ended(self, status: int) -> None:
         self._process = None
+        stop, self._stop = self._stop, None
+        if stop is not None:
+            self._remove(stop.ended(status))
+            return
         if self._state == "running":
             log.info(
                 "rsync session {session_id}: exit status {status}",
@@ -461,6 +515,19 @@ class RsyncApp:
             self._finish(status)
         elif self._state != "done":
             self._unavailable(f"sandbox exited with status {status} before the transfer began")
+
+    def _remove(self, temporaries: set[Temporary]) -> None:
+        if not temporaries:
+            return
+        storage = self._ctx.storage
+        if storage is None:
+            log.warn(
+                "rsync session {session_id}: temporaries left", session_id=self._ctx.session_id
+            )
+            return
+        done = self._ctx.blocking.run(remove_temporaries, storage, temporaries)
+        done.addCallback(removal_logger(self._ctx.session_id))
+        done.addErrback(lambda f: log.failure("removing rsync temporaries", f))
 
     def _refuse(self, error: RsyncArgError) -> None:
         log.info(
