@@ -1,36 +1,12 @@
-"""rsync over ssh: the real rsync, chrooted by itself into the user's root inside bubblewrap.
+"""rsync over ssh: the bridge between a session channel and the sandboxed rsync daemon.
 
-Sandbox design (why it is built this way)
------------------------------------------
-Absolute symlink targets must resolve inside the user's root, so rsync's ``/`` must be the
-user's root. But a dynamically linked rsync started with the user's root as ``/`` would let
-the user steer the loader and libc with files they upload (``/etc/ld.so.preload``,
-``/etc/nsswitch.conf`` plus a ``libnss_*.so``, gconv modules), and its binary and libraries
-would need a mount point inside the user's tree. So rsync is loaded in a throw-away
-bubblewrap root and moves into the user's root *after* loading:
-
-1. bwrap builds a fresh tmpfs root (read-only once built) holding only: the rsync binary,
-   the exact shared objects ``ldd`` lists for it (plus ``/etc/ld.so.cache``), a minimal
-   ``/dev``, a generated ``/etc/rsyncd.conf``, and the user's root bind-mounted at
-   ``/jail`` (read-only for read-only accounts). New user (non-root uid), PID, IPC, UTS,
-   network and cgroup namespaces; no further user namespaces; every capability dropped
-   except CAP_SYS_CHROOT; empty environment (``TZ=UTC0`` so no zone file is ever read).
-2. rsync runs as a single-use daemon over stdio (``rsync --server --daemon``), whose module
-   has ``use chroot = yes``: it chroots into ``/jail`` before it reads a single argument
-   from the client. From then on the only files it can name are the user's own; ``numeric
-   ids = yes`` keeps it from loading NSS files or libraries from the user's tree, and
-   ``--iconv`` is refused for the same reason (gconv modules).
-3. The client speaks the remote-shell flavour of the protocol, which differs from the daemon
-   flavour only in its opening: this module answers the client's 4-byte protocol version
-   itself, performs the daemon's text greeting on the client's behalf, and hands over the
-   client's arguments -- re-serialised from the validated allow-list (see rsync_args), never
-   the client's raw words. After ``@RSYNCD: OK`` bytes pass through untouched.
-
-What remains visible: nothing of the host after the chroot. Before it (while the daemon
-reads our config), the tmpfs above; the client's bytes never reach rsync before the chroot.
-Residual exposure: code execution inside rsync (a memory-safety bug) plus CAP_SYS_CHROOT
-would allow leaving the chroot into that tmpfs -- the rsync binary and its public libraries,
-read-only -- never the host.
+The sandbox (rsync_sandbox) runs rsync's single-use daemon chrooted into the user's root.
+The client speaks the remote-shell flavour of the protocol, which differs from the daemon
+flavour only in its opening: this module answers the client's 4-byte protocol version
+itself, performs the daemon's text greeting on the client's behalf, and hands over the
+client's arguments -- re-serialised from the validated allow-list (see rsync_args), never
+the client's raw words. After ``@RSYNCD: OK`` bytes pass through untouched. When the client
+goes away, rsync_stop ends the sandbox as OpenSSH's server would.
 """
 
 from __future__ import annotations
@@ -38,8 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import subprocess
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -56,6 +30,16 @@ from sftpd.exec.rsync_args import (
     read_protected_args,
     validate,
 )
+from sftpd.exec.rsync_sandbox import (
+    CONFIG_FD,
+    JAIL,
+    MODULE,
+    Runtime,
+    daemon_config,
+    parse_ldd,
+    probe_runtime,
+    sandbox_argv,
+)
 from sftpd.exec.rsync_stop import (
     KILL_AFTER,
     TERM_AFTER,
@@ -67,14 +51,10 @@ from sftpd.exec.rsync_stop import (
 )
 from sftpd.session_api import ChannelApp, ChannelIO, SessionContext
 
+__all__ = ["UNAVAILABLE", "daemon_arguments", "daemon_config", "make_rsync_app", "parse_ldd"]
+
 log = Logger()
 
-MODULE = b"sftpd"
-_JAIL = "/jail"
-_RSYNC = "/usr/bin/rsync"
-_CONFIG = "/etc/rsyncd.conf"
-_CONFIG_FD = 3
-_ID_WHEN_ROOT = 1000  # rsync must not run as uid 0 (it would try setgroups/chown)
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 _MAX_PREAMBLE = 1024 * 1024  # protect-args words, version, daemon greeting lines
@@ -84,12 +64,6 @@ RERR_STREAMIO = 12  # rsync's "error in rsync protocol data stream"
 EARLY_EOF = (
     b"rsync: connection unexpectedly closed (0 bytes received so far) [server]\n"
     b"rsync error: error in rsync protocol data stream (code 12) [server]\n"
-)
-
-# Defence in depth: the allow-list already refuses these before rsync sees anything.
-_REFUSE = (
-    "daemon config dparam write-batch read-batch only-write-batch log-file log-file-format "
-    "temp-dir iconv copy-devices write-devices rsync-path remote-option copy-as"
 )
 
 
@@ -140,92 +114,6 @@ def make_rsync_app(
     ``stop_after``: once the client is gone, seconds until SIGTERM, then until SIGKILL.
     """
     return RsyncApp(argv, ctx, io, stop_after=stop_after)
-
-
-def daemon_config(read_only: bool) -> bytes:
-    """The rsyncd.conf given to the sandboxed single-use daemon."""
-    return (
-        "use chroot = yes\n"
-        "numeric ids = yes\n"
-        "munge symlinks = no\n"
-        "reverse lookup = no\n"
-        "log file = /dev/null\n"
-        "transfer logging = no\n"
-        f"[{MODULE.decode()}]\n"
-        f"path = {_JAIL}\n"
-        f"read only = {'yes' if read_only else 'no'}\n"
-        "list = no\n"
-        f"refuse options = {_REFUSE}\n"
-    ).encode()
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Host files the sandbox needs before the chroot, and what this bwrap supports."""
-
-    files: tuple[str, ...]
-    disable_userns: bool
-
-
-_runtime_cache: dict[tuple[str, str, int, int], Runtime] = {}
-
-
-def probe_runtime(bwrap: str, rsync: str) -> Runtime:
-    """List rsync's shared objects (``ldd``) and bwrap's features. Blocking; cached."""
-    real = os.path.realpath(rsync)
-    st = os.stat(real)
-    key = (bwrap, real, st.st_ino, st.st_mtime_ns)
-    cached = _runtime_cache.get(key)
-    if cached is not None:
-        return cached
-    env = {"LC_ALL": "C", "PATH": "/usr/bin:/bin"}
-    ldd = shutil.which("ldd", path=env["PATH"])
-    if ldd is None:
-        raise RuntimeError("ldd not found")
-    out = subprocess.run([ldd, real], capture_output=True, env=env, timeout=60, check=False)
-    files = parse_ldd(out.stdout.decode("utf-8", "replace"))
-    if os.path.exists("/etc/ld.so.cache"):
-        files = (*files, "/etc/ld.so.cache")
-    usage = subprocess.run([bwrap, "--help"], capture_output=True, env=env, timeout=60)
-    runtime = Runtime(files=files, disable_userns=b"--disable-userns" in usage.stdout)
-    _runtime_cache[key] = runtime
-    return runtime
-
-
-def parse_ldd(text: str) -> tuple[str, ...]:
-    """Absolute paths of the shared objects in ``ldd`` output; RuntimeError if one is missing."""
-    files: list[str] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if "=> not found" in line:
-            raise RuntimeError(f"ldd: {line}")
-        name, arrow, rest = line.partition("=>")
-        candidate = (rest if arrow else name).strip().split(" (", 1)[0].strip()
-        if candidate.startswith("/") and candidate not in files:
-            files.append(candidate)
-    return tuple(files)
-
-
-def sandbox_argv(
-    bwrap: str, rsync: str, runtime: Runtime, host_root: bytes, read_only: bool
-) -> list[bytes]:
-    """The bwrap command line that starts the single-use rsync daemon (see module docstring)."""
-    uid = os.getuid() or _ID_WHEN_ROOT
-    gid = os.getgid() or _ID_WHEN_ROOT
-    argv = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(uid), "--gid", str(gid)]
-    if runtime.disable_userns:
-        argv.append("--disable-userns")
-    argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    argv += ["--cap-add", "CAP_SYS_CHROOT", "--clearenv", "--setenv", "TZ", "UTC0"]
-    argv += ["--dev", "/dev"]
-    for path in runtime.files:
-        argv += ["--ro-bind", path, path]
-    argv += ["--ro-bind", rsync, _RSYNC, "--ro-bind-data", str(_CONFIG_FD), _CONFIG]
-    encoded = [os.fsencode(a) for a in argv]
-    encoded += [b"--ro-bind" if read_only else b"--bind", host_root, _JAIL.encode()]
-    tail = ["--remount-ro", "/", "--chdir", "/", "--", _RSYNC, "--server", "--daemon"]
-    tail += [f"--config={_CONFIG}", "."]
-    return encoded + [a.encode() for a in tail]
 
 
 def daemon_arguments(args: ServerArgs, protocol: int) -> bytes:
@@ -328,7 +216,7 @@ class RsyncApp:
         inside = None
         if process.pid is not None:
             writes = self._args is not None and not self._args.sender and not in_place
-            inside = ProcessTree(process.pid, _JAIL, temporaries=writes)
+            inside = ProcessTree(process.pid, JAIL, temporaries=writes)
         term_after, kill_after = self._stop_after
         self._stop = GracefulStop(
             self._ctx.reactor, process, inside, term_after=term_after, kill_after=kill_after
@@ -395,15 +283,15 @@ class RsyncApp:
                 argv,
                 env={},
                 path="/",
-                childFDs={0: "w", 1: "r", 2: "r", _CONFIG_FD: "w"},
+                childFDs={0: "w", 1: "r", 2: "r", CONFIG_FD: "w"},
             )
         except OSError as e:
             self._unavailable(f"spawning bwrap failed: {e}")
             return
         self._process = process
         process.registerProducer(_ClientInput(self._io), True)
-        process.writeToChild(_CONFIG_FD, daemon_config(self._ctx.read_only))
-        process.closeChildFD(_CONFIG_FD)
+        process.writeToChild(CONFIG_FD, daemon_config(self._ctx.read_only))
+        process.closeChildFD(CONFIG_FD)
         self._advance()
 
     # -- the opening: client (remote-shell flavour) <-> daemon (daemon flavour) -------

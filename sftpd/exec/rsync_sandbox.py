@@ -1,0 +1,140 @@
+"""The rsync sandbox: bubblewrap command line, daemon config and runtime discovery.
+
+Sandbox design (why it is built this way)
+-----------------------------------------
+Absolute symlink targets must resolve inside the user's root, so rsync's ``/`` must be the
+user's root. But a dynamically linked rsync started with the user's root as ``/`` would let
+the user steer the loader and libc with files they upload (``/etc/ld.so.preload``,
+``/etc/nsswitch.conf`` plus a ``libnss_*.so``, gconv modules), and its binary and libraries
+would need a mount point inside the user's tree. So rsync is loaded in a throw-away
+bubblewrap root and moves into the user's root *after* loading:
+
+1. bwrap builds a fresh tmpfs root (read-only once built) holding only: the rsync binary,
+   the exact shared objects ``ldd`` lists for it (plus ``/etc/ld.so.cache``), a minimal
+   ``/dev``, a generated ``/etc/rsyncd.conf``, and the user's root bind-mounted at
+   ``/jail`` (read-only for read-only accounts). New user (non-root uid), PID, IPC, UTS,
+   network and cgroup namespaces; no further user namespaces; every capability dropped
+   except CAP_SYS_CHROOT; empty environment (``TZ=UTC0`` so no zone file is ever read).
+2. rsync runs as a single-use daemon over stdio (``rsync --server --daemon``), whose module
+   has ``use chroot = yes``: it chroots into ``/jail`` before it reads a single argument
+   from the client. From then on the only files it can name are the user's own; ``numeric
+   ids = yes`` keeps it from loading NSS files or libraries from the user's tree, and
+   ``--iconv`` is refused for the same reason (gconv modules).
+3. The client speaks the remote-shell flavour of the protocol, which differs from the daemon
+   flavour only in its opening: the bridge (exec/rsync.py) answers the client's 4-byte version
+   itself, performs the daemon's text greeting on the client's behalf, and hands over the
+   client's arguments -- re-serialised from the validated allow-list (see rsync_args), never
+   the client's raw words. After ``@RSYNCD: OK`` bytes pass through untouched.
+
+What remains visible: nothing of the host after the chroot. Before it (while the daemon
+reads our config), the tmpfs above; the client's bytes never reach rsync before the chroot.
+Residual exposure: code execution inside rsync (a memory-safety bug) plus CAP_SYS_CHROOT
+would allow leaving the chroot into that tmpfs -- the rsync binary and its public libraries,
+read-only -- never the host.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+MODULE = b"sftpd"
+JAIL = "/jail"
+RSYNC = "/usr/bin/rsync"
+CONFIG = "/etc/rsyncd.conf"
+CONFIG_FD = 3
+_ID_WHEN_ROOT = 1000  # rsync must not run as uid 0 (it would try setgroups/chown)
+
+# Defence in depth: the allow-list already refuses these before rsync sees anything.
+_REFUSE = (
+    "daemon config dparam write-batch read-batch only-write-batch log-file log-file-format "
+    "temp-dir iconv copy-devices write-devices rsync-path remote-option copy-as"
+)
+
+
+def daemon_config(read_only: bool) -> bytes:
+    """The rsyncd.conf given to the sandboxed single-use daemon."""
+    return (
+        "use chroot = yes\n"
+        "numeric ids = yes\n"
+        "munge symlinks = no\n"
+        "reverse lookup = no\n"
+        "log file = /dev/null\n"
+        "transfer logging = no\n"
+        f"[{MODULE.decode()}]\n"
+        f"path = {JAIL}\n"
+        f"read only = {'yes' if read_only else 'no'}\n"
+        "list = no\n"
+        f"refuse options = {_REFUSE}\n"
+    ).encode()
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Host files the sandbox needs before the chroot, and what this bwrap supports."""
+
+    files: tuple[str, ...]
+    disable_userns: bool
+
+
+_runtime_cache: dict[tuple[str, str, int, int], Runtime] = {}
+
+
+def probe_runtime(bwrap: str, rsync: str) -> Runtime:
+    """List rsync's shared objects (``ldd``) and bwrap's features. Blocking; cached."""
+    real = os.path.realpath(rsync)
+    st = os.stat(real)
+    key = (bwrap, real, st.st_ino, st.st_mtime_ns)
+    cached = _runtime_cache.get(key)
+    if cached is not None:
+        return cached
+    env = {"LC_ALL": "C", "PATH": "/usr/bin:/bin"}
+    ldd = shutil.which("ldd", path=env["PATH"])
+    if ldd is None:
+        raise RuntimeError("ldd not found")
+    out = subprocess.run([ldd, real], capture_output=True, env=env, timeout=60, check=False)
+    files = parse_ldd(out.stdout.decode("utf-8", "replace"))
+    if os.path.exists("/etc/ld.so.cache"):
+        files = (*files, "/etc/ld.so.cache")
+    usage = subprocess.run([bwrap, "--help"], capture_output=True, env=env, timeout=60)
+    runtime = Runtime(files=files, disable_userns=b"--disable-userns" in usage.stdout)
+    _runtime_cache[key] = runtime
+    return runtime
+
+
+def parse_ldd(text: str) -> tuple[str, ...]:
+    """Absolute paths of the shared objects in ``ldd`` output; RuntimeError if one is missing."""
+    files: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if "=> not found" in line:
+            raise RuntimeError(f"ldd: {line}")
+        name, arrow, rest = line.partition("=>")
+        candidate = (rest if arrow else name).strip().split(" (", 1)[0].strip()
+        if candidate.startswith("/") and candidate not in files:
+            files.append(candidate)
+    return tuple(files)
+
+
+def sandbox_argv(
+    bwrap: str, rsync: str, runtime: Runtime, host_root: bytes, read_only: bool
+) -> list[bytes]:
+    """The bwrap command line that starts the single-use rsync daemon (see module docstring)."""
+    uid = os.getuid() or _ID_WHEN_ROOT
+    gid = os.getgid() or _ID_WHEN_ROOT
+    argv = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(uid), "--gid", str(gid)]
+    if runtime.disable_userns:
+        argv.append("--disable-userns")
+    argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    argv += ["--cap-add", "CAP_SYS_CHROOT", "--clearenv", "--setenv", "TZ", "UTC0"]
+    argv += ["--dev", "/dev"]
+    for path in runtime.files:
+        argv += ["--ro-bind", path, path]
+    argv += ["--ro-bind", rsync, RSYNC, "--ro-bind-data", str(CONFIG_FD), CONFIG]
+    encoded = [os.fsencode(a) for a in argv]
+    encoded += [b"--ro-bind" if read_only else b"--bind", host_root, JAIL.encode()]
+    tail = ["--remount-ro", "/", "--chdir", "/", "--", RSYNC, "--server", "--daemon"]
+    tail += [f"--config={CONFIG}", "."]
+    return encoded + [a.encode() for a in tail]
