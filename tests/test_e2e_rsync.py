@@ -314,3 +314,33 @@ def test_interrupted_partial_upload_keeps_the_data_and_no_temporary(
     rsync(server, "--partial", src, f"{REMOTE}:{name}")
     assert (root / name).read_bytes() == data
     assert temporaries() == []
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="ownership as root needs a server running as root")
+def test_download_as_root_keeps_the_owners(server: Env) -> None:
+    top = server.alice.root / "owned"
+    (top / "sub").mkdir(parents=True)
+    (top / "root.txt").write_bytes(b"root's\n")
+    (top / "sub" / "deep.txt").write_bytes(b"deep\n")
+    other = top / "sub" / "other.txt"
+    other.write_bytes(b"someone else's\n")
+    os.chown(other, 4321, 4322)
+    other.chmod(0o600)  # root reads it all the same
+    os.chown(top / "sub", 4323, 4324)
+    (top / "link").symlink_to("root.txt")
+    os.chown(top / "link", 4325, 4326, follow_symlinks=False)
+    back = server.tmp / "owned-back"
+    rsync(server, "-a", f"{REMOTE}:owned/", f"{back}/")
+    owners = {
+        str(p.relative_to(back)): (p.lstat().st_uid, p.lstat().st_gid) for p in back.rglob("*")
+    }
+    # what OpenSSH's server with rsync as root gives a root client with -a
+    assert owners == {
+        "root.txt": (0, 0),
+        "sub": (4323, 4324),
+        "sub/deep.txt": (0, 0),
+        "sub/other.txt": (4321, 4322),
+        "link": (4325, 4326),
+    }
+    assert (back / "sub" / "other.txt").read_bytes() == b"someone else's\n"
+    assert (back.lstat().st_uid, back.lstat().st_gid) == (0, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from sftpd.exec.rsync_args import (
     read_protected_args,
     validate,
 )
+from sftpd.exec.rsync_sandbox import Runtime, runs_as_root, sandbox_argv
 from sftpd.exec.rsync_stop import KILL_AFTER, TERM_AFTER
 from sftpd.session_api import SessionContext
 
@@ -282,6 +284,31 @@ def test_daemon_config_chroots_and_is_read_only_when_asked() -> None:
     assert "read only = no\n" in daemon_config(False).decode()
 
 
+def test_daemon_config_as_root_stays_root() -> None:
+    assert daemon_config(True, as_root=True).decode().startswith("uid = 0\ngid = 0\n")
+    assert "uid =" not in daemon_config(True).decode()
+
+
+def test_sandbox_argv_user_namespace_unless_a_root_sender() -> None:
+    runtime = Runtime(files=("/lib/x.so",), disable_userns=True)
+    ns = sandbox_argv("bwrap", "/usr/bin/rsync", runtime, b"/srv/u", False)
+    assert b"--unshare-user" in ns and b"--disable-userns" in ns
+    assert ns.count(b"--cap-add") == 1 and b"CAP_SYS_CHROOT" in ns
+    root = sandbox_argv("bwrap", "/usr/bin/rsync", runtime, b"/srv/u", True, as_root=True)
+    assert b"--unshare-user" not in root and b"--unshare-all" not in root
+    assert b"--uid" not in root
+    assert {b"--unshare-pid", b"--unshare-net", b"--unshare-ipc", b"--unshare-uts"} <= set(root)
+    caps = {root[i + 1] for i, word in enumerate(root) if word == b"--cap-add"}
+    assert caps == {b"CAP_SYS_CHROOT", b"CAP_SETGID", b"CAP_DAC_OVERRIDE"}
+    assert root[root.index(b"--cap-drop") + 1] == b"ALL"
+    assert root[root.index(b"/srv/u") - 1] == b"--ro-bind"
+
+
+def test_only_a_sender_under_root_runs_as_root() -> None:
+    assert not runs_as_root(False)
+    assert runs_as_root(True) == (os.getuid() == 0)
+
+
 def test_parse_ldd() -> None:
     text = (
         "\tlinux-vdso.so.1 (0x00007ffd)\n"
@@ -418,7 +445,7 @@ def test_bridge_opening_and_backpressure(tmp_path: Path) -> None:
         tmp_path, "rsync --server --sender -vlogDtpre.iLsfxCIvu . d"
     )
     process, argv = spawned()
-    assert process.child[3].startswith(b"use chroot = yes\n")
+    assert b"\nuse chroot = yes\n" in b"\n" + process.child[3]
     assert "close 3" in process.calls
     assert str(tmp_path).encode() in argv
     # byte by byte: the client's version, then the daemon's greeting and OK

@@ -38,6 +38,7 @@ from sftpd.exec.rsync_sandbox import (
     daemon_config,
     parse_ldd,
     probe_runtime,
+    runs_as_root,
     sandbox_argv,
 )
 from sftpd.exec.rsync_stop import (
@@ -265,8 +266,14 @@ class RsyncApp:
         self._pending = None
         if self._state != "starting":
             return
+        as_root = runs_as_root(self._args is not None and self._args.sender)
         argv = sandbox_argv(
-            bwrap, rsync, runtime, os.fsencode(self._ctx.host_root), self._ctx.read_only
+            bwrap,
+            rsync,
+            runtime,
+            os.fsencode(self._ctx.host_root),
+            self._ctx.read_only,
+            as_root=as_root,
         )
         log.info(
             "rsync session {session_id} user {username!r}: {mode} {paths!r}",
@@ -290,7 +297,7 @@ class RsyncApp:
             return
         self._process = process
         process.registerProducer(_ClientInput(self._io), True)
-        process.writeToChild(CONFIG_FD, daemon_config(self._ctx.read_only))
+        process.writeToChild(CONFIG_FD, daemon_config(self._ctx.read_only, as_root=as_root))
         process.closeChildFD(CONFIG_FD)
         self._advance()
 

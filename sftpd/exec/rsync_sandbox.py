@@ -15,6 +15,13 @@ bubblewrap root and moves into the user's root *after* loading:
    ``/jail`` (read-only for read-only accounts). New user (non-root uid), PID, IPC, UTS,
    network and cgroup namespaces; no further user namespaces; every capability dropped
    except CAP_SYS_CHROOT; empty environment (``TZ=UTC0`` so no zone file is ever read).
+   One exception, for ownership: under a server running as root, a *sender* (a download)
+   gets no user namespace and runs as the real root, so it sees and sends the files' real
+   owners, as rsync under OpenSSH does (in a user namespace every owner but the mapped
+   one reads as 65534, and root's files as the mapped uid); its capabilities are
+   CAP_SYS_CHROOT, CAP_SETGID (the daemon's setgroups) and CAP_DAC_OVERRIDE (root reads
+   files of every owner and mode, as over SFTP). A receiver keeps the user namespace: it
+   never chowns, so uploads belong to the server's user as over SFTP.
 2. rsync runs as a single-use daemon over stdio (``rsync --server --daemon``), whose module
    has ``use chroot = yes``: it chroots into ``/jail`` before it reads a single argument
    from the client. From then on the only files it can name are the user's own; ``numeric
@@ -45,7 +52,20 @@ JAIL = "/jail"
 RSYNC = "/usr/bin/rsync"
 CONFIG = "/etc/rsyncd.conf"
 CONFIG_FD = 3
-_ID_WHEN_ROOT = 1000  # rsync must not run as uid 0 (it would try setgroups/chown)
+# A receiver under a root server runs as this uid inside its user namespace (mapped to root
+# outside): as uid 0 it would chown to the client's ids and need capabilities to do so.
+_ID_WHEN_ROOT = 1000
+_NAMESPACES_BUT_USER = (
+    "--unshare-ipc",
+    "--unshare-pid",
+    "--unshare-net",
+    "--unshare-uts",
+    "--unshare-cgroup-try",
+)
+# A sender under a root server: chroot, the daemon's setgroups() to root's own group (its
+# setgid/setuid to 0 need nothing), and reading what root may read (files of every owner
+# and mode, as root does over SFTP).
+_ROOT_SENDER_CAPS: tuple[str, ...] = ("CAP_SYS_CHROOT", "CAP_SETGID", "CAP_DAC_OVERRIDE")
 
 # Defence in depth: the allow-list already refuses these before rsync sees anything.
 _REFUSE = (
@@ -54,10 +74,12 @@ _REFUSE = (
 )
 
 
-def daemon_config(read_only: bool) -> bytes:
+def daemon_config(read_only: bool, *, as_root: bool = False) -> bytes:
     """The rsyncd.conf given to the sandboxed single-use daemon."""
+    # A daemon started as root switches to "nobody" unless told otherwise: stay root.
+    ids = "uid = 0\ngid = 0\n" if as_root else ""
     return (
-        "use chroot = yes\n"
+        ids + "use chroot = yes\n"
         "numeric ids = yes\n"
         "munge symlinks = no\n"
         "reverse lookup = no\n"
@@ -118,17 +140,35 @@ def parse_ldd(text: str) -> tuple[str, ...]:
     return tuple(files)
 
 
+def runs_as_root(sender: bool) -> bool:
+    """Whether this transfer's rsync runs as the real root: only a sender, only under root."""
+    return sender and os.getuid() == 0
+
+
 def sandbox_argv(
-    bwrap: str, rsync: str, runtime: Runtime, host_root: bytes, read_only: bool
+    bwrap: str,
+    rsync: str,
+    runtime: Runtime,
+    host_root: bytes,
+    read_only: bool,
+    *,
+    as_root: bool = False,
 ) -> list[bytes]:
     """The bwrap command line that starts the single-use rsync daemon (see module docstring)."""
-    uid = os.getuid() or _ID_WHEN_ROOT
-    gid = os.getgid() or _ID_WHEN_ROOT
-    argv = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(uid), "--gid", str(gid)]
-    if runtime.disable_userns:
-        argv.append("--disable-userns")
+    if as_root:
+        argv = [bwrap, *_NAMESPACES_BUT_USER]
+        caps = _ROOT_SENDER_CAPS
+    else:
+        uid = os.getuid() or _ID_WHEN_ROOT
+        gid = os.getgid() or _ID_WHEN_ROOT
+        argv = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(uid), "--gid", str(gid)]
+        if runtime.disable_userns:
+            argv.append("--disable-userns")
+        caps = ("CAP_SYS_CHROOT",)
     argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    argv += ["--cap-add", "CAP_SYS_CHROOT", "--clearenv", "--setenv", "TZ", "UTC0"]
+    for cap in caps:
+        argv += ["--cap-add", cap]
+    argv += ["--clearenv", "--setenv", "TZ", "UTC0"]
     argv += ["--dev", "/dev"]
     for path in runtime.files:
         argv += ["--ro-bind", path, path]
