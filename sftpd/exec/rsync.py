@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -30,6 +29,17 @@ from sftpd.exec.rsync_args import (
     read_protected_args,
     validate,
 )
+from sftpd.exec.rsync_opening import (
+    MAX_PREAMBLE,
+    ClientError,
+    DaemonSays,
+    Event,
+    Opening,
+    Running,
+    ToClient,
+    ToDaemon,
+)
+from sftpd.exec.rsync_opening import daemon_arguments as opening_arguments
 from sftpd.exec.rsync_sandbox import (
     CONFIG_FD,
     JAIL,
@@ -58,7 +68,6 @@ log = Logger()
 
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
-_MAX_PREAMBLE = 1024 * 1024  # protect-args words, version, daemon greeting lines
 _MAX_LOGGED = 4096
 UNAVAILABLE = b"sftpd: rsync is not available on this server\n"
 RERR_STREAMIO = 12  # rsync's "error in rsync protocol data stream"
@@ -118,14 +127,8 @@ def make_rsync_app(
 
 
 def daemon_arguments(args: ServerArgs, protocol: int) -> bytes:
-    """The argument block a daemon client sends after ``@RSYNCD: OK``."""
-    words = [b"--server"]
-    if args.sender:
-        words.append(b"--sender")
-    words += [*args.options, b"."]
-    words += [MODULE + path for path in args.paths]
-    sep = b"\x00" if protocol >= 30 else b"\n"
-    return b"".join(word + sep for word in words) + sep
+    """The argument block a daemon client sends after ``@RSYNCD: OK`` (for our module)."""
+    return opening_arguments(args, protocol, MODULE)
 
 
 class RsyncApp:
@@ -143,17 +146,13 @@ class RsyncApp:
         self._stop_after = stop_after
         self._io = io
         self._state = "args"  # args -> starting -> handshake -> running -> done
-        self._inbuf = bytearray()  # client bytes not yet handed to rsync
-        self._outbuf = bytearray()  # daemon bytes during the greeting
+        self._inbuf = bytearray()  # client bytes before the protected arguments are complete
+        self._opening: Opening | None = None  # from validation to the handoff
         self._errlog = bytearray()  # stderr before the handoff (logged, never shown)
         self._eof = False
         self._paused = False
         self._words: tuple[bytes, ...] = ()
         self._args: ServerArgs | None = None
-        self._client_version: int | None = None
-        self._daemon_version: int | None = None
-        self._digests = b""
-        self._greeted = False
         self._process: _ProcessHandle | None = None
         self._pending: Deferred[Runtime] | None = None
         self._stop: GracefulStop | None = None
@@ -176,13 +175,15 @@ class RsyncApp:
         if self._state == "running":
             self._to_rsync(data)
             return
+        if self._state != "args":
+            if self._opening is not None:
+                self._apply(self._opening.feed_client(data))
+            return
         self._inbuf += data
-        if len(self._inbuf) > _MAX_PREAMBLE:
+        if len(self._inbuf) > MAX_PREAMBLE:
             self._protocol_error("client preamble too long")
-        elif self._state == "args":
+        else:
             self._read_protected_args()
-        elif self._state == "handshake":
-            self._advance()
 
     def eof_received(self) -> None:
         self._eof = True
@@ -190,11 +191,10 @@ class RsyncApp:
             self._close_stdin(self._process)
         elif self._state == "args":
             self._protocol_error("end of input before the protected arguments")
-        elif self._state in ("starting", "handshake") and self._client_version is None:
-            if len(self._inbuf) < 4:
-                # The daemon waits for a greeting only we can send, and we need the
-                # client's version for it: end as a real ``rsync --server`` does here.
-                self._early_eof()
+        elif self._opening is not None and self._opening.awaiting_version:
+            # The daemon waits for a greeting only we can send, and we need the
+            # client's version for it: end as a real ``rsync --server`` does here.
+            self._early_eof()
 
     def output_drained(self) -> None:
         if self._paused and self._process is not None and self._io.pending_output() <= _LOW_WATER:
@@ -252,6 +252,11 @@ class RsyncApp:
             self._unavailable(f"{missing!r} not found" if self._ctx.reactor else "no reactor")
             return
         self._state = "starting"
+        self._opening = Opening(self._args, MODULE)
+        leftover, self._inbuf = bytes(self._inbuf), bytearray()
+        self._apply(self._opening.feed_client(leftover))
+        if self._state != "starting":
+            return
         pending = self._ctx.blocking.run(probe_runtime, bwrap, rsync)
         self._pending = pending  # may already have fired (and been cleared) just below
         pending.addCallback(self._spawn, bwrap, rsync)
@@ -299,7 +304,6 @@ class RsyncApp:
         process.registerProducer(_ClientInput(self._io), True)
         process.writeToChild(CONFIG_FD, daemon_config(self._ctx.read_only, as_root=as_root))
         process.closeChildFD(CONFIG_FD)
-        self._advance()
 
     # -- the opening: client (remote-shell flavour) <-> daemon (daemon flavour) -------
     def _daemon_stdout(self, data: bytes) -> None:
@@ -309,12 +313,8 @@ class RsyncApp:
                 self._paused = True
                 if self._process is not None:
                     self._process.pauseProducing()
-        elif self._state == "handshake":
-            self._outbuf += data
-            if len(self._outbuf) > _MAX_PREAMBLE:
-                self._unavailable("daemon greeting too long")
-            else:
-                self._advance()
+        elif self._state == "handshake" and self._opening is not None:
+            self._apply(self._opening.feed_daemon(data))
 
     def _daemon_stderr(self, data: bytes) -> None:
         if self._state == "running":
@@ -322,67 +322,32 @@ class RsyncApp:
         elif len(self._errlog) < _MAX_LOGGED:
             self._errlog += data[: _MAX_LOGGED - len(self._errlog)]
 
-    def _advance(self) -> None:
-        process, args = self._process, self._args
-        if self._state != "handshake" or process is None or args is None:
-            return
-        if self._daemon_version is None:
-            line = self._daemon_line()
-            if line is None:
+    def _apply(self, events: list[Event]) -> None:
+        for event in events:
+            if self._state == "done":
                 return
-            fields = line.split()
-            try:
-                if fields[0] != b"@RSYNCD:":
-                    raise ValueError(line)
-                self._daemon_version = int(fields[1].split(b".")[0])
-            except (IndexError, ValueError):
-                self._unavailable(f"unexpected daemon greeting {bytes(line)!r}")
-                return
-            self._digests = b" ".join(fields[2:])
-        if self._client_version is None:
-            if len(self._inbuf) < 4:
-                return
-            (self._client_version,) = struct.unpack("<i", bytes(self._inbuf[:4]))
-            del self._inbuf[:4]
-            if not 20 <= self._client_version <= 1000:
-                self._protocol_error(f"client protocol version {self._client_version}")
-                return
-        client, daemon = self._client_version, self._daemon_version
-        if not self._greeted:
-            self._greeted = True
-            greeting = b"@RSYNCD: %d.0" % client
-            if self._digests and client >= 30:
-                greeting += b" " + self._digests
-            process.write(greeting + b"\n" + MODULE + b"\n")
-        while (line := self._daemon_line()) is not None:
-            if line == b"@RSYNCD: OK":
-                self._handoff(process, args, client, daemon)
-                return
-            if line.startswith(b"@ERROR"):
-                self._unavailable(f"daemon refused: {bytes(line)!r}")
-                return
-            log.debug("rsync daemon says {line!r}", line=bytes(line))
+            if isinstance(event, ToDaemon):
+                self._to_rsync(event.data)
+            elif isinstance(event, ToClient):
+                self._io.write(event.data)
+            elif isinstance(event, DaemonSays):
+                log.debug("rsync daemon says {line!r}", line=event.line)
+            elif isinstance(event, Running):
+                self._handoff(event)
+            elif isinstance(event, ClientError):
+                self._protocol_error(event.reason)
+            else:
+                self._unavailable(event.reason)
 
-    def _daemon_line(self) -> bytes | None:
-        end = self._outbuf.find(b"\n")
-        if end < 0:
-            return None
-        line = bytes(self._outbuf[:end]).rstrip(b"\r")
-        del self._outbuf[: end + 1]
-        return line
-
-    def _handoff(self, process: _ProcessHandle, args: ServerArgs, client: int, daemon: int) -> None:
-        process.write(daemon_arguments(args, min(client, daemon)))
+    def _handoff(self, running: Running) -> None:
         self._state = "running"
-        self._io.write(struct.pack("<i", daemon))
-        rest, self._outbuf = bytes(self._outbuf), bytearray()
-        if rest:
-            self._daemon_stdout(rest)
-        pending, self._inbuf = bytes(self._inbuf), bytearray()
-        if pending:
-            self._to_rsync(pending)
-        if self._eof:
-            self._close_stdin(process)
+        self._opening = None
+        if running.daemon_rest:
+            self._daemon_stdout(running.daemon_rest)
+        if running.client_rest:
+            self._to_rsync(running.client_rest)
+        if self._eof and self._process is not None:
+            self._close_stdin(self._process)
 
     def _close_stdin(self, process: _ProcessHandle) -> None:
         # Twisted does not finish closing a pipe that has a producer registered (a paused
