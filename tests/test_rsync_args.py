@@ -26,7 +26,7 @@ from sftpd.exec.rsync_args import (
     read_protected_args,
     validate,
 )
-from sftpd.exec.rsync_sandbox import Runtime, runs_as_root, sandbox_argv
+from sftpd.exec.rsync_sandbox import Runtime, RuntimeCache, runs_as_root, sandbox_argv
 from sftpd.exec.rsync_stop import KILL_AFTER, TERM_AFTER
 from sftpd.session_api import SessionContext
 
@@ -307,6 +307,25 @@ def test_sandbox_argv_user_namespace_unless_a_root_sender() -> None:
 def test_only_a_sender_under_root_runs_as_root() -> None:
     assert not runs_as_root(False)
     assert runs_as_root(True) == (os.getuid() == 0)
+
+
+def test_runtime_cache_probes_once_per_rsync_binary(tmp_path: Path) -> None:
+    probed: list[tuple[str, str]] = []
+
+    def probe(bwrap: str, rsync: str) -> Runtime:
+        probed.append((bwrap, rsync))
+        return Runtime(files=(f"/lib/{len(probed)}.so",), disable_userns=True)
+
+    binary = tmp_path / "rsync"
+    binary.write_bytes(b"v1")
+    cache, other = RuntimeCache(probe), RuntimeCache(probe)
+    first = cache.probe("bwrap", str(binary))
+    assert cache.probe("bwrap", str(binary)) is first
+    assert len(probed) == 1
+    assert other.probe("bwrap", str(binary)) is not first  # state is per cache, not global
+    os.utime(binary, ns=(0, binary.stat().st_mtime_ns + 1))  # rsync was upgraded
+    assert cache.probe("bwrap", str(binary)).files != first.files
+    assert len(probed) == 3
 
 
 def test_parse_ldd() -> None:

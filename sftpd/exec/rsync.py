@@ -45,9 +45,9 @@ from sftpd.exec.rsync_sandbox import (
     JAIL,
     MODULE,
     Runtime,
+    RuntimeCache,
     daemon_config,
     parse_ldd,
-    probe_runtime,
     runs_as_root,
     sandbox_argv,
 )
@@ -117,13 +117,16 @@ def make_rsync_app(
     ctx: SessionContext,
     io: ChannelIO,
     *,
+    runtimes: RuntimeCache | None = None,
     stop_after: tuple[float, float] = (TERM_AFTER, KILL_AFTER),
 ) -> ChannelApp:
     """Serve ``rsync --server ...`` (argv already shell-split) on a session channel.
 
-    ``stop_after``: once the client is gone, seconds until SIGTERM, then until SIGKILL.
+    ``runtimes``: the server's cache of what the sandbox needs (without one, this session
+    probes for itself). ``stop_after``: once the client is gone, seconds until SIGTERM,
+    then until SIGKILL.
     """
-    return RsyncApp(argv, ctx, io, stop_after=stop_after)
+    return RsyncApp(argv, ctx, io, runtimes=runtimes or RuntimeCache(), stop_after=stop_after)
 
 
 def daemon_arguments(args: ServerArgs, protocol: int) -> bytes:
@@ -140,9 +143,11 @@ class RsyncApp:
         ctx: SessionContext,
         io: ChannelIO,
         *,
+        runtimes: RuntimeCache,
         stop_after: tuple[float, float] = (TERM_AFTER, KILL_AFTER),
     ) -> None:
         self._ctx = ctx
+        self._runtimes = runtimes
         self._stop_after = stop_after
         self._io = io
         self._state = "args"  # args -> starting -> handshake -> running -> done
@@ -257,7 +262,7 @@ class RsyncApp:
         self._apply(self._opening.feed_client(leftover))
         if self._state != "starting":
             return
-        pending = self._ctx.blocking.run(probe_runtime, bwrap, rsync)
+        pending = self._ctx.blocking.run(self._runtimes.probe, bwrap, rsync)
         self._pending = pending  # may already have fired (and been cleared) just below
         pending.addCallback(self._spawn, bwrap, rsync)
         pending.addErrback(self._start_failed)

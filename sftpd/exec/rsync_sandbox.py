@@ -45,6 +45,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 
 MODULE = b"sftpd"
@@ -101,17 +102,9 @@ class Runtime:
     disable_userns: bool
 
 
-_runtime_cache: dict[tuple[str, str, int, int], Runtime] = {}
-
-
 def probe_runtime(bwrap: str, rsync: str) -> Runtime:
-    """List rsync's shared objects (``ldd``) and bwrap's features. Blocking; cached."""
+    """List rsync's shared objects (``ldd``) and bwrap's features. Blocking."""
     real = os.path.realpath(rsync)
-    st = os.stat(real)
-    key = (bwrap, real, st.st_ino, st.st_mtime_ns)
-    cached = _runtime_cache.get(key)
-    if cached is not None:
-        return cached
     env = {"LC_ALL": "C", "PATH": "/usr/bin:/bin"}
     ldd = shutil.which("ldd", path=env["PATH"])
     if ldd is None:
@@ -121,9 +114,28 @@ def probe_runtime(bwrap: str, rsync: str) -> Runtime:
     if os.path.exists("/etc/ld.so.cache"):
         files = (*files, "/etc/ld.so.cache")
     usage = subprocess.run([bwrap, "--help"], capture_output=True, env=env, timeout=60)
-    runtime = Runtime(files=files, disable_userns=b"--disable-userns" in usage.stdout)
-    _runtime_cache[key] = runtime
-    return runtime
+    return Runtime(files=files, disable_userns=b"--disable-userns" in usage.stdout)
+
+
+class RuntimeCache:
+    """:func:`probe_runtime` results, kept until the rsync binary changes (inode or mtime).
+
+    One per server, handed to each rsync session; ``probe`` is blocking (run it in the
+    worker pool) and safe to call from several threads (a race only probes twice).
+    """
+
+    def __init__(self, probe: Callable[[str, str], Runtime] = probe_runtime) -> None:
+        self._probe = probe
+        self._known: dict[tuple[str, str, int, int], Runtime] = {}
+
+    def probe(self, bwrap: str, rsync: str) -> Runtime:
+        real = os.path.realpath(rsync)
+        st = os.stat(real)
+        key = (bwrap, real, st.st_ino, st.st_mtime_ns)
+        cached = self._known.get(key)
+        if cached is None:
+            cached = self._known[key] = self._probe(bwrap, rsync)
+        return cached
 
 
 def parse_ldd(text: str) -> tuple[str, ...]:
