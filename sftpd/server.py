@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import signal
@@ -29,6 +30,7 @@ from sftpd.auth.users import UserDB
 from sftpd.avatar import Connection
 from sftpd.blocking import Blocking, WorkerPool
 from sftpd.config import Config, ExecConfig, UserConfig
+from sftpd.exec.rsync_sandbox import RuntimeCache
 from sftpd.listening import ListenError, bind_all
 from sftpd.log import announce_listening, conn_fields
 from sftpd.policy import apply_policy
@@ -195,7 +197,7 @@ def build_factory(
         context_maker(config, reactor=reactor, blocking=blocking),
         clock=reactor,
         max_sessions=config.server.max_sessions,
-        make_channel=SessionChannel,
+        make_channel=functools.partial(SessionChannel, rsync_runtimes=RuntimeCache()),
     )
     portal = Portal(realm)
     portal.registerChecker(

@@ -34,9 +34,9 @@ def _sftp_app(ctx: SessionContext, io: SessionChannel) -> ChannelApp:
     return app
 
 
-def _exec_app(command: bytes) -> AppFactory:
+def _exec_app(command: bytes, rsync_runtimes: Any) -> AppFactory:
     def make(ctx: SessionContext, io: SessionChannel) -> ChannelApp:
-        app: ChannelApp = make_exec_app(command, ctx, io)
+        app: ChannelApp = make_exec_app(command, ctx, io, rsync_runtimes=rsync_runtimes)
         return app
 
     return make
@@ -53,12 +53,15 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
         *,
         clock: Any,
         on_closed: Callable[[SessionChannel], None],
+        rsync_runtimes: Any = None,
         **kwargs: Any,
     ) -> None:
+        """``rsync_runtimes``: the server's rsync_sandbox.RuntimeCache, shared by sessions."""
         super().__init__(localWindow=LOCAL_WINDOW, localMaxPacket=LOCAL_MAX_PACKET, **kwargs)
         self._ctx = ctx
         self._clock = clock
         self._on_closed = on_closed
+        self._rsync_runtimes = rsync_runtimes
         self._app: ChannelApp | None = None
         self._out: deque[tuple[int, bytes | memoryview]] = deque()
         self._pending = 0
@@ -97,7 +100,7 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
             event="exec",
             **self._conn_fields(),
         )
-        return self._start(_exec_app(command))
+        return self._start(_exec_app(command, self._rsync_runtimes))
 
     def request_shell(self, data: bytes) -> int:
         if self._app is not None:

@@ -6,13 +6,14 @@ import hashlib
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import Env, have, wait_for
+from tests.support import ALICE_PASSWORD, Env, have, wait_for
 
 pytestmark = [
     pytest.mark.e2e,
@@ -213,3 +214,133 @@ def test_missing_bwrap_is_reported_and_the_rest_keeps_working(make_server) -> No
     # the log line may land just after the client saw the message
     assert wait_for(lambda: "/nonexistent/bwrap" in env.server.log_text())
     env.sftp("ls /")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live (not zombie) process below ``pid``, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def test_eof_before_the_protocol_version_ends_the_channel(server: Env) -> None:
+    paramiko = pytest.importorskip("paramiko")
+    pid = server.server.proc.pid
+    before = descendants(pid)
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect(
+        "127.0.0.1",
+        port=server.port,
+        username="alice",
+        password=ALICE_PASSWORD,
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=20,
+    )
+    try:
+        channel = client.get_transport().open_session()
+        channel.exec_command("rsync --server -vlogDtpre.iLsfxCIvu . /x")
+        # the sandbox is up (bwrap and what runs inside it) before the client gives up
+        assert wait_for(lambda: len(descendants(pid) - before) >= 2)
+        channel.shutdown_write()
+        assert channel.status_event.wait(20), "no exit status after EOF"
+        assert channel.recv_exit_status() == 12  # what a real `rsync --server` exits with
+        assert b"rsync" in channel.makefile_stderr().read()
+        # the server closes the channel, and no process of that session is left
+        assert wait_for(lambda: channel.closed, timeout=20)
+        assert wait_for(lambda: descendants(pid) <= before, timeout=20), descendants(pid)
+    finally:
+        client.close()
+    assert not (server.alice.root / "x").exists()
+
+
+@pytest.mark.parametrize("interrupt", ["rsync-sigint", "ssh-killed"])
+def test_interrupted_partial_upload_keeps_the_data_and_no_temporary(
+    server: Env, interrupt: str
+) -> None:
+    name = f"big-{interrupt}.bin"
+    src = server.tmp / name
+    data = os.urandom(24 << 20)
+    src.write_bytes(data)
+    root = server.alice.root
+    root.mkdir(parents=True, exist_ok=True)
+
+    def temporaries() -> list[Path]:
+        return [p for p in root.iterdir() if p.name.startswith(f".{name}.")]
+
+    client = subprocess.Popen(
+        ["rsync", "-e", rsh(server), "--partial", "--bwlimit=3000", str(src), f"{REMOTE}:{name}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=server.tmp,
+    )
+    try:
+        # throttled to 3000 KiB/s: 24 MiB take 8 s; interrupt once 2 MiB have arrived
+        assert wait_for(
+            lambda: any(p.stat().st_size >= 2 << 20 for p in temporaries()), timeout=60
+        ), server.server.log_text()[-2000:]
+        if interrupt == "rsync-sigint":
+            client.send_signal(signal.SIGINT)  # what ^C does
+        else:
+            (ssh,) = descendants(client.pid)
+            os.kill(ssh, signal.SIGKILL)
+        assert client.wait(30) != 0
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    # the server closes rsync's pipes; rsync keeps the partial file under the final name
+    assert wait_for(lambda: (root / name).exists() and not temporaries(), timeout=30), (
+        sorted(p.name for p in root.iterdir()),
+        server.server.log_text()[-2000:],
+    )
+    kept = (root / name).read_bytes()
+    assert 2 << 20 <= len(kept) < len(data)
+    assert data.startswith(kept)
+    rsync(server, "--partial", src, f"{REMOTE}:{name}")
+    assert (root / name).read_bytes() == data
+    assert temporaries() == []
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="ownership as root needs a server running as root")
+def test_download_as_root_keeps_the_owners(server: Env) -> None:
+    top = server.alice.root / "owned"
+    (top / "sub").mkdir(parents=True)
+    (top / "root.txt").write_bytes(b"root's\n")
+    (top / "sub" / "deep.txt").write_bytes(b"deep\n")
+    other = top / "sub" / "other.txt"
+    other.write_bytes(b"someone else's\n")
+    os.chown(other, 4321, 4322)
+    other.chmod(0o600)  # root reads it all the same
+    os.chown(top / "sub", 4323, 4324)
+    (top / "link").symlink_to("root.txt")
+    os.chown(top / "link", 4325, 4326, follow_symlinks=False)
+    back = server.tmp / "owned-back"
+    rsync(server, "-a", f"{REMOTE}:owned/", f"{back}/")
+    owners = {
+        str(p.relative_to(back)): (p.lstat().st_uid, p.lstat().st_gid) for p in back.rglob("*")
+    }
+    # what OpenSSH's server with rsync as root gives a root client with -a
+    assert owners == {
+        "root.txt": (0, 0),
+        "sub": (4323, 4324),
+        "sub/deep.txt": (0, 0),
+        "sub/other.txt": (4321, 4322),
+        "link": (4325, 4326),
+    }
+    assert (back / "sub" / "other.txt").read_bytes() == b"someone else's\n"
+    assert (back.lstat().st_uid, back.lstat().st_gid) == (0, 0)

@@ -221,6 +221,18 @@ def test_directory_without_r_is_a_protocol_error(root: Path) -> None:
     assert s.io.status == 1
 
 
+@pytest.mark.parametrize("size", [b"9223372036854775808", b"9999999999999999999"])
+def test_size_beyond_off_t_is_refused_before_the_file_is_touched(root: Path, size: bytes) -> None:
+    (root / "f").write_bytes(b"keep me")
+    s = sender(root, b"scp -t /")
+    assert s.response() is True
+    s.send(b"C0644 " + size + b" f\n")
+    assert s.response() == RemoteError(b"scp: protocol error: size out of range", True)
+    assert s.io.status == 1
+    assert (root / "f").read_bytes() == b"keep me"
+    assert sorted(p.name for p in root.iterdir()) == ["f"]
+
+
 def test_garbage_mid_transfer_ends_the_session(root: Path) -> None:
     s = sender(root, b"scp -t /")
     assert s.response() is True

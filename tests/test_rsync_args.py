@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.error import ProcessTerminated
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from sftpd.blocking import InlineBlocking
@@ -24,6 +26,8 @@ from sftpd.exec.rsync_args import (
     read_protected_args,
     validate,
 )
+from sftpd.exec.rsync_sandbox import Runtime, RuntimeCache, runs_as_root, sandbox_argv
+from sftpd.exec.rsync_stop import KILL_AFTER, TERM_AFTER
 from sftpd.session_api import SessionContext
 
 
@@ -280,6 +284,50 @@ def test_daemon_config_chroots_and_is_read_only_when_asked() -> None:
     assert "read only = no\n" in daemon_config(False).decode()
 
 
+def test_daemon_config_as_root_stays_root() -> None:
+    assert daemon_config(True, as_root=True).decode().startswith("uid = 0\ngid = 0\n")
+    assert "uid =" not in daemon_config(True).decode()
+
+
+def test_sandbox_argv_user_namespace_unless_a_root_sender() -> None:
+    runtime = Runtime(files=("/lib/x.so",), disable_userns=True)
+    ns = sandbox_argv("bwrap", "/usr/bin/rsync", runtime, b"/srv/u", False)
+    assert b"--unshare-user" in ns and b"--disable-userns" in ns
+    assert ns.count(b"--cap-add") == 1 and b"CAP_SYS_CHROOT" in ns
+    root = sandbox_argv("bwrap", "/usr/bin/rsync", runtime, b"/srv/u", True, as_root=True)
+    assert b"--unshare-user" not in root and b"--unshare-all" not in root
+    assert b"--uid" not in root
+    assert {b"--unshare-pid", b"--unshare-net", b"--unshare-ipc", b"--unshare-uts"} <= set(root)
+    caps = {root[i + 1] for i, word in enumerate(root) if word == b"--cap-add"}
+    assert caps == {b"CAP_SYS_CHROOT", b"CAP_SETGID", b"CAP_DAC_OVERRIDE"}
+    assert root[root.index(b"--cap-drop") + 1] == b"ALL"
+    assert root[root.index(b"/srv/u") - 1] == b"--ro-bind"
+
+
+def test_only_a_sender_under_root_runs_as_root() -> None:
+    assert not runs_as_root(False)
+    assert runs_as_root(True) == (os.getuid() == 0)
+
+
+def test_runtime_cache_probes_once_per_rsync_binary(tmp_path: Path) -> None:
+    probed: list[tuple[str, str]] = []
+
+    def probe(bwrap: str, rsync: str) -> Runtime:
+        probed.append((bwrap, rsync))
+        return Runtime(files=(f"/lib/{len(probed)}.so",), disable_userns=True)
+
+    binary = tmp_path / "rsync"
+    binary.write_bytes(b"v1")
+    cache, other = RuntimeCache(probe), RuntimeCache(probe)
+    first = cache.probe("bwrap", str(binary))
+    assert cache.probe("bwrap", str(binary)) is first
+    assert len(probed) == 1
+    assert other.probe("bwrap", str(binary)) is not first  # state is per cache, not global
+    os.utime(binary, ns=(0, binary.stat().st_mtime_ns + 1))  # rsync was upgraded
+    assert cache.probe("bwrap", str(binary)).files != first.files
+    assert len(probed) == 3
+
+
 def test_parse_ldd() -> None:
     text = (
         "\tlinux-vdso.so.1 (0x00007ffd)\n"
@@ -301,6 +349,8 @@ def test_parse_ldd() -> None:
 
 
 class FakeProcess:
+    pid = None  # no process: nothing to look for in /proc
+
     def __init__(self, proto: Any) -> None:
         self.proto = proto
         self.stdin = bytearray()
@@ -325,6 +375,12 @@ class FakeProcess:
     def closeStdin(self) -> None:
         self.calls.append("close stdin")
 
+    def closeStdout(self) -> None:
+        self.calls.append("close stdout")
+
+    def closeStderr(self) -> None:
+        self.calls.append("close stderr")
+
     def signalProcess(self, sig: str) -> None:
         self.calls.append(f"signal {sig}")
 
@@ -335,8 +391,9 @@ class FakeProcess:
         self.calls.append("resume")
 
 
-class FakeReactor:
+class FakeReactor(Clock):
     def __init__(self) -> None:
+        super().__init__()
         self.spawned: list[tuple[FakeProcess, list[bytes]]] = []
 
     def spawnProcess(self, proto: Any, executable: bytes, args: list[bytes], **kw: Any) -> Any:
@@ -377,6 +434,13 @@ class FakeIO:
 def bridge(
     tmp_path: Path, command: str, read_only: bool = False
 ) -> tuple[Any, FakeIO, Callable[[], tuple[FakeProcess, list[bytes]]]]:
+    app, io, spawned, _ = bridge_with_clock(tmp_path, command, read_only)
+    return app, io, spawned
+
+
+def bridge_with_clock(
+    tmp_path: Path, command: str, read_only: bool = False
+) -> tuple[Any, FakeIO, Callable[[], tuple[FakeProcess, list[bytes]]], FakeReactor]:
     reactor = FakeReactor()
     io = FakeIO()
     # Any two binaries that exist stand in: nothing is executed but ldd and "--help".
@@ -392,13 +456,15 @@ def bridge(
         session_id="mem",
     )
     app = make_rsync_app([w.encode() for w in command.split()], ctx, io)
-    return app, io, lambda: reactor.spawned[0]
+    return app, io, lambda: reactor.spawned[0], reactor
 
 
 def test_bridge_opening_and_backpressure(tmp_path: Path) -> None:
-    app, io, spawned = bridge(tmp_path, "rsync --server --sender -vlogDtpre.iLsfxCIvu . d")
+    app, io, spawned, clock = bridge_with_clock(
+        tmp_path, "rsync --server --sender -vlogDtpre.iLsfxCIvu . d"
+    )
     process, argv = spawned()
-    assert process.child[3].startswith(b"use chroot = yes\n")
+    assert b"\nuse chroot = yes\n" in b"\n" + process.child[3]
     assert "close 3" in process.calls
     assert str(tmp_path).encode() in argv
     # byte by byte: the client's version, then the daemon's greeting and OK
@@ -424,8 +490,65 @@ def test_bridge_opening_and_backpressure(tmp_path: Path) -> None:
     assert io.err == b"rsync: warning\n"
     app.eof_received()
     assert process.calls[-1] == "close stdin"
+    # the client is gone: rsync's pipes are closed, then TERM (inside), then KILL
+    app.connection_lost()
+    assert process.calls[-3:] == ["close stdin", "close stdout", "close stderr"]
+    clock.advance(TERM_AFTER)  # (SIGTERM goes to the processes inside: none here)
+    clock.advance(KILL_AFTER - 0.1)
+    assert "signal KILL" not in process.calls
+    clock.advance(0.1)
+    assert process.calls[-1] == "signal KILL"
+    process.proto.processEnded(Failure(ProcessTerminated(signal=9)))
+    assert clock.getDelayedCalls() == []
+    assert io.status == []  # the channel is gone: nothing more is sent
+
+
+def test_bridge_connection_lost_rsync_that_exits_is_not_signalled(tmp_path: Path) -> None:
+    app, io, spawned, clock = bridge_with_clock(tmp_path, "rsync --server -vlogDtpre.iLsfxCIvu . d")
+    process, _ = spawned()
+    app.data_received(struct.pack("<i", 31))
+    process.proto.outReceived(b"@RSYNCD: 32.0 md5\n@RSYNCD: OK\n")
+    app.connection_lost()
+    process.proto.processEnded(Failure(ProcessTerminated(exitCode=20)))
+    assert clock.getDelayedCalls() == []
+    clock.advance(TERM_AFTER)
+    clock.advance(KILL_AFTER)
+    assert [c for c in process.calls if c.startswith("signal")] == []
+
+
+def test_bridge_connection_lost_before_the_transfer_kills_at_once(tmp_path: Path) -> None:
+    app, io, spawned, clock = bridge_with_clock(tmp_path, "rsync --server -vlogDtpre.iLsfxCIvu . d")
+    process, _ = spawned()
     app.connection_lost()
     assert process.calls[-1] == "signal KILL"
+    assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("sent", [b"", b"\x1f", b"\x1f\x00\x00"])
+@pytest.mark.parametrize("greeted", [False, True])
+def test_bridge_eof_before_the_protocol_version_exits_12(
+    tmp_path: Path, sent: bytes, greeted: bool
+) -> None:
+    app, io, spawned = bridge(tmp_path, "rsync --server -vlogDtpre.iLsfxCIvu . /x")
+    process, _ = spawned()
+    if greeted:
+        process.proto.outReceived(b"@RSYNCD: 32.0 md5\n")
+    app.data_received(sent)
+    app.eof_received()
+    assert io.status == [12]
+    assert b"error in rsync protocol data stream (code 12)" in io.err
+    assert process.calls[-1] == "signal KILL"
+    assert bytes(process.stdin) == b""  # the daemon never heard from the client
+
+
+def test_bridge_eof_after_the_protocol_version_is_rsyncs_to_handle(tmp_path: Path) -> None:
+    app, io, spawned = bridge(tmp_path, "rsync --server -vlogDtpre.iLsfxCIvu . /x")
+    process, _ = spawned()
+    app.data_received(struct.pack("<i", 31))
+    app.eof_received()
+    assert io.status == []
+    process.proto.outReceived(b"@RSYNCD: 32.0 md5\n@RSYNCD: OK\n")
+    assert process.calls[-1] == "close stdin"  # rsync sees the EOF after its arguments
 
 
 def test_bridge_protect_args_and_refusal(tmp_path: Path) -> None:

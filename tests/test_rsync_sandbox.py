@@ -28,7 +28,7 @@ needs_tools = pytest.mark.skipif(not HAVE_TOOLS, reason="rsync or bwrap (bubblew
 SECRET = b"host secret: not for jailed users\n"
 
 DRIVER = r"""
-import os, shlex, sys
+import os, shlex, signal, sys
 from pathlib import Path
 
 from twisted.internet import reactor, stdio
@@ -41,9 +41,13 @@ from sftpd.blocking import InlineBlocking
 from sftpd.config import ExecConfig
 from sftpd.exec.rsync import make_rsync_app
 from sftpd.session_api import SessionContext
+from sftpd.storage.local import LocalStorage
 
 CUT_AFTER = int(os.environ.get("SFTPD_CUT_AFTER", "0"))
 LOSE_AFTER = int(os.environ.get("SFTPD_LOSE_AFTER", "0"))
+LOSE_AFTER_IN = int(os.environ.get("SFTPD_LOSE_AFTER_IN", "0"))
+FREEZE = bool(os.environ.get("SFTPD_FREEZE"))  # SIGSTOP the sandbox before losing it
+STOP_AFTER = tuple(float(t) for t in os.environ.get("SFTPD_STOP_AFTER", "5,10").split(","))
 
 
 def descendants(pid):
@@ -81,7 +85,7 @@ class Channel(Protocol):
 
     def connectionMade(self):
         self.transport.registerProducer(self, True)
-        self.app = make_rsync_app(self.argv, self.ctx, self)
+        self.app = make_rsync_app(self.argv, self.ctx, self, stop_after=STOP_AFTER)
 
     def pauseProducing(self):
         self.paused = True
@@ -127,6 +131,9 @@ class Channel(Protocol):
             data = data[: CUT_AFTER - self.received]
         self.received += len(data)
         self.app.data_received(data)
+        if LOSE_AFTER_IN and self.received >= LOSE_AFTER_IN and not self.lost:
+            self.lose()
+            return
         if CUT_AFTER and self.received >= CUT_AFTER:
             self.app.eof_received()
 
@@ -147,12 +154,16 @@ class Channel(Protocol):
     def lose(self):
         self.lost = True
         pids = descendants(os.getpid())
+        if FREEZE:  # an rsync that no longer reacts: only SIGKILL ends it
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
         self.app.connection_lost()
         self.wait(pids, 600)
 
     def wait(self, pids, tries):
         left = [p for p in pids if alive(p)]
-        if left and tries:
+        temps = [str(p) for p in Path(self.ctx.host_root).rglob(".big.*")]
+        if (left or temps) and tries:
             reactor.callLater(0.05, self.wait, pids, tries - 1)
             return
         with open(os.environ["SFTPD_REPORT"], "w") as report:
@@ -169,7 +180,7 @@ def main():
     # sys.argv[4] is the host name; ssh would join the rest with spaces, our server splits it.
     argv = [w.encode() for w in shlex.split(" ".join(sys.argv[5:]))]
     ctx = SessionContext(
-        username="tester", home=home, read_only=mode == "ro", storage=None,
+        username="tester", home=home, read_only=mode == "ro", storage=LocalStorage(root),
         blocking=InlineBlocking(), host_root=Path(root),
         exec=ExecConfig(rsync_path=os.environ.get("SFTPD_RSYNC", "rsync"),
                         bwrap_path=os.environ.get("SFTPD_BWRAP", "bwrap")),
@@ -499,3 +510,23 @@ def test_unavailable_binaries_are_reported_and_logged(env: Env) -> None:
     assert UNAVAILABLE.decode() in failing.err
     assert "No permissions to create new namespace" in env.log.read_text()
     assert str(env.root) not in failing.err
+
+
+def test_temporaries_of_a_killed_rsync_are_removed(env: Env) -> None:
+    src = env.base / "src"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(8 << 20))
+    (env.root / "up").mkdir()
+    (env.root / "up" / ".mine.Ab12Cd").write_bytes(b"a user's file with a temporary's name")
+    report = env.base / "report"
+    env.extra.update(
+        SFTPD_LOSE_AFTER_IN=str(2 << 20),
+        SFTPD_FREEZE="1",
+        SFTPD_STOP_AFTER="0.1,0.1",
+        SFTPD_REPORT=str(report),
+    )
+    env.rsync("--bwlimit=3000", f"{src}/big", "h:up/big", ok=False)
+    assert report.read_text().split()[1] == "left=[]"
+    # rsync had no chance to clean up (SIGKILL): its temporary is gone all the same
+    assert sorted(p.name for p in (env.root / "up").iterdir()) == [".mine.Ab12Cd"]
+    assert "removed 1 temporaries left by a killed rsync" in env.log.read_text()

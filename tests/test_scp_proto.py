@@ -242,6 +242,9 @@ def test_fatal_error_after_data(split: Splitter) -> None:
         (b"C0644 1x a\n", "protocol error: size not present"),
         (b"C0644 1\n", "protocol error: size not delimited"),
         (b"C0644 99999999999999999999 a\n", "protocol error: size out of range"),
+        (b"C0644 9223372036854775808 a\n", "protocol error: size out of range"),
+        (b"C0644 9999999999999999999 a\n", "protocol error: size out of range"),
+        (b"T9223372036854775808 0 2 0\n", "protocol error: mtime.sec out of range"),
         (b"D0755 5 a\n", "protocol error: directory size not zero"),
         (b"T1 0 2\n", "protocol error: times not delimited"),
         (b"T1 0 2 0 \n", "protocol error: times not delimited"),
@@ -269,6 +272,12 @@ def test_refusals(split: Splitter, data: bytes, message: str) -> None:
 def test_directory_without_recursive(split: Splitter) -> None:
     events = run(split(b"D0755 0 d\n"), recursive=False)
     assert events == [ProtocolError("protocol error: received directory without -r")]
+
+
+def test_the_largest_size_an_off_t_holds_is_accepted() -> None:
+    # 2**63 - 1 is the last size announced as a file; one more is refused (above).
+    events = run([b"C0644 9223372036854775807 big\n"], eof=False)
+    assert events == [FileStart(0o644, (1 << 63) - 1, b"big")]
 
 
 def test_nothing_after_a_protocol_error() -> None:

@@ -72,8 +72,13 @@ def _lazy(module: str, name: str) -> Callable[..., Any] | None:
     return found
 
 
-def make_exec_app(command: bytes, ctx: SessionContext, io: ChannelIO) -> ChannelApp:
+def make_exec_app(
+    command: bytes, ctx: SessionContext, io: ChannelIO, *, rsync_runtimes: Any = None
+) -> ChannelApp:
     """Start the app for an exec ``command``; every path ends in exactly one ``io.exit``.
+
+    ``rsync_runtimes``: the server's ``rsync_sandbox.RuntimeCache`` (None: rsync sessions
+    probe for themselves).
 
     Nothing is ever run through a shell: the words are split as a POSIX shell would, and
     any shell feature (expansion, pipes, lists, redirections, globs) is refused with 127.
@@ -96,7 +101,7 @@ def make_exec_app(command: bytes, ctx: SessionContext, io: ChannelIO) -> Channel
         except HashUsageError as exc:
             return _finish(io, 1, str(exc).encode())
     if name == b"rsync" and argv[1:2] == [b"--server"]:
-        return _rsync(argv, ctx, io)
+        return _rsync(argv, ctx, io, rsync_runtimes)
     if name in SFTP_SERVER_NAMES:
         make_sftp_app = _lazy("sftpd.sftp.protocol", "make_sftp_app")
         if make_sftp_app is None:
@@ -119,12 +124,12 @@ def _scp(argv: list[bytes], ctx: SessionContext, io: ChannelIO) -> ChannelApp:
     return driver
 
 
-def _rsync(argv: list[bytes], ctx: SessionContext, io: ChannelIO) -> ChannelApp:
+def _rsync(argv: list[bytes], ctx: SessionContext, io: ChannelIO, runtimes: Any) -> ChannelApp:
     unavailable = b"sftpd: rsync is not available on this server\n"
     if not ctx.exec.allow_rsync:
         return _finish(io, 1, unavailable)
     make_rsync_app = _lazy("sftpd.exec.rsync", "make_rsync_app")
     if make_rsync_app is None:
         return _finish(io, 1, unavailable)
-    app: ChannelApp = make_rsync_app(argv, ctx, io)
+    app: ChannelApp = make_rsync_app(argv, ctx, io, runtimes=runtimes)
     return app

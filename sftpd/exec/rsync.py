@@ -1,45 +1,18 @@
-"""rsync over ssh: the real rsync, chrooted by itself into the user's root inside bubblewrap.
+"""rsync over ssh: the bridge between a session channel and the sandboxed rsync daemon.
 
-Sandbox design (why it is built this way)
------------------------------------------
-Absolute symlink targets must resolve inside the user's root, so rsync's ``/`` must be the
-user's root. But a dynamically linked rsync started with the user's root as ``/`` would let
-the user steer the loader and libc with files they upload (``/etc/ld.so.preload``,
-``/etc/nsswitch.conf`` plus a ``libnss_*.so``, gconv modules), and its binary and libraries
-would need a mount point inside the user's tree. So rsync is loaded in a throw-away
-bubblewrap root and moves into the user's root *after* loading:
-
-1. bwrap builds a fresh tmpfs root (read-only once built) holding only: the rsync binary,
-   the exact shared objects ``ldd`` lists for it (plus ``/etc/ld.so.cache``), a minimal
-   ``/dev``, a generated ``/etc/rsyncd.conf``, and the user's root bind-mounted at
-   ``/jail`` (read-only for read-only accounts). New user (non-root uid), PID, IPC, UTS,
-   network and cgroup namespaces; no further user namespaces; every capability dropped
-   except CAP_SYS_CHROOT; empty environment (``TZ=UTC0`` so no zone file is ever read).
-2. rsync runs as a single-use daemon over stdio (``rsync --server --daemon``), whose module
-   has ``use chroot = yes``: it chroots into ``/jail`` before it reads a single argument
-   from the client. From then on the only files it can name are the user's own; ``numeric
-   ids = yes`` keeps it from loading NSS files or libraries from the user's tree, and
-   ``--iconv`` is refused for the same reason (gconv modules).
-3. The client speaks the remote-shell flavour of the protocol, which differs from the daemon
-   flavour only in its opening: this module answers the client's 4-byte protocol version
-   itself, performs the daemon's text greeting on the client's behalf, and hands over the
-   client's arguments -- re-serialised from the validated allow-list (see rsync_args), never
-   the client's raw words. After ``@RSYNCD: OK`` bytes pass through untouched.
-
-What remains visible: nothing of the host after the chroot. Before it (while the daemon
-reads our config), the tmpfs above; the client's bytes never reach rsync before the chroot.
-Residual exposure: code execution inside rsync (a memory-safety bug) plus CAP_SYS_CHROOT
-would allow leaving the chroot into that tmpfs -- the rsync binary and its public libraries,
-read-only -- never the host.
+The sandbox (rsync_sandbox) runs rsync's single-use daemon chrooted into the user's root.
+The client speaks the remote-shell flavour of the protocol, which differs from the daemon
+flavour only in its opening: this module answers the client's 4-byte protocol version
+itself, performs the daemon's text greeting on the client's behalf, and hands over the
+client's arguments -- re-serialised from the validated allow-list (see rsync_args), never
+the client's raw words. After ``@RSYNCD: OK`` bytes pass through untouched. When the client
+goes away, rsync_stop ends the sandbox as OpenSSH's server would.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import struct
-import subprocess
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -56,37 +29,66 @@ from sftpd.exec.rsync_args import (
     read_protected_args,
     validate,
 )
+from sftpd.exec.rsync_opening import (
+    MAX_PREAMBLE,
+    ClientError,
+    DaemonSays,
+    Event,
+    Opening,
+    Running,
+    ToClient,
+    ToDaemon,
+)
+from sftpd.exec.rsync_opening import daemon_arguments as opening_arguments
+from sftpd.exec.rsync_sandbox import (
+    CONFIG_FD,
+    JAIL,
+    MODULE,
+    Runtime,
+    RuntimeCache,
+    daemon_config,
+    parse_ldd,
+    runs_as_root,
+    sandbox_argv,
+)
+from sftpd.exec.rsync_stop import (
+    KILL_AFTER,
+    TERM_AFTER,
+    GracefulStop,
+    ProcessTree,
+    Temporary,
+    removal_logger,
+    remove_temporaries,
+)
 from sftpd.log import clip
 from sftpd.session_api import ChannelApp, ChannelIO, SessionContext
 
+__all__ = ["UNAVAILABLE", "daemon_arguments", "daemon_config", "make_rsync_app", "parse_ldd"]
+
 log = Logger()
 
-MODULE = b"sftpd"
-_JAIL = "/jail"
-_RSYNC = "/usr/bin/rsync"
-_CONFIG = "/etc/rsyncd.conf"
-_CONFIG_FD = 3
-_ID_WHEN_ROOT = 1000  # rsync must not run as uid 0 (it would try setgroups/chown)
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
-_MAX_PREAMBLE = 1024 * 1024  # protect-args words, version, daemon greeting lines
 _MAX_LOGGED = 4096
 UNAVAILABLE = b"sftpd: rsync is not available on this server\n"
-
-# Defence in depth: the allow-list already refuses these before rsync sees anything.
-_REFUSE = (
-    "daemon config dparam write-batch read-batch only-write-batch log-file log-file-format "
-    "temp-dir iconv copy-devices write-devices rsync-path remote-option copy-as"
+RERR_STREAMIO = 12  # rsync's "error in rsync protocol data stream"
+EARLY_EOF = (
+    b"rsync: connection unexpectedly closed (0 bytes received so far) [server]\n"
+    b"rsync error: error in rsync protocol data stream (code 12) [server]\n"
 )
 
 
 class _ProcessHandle(Protocol):
     """What this module uses of Twisted's process transport (a Process is also a producer)."""
 
+    pid: int | None
+
     def write(self, data: bytes) -> None: ...
     def writeToChild(self, childFD: int, data: bytes) -> None: ...
     def closeChildFD(self, childFD: int) -> None: ...
     def closeStdin(self) -> None: ...
+    def closeStdout(self) -> None: ...
+    def closeStderr(self) -> None: ...
     def signalProcess(self, signalID: str | int) -> None: ...
     def pauseProducing(self) -> None: ...
     def resumeProducing(self) -> None: ...
@@ -111,128 +113,55 @@ class _ClientInput:
         pass
 
 
-def make_rsync_app(argv: list[bytes], ctx: SessionContext, io: ChannelIO) -> ChannelApp:
-    """Serve ``rsync --server ...`` (argv already shell-split) on a session channel."""
-    return RsyncApp(argv, ctx, io)
+def make_rsync_app(
+    argv: list[bytes],
+    ctx: SessionContext,
+    io: ChannelIO,
+    *,
+    runtimes: RuntimeCache | None = None,
+    stop_after: tuple[float, float] = (TERM_AFTER, KILL_AFTER),
+) -> ChannelApp:
+    """Serve ``rsync --server ...`` (argv already shell-split) on a session channel.
 
-
-def daemon_config(read_only: bool) -> bytes:
-    """The rsyncd.conf given to the sandboxed single-use daemon."""
-    return (
-        "use chroot = yes\n"
-        "numeric ids = yes\n"
-        "munge symlinks = no\n"
-        "reverse lookup = no\n"
-        "log file = /dev/null\n"
-        "transfer logging = no\n"
-        f"[{MODULE.decode()}]\n"
-        f"path = {_JAIL}\n"
-        f"read only = {'yes' if read_only else 'no'}\n"
-        "list = no\n"
-        f"refuse options = {_REFUSE}\n"
-    ).encode()
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Host files the sandbox needs before the chroot, and what this bwrap supports."""
-
-    files: tuple[str, ...]
-    disable_userns: bool
-
-
-_runtime_cache: dict[tuple[str, str, int, int], Runtime] = {}
-
-
-def probe_runtime(bwrap: str, rsync: str) -> Runtime:
-    """List rsync's shared objects (``ldd``) and bwrap's features. Blocking; cached."""
-    real = os.path.realpath(rsync)
-    st = os.stat(real)
-    key = (bwrap, real, st.st_ino, st.st_mtime_ns)
-    cached = _runtime_cache.get(key)
-    if cached is not None:
-        return cached
-    env = {"LC_ALL": "C", "PATH": "/usr/bin:/bin"}
-    ldd = shutil.which("ldd", path=env["PATH"])
-    if ldd is None:
-        raise RuntimeError("ldd not found")
-    out = subprocess.run([ldd, real], capture_output=True, env=env, timeout=60, check=False)
-    files = parse_ldd(out.stdout.decode("utf-8", "replace"))
-    if os.path.exists("/etc/ld.so.cache"):
-        files = (*files, "/etc/ld.so.cache")
-    usage = subprocess.run([bwrap, "--help"], capture_output=True, env=env, timeout=60)
-    runtime = Runtime(files=files, disable_userns=b"--disable-userns" in usage.stdout)
-    _runtime_cache[key] = runtime
-    return runtime
-
-
-def parse_ldd(text: str) -> tuple[str, ...]:
-    """Absolute paths of the shared objects in ``ldd`` output; RuntimeError if one is missing."""
-    files: list[str] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if "=> not found" in line:
-            raise RuntimeError(f"ldd: {line}")
-        name, arrow, rest = line.partition("=>")
-        candidate = (rest if arrow else name).strip().split(" (", 1)[0].strip()
-        if candidate.startswith("/") and candidate not in files:
-            files.append(candidate)
-    return tuple(files)
-
-
-def sandbox_argv(
-    bwrap: str, rsync: str, runtime: Runtime, host_root: bytes, read_only: bool
-) -> list[bytes]:
-    """The bwrap command line that starts the single-use rsync daemon (see module docstring)."""
-    uid = os.getuid() or _ID_WHEN_ROOT
-    gid = os.getgid() or _ID_WHEN_ROOT
-    argv = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(uid), "--gid", str(gid)]
-    if runtime.disable_userns:
-        argv.append("--disable-userns")
-    argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    argv += ["--cap-add", "CAP_SYS_CHROOT", "--clearenv", "--setenv", "TZ", "UTC0"]
-    argv += ["--dev", "/dev"]
-    for path in runtime.files:
-        argv += ["--ro-bind", path, path]
-    argv += ["--ro-bind", rsync, _RSYNC, "--ro-bind-data", str(_CONFIG_FD), _CONFIG]
-    encoded = [os.fsencode(a) for a in argv]
-    encoded += [b"--ro-bind" if read_only else b"--bind", host_root, _JAIL.encode()]
-    tail = ["--remount-ro", "/", "--chdir", "/", "--", _RSYNC, "--server", "--daemon"]
-    tail += [f"--config={_CONFIG}", "."]
-    return encoded + [a.encode() for a in tail]
+    ``runtimes``: the server's cache of what the sandbox needs (without one, this session
+    probes for itself). ``stop_after``: once the client is gone, seconds until SIGTERM,
+    then until SIGKILL.
+    """
+    return RsyncApp(argv, ctx, io, runtimes=runtimes or RuntimeCache(), stop_after=stop_after)
 
 
 def daemon_arguments(args: ServerArgs, protocol: int) -> bytes:
-    """The argument block a daemon client sends after ``@RSYNCD: OK``."""
-    words = [b"--server"]
-    if args.sender:
-        words.append(b"--sender")
-    words += [*args.options, b"."]
-    words += [MODULE + path for path in args.paths]
-    sep = b"\x00" if protocol >= 30 else b"\n"
-    return b"".join(word + sep for word in words) + sep
+    """The argument block a daemon client sends after ``@RSYNCD: OK`` (for our module)."""
+    return opening_arguments(args, protocol, MODULE)
 
 
 class RsyncApp:
     """ChannelApp: validates, starts the sandbox, bridges the opening, then relays bytes."""
 
-    def __init__(self, argv: list[bytes], ctx: SessionContext, io: ChannelIO) -> None:
+    def __init__(
+        self,
+        argv: list[bytes],
+        ctx: SessionContext,
+        io: ChannelIO,
+        *,
+        runtimes: RuntimeCache,
+        stop_after: tuple[float, float] = (TERM_AFTER, KILL_AFTER),
+    ) -> None:
         self._ctx = ctx
+        self._runtimes = runtimes
+        self._stop_after = stop_after
         self._io = io
         self._state = "args"  # args -> starting -> handshake -> running -> done
-        self._inbuf = bytearray()  # client bytes not yet handed to rsync
-        self._outbuf = bytearray()  # daemon bytes during the greeting
+        self._inbuf = bytearray()  # client bytes before the protected arguments are complete
+        self._opening: Opening | None = None  # from validation to the handoff
         self._errlog = bytearray()  # stderr before the handoff (logged, never shown)
         self._eof = False
         self._paused = False
         self._words: tuple[bytes, ...] = ()
         self._args: ServerArgs | None = None
-        self._client_version: int | None = None
-        self._daemon_version: int | None = None
-        self._digests = b""
-        self._greeted = False
         self._process: _ProcessHandle | None = None
         self._pending: Deferred[Runtime] | None = None
+        self._stop: GracefulStop | None = None
         if not ctx.exec.allow_rsync:
             self._finish(127, b"sftpd: command not allowed: rsync\n")
             return
@@ -252,13 +181,15 @@ class RsyncApp:
         if self._state == "running":
             self._to_rsync(data)
             return
+        if self._state != "args":
+            if self._opening is not None:
+                self._apply(self._opening.feed_client(data))
+            return
         self._inbuf += data
-        if len(self._inbuf) > _MAX_PREAMBLE:
+        if len(self._inbuf) > MAX_PREAMBLE:
             self._protocol_error("client preamble too long")
-        elif self._state == "args":
+        else:
             self._read_protected_args()
-        elif self._state == "handshake":
-            self._advance()
 
     def eof_received(self) -> None:
         self._eof = True
@@ -266,6 +197,10 @@ class RsyncApp:
             self._close_stdin(self._process)
         elif self._state == "args":
             self._protocol_error("end of input before the protected arguments")
+        elif self._opening is not None and self._opening.awaiting_version:
+            # The daemon waits for a greeting only we can send, and we need the
+            # client's version for it: end as a real ``rsync --server`` does here.
+            self._early_eof()
 
     def output_drained(self) -> None:
         if self._paused and self._process is not None and self._io.pending_output() <= _LOW_WATER:
@@ -273,10 +208,29 @@ class RsyncApp:
             self._process.resumeProducing()
 
     def connection_lost(self) -> None:
+        process, running = self._process, self._state == "running"
         self._state = "done"
         if self._pending is not None:
             self._pending.cancel()
-        self._kill()
+        if not running or process is None:
+            self._kill()  # nothing transferred yet: nothing of rsync's to keep or clean
+            return
+        # As OpenSSH: close rsync's pipes and let it clean up (keep --partial data), then
+        # TERM, then KILL; temporaries a killed rsync leaves are removed when it has gone.
+        in_place = any(
+            o in (b"--inplace", b"--append", b"--append-verify") for o in self._options()
+        )
+        inside = None
+        if process.pid is not None:
+            writes = self._args is not None and not self._args.sender and not in_place
+            inside = ProcessTree(process.pid, JAIL, temporaries=writes)
+        term_after, kill_after = self._stop_after
+        self._stop = GracefulStop(
+            self._ctx.reactor, process, inside, term_after=term_after, kill_after=kill_after
+        )
+
+    def _options(self) -> tuple[bytes, ...]:
+        return self._args.options if self._args is not None else ()
 
     # -- validation and start-up -----------------------------------------------------
     def _read_protected_args(self) -> None:
@@ -304,7 +258,12 @@ class RsyncApp:
             self._unavailable(f"{missing!r} not found" if self._ctx.reactor else "no reactor")
             return
         self._state = "starting"
-        pending = self._ctx.blocking.run(probe_runtime, bwrap, rsync)
+        self._opening = Opening(self._args, MODULE)
+        leftover, self._inbuf = bytes(self._inbuf), bytearray()
+        self._apply(self._opening.feed_client(leftover))
+        if self._state != "starting":
+            return
+        pending = self._ctx.blocking.run(self._runtimes.probe, bwrap, rsync)
         self._pending = pending  # may already have fired (and been cleared) just below
         pending.addCallback(self._spawn, bwrap, rsync)
         pending.addErrback(self._start_failed)
@@ -318,8 +277,14 @@ class RsyncApp:
         self._pending = None
         if self._state != "starting":
             return
+        as_root = runs_as_root(self._args is not None and self._args.sender)
         argv = sandbox_argv(
-            bwrap, rsync, runtime, os.fsencode(self._ctx.host_root), self._ctx.read_only
+            bwrap,
+            rsync,
+            runtime,
+            os.fsencode(self._ctx.host_root),
+            self._ctx.read_only,
+            as_root=as_root,
         )
         log.info(
             "rsync session {session_id} user {username}: {mode} {paths}",
@@ -336,16 +301,15 @@ class RsyncApp:
                 argv,
                 env={},
                 path="/",
-                childFDs={0: "w", 1: "r", 2: "r", _CONFIG_FD: "w"},
+                childFDs={0: "w", 1: "r", 2: "r", CONFIG_FD: "w"},
             )
         except OSError as e:
             self._unavailable(f"spawning bwrap failed: {e}")
             return
         self._process = process
         process.registerProducer(_ClientInput(self._io), True)
-        process.writeToChild(_CONFIG_FD, daemon_config(self._ctx.read_only))
-        process.closeChildFD(_CONFIG_FD)
-        self._advance()
+        process.writeToChild(CONFIG_FD, daemon_config(self._ctx.read_only, as_root=as_root))
+        process.closeChildFD(CONFIG_FD)
 
     # -- the opening: client (remote-shell flavour) <-> daemon (daemon flavour) -------
     def _daemon_stdout(self, data: bytes) -> None:
@@ -355,12 +319,8 @@ class RsyncApp:
                 self._paused = True
                 if self._process is not None:
                     self._process.pauseProducing()
-        elif self._state == "handshake":
-            self._outbuf += data
-            if len(self._outbuf) > _MAX_PREAMBLE:
-                self._unavailable("daemon greeting too long")
-            else:
-                self._advance()
+        elif self._state == "handshake" and self._opening is not None:
+            self._apply(self._opening.feed_daemon(data))
 
     def _daemon_stderr(self, data: bytes) -> None:
         if self._state == "running":
@@ -368,67 +328,32 @@ class RsyncApp:
         elif len(self._errlog) < _MAX_LOGGED:
             self._errlog += data[: _MAX_LOGGED - len(self._errlog)]
 
-    def _advance(self) -> None:
-        process, args = self._process, self._args
-        if self._state != "handshake" or process is None or args is None:
-            return
-        if self._daemon_version is None:
-            line = self._daemon_line()
-            if line is None:
+    def _apply(self, events: list[Event]) -> None:
+        for event in events:
+            if self._state == "done":
                 return
-            fields = line.split()
-            try:
-                if fields[0] != b"@RSYNCD:":
-                    raise ValueError(line)
-                self._daemon_version = int(fields[1].split(b".")[0])
-            except (IndexError, ValueError):
-                self._unavailable(f"unexpected daemon greeting {bytes(line)!r}")
-                return
-            self._digests = b" ".join(fields[2:])
-        if self._client_version is None:
-            if len(self._inbuf) < 4:
-                return
-            (self._client_version,) = struct.unpack("<i", bytes(self._inbuf[:4]))
-            del self._inbuf[:4]
-            if not 20 <= self._client_version <= 1000:
-                self._protocol_error(f"client protocol version {self._client_version}")
-                return
-        client, daemon = self._client_version, self._daemon_version
-        if not self._greeted:
-            self._greeted = True
-            greeting = b"@RSYNCD: %d.0" % client
-            if self._digests and client >= 30:
-                greeting += b" " + self._digests
-            process.write(greeting + b"\n" + MODULE + b"\n")
-        while (line := self._daemon_line()) is not None:
-            if line == b"@RSYNCD: OK":
-                self._handoff(process, args, client, daemon)
-                return
-            if line.startswith(b"@ERROR"):
-                self._unavailable(f"daemon refused: {bytes(line)!r}")
-                return
-            log.debug("rsync daemon says {line}", line=bytes(line))
+            if isinstance(event, ToDaemon):
+                self._to_rsync(event.data)
+            elif isinstance(event, ToClient):
+                self._io.write(event.data)
+            elif isinstance(event, DaemonSays):
+                log.debug("rsync daemon says {line}", line=bytes(event.line))
+            elif isinstance(event, Running):
+                self._handoff(event)
+            elif isinstance(event, ClientError):
+                self._protocol_error(event.reason)
+            else:
+                self._unavailable(event.reason)
 
-    def _daemon_line(self) -> bytes | None:
-        end = self._outbuf.find(b"\n")
-        if end < 0:
-            return None
-        line = bytes(self._outbuf[:end]).rstrip(b"\r")
-        del self._outbuf[: end + 1]
-        return line
-
-    def _handoff(self, process: _ProcessHandle, args: ServerArgs, client: int, daemon: int) -> None:
-        process.write(daemon_arguments(args, min(client, daemon)))
+    def _handoff(self, running: Running) -> None:
         self._state = "running"
-        self._io.write(struct.pack("<i", daemon))
-        rest, self._outbuf = bytes(self._outbuf), bytearray()
-        if rest:
-            self._daemon_stdout(rest)
-        pending, self._inbuf = bytes(self._inbuf), bytearray()
-        if pending:
-            self._to_rsync(pending)
-        if self._eof:
-            self._close_stdin(process)
+        self._opening = None
+        if running.daemon_rest:
+            self._daemon_stdout(running.daemon_rest)
+        if running.client_rest:
+            self._to_rsync(running.client_rest)
+        if self._eof and self._process is not None:
+            self._close_stdin(self._process)
 
     def _close_stdin(self, process: _ProcessHandle) -> None:
         # Twisted does not finish closing a pipe that has a producer registered (a paused
@@ -443,6 +368,10 @@ class RsyncApp:
     # -- endings ---------------------------------------------------------------------
     def _process_ended(self, status: int) -> None:
         self._process = None
+        stop, self._stop = self._stop, None
+        if stop is not None:
+            self._remove(stop.ended(status))
+            return
         if self._state == "running":
             log.info(
                 "rsync session {session_id}: exit status {status}",
@@ -452,6 +381,19 @@ class RsyncApp:
             self._finish(status)
         elif self._state != "done":
             self._unavailable(f"sandbox exited with status {status} before the transfer began")
+
+    def _remove(self, temporaries: set[Temporary]) -> None:
+        if not temporaries:
+            return
+        storage = self._ctx.storage
+        if storage is None:
+            log.warn(
+                "rsync session {session_id}: temporaries left", session_id=self._ctx.session_id
+            )
+            return
+        done = self._ctx.blocking.run(remove_temporaries, storage, temporaries)
+        done.addCallback(removal_logger(self._ctx.session_id))
+        done.addErrback(lambda f: log.failure("removing rsync temporaries", f))
 
     def _refuse(self, error: RsyncArgError) -> None:
         log.info(
@@ -470,6 +412,13 @@ class RsyncApp:
             stderr=bytes(self._errlog),
         )
         self._finish(1, UNAVAILABLE)
+
+    def _early_eof(self) -> None:
+        log.info(
+            "rsync session {session_id}: end of input before the protocol version",
+            session_id=self._ctx.session_id,
+        )
+        self._finish(RERR_STREAMIO, EARLY_EOF)
 
     def _protocol_error(self, reason: str) -> None:
         log.info(

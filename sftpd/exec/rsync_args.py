@@ -35,8 +35,6 @@ class _Kind(Enum):
 # -T (temp-dir), -f (filter), -M (remote-option) and -e followed by anything but rsync's
 # own capability string.
 _SHORT_FLAGS = frozenset("ACDEHIJKLNORSUWXbcdgklmnopqrstuvxyz")
-# Short options whose value is an integer: -B (block-size), -@ (modify-window).
-_SHORT_INT = frozenset("B@")
 # In server mode, -e carries the client's capability string (".iLsfxCIvu", optionally after a
 # protocol number), never a remote shell.
 _CAPABILITY = re.compile(rb"\d*\.[A-Za-z0-9_.]*")

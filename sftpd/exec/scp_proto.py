@@ -35,7 +35,8 @@ ACK = b"\x00"
 END = b"E\n"
 MAX_LINE = 8192
 MAX_CHUNK = 64 * 1024
-_MAX_DIGITS = 19  # below 2**63: a file size or a time fits an off_t / time_t
+_MAX_DIGITS = 19  # no more digits than 2**63 - 1 has; the value is checked as well
+_MAX_NUMBER = (1 << 63) - 1  # a file size or a time must fit an off_t / time_t
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,9 @@ class _Bad(Exception):
 def _number(field: bytes, what: str) -> int:
     if not field or not field.isdigit():
         raise _Bad(f"protocol error: {what} not present")
-    if len(field) > _MAX_DIGITS:
+    # Nineteen digits still reach 9999999999999999999 > 2**63 - 1: check the value too,
+    # before anything acts on it (a sink would otherwise create and truncate the file).
+    if len(field) > _MAX_DIGITS or int(field) > _MAX_NUMBER:
         raise _Bad(f"protocol error: {what} out of range")
     return int(field)
 
