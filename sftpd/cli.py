@@ -15,12 +15,12 @@ from typing import TextIO
 import bcrypt
 
 from sftpd import __version__
-from sftpd.config import Config, embedded_default, load_config
-from sftpd.config_values import Values
+from sftpd.config.model import Config, embedded_default, load_config
+from sftpd.config.values import Values
 from sftpd.errors import ConfigError
-from sftpd.hostkeys import HostKeyInfo, ensure_host_keys
-from sftpd.listening import ListenError, bind_all, shown
 from sftpd.preflight import check, prepare
+from sftpd.runtime.listening import ListenError, bind_all, shown
+from sftpd.ssh.hostkeys import HostKeyInfo, ensure_host_keys
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -265,11 +265,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for line in banner.getvalue().splitlines():
             announce(line, log_format, sys.stdout, event="banner")
 
-    # Before sftpd.server: Conch's modules import (and so install) the default reactor.
-    from sftpd.reactor import default_reactor
+    # Before sftpd.assembly: Conch's modules import (and so install) the default reactor.
+    from sftpd.runtime.reactor import default_reactor
 
     default_reactor()
-    from sftpd.server import serve  # lazy: keeps the Twisted reactor out of other commands
+    from sftpd.assembly import serve  # lazy: keeps the Twisted reactor out of other commands
 
     return serve(config, log_format=log_format, sockets=sockets)
 

@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sftpd.config import EMBEDDED_SOURCE, Config, ConfigErrors, UserConfig, make_root
+from sftpd.config.model import EMBEDDED_SOURCE, Config, ConfigErrors, UserConfig, make_root
 from sftpd.errors import ConfigError
-from sftpd.hostkeys import creatable, host_keys_problems
+from sftpd.ssh.hostkeys import creatable, host_keys_problems
 
 
 @dataclass

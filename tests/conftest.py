@@ -25,7 +25,7 @@ def client_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 @pytest.fixture(scope="session")
 def host_keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Host keys generated once per test run (RSA generation is slow)."""
-    from sftpd.hostkeys import ensure_host_keys
+    from sftpd.ssh.hostkeys import ensure_host_keys
 
     d = tmp_path_factory.mktemp("hostkeys") / "keys"
     ensure_host_keys(d)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sftpd.blocking import InlineBlocking
-from sftpd.config import ExecConfig, SftpConfig
-from sftpd.exec.dispatch import make_exec_app
-from sftpd.exec.scp_proto import (
+from sftpd.apps.contract import ChannelApp, SessionContext
+from sftpd.apps.dispatch import make_exec_app
+from sftpd.apps.scp.proto import (
     ACK,
     AckReader,
     DirEnd,
@@ -23,9 +22,10 @@ from sftpd.exec.scp_proto import (
     SinkParser,
     Times,
 )
-from sftpd.policy import apply_policy
-from sftpd.session_api import ChannelApp, SessionContext
+from sftpd.config.model import ExecConfig, SftpConfig
+from sftpd.runtime.threads import InlineBlocking
 from sftpd.storage.local import LocalStorage
+from sftpd.storage.rules import apply_policy
 
 
 @dataclass

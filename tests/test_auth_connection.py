@@ -23,13 +23,13 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 
+from sftpd.assembly import ConnectionTransport, Factory
 from sftpd.auth.checkers import PasswordChecker, PublicKeyChecker
-from sftpd.auth.userauth import AuthSettings, UserAuthServer
 from sftpd.auth.users import UserDB
-from sftpd.blocking import InlineBlocking
-from sftpd.config import UserConfig
-from sftpd.server import ConnectionTransport, Factory
+from sftpd.config.model import UserConfig
+from sftpd.runtime.threads import InlineBlocking
 from sftpd.ssh.transport import MAX_PACKET_BEFORE_KEYS
+from sftpd.ssh.userauth import AuthSettings, UserAuthServer
 from tests.test_ssh_transport import (
     CLIENT_VERSION,
     HOST_KEY,

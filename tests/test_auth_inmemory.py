@@ -19,11 +19,11 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from sftpd.auth.checkers import PasswordChecker, PublicKeyChecker
-from sftpd.auth.userauth import AuthSettings, UserAuthServer
 from sftpd.auth.users import UserDB
-from sftpd.blocking import InlineBlocking
-from sftpd.config import UserConfig
-from sftpd.hostkeys import fingerprint
+from sftpd.config.model import UserConfig
+from sftpd.runtime.threads import InlineBlocking
+from sftpd.ssh.hostkeys import fingerprint
+from sftpd.ssh.userauth import AuthSettings, UserAuthServer
 
 PW = b"right-password"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sftpd.blocking import WorkerPool
+from sftpd.runtime.threads import WorkerPool
 from tests.test_sftp_isolation import QueueReactor
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from sftpd import cli
 from sftpd.cli import main
-from sftpd.config import Config
+from sftpd.config.model import Config
 
 REPO = Path(__file__).resolve().parent.parent
 HASH = bcrypt.hashpw(b"secret", bcrypt.gensalt(4)).decode()
@@ -251,7 +251,7 @@ def test_keygen_into_an_impossible_directory(
 
 @pytest.fixture
 def fake_server(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Config, Any]]:
-    """Replace sftpd.server with a stub recording serve() calls; serve returns 0.
+    """Replace sftpd.assembly with a stub recording serve() calls; serve returns 0.
 
     Binding is replaced too (these tests use fixed ports such as 22 and 2222); the e2e
     tests bind for real."""
@@ -264,9 +264,9 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Config, Any]]:
 
     monkeypatch.setattr(cli, "bind_all", lambda listen, copies, hint: [[]])
 
-    module = types.ModuleType("sftpd.server")
+    module = types.ModuleType("sftpd.assembly")
     module.serve = serve  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "sftpd.server", module)
+    monkeypatch.setitem(sys.modules, "sftpd.assembly", module)
     return calls
 
 

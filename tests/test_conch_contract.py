@@ -78,14 +78,15 @@ class Need:
 
 T, S, R, C, A = (
     "sftpd/ssh/transport.py",
-    "sftpd/session.py",
-    "sftpd/reactor.py",
+    "sftpd/ssh/channel.py",
+    "sftpd/runtime/reactor.py",
     "sftpd/ssh/ciphers.py",
-    "sftpd/avatar.py",
+    "sftpd/ssh/connection.py",
 )
-SRV, UA, SW = "sftpd/server.py", "sftpd/auth/userauth.py", "sftpd/ssh/sockwrite.py"
+SRV, UA, SW = "sftpd/assembly.py", "sftpd/ssh/userauth.py", "sftpd/ssh/sockwrite.py"
 CHK = "sftpd/auth/checkers.py"
 AV = "sftpd/auth/avatar.py"
+RS = "sftpd/apps/rsync/bridge.py"
 # the connection service guards each of these to drop messages for channels that are gone
 GUARDED = (
     "ssh_CHANNEL_OPEN_CONFIRMATION",
@@ -100,7 +101,7 @@ GUARDED = (
 )
 
 NEEDS: tuple[Need, ...] = (
-    # -- the transport (sftpd/ssh/transport.py, sftpd/server.py) -------------------------
+    # -- the transport (sftpd/ssh/transport.py, sftpd/assembly.py) -------------------------
     # private key exchange state, read and written by ServerTransport
     Need("SSHTransportBase", "_keyExchangeState", T),
     Need("SSHTransportBase", "_KEY_EXCHANGE_NONE", T),
@@ -211,7 +212,7 @@ NEEDS: tuple[Need, ...] = (
     ),
     Need("primes", "parseModuliFile", SRV),
     Need("Key", "supportedSignatureAlgorithms", SRV, params=()),
-    Need("Key", "sshType", "sftpd/hostkeys.py", params=()),
+    Need("Key", "sshType", "sftpd/ssh/hostkeys.py", params=()),
     # -- user authentication (sftpd/auth) ------------------------------------------------
     Need("SSHUserAuthServer", "serviceStarted", UA, params=()),
     # one request at a time, the attempt count on the transport (ssh/userauth.py, login.py)
@@ -271,7 +272,7 @@ NEEDS: tuple[Need, ...] = (
     *(Need("SSHPrivateKey", n, CHK, kind="instance") for n in ("sigData", "signature")),
     Need("UsernamePassword", "username", CHK, kind="instance"),
     Need("UsernamePassword", "password", CHK, kind="instance"),
-    # -- the connection service (sftpd/avatar.py) ----------------------------------------
+    # -- the connection service (sftpd/ssh/connection.py) ----------------------------------------
     Need("SSHConnection", "packetReceived", A, params=("messageNum", "packet")),
     Need("SSHConnection", "serviceStarted", A, params=()),  # registers the TCP producer
     Need("SSHConnection", "serviceStopped", A, params=()),
@@ -292,7 +293,7 @@ NEEDS: tuple[Need, ...] = (
     Need("ConchUser", "gotGlobalRequest", AV, params=("requestType", "data")),
     Need("ConchUser", "channelLookup", AV, kind="instance"),
     Need("ConchUser", "subsystemLookup", AV, kind="instance"),
-    # -- the session channel (sftpd/session.py) ------------------------------------------
+    # -- the session channel (sftpd/ssh/channel.py) ------------------------------------------
     Need(
         "SSHChannel",
         "__init__",
@@ -339,7 +340,7 @@ NEEDS: tuple[Need, ...] = (
     # "nothing queued" is exactly: no _tempDataLen and dataBuffer sent up to offset
     Need("tcp.Connection", "writeSequence", SW, "source", pattern=r"self\._tempDataLen \+="),
     Need("tcp.Connection", "doWrite", SW, "source", pattern=r"self\.offset"),
-    # -- the reactor (sftpd/reactor.py): EPollReactor.doPoll replaced --------------------
+    # -- the reactor (sftpd/runtime/reactor.py): EPollReactor.doPoll replaced --------------------
     Need("EPollReactor", "doPoll", R, params=("timeout",)),
     Need("EPollReactor", "doIteration", R),
     Need("EPollReactor", "_doReadOrWrite", R, params=("selectable", "fd", "event")),
@@ -352,14 +353,19 @@ NEEDS: tuple[Need, ...] = (
         "source",
         pattern=r"self\._poller\.poll\(timeout, len\(self\._selectables\)\)",
     ),
-    # -- the rsync bridge (sftpd/exec/rsync.py): Process beyond IProcessTransport --------
-    Need("Process", "pauseProducing", "sftpd/exec/rsync.py", params=()),
-    Need("Process", "resumeProducing", "sftpd/exec/rsync.py", params=()),
-    Need("Process", "registerProducer", "sftpd/exec/rsync.py", params=("producer", "streaming")),
-    Need("Process", "unregisterProducer", "sftpd/exec/rsync.py", params=()),
-    Need("ProcessProtocol", "outReceived", "sftpd/exec/rsync.py", params=("data",)),
-    Need("ProcessProtocol", "errReceived", "sftpd/exec/rsync.py", params=("data",)),
-    Need("ProcessProtocol", "processEnded", "sftpd/exec/rsync.py", params=("reason",)),
+    # -- the rsync bridge (sftpd/apps/rsync/bridge.py): Process beyond IProcessTransport --------
+    Need("Process", "pauseProducing", RS, params=()),
+    Need("Process", "resumeProducing", RS, params=()),
+    Need(
+        "Process",
+        "registerProducer",
+        RS,
+        params=("producer", "streaming"),
+    ),
+    Need("Process", "unregisterProducer", RS, params=()),
+    Need("ProcessProtocol", "outReceived", RS, params=("data",)),
+    Need("ProcessProtocol", "errReceived", RS, params=("data",)),
+    Need("ProcessProtocol", "processEnded", RS, params=("reason",)),
 )
 
 # ---- real instances, for the attributes Twisted sets in __init__ or at run time --------
@@ -502,7 +508,7 @@ def test_table_covers_every_private_twisted_import() -> None:
 
 
 def test_table_covers_every_guarded_channel_message() -> None:
-    from sftpd.avatar import Connection
+    from sftpd.ssh.connection import Connection
 
     ours = [c for c in Connection.__mro__ if c.__module__.startswith("sftpd.")]
     guarded = {

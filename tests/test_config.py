@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from sftpd.config import (
+from sftpd.config.model import (
     DEFAULT_CIPHERS,
     Config,
     ConfigErrors,
@@ -25,7 +25,7 @@ from sftpd.config import (
     embedded_default,
     load_config,
 )
-from sftpd.config_values import parse_authorized_key
+from sftpd.config.values import parse_authorized_key
 from sftpd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -633,7 +633,7 @@ def test_embedded_default_without_ssh_dir(tmp_path: Path) -> None:
 
 def test_config_modules_do_not_import_twisted() -> None:
     code = (
-        "import sys, sftpd.config, sftpd.config_values\n"
+        "import sys, sftpd.config.model, sftpd.config.values\n"
         "assert not [m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope')]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

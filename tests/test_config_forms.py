@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sftpd.config import load_config
+from sftpd.config.model import load_config
 from tests.test_config import HASH, load_error, user, write
 
 
@@ -58,7 +58,7 @@ def test_umask_decimal_integer_refused(tmp_path: Path, body: str, shown: str, va
 
 
 def test_algorithm_presets(tmp_path: Path) -> None:
-    from sftpd import config as cfgmod
+    from sftpd.config import model as cfgmod
 
     creds = user(f'password_hash = "{HASH}"')
     modern = load_config(write(tmp_path, creds)).server

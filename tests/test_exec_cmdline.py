@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sftpd.exec.cmdline import CommandRefused, display, split_command
+from sftpd.apps.cmdline import CommandRefused, display, split_command
 
 words_st = st.binary(max_size=40).filter(lambda b: b"\x00" not in b)
 argv_st = st.lists(words_st, min_size=1, max_size=6)

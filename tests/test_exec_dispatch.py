@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sftpd.config import ExecConfig
-from sftpd.exec.dispatch import FinishedApp, make_exec_app
+from sftpd.apps.dispatch import FinishedApp, make_exec_app
+from sftpd.config.model import ExecConfig
 from tests.exec_fs import RecordingIO, make_ctx, run_exec
 
 

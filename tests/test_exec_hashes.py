@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sftpd.exec.hashes import ALGORITHMS, escape_name, hash_line, quote_name
+from sftpd.apps.hashes import ALGORITHMS, escape_name, hash_line, quote_name
 from tests.exec_fs import make_ctx, run_exec
 
 COMMANDS = sorted(ALGORITHMS)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sftpd.exec.scp_proto import (
+from sftpd.apps.scp.proto import (
     DirEnd,
     DirStart,
     FileData,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sftpd.errors import ConfigError
-from sftpd.hostkeys import (
+from sftpd.ssh.hostkeys import (
     HostKeyInfo,
     ensure_host_keys,
     host_key_infos,

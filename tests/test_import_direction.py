@@ -22,16 +22,19 @@ import pytest
 
 TWISTED = ("twisted", "zope")  # zope.interface comes with Twisted and is its interface layer
 SANS_IO = (
-    "sftpd.sftp.codec",
-    "sftpd.sftp.attrs",
-    "sftpd.sftp.messages",
-    "sftpd.sftp.constants",
-    "sftpd.exec.scp_proto",
-    "sftpd.exec.rsync_args",
-    "sftpd.exec.cmdline",
+    "sftpd.apps.sftp.codec",
+    "sftpd.apps.sftp.attrs",
+    "sftpd.apps.sftp.messages",
+    "sftpd.apps.sftp.constants",
+    "sftpd.apps.scp.proto",
+    "sftpd.apps.rsync.args",
+    "sftpd.apps.rsync.opening",
+    "sftpd.apps.cmdline",
     "sftpd.storage.vpath",
-    "sftpd.config*",
+    "sftpd.config",
+    "sftpd.config.*",
 )
+SHARED = ("sftpd.errors", "sftpd.log")  # every layer may raise our errors and log
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,8 @@ class Layer:
 LAYERS = (
     Layer(
         "storage",
-        modules=("sftpd.storage", "sftpd.storage.*", "sftpd.policy"),
-        may_import=("sftpd.storage", "sftpd.policy", "sftpd.errors"),
+        modules=("sftpd.storage", "sftpd.storage.*"),
+        may_import=("sftpd.storage", "sftpd.errors"),
         never=TWISTED,
         transitive=True,
         why="storage knows no protocol, no SSH, no authentication and no Twisted",
@@ -63,25 +66,57 @@ LAYERS = (
     ),
     Layer(
         "apps",
-        modules=("sftpd.sftp", "sftpd.sftp.*", "sftpd.exec", "sftpd.exec.*"),
+        modules=("sftpd.apps", "sftpd.apps.*"),
         may_import=(
-            "sftpd.sftp",
-            "sftpd.exec",
+            "sftpd.apps",
             "sftpd.storage",
-            "sftpd.policy",
-            "sftpd.session_api",
-            "sftpd.blocking",
+            "sftpd.runtime.threads",
             "sftpd.config",
-            "sftpd.config_values",
-            "sftpd.errors",
-            "sftpd.log",
+            *SHARED,
         ),
-        why="apps see the channel/app contract (session_api), never SSH or auth internals",
+        why="apps see the channel/app contract (apps.contract) and storage, "
+        "never SSH or auth internals",
+    ),
+    Layer(
+        "auth",
+        modules=("sftpd.auth", "sftpd.auth.*"),
+        may_import=(
+            "sftpd.auth",
+            "sftpd.apps.contract",
+            "sftpd.storage",
+            "sftpd.runtime.threads",
+            "sftpd.config",
+            "sftpd.ssh.hostkeys",
+            *SHARED,
+        ),
+        why="who may log in: the user store, checkers, realm and avatar; the SSH layer "
+        "(but for key fingerprints) is the assembly's to wire in",
+    ),
+    Layer(
+        "runtime",
+        modules=("sftpd.runtime", "sftpd.runtime.*"),
+        may_import=("sftpd.runtime", "sftpd.config", *SHARED),
+        why="how the process runs: it knows no protocol",
+    ),
+    Layer(
+        "ssh",
+        modules=("sftpd.ssh", "sftpd.ssh.*"),
+        may_import=(
+            "sftpd.ssh",
+            "sftpd.apps.contract",
+            "sftpd.apps.dispatch",
+            "sftpd.apps.sftp.protocol",
+            "sftpd.runtime",
+            "sftpd.config",
+            *SHARED,
+        ),
+        why="the SSH layer routes a session to an app by its contract; it never reaches "
+        "into an app's internals, storage or the user store",
     ),
     Layer(
         "config",
-        modules=("sftpd.config*",),
-        may_import=("sftpd.config", "sftpd.config_values", "sftpd.errors"),
+        modules=("sftpd.config", "sftpd.config.*"),
+        may_import=("sftpd.config", "sftpd.errors"),
         why="the configuration model depends on nothing else in sftpd",
     ),
 )
@@ -89,7 +124,7 @@ LAYERS = (
 # Imports that break a rule today, each with the reason it is tolerated. The test fails
 # when one of them is gone (delete it here) as well as for any import not listed.
 KNOWN: dict[tuple[str, str], str] = {
-    ("sftpd.config_values", "sftpd.storage.vpath"): (
+    ("sftpd.config.values", "sftpd.storage.vpath"): (
         "config checks home directories with vpath.normalize (sans-IO, no Twisted); "
         "move normalize where config may import it, or allow it in LAYERS"
     ),
@@ -260,20 +295,25 @@ LAYER = {layer.name: layer for layer in LAYERS}
 @pytest.mark.parametrize(
     ("layer", "module", "target", "expected"),
     [
-        ("storage", "sftpd.storage.local", "sftpd.sftp.handler", "imports sftpd.sftp.handler"),
+        (
+            "storage",
+            "sftpd.storage.local",
+            "sftpd.apps.sftp.handler",
+            "imports sftpd.apps.sftp.handler",
+        ),
         ("storage", "sftpd.storage.files", "sftpd.ssh.transport", "imports sftpd.ssh.transport"),
-        ("storage", "sftpd.policy", "sftpd.auth.users", "imports sftpd.auth.users"),
+        ("storage", "sftpd.storage.rules", "sftpd.auth.users", "imports sftpd.auth.users"),
         ("storage", "sftpd.storage.base", "twisted.internet.defer", "imports twisted.internet"),
         ("storage", "sftpd.storage.local", "sftpd.errors", None),
-        ("sans-io", "sftpd.sftp.codec", "twisted.internet", "imports twisted.internet"),
-        ("sans-io", "sftpd.exec.cmdline", "sftpd.blocking", "through sftpd.blocking"),
-        ("sans-io", "sftpd.config", "zope.interface", "imports zope.interface"),
-        ("apps", "sftpd.exec.scp", "sftpd.ssh.transport", "imports sftpd.ssh.transport"),
-        ("apps", "sftpd.sftp.handler", "sftpd.auth.realm", "imports sftpd.auth.realm"),
-        ("apps", "sftpd.sftp.protocol", "sftpd.session", "imports sftpd.session "),
-        ("apps", "sftpd.exec.rsync", "sftpd.session_api", None),
-        ("config", "sftpd.config", "sftpd.server", "imports sftpd.server"),
-        ("config", "sftpd.config_values", "sftpd.errors", None),
+        ("sans-io", "sftpd.apps.sftp.codec", "twisted.internet", "imports twisted.internet"),
+        ("sans-io", "sftpd.apps.cmdline", "sftpd.runtime.threads", "through sftpd.runtime.threads"),
+        ("sans-io", "sftpd.config.model", "zope.interface", "imports zope.interface"),
+        ("apps", "sftpd.apps.scp.sink", "sftpd.ssh.transport", "imports sftpd.ssh.transport"),
+        ("apps", "sftpd.apps.sftp.handler", "sftpd.auth.realm", "imports sftpd.auth.realm"),
+        ("apps", "sftpd.apps.sftp.protocol", "sftpd.ssh.channel", "imports sftpd.ssh.channel "),
+        ("apps", "sftpd.apps.rsync.bridge", "sftpd.apps.contract", None),
+        ("config", "sftpd.config.model", "sftpd.assembly", "imports sftpd.assembly"),
+        ("config", "sftpd.config.values", "sftpd.errors", None),
     ],
 )
 def test_a_bad_import_is_named(
@@ -293,8 +333,8 @@ def test_a_bad_import_is_named(
 
 def test_imports_are_read_at_every_depth() -> None:
     cli = {imp.target for imp in GRAPH["sftpd.cli"]}
-    assert "sftpd.server" in cli  # imported inside a function
-    dispatch = {imp.target for imp in GRAPH["sftpd.exec.dispatch"]}
-    assert "sftpd.exec.rsync" in dispatch  # imported by name (importlib)
-    assert _resolve("sftpd.sftp.codec", False, 1, "attrs") == "sftpd.sftp.attrs"
-    assert _resolve("sftpd.sftp", True, 2, "errors") == "sftpd.errors"
+    assert "sftpd.assembly" in cli  # imported inside a function
+    dispatch = {imp.target for imp in GRAPH["sftpd.apps.dispatch"]}
+    assert "sftpd.apps.rsync.bridge" in dispatch  # imported by name (importlib)
+    assert _resolve("sftpd.apps.sftp.codec", False, 1, "attrs") == "sftpd.apps.sftp.attrs"
+    assert _resolve("sftpd.apps.sftp", True, 3, "errors") == "sftpd.errors"

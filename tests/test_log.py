@@ -124,7 +124,7 @@ class _ConchLike:
         getattr(self._log, level)("channel open")
 
 
-_ConchLike.__module__ = "sftpd.session"  # Conch's namespace is our subclass's name
+_ConchLike.__module__ = "sftpd.ssh.channel"  # Conch's namespace is our subclass's name
 
 
 @pytest.mark.parametrize("level", ["info", "debug"])
@@ -137,7 +137,7 @@ def test_conch_info_chatter_shows_only_at_debug(level: str) -> None:
     try:
         _ConchLike().say("info")
         _ConchLike().say("warn")
-        Logger(namespace="sftpd.session").info("session closed: ours")
+        Logger(namespace="sftpd.ssh.channel").info("session closed: ours")
     finally:
         globalLogPublisher.removeObserver(observer)
     lines = out.getvalue().splitlines()

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from twisted.internet import protocol
 
-from sftpd import reactor as reactor_module
-from sftpd.reactor import LeanEPollReactor, SpinWindow, usable_cpus
+from sftpd.runtime import reactor as reactor_module
+from sftpd.runtime.reactor import LeanEPollReactor, SpinWindow, usable_cpus
 
 
 class Echo(protocol.Protocol):

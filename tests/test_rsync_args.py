@@ -14,10 +14,8 @@ from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from sftpd.blocking import InlineBlocking
-from sftpd.config import ExecConfig
-from sftpd.exec.rsync import UNAVAILABLE, daemon_arguments, daemon_config, make_rsync_app, parse_ldd
-from sftpd.exec.rsync_args import (
+from sftpd.apps.contract import SessionContext
+from sftpd.apps.rsync.args import (
     RsyncArgError,
     RsyncReadOnlyError,
     ServerArgs,
@@ -26,9 +24,17 @@ from sftpd.exec.rsync_args import (
     read_protected_args,
     validate,
 )
-from sftpd.exec.rsync_sandbox import Runtime, RuntimeCache, runs_as_root, sandbox_argv
-from sftpd.exec.rsync_stop import KILL_AFTER, TERM_AFTER
-from sftpd.session_api import SessionContext
+from sftpd.apps.rsync.bridge import (
+    UNAVAILABLE,
+    daemon_arguments,
+    daemon_config,
+    make_rsync_app,
+    parse_ldd,
+)
+from sftpd.apps.rsync.sandbox import Runtime, RuntimeCache, runs_as_root, sandbox_argv
+from sftpd.apps.rsync.stop import KILL_AFTER, TERM_AFTER
+from sftpd.config.model import ExecConfig
+from sftpd.runtime.threads import InlineBlocking
 
 
 def words(line: str) -> list[bytes]:

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from sftpd.exec.rsync_args import ServerArgs
-from sftpd.exec.rsync_opening import (
+from sftpd.apps.rsync.args import ServerArgs
+from sftpd.apps.rsync.opening import (
     MAX_PREAMBLE,
     ClientError,
     DaemonError,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sftpd.exec.rsync import UNAVAILABLE
+from sftpd.apps.rsync.bridge import UNAVAILABLE
 
 REPO = Path(__file__).resolve().parent.parent
 HAVE_TOOLS = shutil.which("rsync") is not None and shutil.which("bwrap") is not None
@@ -37,10 +37,10 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from zope.interface import implementer
 
-from sftpd.blocking import InlineBlocking
-from sftpd.config import ExecConfig
-from sftpd.exec.rsync import make_rsync_app
-from sftpd.session_api import SessionContext
+from sftpd.runtime.threads import InlineBlocking
+from sftpd.config.model import ExecConfig
+from sftpd.apps.rsync.bridge import make_rsync_app
+from sftpd.apps.contract import SessionContext
 from sftpd.storage.local import LocalStorage
 
 CUT_AFTER = int(os.environ.get("SFTPD_CUT_AFTER", "0"))

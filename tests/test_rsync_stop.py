@@ -14,7 +14,7 @@ import pytest
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.task import Clock
 
-from sftpd.exec.rsync_stop import (
+from sftpd.apps.rsync.stop import (
     KILL_AFTER,
     TERM_AFTER,
     GracefulStop,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sftpd.exec.scp_proto import (
+from sftpd.apps.scp.proto import (
     AckReader,
     DirEnd,
     DirStart,

@@ -14,14 +14,14 @@ from twisted.internet import abstract
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.task import Clock
 
+from sftpd.apps.contract import SessionContext
+from sftpd.apps.sftp.codec import Framer
+from sftpd.apps.sftp.constants import PacketType
+from sftpd.apps.sftp.protocol import MAX_BYTES_PER_TURN, MAX_PENDING_OUTPUT
 from sftpd.auth.avatar import Avatar
-from sftpd.avatar import Connection
-from sftpd.blocking import InlineBlocking
-from sftpd.session import SessionChannel
-from sftpd.session_api import SessionContext
-from sftpd.sftp.codec import Framer
-from sftpd.sftp.constants import PacketType
-from sftpd.sftp.protocol import MAX_BYTES_PER_TURN, MAX_PENDING_OUTPUT
+from sftpd.runtime.threads import InlineBlocking
+from sftpd.ssh.channel import SessionChannel
+from sftpd.ssh.connection import Connection
 from sftpd.storage.local import LocalStorage
 
 MSG = {v: k for k, v in connection.messages.items()}

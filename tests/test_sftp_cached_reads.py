@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from sftpd.sftp.constants import OpenFlag, PacketType, Status
-from sftpd.sftp.handler import READ_CLAMP
+from sftpd.apps.sftp.constants import OpenFlag, PacketType, Status
+from sftpd.apps.sftp.handler import READ_CLAMP
 from sftpd.storage.files import LocalFile
 from sftpd.storage.local import LocalStorage
 from tests.test_sftp_handler import Client, s, u32

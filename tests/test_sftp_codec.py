@@ -11,10 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from sftpd.errors import FramingError, PacketDecodeError
-from sftpd.sftp import messages as m
-from sftpd.sftp.attrs import Attrs, encode_attrs, longname
-from sftpd.sftp.codec import (
+from sftpd.apps.sftp import messages as m
+from sftpd.apps.sftp.attrs import Attrs, encode_attrs, longname
+from sftpd.apps.sftp.codec import (
     Framer,
     Reader,
     decode_request,
@@ -23,7 +22,8 @@ from sftpd.sftp.codec import (
     symlink_paths,
     symlink_target_first,
 )
-from sftpd.sftp.constants import Status
+from sftpd.apps.sftp.constants import Status
+from sftpd.errors import FramingError, PacketDecodeError
 
 # (body as sent after the uint32 length, the request it decodes to)
 REQUESTS: list[tuple[bytes, m.Request]] = [
@@ -495,7 +495,7 @@ def test_longname_is_ls_l_shaped(utc: None) -> None:
 
 
 def test_longname_uses_names_when_known(utc: None) -> None:
-    from sftpd.sftp.attrs import IdNames
+    from sftpd.apps.sftp.attrs import IdNames
 
     st = _stat(0o100600, 1, 0, 0, 1, 0)
     assert longname("x", st, IdNames(), now=0).split()[2:4] == ["root", "root"]
@@ -534,7 +534,8 @@ def test_symlink_order_from_client_version(version: bytes, target_first: bool) -
 def test_pure_modules_do_not_import_twisted() -> None:
     code = (
         "import sys\n"
-        "import sftpd.sftp.codec, sftpd.sftp.constants, sftpd.sftp.attrs, sftpd.sftp.messages\n"
+        "import sftpd.apps.sftp.codec, sftpd.apps.sftp.constants\n"
+        "import sftpd.apps.sftp.attrs, sftpd.apps.sftp.messages\n"
         "bad = sorted(n for n in sys.modules if n.split('.')[0] == 'twisted')\n"
         "assert not bad, bad\n"
     )

@@ -15,10 +15,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sftpd.apps.sftp import messages as m
+from sftpd.apps.sftp.codec import Framer, decode_request
+from sftpd.apps.sftp.constants import PacketType, Status
 from sftpd.errors import FramingError
-from sftpd.sftp import messages as m
-from sftpd.sftp.codec import Framer, decode_request
-from sftpd.sftp.constants import PacketType, Status
 from sftpd.storage.base import File, Storage
 from tests.test_sftp_handler import Client, Reply, frame, make_storage, s, u32, u64
 

@@ -18,14 +18,14 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from sftpd.blocking import Blocking, CallViaRun, InlineBlocking
-from sftpd.config import SftpConfig
-from sftpd.session_api import SessionContext
-from sftpd.sftp.attrs import Attrs
-from sftpd.sftp.codec import Reader
-from sftpd.sftp.constants import ADVERTISED_EXTENSIONS, AttrFlag, OpenFlag, PacketType, Status
-from sftpd.sftp.listing import READDIR_BATCH, READDIR_BYTES, READDIR_STEP, read_names
-from sftpd.sftp.protocol import SftpApp
+from sftpd.apps.contract import SessionContext
+from sftpd.apps.sftp.attrs import Attrs
+from sftpd.apps.sftp.codec import Reader
+from sftpd.apps.sftp.constants import ADVERTISED_EXTENSIONS, AttrFlag, OpenFlag, PacketType, Status
+from sftpd.apps.sftp.listing import READDIR_BATCH, READDIR_BYTES, READDIR_STEP, read_names
+from sftpd.apps.sftp.protocol import SftpApp
+from sftpd.config.model import SftpConfig
+from sftpd.runtime.threads import Blocking, CallViaRun, InlineBlocking
 from sftpd.storage import vpath
 from sftpd.storage.base import File, Storage
 
@@ -1104,7 +1104,7 @@ def test_error_messages_never_show_host_paths(
 ) -> None:
     """Neither the reply nor the exception the handler gets (which a log line could render)
     names a path: the storage scrubs every OSError (``storage.files._scrubbed``)."""
-    import sftpd.sftp.handler as handler
+    import sftpd.apps.sftp.handler as handler
 
     seen: list[BaseException] = []
     real = handler.status_for_exception
@@ -1378,8 +1378,8 @@ def test_unexpected_exception_is_internal_error(root: Path) -> None:
 
 
 def test_errno_mapping_table() -> None:
-    from sftpd.sftp.handler import status_for_exception
-    from sftpd.sftp.messages import StatusError
+    from sftpd.apps.sftp.handler import status_for_exception
+    from sftpd.apps.sftp.messages import StatusError
 
     def oserr(code: int) -> OSError:
         return OSError(code, os.strerror(code), "/secret/host/path")

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sftpd.blocking import WorkerPool
-from sftpd.session_api import SessionContext
-from sftpd.sftp.protocol import make_sftp_app
+from sftpd.apps.contract import SessionContext
+from sftpd.apps.sftp.protocol import make_sftp_app
+from sftpd.runtime.threads import WorkerPool
 from sftpd.storage.local import LocalStorage
 
 FXP_INIT, FXP_VERSION, FXP_STATUS, FXP_STAT, FXP_ATTRS = 1, 2, 101, 17, 105

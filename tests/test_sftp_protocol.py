@@ -11,10 +11,10 @@ import pytest
 from twisted.internet import defer
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from sftpd.blocking import CallViaRun
-from sftpd.session_api import ChannelApp
-from sftpd.sftp.constants import OpenFlag, PacketType, Status
-from sftpd.sftp.protocol import SftpApp, make_sftp_app
+from sftpd.apps.contract import ChannelApp
+from sftpd.apps.sftp.constants import OpenFlag, PacketType, Status
+from sftpd.apps.sftp.protocol import SftpApp, make_sftp_app
+from sftpd.runtime.threads import CallViaRun
 from sftpd.storage.files import LocalFile
 from sftpd.storage.local import LocalStorage
 from tests.test_sftp_handler import (

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
-from sftpd import config
+from sftpd.config import model as config
 from sftpd.ssh import transport as transport_module
 from sftpd.ssh.ciphers import make_opener, make_sealer
 from sftpd.ssh.kexinit import STRICT_C, STRICT_S, KexInit

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from sftpd.policy import ReadOnlyStorage
-from sftpd.sftp.constants import OpenFlag, PacketType, Status
+from sftpd.apps.sftp.constants import OpenFlag, PacketType, Status
 from sftpd.storage.local import LocalStorage
+from sftpd.storage.rules import ReadOnlyStorage
 from tests.test_sftp_handler import Client, s, u32, u64
 from tests.test_sftp_protocol import QueuedBlocking, read_packet
 

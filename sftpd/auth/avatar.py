@@ -9,7 +9,7 @@ from twisted.conch.avatar import ConchUser
 from twisted.conch.error import ConchError
 from twisted.conch.ssh import connection
 
-from sftpd.session_api import SessionContext
+from sftpd.apps.contract import SessionContext
 
 # Builds the channel for a session: (ctx, clock=, on_closed=, remoteWindow=, remoteMaxPacket=,
 # data=, avatar=) -> channel. The assembly passes the SSH layer's SessionChannel, so this

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sftpd.auth.users import UserDB
-from sftpd.blocking import Blocking
+from sftpd.runtime.threads import Blocking
 
 # Signature algorithms accepted for user keys, as advertised in server-sig-algs.
 # SHA-1 "ssh-rsa" and "ssh-dss" are refused.

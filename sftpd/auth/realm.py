@@ -9,10 +9,10 @@ from twisted.conch.interfaces import IConchUser
 from twisted.cred.portal import IRealm
 from zope.interface import implementer
 
+from sftpd.apps.contract import SessionContext
 from sftpd.auth.avatar import Avatar, ChannelFactory
 from sftpd.auth.users import UserDB
-from sftpd.config import UserConfig
-from sftpd.session_api import SessionContext
+from sftpd.config.model import UserConfig
 
 
 @implementer(IRealm)

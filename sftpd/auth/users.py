@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sftpd.config import UserConfig
+from sftpd.config.model import UserConfig
 
 
 class UserDB:

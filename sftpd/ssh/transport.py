@@ -222,7 +222,7 @@ class ServerTransport(LoginPhase, SSHServerTransport):
         self._closed = True
         self._cancel_rekey()
         self.cancel_login_timer()
-        # Conch's, minus its log line (sftpd.server logs the close with context).
+        # Conch's, minus its log line (sftpd.assembly logs the close with context).
         if self.service:
             self.service.serviceStopped()
         if hasattr(self, "avatar"):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from sftpd.session_api import ChannelApp, ChannelIO, SessionContext
+from sftpd.apps.contract import ChannelApp, ChannelIO, SessionContext
 from sftpd.storage import vpath
 from sftpd.storage.base import Storage
 
@@ -24,7 +24,7 @@ __all__ = [
     "quote_name",
 ]
 
-log = Logger(namespace="sftpd.exec.hashes")
+log = Logger(namespace="sftpd.apps.hashes")
 
 # command -> (hashlib name, BSD --tag label)
 ALGORITHMS: dict[bytes, tuple[str, str]] = {

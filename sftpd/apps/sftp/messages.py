@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from sftpd.apps.sftp.attrs import EMPTY_ATTRS, Attrs
+from sftpd.apps.sftp.constants import Status
 from sftpd.errors import PacketDecodeError
-from sftpd.sftp.attrs import EMPTY_ATTRS, Attrs
-from sftpd.sftp.constants import Status
 
 # Paths are bytes on the wire; we hold them as str decoded from UTF-8 with
 # surrogateescape so that any byte sequence round-trips.

@@ -19,26 +19,26 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sftpd.apps.contract import SessionContext
+from sftpd.apps.rsync.sandbox import RuntimeCache
 from sftpd.auth.checkers import (
     SERVER_SIG_ALGS,
     PasswordChecker,
     PublicKeyChecker,
 )
 from sftpd.auth.realm import Realm
-from sftpd.auth.userauth import AuthSettings, UserAuthServer
 from sftpd.auth.users import UserDB
-from sftpd.avatar import Connection
-from sftpd.blocking import Blocking, WorkerPool
-from sftpd.config import Config, ExecConfig, UserConfig
-from sftpd.exec.rsync_sandbox import RuntimeCache
-from sftpd.listening import ListenError, bind_all
+from sftpd.config.model import Config, ExecConfig, UserConfig
 from sftpd.log import announce_listening, conn_fields
-from sftpd.policy import apply_policy
-from sftpd.session import SessionChannel
-from sftpd.session_api import SessionContext
+from sftpd.runtime.listening import ListenError, bind_all
+from sftpd.runtime.threads import Blocking, WorkerPool
+from sftpd.ssh.channel import SessionChannel
+from sftpd.ssh.connection import Connection
 from sftpd.ssh.transport import ServerTransport, TransportPolicy
+from sftpd.ssh.userauth import AuthSettings, UserAuthServer
+from sftpd.storage.rules import apply_policy
 
-log = Logger(namespace="sftpd.server")
+log = Logger(namespace="sftpd.assembly")
 
 
 class ConnectionTransport(ServerTransport):
@@ -252,7 +252,7 @@ def adopt_sockets(
 
 def adopt(factory: Factory, fds: str, reactor: Any) -> list[IListeningPort]:
     """Accept on listening sockets inherited from the worker supervisor."""
-    from sftpd.workers import decode_fds
+    from sftpd.runtime.processes import decode_fds
 
     return [reactor.adoptStreamPort(fd, family, factory) for fd, family in decode_fds(fds)]
 
@@ -271,9 +271,9 @@ def serve(
     ``workers > 1`` this process becomes a supervisor of that many worker processes
     sharing the listening sockets (each a full server on its own core). SIGHUP is logged
     and otherwise ignored (there is no reload yet)."""
-    from sftpd.hostkeys import load_host_keys
     from sftpd.log import start_logging
-    from sftpd.workers import WORKER_FDS_ENV, supervise
+    from sftpd.runtime.processes import WORKER_FDS_ENV, supervise
+    from sftpd.ssh.hostkeys import load_host_keys
 
     inherited = os.environ.get(WORKER_FDS_ENV)
     if inherited is None and config.server.workers > 1:
@@ -286,7 +286,7 @@ def serve(
             return 1
 
     if reactor is None:
-        from sftpd.reactor import default_reactor
+        from sftpd.runtime.reactor import default_reactor
 
         reactor = default_reactor()
     log_format = log_format or config.server.log_format

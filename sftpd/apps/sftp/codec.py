@@ -5,10 +5,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from sftpd.errors import FramingError, PacketDecodeError
-from sftpd.sftp import messages as m
-from sftpd.sftp.attrs import Attrs, encode_attrs
-from sftpd.sftp.constants import (
+from sftpd.apps.sftp import messages as m
+from sftpd.apps.sftp.attrs import Attrs, encode_attrs
+from sftpd.apps.sftp.constants import (
     ATTR_ACMODTIME,
     ATTR_EXTENDED,
     ATTR_PERMISSIONS,
@@ -33,6 +32,7 @@ from sftpd.sftp.constants import (
     KNOWN_ATTR_FLAGS,
     PacketType,
 )
+from sftpd.errors import FramingError, PacketDecodeError
 
 _U32 = struct.Struct(">I")
 _U32X2 = struct.Struct(">II")

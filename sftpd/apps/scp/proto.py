@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Literal
 
-from sftpd.exec.cmdline import display
+from sftpd.apps.cmdline import display
 
 __all__ = [
     "ACK",

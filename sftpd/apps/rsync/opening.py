@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from sftpd.exec.rsync_args import ServerArgs
+from sftpd.apps.rsync.args import ServerArgs
 
 MAX_PREAMBLE = 1024 * 1024  # client bytes held back, daemon greeting lines
 _OK = b"@RSYNCD: OK"

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 P = ParamSpec("P")
 T = TypeVar("T")
-log = Logger(namespace="sftpd.blocking")
+log = Logger(namespace="sftpd.runtime.threads")
 _Job = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], "Done"]
 
 

@@ -7,20 +7,20 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from sftpd.errors import FramingError
-from sftpd.session_api import ChannelIO, SessionContext
-from sftpd.sftp import messages as m
-from sftpd.sftp.codec import (
+from sftpd.apps.contract import ChannelIO, SessionContext
+from sftpd.apps.sftp import messages as m
+from sftpd.apps.sftp.codec import (
     Framer,
     Packet,
     decode_request,
     encode_response,
     encode_response_parts,
 )
-from sftpd.sftp.constants import PacketType
-from sftpd.sftp.handler import READ_CLAMP, SftpHandler
+from sftpd.apps.sftp.constants import PacketType
+from sftpd.apps.sftp.handler import READ_CLAMP, SftpHandler
+from sftpd.errors import FramingError
 
-log = Logger(namespace="sftpd.sftp")
+log = Logger(namespace="sftpd.apps.sftp")
 
 # Stop dispatching while this much of our output waits for the client's window.
 MAX_PENDING_OUTPUT = 4 * 1024 * 1024

@@ -8,9 +8,9 @@ from typing import Any, TypeVar
 
 from twisted.internet import defer
 
-from sftpd.blocking import Blocking
-from sftpd.sftp.constants import Status
-from sftpd.sftp.messages import StatusError
+from sftpd.apps.sftp.constants import Status
+from sftpd.apps.sftp.messages import StatusError
+from sftpd.runtime.threads import Blocking
 from sftpd.storage.base import Directory, File
 
 INVALID_HANDLE = "invalid handle"

@@ -11,9 +11,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sftpd.config import Config
-from sftpd.listening import ListenError, bind_all
+from sftpd.config.model import Config
 from sftpd.log import announce, announce_listening
+from sftpd.runtime.listening import ListenError, bind_all
 
 WORKER_FDS_ENV = "SFTPD_WORKER_FDS"
 
@@ -64,7 +64,7 @@ def supervise(
             flush=True,
         )
 
-    signal.signal(signal.SIGHUP, hangup)  # before "listening on", as in sftpd.server
+    signal.signal(signal.SIGHUP, hangup)  # before "listening on", as in sftpd.assembly
     for s in sockets[0]:
         host, port = s.getsockname()[:2]
         announce_listening(host, port, log_format or config.server.log_format)

@@ -10,7 +10,7 @@ import struct
 import time
 from typing import NamedTuple
 
-from sftpd.sftp.constants import (
+from sftpd.apps.sftp.constants import (
     ATTR_ACMODTIME,
     ATTR_EXTENDED,
     ATTR_PERMISSIONS,

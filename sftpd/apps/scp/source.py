@@ -7,8 +7,8 @@ import stat
 
 from twisted.internet.defer import Deferred
 
-from sftpd.exec.scp import ScpAbort, ScpDriver, ScpOptions, strerror_text
-from sftpd.exec.scp_proto import (
+from sftpd.apps.contract import ChannelIO, SessionContext
+from sftpd.apps.scp.proto import (
     ACK,
     END,
     AckReader,
@@ -17,7 +17,7 @@ from sftpd.exec.scp_proto import (
     encode_file_start,
     encode_times,
 )
-from sftpd.session_api import ChannelIO, SessionContext
+from sftpd.apps.scp.sink import ScpAbort, ScpDriver, ScpOptions, strerror_text
 from sftpd.storage import vpath
 from sftpd.storage.base import File, Storage
 

@@ -7,10 +7,10 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from sftpd.sftp import messages as m
-from sftpd.sftp.attrs import IdNames
-from sftpd.sftp.codec import pack_strings, pack_uint64s
-from sftpd.sftp.constants import (
+from sftpd.apps.sftp import messages as m
+from sftpd.apps.sftp.attrs import IdNames
+from sftpd.apps.sftp.codec import pack_strings, pack_uint64s
+from sftpd.apps.sftp.constants import (
     CHECK_FILE_ALGORITHMS,
     CHECK_FILE_MIN_BLOCK_SIZE,
     CHECK_FILE_REPLY,
@@ -24,7 +24,7 @@ from sftpd.sftp.constants import (
 from sftpd.storage.base import File, Storage
 
 if TYPE_CHECKING:
-    from sftpd.sftp.handler import SftpHandler
+    from sftpd.apps.sftp.handler import SftpHandler
 
 _U64_MASK = 0xFFFFFFFFFFFFFFFF
 # Room for the reply's own header (type, id, strings) inside one packet.

@@ -12,7 +12,8 @@ from typing import ParamSpec, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from sftpd.exec.scp_proto import (
+from sftpd.apps.contract import ChannelIO, SessionContext
+from sftpd.apps.scp.proto import (
     ACK,
     DirEnd,
     DirStart,
@@ -26,7 +27,6 @@ from sftpd.exec.scp_proto import (
     Times,
     encode_error,
 )
-from sftpd.session_api import ChannelIO, SessionContext
 from sftpd.storage import vpath
 from sftpd.storage.base import File, Storage
 
@@ -44,7 +44,7 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
-log = Logger(namespace="sftpd.exec.scp")
+log = Logger(namespace="sftpd.apps.scp.sink")
 
 WRITE_CHUNK = 256 * 1024
 _PERMS = 0o777  # setuid, setgid and sticky bits are never applied (see LocalStorage)

@@ -14,8 +14,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sftpd.hostkeys import fingerprint
 from sftpd.log import conn_fields
+from sftpd.ssh.hostkeys import fingerprint
 
 log = Logger(namespace="sftpd.auth")
 

@@ -13,14 +13,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sftpd.blocking import Done
-from sftpd.errors import PacketDecodeError
-from sftpd.session_api import SessionContext
-from sftpd.sftp import extensions
-from sftpd.sftp import messages as m
-from sftpd.sftp.attrs import EMPTY_ATTRS, Attrs, IdNames, attrs_from_stat
-from sftpd.sftp.codec import symlink_paths
-from sftpd.sftp.constants import (
+from sftpd.apps.contract import SessionContext
+from sftpd.apps.sftp import extensions
+from sftpd.apps.sftp import messages as m
+from sftpd.apps.sftp.attrs import EMPTY_ATTRS, Attrs, IdNames, attrs_from_stat
+from sftpd.apps.sftp.codec import symlink_paths
+from sftpd.apps.sftp.constants import (
     ADVERTISED_EXTENSIONS,
     DATA_HEADER_LENGTH,
     FXF_APPEND,
@@ -34,12 +32,14 @@ from sftpd.sftp.constants import (
     SFTP_VERSION,
     Status,
 )
-from sftpd.sftp.handles import DirHandle, FileHandle, HandleTable
-from sftpd.sftp.listing import Listings
+from sftpd.apps.sftp.handles import DirHandle, FileHandle, HandleTable
+from sftpd.apps.sftp.listing import Listings
+from sftpd.errors import PacketDecodeError
+from sftpd.runtime.threads import Done
 from sftpd.storage import vpath
 from sftpd.storage.base import Directory, File, Storage
 
-log = Logger(namespace="sftpd.sftp")
+log = Logger(namespace="sftpd.apps.sftp")
 Reply = Callable[[m.Response], None]
 
 # The largest READ we answer: the advertised read length, and the DATA reply must fit

@@ -14,7 +14,7 @@ from typing import Any
 import bcrypt
 
 from sftpd import __version__
-from sftpd.config_values import (
+from sftpd.config.values import (
     Check,
     Values,
     got,

@@ -13,10 +13,10 @@ from twisted.conch.ssh import channel, connection
 from twisted.conch.ssh.common import getNS
 from twisted.logger import Logger
 
-from sftpd.exec.dispatch import make_exec_app
+from sftpd.apps.contract import ChannelApp, SessionContext
+from sftpd.apps.dispatch import make_exec_app
+from sftpd.apps.sftp.protocol import make_sftp_app
 from sftpd.log import conn_fields
-from sftpd.session_api import ChannelApp, SessionContext
-from sftpd.sftp.protocol import make_sftp_app
 
 SFTP_ONLY = b"This service allows SFTP connections only.\r\n"
 # The client may have this much in flight towards us; sized so 64 outstanding 32 KiB
@@ -24,7 +24,7 @@ SFTP_ONLY = b"This service allows SFTP connections only.\r\n"
 LOCAL_WINDOW = 4 * 1024 * 1024
 LOCAL_MAX_PACKET = 256 * 1024
 
-log = Logger(namespace="sftpd.session")
+log = Logger(namespace="sftpd.ssh.channel")
 
 AppFactory = Callable[[SessionContext, "SessionChannel"], ChannelApp]
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sftpd.blocking import Blocking
-from sftpd.config import ExecConfig, SftpConfig
+from sftpd.config.model import ExecConfig, SftpConfig
+from sftpd.runtime.threads import Blocking
 from sftpd.storage.base import Storage
 
 

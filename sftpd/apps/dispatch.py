@@ -8,11 +8,11 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from sftpd.exec.cmdline import CommandRefused, display, split_command
-from sftpd.exec.hashes import ALGORITHMS, HashUsageError, make_hash_app
-from sftpd.exec.scp import ScpNotServed, ScpSink, ScpUsageError, parse_scp_args
-from sftpd.exec.scp_source import ScpSource
-from sftpd.session_api import ChannelApp, ChannelIO, SessionContext
+from sftpd.apps.cmdline import CommandRefused, display, split_command
+from sftpd.apps.contract import ChannelApp, ChannelIO, SessionContext
+from sftpd.apps.hashes import ALGORITHMS, HashUsageError, make_hash_app
+from sftpd.apps.scp.sink import ScpNotServed, ScpSink, ScpUsageError, parse_scp_args
+from sftpd.apps.scp.source import ScpSource
 
 __all__ = ["RCLONE_SHELL_PROBE", "SFTP_SERVER_NAMES", "FinishedApp", "make_exec_app"]
 
@@ -103,7 +103,7 @@ def make_exec_app(
     if name == b"rsync" and argv[1:2] == [b"--server"]:
         return _rsync(argv, ctx, io, rsync_runtimes)
     if name in SFTP_SERVER_NAMES:
-        make_sftp_app = _lazy("sftpd.sftp.protocol", "make_sftp_app")
+        make_sftp_app = _lazy("sftpd.apps.sftp.protocol", "make_sftp_app")
         if make_sftp_app is None:
             return _finish(io, 1, b"sftpd: sftp is not available on this server\n")
         app: ChannelApp = make_sftp_app(ctx, io)
@@ -128,7 +128,7 @@ def _rsync(argv: list[bytes], ctx: SessionContext, io: ChannelIO, runtimes: Any)
     unavailable = b"sftpd: rsync is not available on this server\n"
     if not ctx.exec.allow_rsync:
         return _finish(io, 1, unavailable)
-    make_rsync_app = _lazy("sftpd.exec.rsync", "make_rsync_app")
+    make_rsync_app = _lazy("sftpd.apps.rsync.bridge", "make_rsync_app")
     if make_rsync_app is None:
         return _finish(io, 1, unavailable)
     app: ChannelApp = make_rsync_app(argv, ctx, io, runtimes=runtimes)

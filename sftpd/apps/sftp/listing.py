@@ -9,10 +9,10 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from sftpd.blocking import Blocking
-from sftpd.sftp import messages as m
-from sftpd.sftp.attrs import IdNames, attrs_from_stat
-from sftpd.sftp.handles import DirHandle, FileHandle, HandleTable
+from sftpd.apps.sftp import messages as m
+from sftpd.apps.sftp.attrs import IdNames, attrs_from_stat
+from sftpd.apps.sftp.handles import DirHandle, FileHandle, HandleTable
+from sftpd.runtime.threads import Blocking
 from sftpd.storage.base import Directory
 
 # A READDIR answers up to this many entries, and stops adding steps of READDIR_STEP once

@@ -21,7 +21,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sftpd.exec.rsync_args import (
+from sftpd.apps.contract import ChannelApp, ChannelIO, SessionContext
+from sftpd.apps.rsync.args import (
     RsyncArgError,
     RsyncReadOnlyError,
     ServerArgs,
@@ -29,7 +30,7 @@ from sftpd.exec.rsync_args import (
     read_protected_args,
     validate,
 )
-from sftpd.exec.rsync_opening import (
+from sftpd.apps.rsync.opening import (
     MAX_PREAMBLE,
     ClientError,
     DaemonSays,
@@ -39,8 +40,8 @@ from sftpd.exec.rsync_opening import (
     ToClient,
     ToDaemon,
 )
-from sftpd.exec.rsync_opening import daemon_arguments as opening_arguments
-from sftpd.exec.rsync_sandbox import (
+from sftpd.apps.rsync.opening import daemon_arguments as opening_arguments
+from sftpd.apps.rsync.sandbox import (
     CONFIG_FD,
     JAIL,
     MODULE,
@@ -51,7 +52,7 @@ from sftpd.exec.rsync_sandbox import (
     runs_as_root,
     sandbox_argv,
 )
-from sftpd.exec.rsync_stop import (
+from sftpd.apps.rsync.stop import (
     KILL_AFTER,
     TERM_AFTER,
     GracefulStop,
@@ -61,7 +62,6 @@ from sftpd.exec.rsync_stop import (
     remove_temporaries,
 )
 from sftpd.log import clip
-from sftpd.session_api import ChannelApp, ChannelIO, SessionContext
 
 __all__ = ["UNAVAILABLE", "daemon_arguments", "daemon_config", "make_rsync_app", "parse_ldd"]
 

@@ -1,0 +1,1 @@
+"""The apps a session channel serves (SFTP, scp, rsync, hashes) and their contract."""

@@ -1,0 +1,1 @@
+"""rsync over ssh: the argument allow-list, the bubblewrap sandbox, the bridge."""

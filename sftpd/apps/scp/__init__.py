@@ -1,0 +1,1 @@
+"""Legacy scp (``scp -O``): the sans-IO protocol, the sink and the source."""

@@ -1,0 +1,1 @@
+"""Configuration: the frozen model, TOML loading and typed value checks (no Twisted)."""

@@ -1,1 +1,0 @@
-"""Exec requests: shell-free command parsing, scp, rsync and hash commands."""

@@ -1,0 +1,1 @@
+"""The process runtime: the reactor, the worker thread pool and worker processes."""
