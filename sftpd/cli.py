@@ -18,8 +18,9 @@ from sftpd import __version__
 from sftpd.config.model import Config, embedded_default, load_config
 from sftpd.config.values import Values
 from sftpd.errors import ConfigError
+from sftpd.log import hostport
 from sftpd.preflight import check, prepare
-from sftpd.runtime.listening import ListenError, bind_all, shown
+from sftpd.runtime.listening import ListenError, bind_all
 from sftpd.ssh.hostkeys import HostKeyInfo, ensure_host_keys
 
 EXIT_OK = 0
@@ -221,7 +222,7 @@ def parse_listen(values: Sequence[str]) -> tuple[tuple[str, int], ...]:
 
 def _listen_hint(config: Config, listen: Sequence[tuple[str, int]]) -> str:
     host, port = listen[0]
-    other = shown(host, port + 1 if 0 < port < 65535 else 2223)
+    other = hostport(host, port + 1 if 0 < port < 65535 else 2223)
     where = f"listen in [server] of {config.source}" if config.source else "a config file"
     return f"choose another address with `sftpd serve --listen {other}` or {where}"
 

@@ -7,15 +7,11 @@ import socket
 from collections.abc import Sequence
 
 from sftpd.errors import SftpdError
+from sftpd.log import hostport
 
 
 class ListenError(SftpdError):
     """An address could not be bound; the message says which and what to do."""
-
-
-def shown(host: str, port: int) -> str:
-    """``HOST:PORT`` with an IPv6 host in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def open_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -57,7 +53,7 @@ def bind_all(
                 except OSError as e:
                     extra = f"; {hint}" if hint and e.errno == errno.EADDRINUSE else ""
                     raise ListenError(
-                        f"cannot listen on {shown(host, port)}: {e.strerror}{extra}"
+                        f"cannot listen on {hostport(host, port)}: {e.strerror}{extra}"
                     ) from None
                 port = s.getsockname()[1]
                 per_copy[i].append(s)
