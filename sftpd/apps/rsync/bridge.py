@@ -287,7 +287,7 @@ class RsyncApp:
             as_root=as_root,
         )
         log.info(
-            "rsync session {session_id} user {username}: {mode} {paths}",
+            "rsync conn={session_id} user={username} {mode} {paths}",
             session_id=self._ctx.session_id,
             username=self._ctx.username,
             mode="send" if self._args is not None and self._args.sender else "receive",
@@ -374,7 +374,7 @@ class RsyncApp:
             return
         if self._state == "running":
             log.info(
-                "rsync session {session_id}: exit status {status}",
+                "rsync conn={session_id} exit status {status}",
                 session_id=self._ctx.session_id,
                 status=status,
             )
@@ -387,9 +387,7 @@ class RsyncApp:
             return
         storage = self._ctx.storage
         if storage is None:
-            log.warn(
-                "rsync session {session_id}: temporaries left", session_id=self._ctx.session_id
-            )
+            log.warn("rsync conn={session_id} temporaries left", session_id=self._ctx.session_id)
             return
         done = self._ctx.blocking.run(remove_temporaries, storage, temporaries)
         done.addCallback(removal_logger(self._ctx.session_id))
@@ -397,7 +395,7 @@ class RsyncApp:
 
     def _refuse(self, error: RsyncArgError) -> None:
         log.info(
-            "rsync session {session_id}: refused option {option}",
+            "rsync conn={session_id} refused option {option}",
             session_id=self._ctx.session_id,
             option=error.option,
         )
@@ -406,7 +404,7 @@ class RsyncApp:
 
     def _unavailable(self, reason: str) -> None:
         log.warn(
-            "rsync is not available (session {session_id}): {reason}; stderr: {stderr}",
+            "rsync is not available: conn={session_id} reason={reason}; stderr: {stderr}",
             session_id=self._ctx.session_id,
             reason=reason,
             stderr=bytes(self._errlog),
@@ -415,15 +413,13 @@ class RsyncApp:
 
     def _early_eof(self) -> None:
         log.info(
-            "rsync session {session_id}: end of input before the protocol version",
+            "rsync conn={session_id} end of input before the protocol version",
             session_id=self._ctx.session_id,
         )
         self._finish(RERR_STREAMIO, EARLY_EOF)
 
     def _protocol_error(self, reason: str) -> None:
-        log.info(
-            "rsync session {session_id}: {reason}", session_id=self._ctx.session_id, reason=reason
-        )
+        log.info("rsync conn={session_id} {reason}", session_id=self._ctx.session_id, reason=reason)
         self._finish(1, b"sftpd: rsync protocol error\n")
 
     def _finish(self, status: int, message: bytes = b"") -> None:

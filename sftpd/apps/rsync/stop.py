@@ -220,7 +220,7 @@ def removal_logger(session_id: str) -> Callable[[list[str]], None]:
     def logged(removed: list[str]) -> None:
         if removed:
             log.info(
-                "rsync session {session_id}: removed {count} temporaries left by a killed rsync",
+                "rsync conn={session_id} removed {count} temporaries left by a killed rsync",
                 session_id=session_id,
                 count=len(removed),
             )
