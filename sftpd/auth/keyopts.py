@@ -56,7 +56,9 @@ class KeyLineError(SftpdError):
         super().__init__(f"{where}: {what}{reason}")
 
 
-class _OptionError(ValueError):
+class OptionError(ValueError):
+    """One option that cannot be used (KeyLineError adds where it was)."""
+
     def __init__(self, option: str, reason: str) -> None:
         super().__init__(reason)
         self.option = option
@@ -125,7 +127,7 @@ def split_options(line: str) -> tuple[str, str]:
 def _dequote(text: str, pos: int, option: str) -> tuple[str, int]:
     """Read a double-quoted value at ``pos``; return it and the position after it."""
     if text[pos : pos + 1] != '"':
-        raise _OptionError(option, "missing start quote: the value must be in double quotes")
+        raise OptionError(option, "missing start quote: the value must be in double quotes")
     out: list[str] = []
     i = pos + 1
     while i < len(text):
@@ -137,7 +139,7 @@ def _dequote(text: str, pos: int, option: str) -> tuple[str, int]:
             c = '"'
         out.append(c)
         i += 1
-    raise _OptionError(option, "missing end quote")
+    raise OptionError(option, "missing end quote")
 
 
 _FLAGS = ("pty", "port-forwarding", "agent-forwarding", "x11-forwarding", "user-rc")
@@ -154,7 +156,7 @@ _VALUED = (
 
 
 def parse_options(text: str) -> KeyOptions:
-    """Parse an option list (the text before the key type). Raises _OptionError."""
+    """Parse an option list (the text before the key type). Raises OptionError."""
     flags = dict.fromkeys(_FLAGS, True)
     values: dict[str, object] = {}
     restricted = False
@@ -176,27 +178,27 @@ def parse_options(text: str) -> KeyOptions:
             flags[name.removeprefix("no-")] = not name.startswith("no-")
             pos += len(name)
         elif name in ("no-touch-required", "verify-required", "touch-required"):
-            raise _OptionError(name, "is for FIDO security keys, which sftpd does not accept")
+            raise OptionError(name, "is for FIDO security keys, which sftpd does not accept")
         elif name in _VALUED and low[len(name) : len(name) + 1] == "=":
             value, end = _dequote(text, pos + len(name) + 1, name)
             pos = end
             _take_value(values, name, value)
         elif name in _VALUED:
-            raise _OptionError(name, 'needs a value: NAME="VALUE"')
+            raise OptionError(name, 'needs a value: NAME="VALUE"')
         else:
-            raise _OptionError(name, "unknown key option")
+            raise OptionError(name, "unknown key option")
         if pos >= len(text):
             break
         if text[pos] != ",":
-            raise _OptionError(
+            raise OptionError(
                 name, "unexpected text after the option (options are separated by ',')"
             )
         pos += 1
         if pos >= len(text):
-            raise _OptionError(name, "unexpected end of options after ','")
+            raise OptionError(name, "unexpected end of options after ','")
     principals = values.get("principals")
     if principals is not None and not cert_authority:
-        raise _OptionError("principals", "is only meaningful together with cert-authority")
+        raise OptionError("principals", "is only meaningful together with cert-authority")
     return KeyOptions(
         from_patterns=values.get("from"),  # type: ignore[arg-type]
         expires_at=values.get("expiry-time"),  # type: ignore[arg-type]
@@ -214,13 +216,13 @@ def parse_options(text: str) -> KeyOptions:
 
 def _take_value(values: dict[str, object], name: str, value: str) -> None:
     if name == "environment":
-        raise _OptionError(
+        raise OptionError(
             name, "is refused: sftpd runs no user shell, so there is nothing to set it for"
         )
     if name in ("permitopen", "permitlisten", "tunnel"):
         return  # sftpd forwards nothing: accepted, without effect
     if name in values and name != "expiry-time":
-        raise _OptionError(name, f'appears twice; give one {name}="..."')
+        raise OptionError(name, f'appears twice; give one {name}="..."')
     if name == "from":
         values[name] = parse_from(value)
     elif name == "expiry-time":
@@ -233,7 +235,7 @@ def _take_value(values: dict[str, object], name: str, value: str) -> None:
     elif name == "principals":
         names = tuple(p for p in value.split(","))
         if not names or any(not p for p in names):
-            raise _OptionError(name, "expected a comma-separated list of principal names")
+            raise OptionError(name, "expected a comma-separated list of principal names")
         values[name] = names
 
 
@@ -247,14 +249,14 @@ def parse_expiry_time(value: str) -> float:
     """``YYYYMMDD[HHMM[SS]][Z]`` as seconds since the epoch: local time, or UTC with Z."""
     m = _EXPIRY_RE.fullmatch(value)
     if m is None:
-        raise _OptionError(
+        raise OptionError(
             "expiry-time", f"{value!r} is not a time; expected YYYYMMDD[HHMM[SS]] (Z for UTC)"
         )
     y, mo, d, h, mi, s, z = m.groups()
     try:
         when = datetime.datetime(int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(s or 0))
     except ValueError as e:
-        raise _OptionError("expiry-time", f"{value!r} is not a valid date ({e})") from None
+        raise OptionError("expiry-time", f"{value!r} is not a valid date ({e})") from None
     if z:
         return float(calendar.timegm(when.timetuple()))
     return when.timestamp()  # a naive datetime is read in the system time zone
@@ -265,13 +267,13 @@ def parse_command(value: str, option: str = "command") -> ForcedCommand:
     try:
         words = shlex.split(value)
     except ValueError as e:
-        raise _OptionError(option, f"{value!r} does not parse as a command line ({e})") from None
+        raise OptionError(option, f"{value!r} does not parse as a command line ({e})") from None
     prog = posixpath.basename(words[0]) if words else ""
     if prog == "internal-sftp" and words[0] == "internal-sftp":
         args = words[1:]
         if args in ([], ["-R"]):
             return ForcedCommand(frozenset({"sftp"}), read_only=bool(args))
-        raise _OptionError(
+        raise OptionError(
             option, f"internal-sftp {' '.join(args)!r}: only 'internal-sftp' or 'internal-sftp -R'"
         )
     if prog == "rrsync":
@@ -284,14 +286,14 @@ def parse_command(value: str, option: str = "command") -> ForcedCommand:
             elif flag == "-wo":
                 write_only = True
             else:
-                raise _OptionError(option, f"rrsync option {flag!r} is not supported (-ro, -wo)")
+                raise OptionError(option, f"rrsync option {flag!r} is not supported (-ro, -wo)")
         if read_only and write_only:
-            raise _OptionError(option, "rrsync -ro and -wo together allow nothing")
+            raise OptionError(option, "rrsync -ro and -wo together allow nothing")
         if len(args) != 1:
-            raise _OptionError(option, "expected 'rrsync [-ro|-wo] DIR' with one directory")
+            raise OptionError(option, "expected 'rrsync [-ro|-wo] DIR' with one directory")
         directory = args[0]
         if not directory.startswith("/") or ".." in directory.split("/"):
-            raise _OptionError(
+            raise OptionError(
                 option, f"rrsync directory {directory!r} must be absolute (as the user sees it)"
             )
         return ForcedCommand(
@@ -301,7 +303,7 @@ def parse_command(value: str, option: str = "command") -> ForcedCommand:
             directory=posixpath.normpath(directory).replace("//", "/"),
         )
     shown = value if len(value) <= 60 else value[:57] + "..."
-    raise _OptionError(
+    raise OptionError(
         option,
         f"{shown!r} cannot be enforced: sftpd runs no shell; use "
         "'internal-sftp', 'internal-sftp -R' or 'rrsync [-ro|-wo] DIR'",
@@ -317,12 +319,12 @@ def parse_from(value: str) -> tuple[str, ...]:
     for raw in patterns:
         pat = raw.removeprefix("!")
         if not pat:
-            raise _OptionError("from", f"empty pattern in {value!r}")
+            raise OptionError("from", f"empty pattern in {value!r}")
         if "/" in pat:
             try:
                 ipaddress.ip_network(pat, strict=True)
             except ValueError as e:
-                raise _OptionError(
+                raise OptionError(
                     "from", f"{pat!r} is not a network (ADDRESS/BITS, host bits zero): {e}"
                 ) from None
             continue
@@ -330,7 +332,7 @@ def parse_from(value: str) -> tuple[str, ...]:
             continue
         if any(c in pat for c in "*?") and _ADDR_WILDCARD_RE.fullmatch(pat):
             continue
-        raise _OptionError(
+        raise OptionError(
             "from",
             f"{pat!r} looks like a host name; sftpd matches from= against the client's "
             "IP address only (it does not resolve names, as OpenSSH with UseDNS no): "
@@ -397,7 +399,7 @@ def parse_key_line(line: str, source: str = "<config>", number: int = 1) -> KeyL
     opts_text, key_text = split_options(line)
     try:
         options = parse_options(opts_text) if opts_text else KeyOptions()
-    except _OptionError as e:
+    except OptionError as e:
         raise KeyLineError(source, number, e.option, e.reason) from None
     if not key_text:
         raise KeyLineError(source, number, "", "no key after the options")
