@@ -10,7 +10,13 @@ import pytest
 
 @pytest.mark.parametrize(
     "module",
-    ["sftpd.auth.keyopts", "sftpd.auth.totp", "sftpd.auth.certs", "sftpd.auth.krl"],
+    [
+        "sftpd.auth.keyopts",
+        "sftpd.auth.totp",
+        "sftpd.auth.certs",
+        "sftpd.auth.krl",
+        "sftpd.auth.chains",
+    ],
 )
 def test_imports_no_twisted(module: str) -> None:
     code = (
