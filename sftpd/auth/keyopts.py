@@ -35,7 +35,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from sftpd.config_values import USER_KEY_TYPES, parse_authorized_key
+from sftpd.config.values import USER_KEY_TYPES, parse_authorized_key
 from sftpd.errors import SftpdError
 
 # Key types a line may start with (accepted or refused by parse_authorized_key with a
