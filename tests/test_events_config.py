@@ -125,3 +125,16 @@ def test_every_problem_is_reported(tmp_path: Path) -> None:
         '[audit]\nfile = 1\n[metrics]\nlisten = "x"\n[[hooks]]\non = ["upload"]\n', tmp_path
     )
     assert [e.split(":")[1].strip() for e in errors] == ["audit.file", "metrics.listen", "hooks[0]"]
+
+
+def test_config_example_documents_every_key() -> None:
+    text = (Path(__file__).parent.parent / "config.example.toml").read_text()
+    section = text[text.index("# --- Audit, events and metrics") :]
+    for table in ("[audit]", "[metrics]", "[hook_limits]", "[[hooks]]"):
+        assert f"# {table}\n" in section
+    keys = ["file", "listen", "max_parallel", "queue_size"]
+    keys += ["on", "command", "url", "timeout", "paths", "outcomes"]
+    for key in keys:
+        assert f"\n# {key} = " in section, key
+    assert set(HookConfig.__dataclass_fields__) <= set(keys)
+    assert set(HookLimits.__dataclass_fields__) <= set(keys)
