@@ -8,6 +8,7 @@ from twisted.internet.task import Clock
 
 from sftpd.events.model import Event, Identity
 from sftpd.events.recorder import Events
+from sftpd.events.uploads import PENDING_TTL
 
 
 class Sink:
@@ -108,3 +109,23 @@ def test_temp_survives_to_the_users_next_session() -> None:
     second.renamed("/a.part", "/a")
     (e,) = sink.events
     assert e.op == "upload" and e.who.session == "c1"  # who wrote it
+
+
+def test_hashing_can_be_switched_off() -> None:
+    sink = Sink()
+    rec = Events([sink], Clock(), hash_uploads=False).session(who())
+    rec.opened(1, "/a", write=True, truncate=True, size=0)
+    rec.wrote(1, 0, b"x")
+    rec.closed(1)
+    assert sink.events[0].sha256 is None and sink.events[0].size == 1
+
+
+def test_expired_temps_release_the_user() -> None:
+    clock = Clock()
+    hub = Events([Sink()], clock)
+    rec = hub.session(who())
+    rec.opened(1, "/a.part", write=True, truncate=True, size=0)
+    rec.closed(1)
+    clock.advance(PENDING_TTL + 1)
+    rec.connection_lost()
+    assert hub._users == {}

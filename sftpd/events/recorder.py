@@ -41,8 +41,11 @@ class Events:
         sinks: Sequence[EventSink],
         clock: Clock,
         temp: Callable[[str], bool] | None = None,
+        *,
+        hash_uploads: bool = True,
     ) -> None:
         self._sinks = tuple(sinks)
+        self._hash = hash_uploads
         self._clock = clock
         self._temp = TempNames(temp)
         self._users: dict[str, UserUploads] = {}
@@ -74,7 +77,8 @@ class Events:
         if user is None:
             user = self._users[who.user] = UserUploads()
         self._sessions[who.user] = self._sessions.get(who.user, 0) + 1
-        return SessionEvents(self, who, user, self._clock, self._temp)
+        transfers = SessionTransfers(who, user, self._clock, self._temp, hash_uploads=self._hash)
+        return SessionEvents(self, who, transfers, self._clock)
 
     def _session_ended(self, user: str) -> None:
         count = self._sessions.get(user, 0) - 1
@@ -83,6 +87,8 @@ class Events:
             return
         self._sessions.pop(user, None)
         uploads = self._users.get(user)
+        if uploads is not None:
+            uploads.expire(self._clock.seconds())
         if uploads is not None and not uploads.pending:
             del self._users[user]
 
@@ -94,14 +100,13 @@ class SessionEvents:
         self,
         hub: Events,
         who: Identity,
-        user: UserUploads,
+        transfers: SessionTransfers,
         clock: Clock,
-        temp: Callable[[str], bool],
     ) -> None:
         self._hub = hub
         self._clock = clock
         self.who = who
-        self._transfers = SessionTransfers(who, user, clock, temp)
+        self._transfers = transfers
         self._ended = False
 
     def opened(self, handle: object, path: str, *, write: bool, truncate: bool, size: int) -> None:

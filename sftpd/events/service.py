@@ -46,6 +46,7 @@ class EventsService:
         snapshot_dir: Path | None = None,
         summed_from: Path | None = None,
         serve_metrics: bool = True,
+        hash_uploads: bool = True,
     ) -> None:
         self._reactor = reactor
         self.config = config
@@ -65,7 +66,7 @@ class EventsService:
         if config.hooks:
             self.hooks = Hooks(reactor, config.hooks, config.hook_limits, stats=self.metrics)
             sinks.append(self.hooks)
-        self.events = Events(sinks, reactor, temp)
+        self.events = Events(sinks, reactor, temp, hash_uploads=hash_uploads)
         self._lag = LoopLag(reactor, self.metrics.loop_lag) if self.metrics else None
         self._snapshots = (
             SnapshotWriter(reactor, self.metrics.registry, snapshot_dir, os.getpid())

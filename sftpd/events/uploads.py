@@ -89,6 +89,14 @@ class UserUploads:
     writers: dict[str, list[_Written]] = field(default_factory=dict)
     pending: OrderedDict[str, _Pending] = field(default_factory=OrderedDict)
 
+    def expire(self, now: float) -> None:
+        """Forget temporaries closed more than :data:`PENDING_TTL` seconds ago."""
+        while self.pending:
+            first = next(iter(self.pending.values()))
+            if now - first.ended <= PENDING_TTL:
+                break
+            self.pending.popitem(last=False)
+
 
 class SessionTransfers:
     """The open files of one session; every method returns the events it completes."""
@@ -99,8 +107,11 @@ class SessionTransfers:
         user: UserUploads,
         clock: Clock,
         temp: Callable[[str], bool] | None = None,
+        *,
+        hash_uploads: bool = True,
     ) -> None:
         self.who = who
+        self._hash = hash_uploads
         self._user = user
         self._clock = clock
         self._temp = temp or TempNames()
@@ -117,7 +128,7 @@ class SessionTransfers:
             self._reads[handle] = _Read(path, now)
             return
         fresh = truncate or size == 0
-        hasher = hashlib.sha256() if fresh else None
+        hasher = hashlib.sha256() if fresh and self._hash else None
         w = self._writes[handle] = _Written(path, now, hasher, size=0 if truncate else size)
         others = self._user.writers.setdefault(path, [])
         others.append(w)
@@ -199,7 +210,7 @@ class SessionTransfers:
                 w.path = new
             self._user.writers.setdefault(new, []).extend(moved)
         self._user.pending.pop(new, None)
-        self._expire(now)
+        self._user.expire(now)
         pending = self._user.pending.pop(old, None)
         if pending is None:
             return [self._simple("rename", old, now, target=new)]
@@ -280,12 +291,4 @@ class SessionTransfers:
         pending.pop(w.path, None)
         pending[w.path] = _Pending(w, now, self.who)
         while len(pending) > MAX_PENDING:
-            pending.popitem(last=False)
-
-    def _expire(self, now: float) -> None:
-        pending = self._user.pending
-        while pending:
-            first = next(iter(pending.values()))
-            if now - first.ended <= PENDING_TTL:
-                break
             pending.popitem(last=False)
