@@ -68,6 +68,14 @@ def test_rename_without_signal_is_noticed(audit: AuditFile, tmp_path: Path) -> N
     wait_for(lambda: paths_in(audit.path) == ["/in/f1"], "first line")
     os.rename(audit.path, tmp_path / "old")
     wait_for(lambda: audit.path.exists(), "the file recreated at its name")
+
+
+def test_logrotate_create_is_followed(audit: AuditFile, tmp_path: Path) -> None:
+    audit.emit(event(1))
+    wait_for(lambda: paths_in(audit.path) == ["/in/f1"], "first line")
+    os.rename(audit.path, tmp_path / "old")
+    audit.path.touch()  # logrotate's "create": a new empty file under the name at once
+    wait_for(lambda: audit.reopened == 1, "the new file noticed")
     audit.emit(event(2))
     wait_for(lambda: paths_in(audit.path) == ["/in/f2"], "line in the new file")
     assert paths_in(tmp_path / "old") == ["/in/f1"]
