@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from sftpd.events.model import KEYS, Event, Identity, iso_time
+from sftpd.events.model import Event, Identity, iso_time
+from sftpd.events.names import KEYS
 
 WHO = Identity.of("alice", "password", "sftp", "::1", 40000, "c1")
 

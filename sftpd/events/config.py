@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sftpd.config_values import Check, Values, got
-from sftpd.events.model import OPERATIONS, OUTCOMES
+from sftpd.events.names import OPERATIONS, OUTCOMES
 
 SECTIONS = ("audit", "metrics", "hook_limits", "hooks")
 HOOK_OPERATIONS = tuple(op for op in OPERATIONS if op != "session")

@@ -31,39 +31,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sftpd.events.names import OPERATIONS, OUTCOMES, PROTOCOLS
 from sftpd.log import hostport
-
-OPERATIONS = (
-    "upload",
-    "download",
-    "delete",
-    "rename",
-    "mkdir",
-    "rmdir",
-    "login",
-    "login_failed",
-    "session",
-)
-PROTOCOLS = ("ssh", "sftp", "scp", "rsync", "hashes")
-OUTCOMES = ("ok", "denied", "error", "incomplete")
-# The order of the JSON keys (and the names of the SFTPD_* variables, upper-cased).
-KEYS = (
-    "time",
-    "op",
-    "user",
-    "auth",
-    "protocol",
-    "client",
-    "session",
-    "path",
-    "target",
-    "bytes",
-    "size",
-    "duration",
-    "outcome",
-    "reason",
-    "sha256",
-)
 
 
 def iso_time(when: float) -> str:
