@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -138,3 +140,15 @@ def test_config_example_documents_every_key() -> None:
         assert f"\n# {key} = " in section, key
     assert set(HookConfig.__dataclass_fields__) <= set(keys)
     assert set(HookLimits.__dataclass_fields__) <= set(keys)
+
+
+def test_parser_imports_no_twisted() -> None:
+    # The config layer imports no Twisted; the lead moves this parser next to it.
+    code = (
+        "import sys, sftpd.events.config; "
+        "bad = sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('twisted', 'prometheus_client')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

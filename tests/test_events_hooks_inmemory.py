@@ -106,6 +106,8 @@ def test_command_gets_json_on_stdin_and_environment() -> None:
     hooks, reactor, stats = make([COMMAND])
     event = upload()
     hooks.emit(event)
+    assert reactor.processes == []  # not before the request that caused it has its reply
+    reactor.advance(0)
     (p,) = reactor.processes
     assert p.argv == ["/usr/local/bin/ingest", "-v"]
     assert json.loads(p.stdin) == event.to_dict() and p.stdin_closed
@@ -120,12 +122,14 @@ def test_setsid_prefix() -> None:
     reactor = Reactor()
     hooks = Hooks(reactor, [COMMAND], setsid="/usr/bin/setsid")
     hooks.emit(upload())
+    reactor.advance(0)
     assert reactor.processes[0].argv == ["/usr/bin/setsid", "/usr/local/bin/ingest", "-v"]
 
 
 def test_failed_exit_is_counted() -> None:
     hooks, reactor, stats = make([COMMAND])
     hooks.emit(upload())
+    reactor.advance(0)
     reactor.processes[0].proto.errReceived(b"boom\n")
     reactor.processes[0].exit(3)
     assert stats.failures == [("command", "exit")]
@@ -135,6 +139,7 @@ def test_at_most_n_at_once_then_queue_then_overflow() -> None:
     hooks, reactor, stats = make([COMMAND], HookLimits(max_parallel=2, queue_size=2))
     for _ in range(6):
         hooks.emit(upload())
+        reactor.advance(0)
     assert len(reactor.processes) == 2 and hooks.queued() == 2
     assert stats.failures == [("command", "overflow")] * 2 and hooks.overflows == 2
     reactor.processes[0].exit(0)
@@ -150,7 +155,9 @@ def test_timeout_kills_and_frees_the_slot() -> None:
     hook = HookConfig(on=("upload",), command=("/bin/sleep",), timeout=5)
     hooks, reactor, stats = make([hook], HookLimits(max_parallel=1))
     hooks.emit(upload())
+    reactor.advance(0)
     hooks.emit(upload())
+    reactor.advance(0)
     reactor.advance(4.9)
     assert reactor.processes[0].signals == [] and len(reactor.processes) == 1
     reactor.advance(0.2)
@@ -166,7 +173,9 @@ def test_spawn_failure_is_counted() -> None:
     reactor, stats = Broken(), Stats()
     hooks = Hooks(reactor, [COMMAND], stats=stats, setsid=None)
     hooks.emit(upload())
+    reactor.advance(0)
     hooks.emit(upload())
+    reactor.advance(0)
     assert stats.failures == [("command", "spawn")] * 2 and hooks.running() == 0
 
 
@@ -187,6 +196,7 @@ def test_http_posts_json() -> None:
     posts = Posts()
     hooks, reactor, stats = make([HTTP], post=posts)
     hooks.emit(upload())
+    reactor.advance(0)
     ((url, body, timeout, d),) = posts.calls
     assert url == HTTP.url and timeout == 7 and json.loads(body)["path"] == "/incoming/a"
     idle = hooks.when_idle()
@@ -199,6 +209,7 @@ def test_http_retries_three_times_with_backoff_then_gives_up() -> None:
     posts = Posts()
     hooks, reactor, stats = make([HTTP], HookLimits(max_parallel=1), post=posts)
     hooks.emit(upload())
+    reactor.advance(0)
     posts.calls[0][3].callback(500)
     assert hooks.running() == 0  # the slot is free while waiting to retry
     reactor.advance(0.9)
@@ -223,6 +234,7 @@ def test_http_retry_succeeds() -> None:
     posts = Posts()
     hooks, reactor, stats = make([HTTP], post=posts)
     hooks.emit(upload())
+    reactor.advance(0)
     posts.calls[0][3].errback(ConnectionRefusedError())
     reactor.advance(1)
     posts.calls[1][3].callback(200)
@@ -233,7 +245,9 @@ def test_stop_drops_retries_and_queue() -> None:
     posts = Posts()
     hooks, reactor, _ = make([HTTP], HookLimits(max_parallel=1), post=posts)
     hooks.emit(upload())
+    reactor.advance(0)
     hooks.emit(upload())
+    reactor.advance(0)
     posts.calls[0][3].callback(500)
     hooks.stop()
     reactor.advance(10)
@@ -244,4 +258,5 @@ def test_stop_drops_retries_and_queue() -> None:
 def test_events_not_in_on_do_not_run(op: str) -> None:
     hooks, reactor, _ = make([COMMAND])
     hooks.emit(Event(op, WHO, 1.0, "/incoming/a" if op != "login" else ""))
+    reactor.advance(0)
     assert reactor.processes == []

@@ -48,6 +48,7 @@ def test_everything_on(tmp_path: Path) -> None:
     rec.wrote(1, 0, b"abc")
     rec.closed(1)
     rec.renamed("/a.filepart", "/a")
+    reactor.advance(0)
     service.set_draining()
     assert service.web is not None and service.web.draining()
     service.stop()

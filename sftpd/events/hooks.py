@@ -132,6 +132,7 @@ class Hooks:
         self._running = 0
         self._retrying: set[Any] = set()
         self._idle: list[defer.Deferred[None]] = []
+        self._pump_call: Any = None
         self.overflows = 0
 
     # -- reactor thread, from the event hub
@@ -159,6 +160,9 @@ class Hooks:
     def stop(self) -> None:
         """Drop what waits (queued runs and retries); running commands finish or time out."""
         self._queue.clear()
+        if self._pump_call is not None:
+            self._pump_call.cancel()
+            self._pump_call = None
         for call in list(self._retrying):
             call.cancel()
         self._retrying.clear()
@@ -167,10 +171,13 @@ class Hooks:
     # -- scheduling
 
     def _submit(self, job: _Job) -> None:
-        if self._running < self._limits.max_parallel:
-            self._start(job)
-        elif len(self._queue) < self._limits.queue_size:
+        # Queued and started on the next reactor turn, so the request that caused the
+        # event gets its reply before any hook process is even spawned.
+        free = max(0, self._limits.max_parallel - self._running)
+        if len(self._queue) < self._limits.queue_size + free:
             self._queue.append(job)
+            if self._pump_call is None:
+                self._pump_call = self._reactor.callLater(0, self._pump)
         else:
             self.overflows += 1
             self._stats.hook_failed(_kind(job.hook), "overflow")
@@ -188,14 +195,18 @@ class Hooks:
         d.addErrback(self._unexpected, job)
         d.addBoth(self._finished)
 
-    def _finished(self, _: object) -> None:
-        self._running -= 1
+    def _pump(self) -> None:
+        self._pump_call = None
         while self._queue and self._running < self._limits.max_parallel:
             self._start(self._queue.popleft())
         self._check_idle()
 
+    def _finished(self, _: object) -> None:
+        self._running -= 1
+        self._pump()
+
     def _check_idle(self) -> None:
-        if self._running or self._queue or self._retrying:
+        if self._running or self._queue or self._retrying or self._pump_call:
             return
         waiting, self._idle = self._idle, []
         for d in waiting:
