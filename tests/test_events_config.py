@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sftpd.config_values import Values
+from sftpd.config.values import Values
 from sftpd.events.config import AuditConfig, EventsConfig, HookConfig, HookLimits, parse_events
 
 

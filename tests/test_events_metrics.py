@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 
 from sftpd.events.metrics import LoopLag, Metrics, MetricsServer, SnapshotWriter, SummedCollector
 from sftpd.events.model import Event, Identity
-from sftpd.reactor import LeanEPollReactor
+from sftpd.runtime.reactor import LeanEPollReactor
 
 SFTP = Identity.of("alice", "password", "sftp", "127.0.0.1", 4000, "c1")
 SCP = Identity.of("bob", "SHA256:k", "scp", "127.0.0.1", 4001, "c2")

@@ -10,7 +10,7 @@ from typing import Any
 from prometheus_client import generate_latest
 from twisted.internet.testing import MemoryReactorClock
 
-from sftpd.config_values import Values
+from sftpd.config.values import Values
 from sftpd.events.config import parse_events
 from sftpd.events.model import Identity
 from sftpd.events.service import EventsService

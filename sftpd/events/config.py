@@ -1,7 +1,7 @@
 """The ``[audit]``, ``[metrics]``, ``[hook_limits]`` and ``[[hooks]]`` config sections.
 
 Call :func:`parse_events` with the whole parsed TOML document and the loader's
-:class:`~sftpd.config_values.Values` (its ``source``, ``base`` and ``errors`` are used):
+:class:`~sftpd.config.values.Values` (its ``source``, ``base`` and ``errors`` are used):
 problems are appended to ``values.errors``, each naming file, key and expectation.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sftpd.config_values import Check, Values, got
+from sftpd.config.values import Check, Values, got
 from sftpd.events.names import OPERATIONS, OUTCOMES
 
 SECTIONS = ("audit", "metrics", "hook_limits", "hooks")
