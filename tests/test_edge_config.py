@@ -204,3 +204,16 @@ def test_example_documents_every_key_with_its_default() -> None:
     u = parse_user_edge(users["users"][0], "users[0]", v)
     assert v.errors == [] and u.max_sessions == 0 and not u.allowed_sources
     assert set(users["users"][0]) == {"max_sessions", "allowed_sources"}
+
+
+def test_the_edge_config_imports_no_twisted() -> None:
+    """config/ is sans-IO (docs/architecture.md): the edge's config part must be too."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sftpd.edge.config\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope'))\n"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

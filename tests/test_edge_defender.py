@@ -8,7 +8,8 @@ import pytest
 from twisted.internet import defer, task
 from twisted.logger import LogEvent, globalLogPublisher
 
-from sftpd.edge.defender import Ban, Defender, DefenderConfig, MemoryBanStore, ban_key
+from sftpd.edge.config import DefenderConfig
+from sftpd.edge.defender import Ban, Defender, MemoryBanStore, ban_key
 from sftpd.edge.networks import Networks
 
 MIN = 60.0
@@ -261,3 +262,11 @@ def test_tick_drops_stale_scores() -> None:
     clock.advance(MIN + 1)
     d.tick()
     assert d._scores == {}
+
+
+@pytest.mark.parametrize("minutes", [0, -1, 10**9])
+def test_admin_add_refuses_nonsense_minutes(minutes: float) -> None:
+    d, _, _ = make()
+    with pytest.raises(ValueError, match="expected more than 0"):
+        d.add(A, minutes)
+    assert d.list() == []

@@ -9,12 +9,11 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
 
-from sftpd.edge.config import EdgeConfig
-from sftpd.edge.defender import DefenderConfig
+from sftpd.edge.config import DefenderConfig, EdgeConfig, ProxyConfig
 from sftpd.edge.gate import Edge, EdgeConnection, EdgeFactory, Tracked, make_edge
 from sftpd.edge.limits import LimitsConfig, Startups
 from sftpd.edge.networks import Networks
-from sftpd.edge.proxy import ProxyConfig, ProxyProtocol
+from sftpd.edge.proxy import ProxyProtocol
 
 BANNER = b"SSH-2.0-sftpd\r\n"
 
@@ -229,3 +228,41 @@ def test_optional_proxy_lets_direct_clients_in_but_not_their_headers() -> None:
     ((_, ssh),) = wrapped.built
     proto.connectionLost(None)
     assert ssh.lost and ssh.data == b""
+
+
+def test_with_the_real_ssh_factory_behind_a_proxy(tmp_path: Any) -> None:
+    """The real SSH transport behind the gate: its banner after the header, its connection
+    log line with the client's address, its transport the PROXY wrapper."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from twisted.conch.ssh import keys
+
+    from sftpd.config import Config, UserConfig
+    from sftpd.server import build_factory
+
+    config = Config(users=(UserConfig(name="alice", root=tmp_path, authorized_keys=()),))
+    clock = task.Clock()
+    ssh = build_factory(
+        config,
+        reactor=clock,
+        blocking=None,  # type: ignore[arg-type]
+        auth_blocking=None,  # type: ignore[arg-type]
+        host_keys={b"ssh-ed25519": keys.Key(ed25519.Ed25519PrivateKey.generate())},
+        dummy_hash=b"x",
+    )
+    edge = make_edge(EdgeConfig(proxy=PROXIED), clock=clock)
+    factory = EdgeFactory(ssh, edge)
+    seen: list[LogEvent] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        proto, tcp = connect(factory, "10.0.0.5")
+        assert tcp.value() == b""
+        proto.dataReceived(V1)
+        assert tcp.value().startswith(b"SSH-2.0-")
+        t = proto.inner.inner
+        assert t.edge.host == "203.0.113.9" and t.transport is proto
+        proto.connectionLost(None)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    opened = [e for e in seen if e.get("event") == "connection_open"]
+    assert [e["peer"] for e in opened] == ["203.0.113.9:51234"]
+    assert edge.limits.connections == 0

@@ -1,4 +1,4 @@
-"""The edge's config keys ([server] limits and PROXY, [defender], per-user), checked."""
+"""The edge's config: [server] limits and PROXY, [defender], per-user keys (no Twisted)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,35 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sftpd.config_values import Check, Values, got
-from sftpd.edge.defender import DefenderConfig
 from sftpd.edge.limits import LimitsConfig, Startups
 from sftpd.edge.networks import Network, Networks, parse_network
-from sftpd.edge.proxy import MODES, ProxyConfig
 
 BIG = 1 << 31
+MODES = ("off", "optional", "required")
+
+
+@dataclass(frozen=True)
+class DefenderConfig:
+    """[defender] as configured: times in minutes (fractions allowed), scores in points."""
+
+    enabled: bool = True
+    observation_time: float = 30.0
+    threshold: int = 15
+    ban_time: float = 30.0
+    ban_time_max: float = 1440.0
+    score_invalid_user: int = 2
+    score_auth_failed: int = 1
+    score_no_auth: int = 1
+    safe_list: Networks = field(default_factory=lambda: Networks(["127.0.0.0/8"]))
+    block_list: Networks = field(default_factory=Networks)
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """``proxy_protocol`` and ``proxy_allowed`` from [server]."""
+
+    mode: str = "off"
+    allowed: Networks = field(default_factory=Networks)
 
 
 @dataclass(frozen=True)

@@ -4,35 +4,20 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from sftpd.edge.config import DefenderConfig
 from sftpd.edge.networks import Networks, parse_address, source_key
 
 log = Logger(namespace="sftpd.edge")
 
 EventSink = Callable[[str, Mapping[str, Any]], None]
 MINUTE = 60.0
-
-
-@dataclass(frozen=True)
-class DefenderConfig:
-    """[defender] as configured: times in minutes (fractions allowed), scores in points."""
-
-    enabled: bool = True
-    observation_time: float = 30.0
-    threshold: int = 15
-    ban_time: float = 30.0
-    ban_time_max: float = 1440.0
-    score_invalid_user: int = 2
-    score_auth_failed: int = 1
-    score_no_auth: int = 1
-    safe_list: Networks = field(default_factory=lambda: Networks(["127.0.0.0/8"]))
-    block_list: Networks = field(default_factory=Networks)
 
 
 @dataclass(frozen=True)
@@ -283,6 +268,8 @@ class Defender:
     def add(self, source: str, minutes: float | None = None) -> Ban:
         """Ban ``source`` (an address; IPv6 per /64) for ``minutes`` (default: ban_time)."""
         key = ban_key(source)
+        if minutes is not None and not 0 < minutes <= 525600:
+            raise ValueError(f"{minutes!r} minutes; expected more than 0, up to 525600 (a year)")
         now = self.clock.seconds()
         before = self._bans.get(key)
         count = before.count + 1 if before is not None else 1

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.interfaces import IAddress, IProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sftpd.edge.config import EdgeConfig, ProxyConfig
 from sftpd.edge.defender import BanStore, Defender, EventSink
 from sftpd.edge.limits import Limits, Slot
-from sftpd.edge.proxy import HEADER_TIMEOUT, ProxyConfig, ProxyProtocol
-
-if TYPE_CHECKING:
-    from sftpd.edge.config import EdgeConfig
+from sftpd.edge.proxy import HEADER_TIMEOUT, ProxyProtocol
 
 log = Logger(namespace="sftpd.edge")
 

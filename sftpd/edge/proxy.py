@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import address
@@ -19,25 +19,15 @@ from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
-from sftpd.edge.networks import Networks
 from sftpd.log import peer_text
 
 log = Logger(namespace="sftpd.edge")
 
-MODES = ("off", "optional", "required")
 V1_SIGNATURE = b"PROXY "
 V2_SIGNATURE: bytes = V2Parser.PREFIX
 V1_MAX = 107  # the spec's longest v1 line, CRLF included
 V2_MAX = 16 + 2048  # fixed part + addresses and TLVs; HAProxy's own TLVs stay far below
 HEADER_TIMEOUT = 5.0  # seconds a proxy may take to send its header
-
-
-@dataclass(frozen=True)
-class ProxyConfig:
-    """``proxy_protocol`` and ``proxy_allowed`` from [server]."""
-
-    mode: str = "off"
-    allowed: Networks = field(default_factory=Networks)
 
 
 class BadHeader(Exception):
