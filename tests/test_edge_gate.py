@@ -266,3 +266,48 @@ def test_with_the_real_ssh_factory_behind_a_proxy(tmp_path: Any) -> None:
     opened = [e for e in seen if e.get("event") == "connection_open"]
     assert [e["peer"] for e in opened] == ["203.0.113.9:51234"]
     assert edge.limits.connections == 0
+
+
+GATE_SCRIPT = """
+import sys
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
+from sftpd.edge.config import DefenderConfig, EdgeConfig
+from sftpd.edge.gate import EdgeFactory, make_edge
+from sftpd.edge.networks import Networks
+
+class Banner(Protocol):
+    def connectionMade(self):
+        self.transport.write(b"SSH-2.0-test\\r\\n")
+
+cfg = EdgeConfig(defender=DefenderConfig(block_list=Networks(["127.0.0.1"])))
+port = reactor.listenTCP(0, EdgeFactory(Factory.forProtocol(Banner), make_edge(cfg, clock=reactor)),
+                         interface="127.0.0.1")
+print(port.getHost().port, flush=True)
+reactor.callLater(20, reactor.stop)
+reactor.run()
+"""
+
+
+def test_refused_sockets_are_closed_by_the_reactor_before_any_byte() -> None:
+    """Real sockets: a refused source reads EOF at once; another source reads the banner."""
+    import socket
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", GATE_SCRIPT], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        refused = socket.create_connection(("127.0.0.1", port), timeout=10)
+        assert refused.recv(100) == b""
+        ok = socket.socket()
+        ok.settimeout(10)
+        ok.bind(("127.0.0.2", 0))
+        ok.connect(("127.0.0.1", port))
+        assert ok.recv(100) == b"SSH-2.0-test\r\n"
+        refused.close()
+        ok.close()
+    finally:
+        proc.kill()
+        proc.wait()
