@@ -311,3 +311,43 @@ def test_refused_sockets_are_closed_by_the_reactor_before_any_byte() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_proxy_refusals_are_counted_and_throttled_by_the_edge() -> None:
+    events: list[tuple[str, Any]] = []
+    clock = task.Clock()
+    cfg = EdgeConfig(proxy=ProxyConfig(mode="optional", allowed=Networks(["10.0.0.5"])))
+    edge = make_edge(cfg, clock=clock, on_event=lambda n, f: events.append((n, f)))
+    factory = EdgeFactory(FakeFactory(), edge)
+    seen: list[LogEvent] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        for _ in range(50):
+            proto, _ = connect(factory, "198.51.100.1")
+            proto.dataReceived(V1)
+            proto.connectionLost(None)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    # each one was admitted as a direct client and left without logging in: after 15
+    # (threshold, score_no_auth 1) the defender bans it, and it is refused at accept
+    reasons = [f.get("reason") for n, f in events if n == "connection_refused"]
+    assert reasons == ["proxy_header_not_allowed"] * 15 + ["banned"] * 35
+    assert [n for n, _ in events].count("source_banned") == 1
+    lines = [e["reason"] for e in seen if e.get("event") == "connection_refused"]
+    assert lines == ["proxy_header_not_allowed", "banned"]
+    assert edge.limits.connections == 0
+
+
+def test_ssh_factory_declining_does_not_score() -> None:
+    class Declines(FakeFactory):
+        def buildProtocol(self, addr: Any) -> Any:
+            return None
+
+    clock = task.Clock()
+    edge = make_edge(
+        EdgeConfig(defender=DefenderConfig(safe_list=Networks(), threshold=1)), clock=clock
+    )
+    factory = EdgeFactory(Declines(), edge)
+    assert connect(factory, "192.0.2.1")[0] is None
+    assert edge.defender is not None and not edge.defender.is_banned("192.0.2.1")
+    assert edge.limits.connections == 0

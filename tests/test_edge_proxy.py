@@ -307,3 +307,10 @@ def test_twisted_private_names_we_rely_on_exist() -> None:
         address.IPv4Address("TCP", "203.0.113.9", 51234),
         address.IPv4Address("TCP", "10.0.0.1", 22),
     )
+
+
+def test_after_a_refusal_no_byte_reaches_the_running_protocol() -> None:
+    r = Run("forbidden", peer="198.51.100.1")
+    r.proto.dataReceived(V1)
+    r.proto.dataReceived(BANNER)  # a read already under way when the close was asked
+    assert r.closed and r.inner.data == b""

@@ -54,6 +54,10 @@ class EdgeConnection:
             if self._defender is not None:
                 self._defender.auth_succeeded(self.host)
 
+    def cancel(self) -> None:
+        """Give the slot back without scoring (the connection never really started)."""
+        self._slot.release()
+
     def closed(self) -> None:
         if self._slot.released:
             return
@@ -92,10 +96,11 @@ class Edge:
             if isinstance(got, Slot):
                 return EdgeConnection(host, got, self.defender)
             reason = got
-        self._refused(host, reason)
+        self.refused(host, reason)
         return None
 
-    def _refused(self, host: str, reason: str) -> None:
+    def refused(self, host: str, reason: str, detail: str = "") -> None:
+        """Count a refused connection (event) and log it, one line per reason per period."""
         if self._on_event is not None:
             self._on_event("connection_refused", {"source": host, "reason": reason})
         # A flood must not become a log flood: one line per reason per period, with a count.
@@ -106,9 +111,11 @@ class Edge:
         self._quiet_until[reason] = now + REFUSAL_LOG_EVERY
         more = self._suppressed.pop(reason, 0)
         log.info(
-            "connection refused: peer={peer} reason={reason} (and {more} more since the last line)",
+            "connection refused: peer={peer} reason={reason}{detail} "
+            "(and {more} more since the last line)",
             peer=host,
             reason=reason,
+            detail=f" ({detail})" if detail else "",
             more=more,
             event="connection_refused",
         )
@@ -166,7 +173,7 @@ class EdgeFactory(ServerFactory):
             return None
         inner: Any = self.wrapped.buildProtocol(addr)
         if inner is None:
-            conn.closed()
+            conn.cancel()
             return None
         inner.edge = conn
         return Tracked(inner, conn)
@@ -177,11 +184,15 @@ class EdgeFactory(ServerFactory):
             return self._start(addr)  # type: ignore[return-value]
         allowed = proxy.allowed.contains(str(getattr(addr, "host", "")))
         if not allowed and proxy.mode == "required":
-            self.edge._refused(str(getattr(addr, "host", "")), "not_in_proxy_allowed")
+            self.edge.refused(str(getattr(addr, "host", "")), "proxy_header_required")
             return None
         role = proxy.mode if allowed else "forbidden"
         return ProxyProtocol(
-            role, self._start, clock=self.edge.clock, timeout=self.edge.header_timeout
+            role,
+            self._start,
+            clock=self.edge.clock,
+            timeout=self.edge.header_timeout,
+            refused=self.edge.refused,
         )
 
 

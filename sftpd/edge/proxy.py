@@ -19,8 +19,6 @@ from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
-from sftpd.log import peer_text
-
 log = Logger(namespace="sftpd.edge")
 
 V1_SIGNATURE = b"PROXY "
@@ -126,6 +124,18 @@ class HeaderReader:
 
 
 Start = Callable[[IAddress], IProtocol | None]
+# (peer host, reason token, detail for the log line)
+Refused = Callable[[str, str, str], None]
+
+
+def log_refused(host: str, reason: str, detail: str) -> None:
+    log.info(
+        "proxy header refused: peer={peer} reason={reason} ({detail})",
+        peer=host,
+        reason=reason,
+        detail=detail,
+        event="proxy_refused",
+    )
 
 
 class ProxyProtocol(Protocol):
@@ -141,9 +151,17 @@ class ProxyProtocol(Protocol):
     """
 
     def __init__(
-        self, role: str, start: Start, *, clock: IReactorTime, timeout: float = HEADER_TIMEOUT
+        self,
+        role: str,
+        start: Start,
+        *,
+        clock: IReactorTime,
+        timeout: float = HEADER_TIMEOUT,
+        refused: Refused = log_refused,
     ) -> None:
         self.role = role
+        self._on_refused = refused
+        self.refused = False
         self._start = start
         self._clock = clock
         self._timeout = timeout
@@ -205,18 +223,18 @@ class ProxyProtocol(Protocol):
             self._reader = None
             self._run(None)
         else:
-            self._refuse("no PROXY header in time")
+            self._refuse("no_proxy_header", "none within the header timeout")
 
     def dataReceived(self, data: bytes) -> None:
         reader = self._reader
         if reader is None:
-            if self.inner is not None:
+            if self.inner is not None and not self.refused:
                 self.inner.dataReceived(data)
             return
         try:
             got = reader.feed(data)
         except BadHeader as e:
-            self._refuse(str(e))
+            self._refuse("bad_proxy_header", str(e))
             return
         if got is None:
             return
@@ -224,13 +242,13 @@ class ProxyProtocol(Protocol):
         self._cancel()
         if isinstance(got, Header):
             if self.role == "forbidden":
-                self._refuse("PROXY header from an address outside proxy_allowed")
+                self._refuse("proxy_header_not_allowed", "from an address outside proxy_allowed")
                 return
             self.header = got
             self._peer, self._host = got.source, got.destination
             self._run(got.rest)
         elif self.role == "required":
-            self._refuse("no PROXY header")
+            self._refuse("no_proxy_header", "the stream starts without one")
         elif self.inner is not None:
             self._pass(got.rest)
         else:
@@ -239,7 +257,10 @@ class ProxyProtocol(Protocol):
     def _run(self, first: bytes | None) -> None:
         if self.inner is None:
             inner = self._start(self.getPeer())
-            if inner is None:
+            if inner is None:  # refused by admission (which says so itself)
+                self._cancel()
+                self._reader = None
+                self.refused = True
                 self.transport.loseConnection()  # type: ignore[union-attr]
                 return
             self.inner = inner
@@ -258,15 +279,12 @@ class ProxyProtocol(Protocol):
         if first and t.connected and not t.disconnecting:
             inner.dataReceived(first)
 
-    def _refuse(self, why: str) -> None:
+    def _refuse(self, reason: str, detail: str) -> None:
         self._cancel()
         self._reader = None
-        log.info(
-            "proxy header refused: peer={peer} reason={reason}",
-            peer=peer_text(self.transport),
-            reason=why,
-            event="proxy_refused",
-        )
+        self.refused = True
+        peer = getattr(self.transport.getPeer(), "host", "?")  # type: ignore[union-attr]
+        self._on_refused(str(peer), reason, detail)
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _cancel(self) -> None:
