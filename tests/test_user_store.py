@@ -304,11 +304,12 @@ def test_a_store_that_cannot_answer_fails_the_login_and_the_next_one_works() -> 
 
 
 def test_only_the_toml_store_reads_the_config_model() -> None:
-    """Checkers, realm and avatar see User records, never config.UserConfig."""
+    """Checkers, realm and avatar see User records, never config.UserConfig (the shared
+    key-line grammar in config.values is not the model)."""
     auth = Path(__file__).resolve().parent.parent / "sftpd" / "auth"
     readers = []
     for path in sorted(auth.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sftpd.config"):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sftpd.config.model"):
                 readers.append(path.name)
     assert readers == ["users.py"], readers
