@@ -67,3 +67,39 @@ def report(b, names, results, algos, header, workloads):
             if r["err"]:
                 L.append(f"- {w} {t} round {i + 1} FAILED: {r['err'][:300]}")
     return L
+
+
+def latency_table(names, results, ids, windows, size_mib):
+    """W9: MB/s against window / RTT, the bound each run has (uploads: the server's receive
+    window; downloads: the `ssh` client's 2 MiB). ``ids``: {id: (direction, rtt_ms)};
+    ``windows``: {target: (upload window in bytes or None, where it came from)}."""
+    ref = "openssh" if "openssh" in names else None
+
+    def med(w, t):
+        vals = [r[1] for r in results.get((w, t), []) if not r[0]["err"] and r[1] is not None]
+        return statistics.median(vals) if vals else None
+
+    L = ["", f"W9, {size_mib} MiB through delayproxy.py: medians in MB/s; in brackets: the"]
+    L[-1] += " ratio to OpenSSH, then the median as a fraction of window / RTT."
+    L += ["Window / RTT in MB/s (10^6 B/s): uploads use the server's receive window, downloads"]
+    L[-1] += " the `ssh` client's 2 MiB (OpenSSH CHAN_SES_WINDOW_DEFAULT)."
+    L += ["", "Upload windows used:"]
+    L += [
+        f"- {t}: {fmt(w / (1 << 20)) if w else '?'} MiB ({note})"
+        for t, (w, note) in windows.items()
+    ]
+    cols = " | ".join(names)
+    L += ["", f"| W9 | RTT | {cols} | window / RTT: {cols} |"]
+    L += ["|---|---|" + "---|" * (2 * len(names))]
+    for w, (d, rtt) in ids.items():
+        cells, bnds = [], []
+        for t in names:
+            win = windows.get(t, (None, ""))[0] if d == "up" else 2 << 20
+            bound = win / (rtt / 1000) / 1e6 if win and rtt > 0 else None
+            v, vr = med(w, t), (med(w, ref) if ref and t != ref else None)
+            extra = [fx(v / vr)] if v and vr else []
+            extra += [f"{v / bound:.2f} of bound"] if v and bound else []
+            cells.append(fmt(v) + (f" ({', '.join(extra)})" if extra else ""))
+            bnds.append(fmt(bound) if bound else "-")
+        L.append(f"| {w} {d}load | {rtt:g} ms | {' | '.join(cells)} | {' | '.join(bnds)} |")
+    return L
