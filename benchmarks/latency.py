@@ -4,7 +4,9 @@ Each run starts a delay proxy (one-way delay = RTT / 2) in front of the target, 
 `sftp` client at the proxy's port, and stops the proxy afterwards. The bound each run is
 compared with is the window that limits it divided by the RTT: for uploads the server's receive
 window (sftpd: LOCAL_WINDOW in sftpd/session.py, or `max_window` given with --sftpd-set;
-OpenSSH: 2 MiB), for downloads the `ssh` client's 2 MiB window. Standard library only.
+OpenSSH: 2 MiB), for downloads the `ssh` client's 2 MiB window. After each run a session that
+only lists / is timed through the same proxy: set-up over a long link is many round trips, so
+the table also gives the rate net of it. Standard library only.
 """
 
 import os
@@ -119,6 +121,9 @@ class Latency:
         try:
             timeout = 120 + self.size
             r = self.b.measure(t, lambda: self.b.one(t, text, timeout, port=proxy.port))
+            t0 = time.monotonic()  # a session that only lists /: set-up over this RTT
+            if not self.b.one(t, "ls /\n", 60, port=proxy.port):
+                r["setup"] = time.monotonic() - t0
         finally:
             proxy.close()
         if not r["err"] and sha256(dst) != want:
