@@ -3,7 +3,7 @@
 Each run starts a delay proxy (one-way delay = RTT / 2) in front of the target, points the
 `sftp` client at the proxy's port, and stops the proxy afterwards. The bound each run is
 compared with is the window that limits it divided by the RTT: for uploads the server's receive
-window (sftpd: LOCAL_WINDOW in sftpd/session.py, or `max_window` given with --sftpd-set;
+window (sftpd: LOCAL_WINDOW in sftpd/ssh/channel.py, or `max_window` given with --sftpd-set;
 OpenSSH: 2 MiB), for downloads the `ssh` client's 2 MiB window. After each run a session that
 only lists / is timed through the same proxy: set-up over a long link is many round trips, so
 the table also gives the rate net of it. Standard library only.
@@ -46,17 +46,21 @@ def sftpd_window(checkout, sets):
         k, _, v = line.partition("=")
         if k.strip() == "max_window":
             return parse_size(v), f"max_window = {v.strip()} (--sftpd-set)"
-    try:
-        with open(os.path.join(checkout, "sftpd", "session.py")) as f:
-            m = re.search(r"^LOCAL_WINDOW\s*=\s*([\d\s*]+)$", f.read(), re.M)
-    except OSError:
-        m = None
+    m = None
+    for rel in (("sftpd", "ssh", "channel.py"), ("sftpd", "session.py")):  # new layout, old
+        try:
+            with open(os.path.join(checkout, *rel)) as f:
+                m = re.search(r"^LOCAL_WINDOW\s*=\s*([\d\s*]+)$", f.read(), re.M)
+        except OSError:
+            continue
+        where = "/".join(rel)
+        break
     if not m:
-        return None, "LOCAL_WINDOW not found in sftpd/session.py"
+        return None, "LOCAL_WINDOW not found in sftpd/ssh/channel.py"
     n = 1
     for part in m.group(1).split("*"):
         n *= int(part)
-    return n, f"LOCAL_WINDOW = {m.group(1).strip()} in sftpd/session.py"
+    return n, f"LOCAL_WINDOW = {m.group(1).strip()} in {where}"
 
 
 def bounds(targets, sets):
