@@ -36,7 +36,7 @@ from sftpd.ssh.channel import SessionChannel
 from sftpd.ssh.connection import Connection
 from sftpd.ssh.transport import ServerTransport, TransportPolicy
 from sftpd.ssh.userauth import AuthSettings, UserAuthServer
-from sftpd.storage.rules import apply_policy
+from sftpd.storage.rules import Rules, RulesStorage
 
 log = Logger(namespace="sftpd.assembly")
 
@@ -153,14 +153,14 @@ def context_maker(config: Config, *, reactor: Any, blocking: Blocking) -> Any:
     counter = itertools.count(1)
 
     def make(user: User) -> SessionContext:
-        storage = apply_policy(LocalStorage(user.root), read_only=user.read_only)
+        rules = Rules(read_only=user.read_only, umask=config.sftp.umask)
         return SessionContext(
             username=user.name,
             home=user.home,
-            read_only=user.read_only,
-            storage=storage,
+            storage=RulesStorage(LocalStorage(user.root), rules),
             blocking=blocking,
-            host_root=user.root,
+            rules=rules,
+            rsync=rules.rsync(user.root),
             sftp=config.sftp,
             exec=exec_settings(config.exec, user),
             reactor=reactor,

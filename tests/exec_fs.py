@@ -25,7 +25,7 @@ from sftpd.apps.scp.proto import (
 from sftpd.config.model import ExecConfig, SftpConfig
 from sftpd.runtime.threads import InlineBlocking
 from sftpd.storage.local import LocalStorage
-from sftpd.storage.rules import apply_policy
+from sftpd.storage.rules import Rules, RulesStorage
 
 
 @dataclass
@@ -71,14 +71,14 @@ def make_ctx(
     umask: int = 0o022,
 ) -> SessionContext:
     """A session context over ``root`` with the real jailed storage and inline blocking."""
-    storage = apply_policy(LocalStorage(root), read_only=read_only)
+    rules = Rules(read_only=read_only, umask=umask)
     return SessionContext(
         username="alice",
         home=home,
-        read_only=read_only,
-        storage=storage,
+        storage=RulesStorage(LocalStorage(root), rules),
         blocking=InlineBlocking(),
-        host_root=root,
+        rules=rules,
+        rsync=rules.rsync(root),
         sftp=SftpConfig(umask=umask),
         exec=exec_config or ExecConfig(),
     )

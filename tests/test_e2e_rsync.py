@@ -344,3 +344,23 @@ def test_download_as_root_keeps_the_owners(server: Env) -> None:
     }
     assert (back / "sub" / "other.txt").read_bytes() == b"someone else's\n"
     assert (back.lstat().st_uid, back.lstat().st_gid) == (0, 0)
+
+
+def test_uploads_get_the_umask_and_lose_setuid_as_over_sftp(server: Env) -> None:
+    """The rules' incoming chmod: a 4777 file and a 2777 directory pushed with -a (which
+    preserves modes) land as 0755 under the default umask 022, with no setuid/setgid/sticky
+    bit; before, rsync kept the client's modes as they were."""
+    src = server.tmp / "modes-src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "tool").write_bytes(b"#!/bin/sh\n")
+    (src / "sub" / "tool").chmod(0o4777)
+    (src / "sub").chmod(0o3777)
+    (src / "plain").write_bytes(b"p")
+    (src / "plain").chmod(0o666)
+    rsync(server, "-a", f"{src}/", f"{REMOTE}:/modes/")
+    root = server.alice.root / "modes"
+    assert (root / "sub" / "tool").stat().st_mode & 0o7777 == 0o755
+    assert (root / "sub").stat().st_mode & 0o7777 == 0o755
+    assert (root / "plain").stat().st_mode & 0o7777 == 0o644
+    rsync(server, "-r", f"{src}/", f"{REMOTE}:/modes-r/")  # without -p: the same masks
+    assert (server.alice.root / "modes-r" / "sub" / "tool").stat().st_mode & 0o7777 == 0o755

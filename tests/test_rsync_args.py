@@ -35,6 +35,7 @@ from sftpd.apps.rsync.sandbox import Runtime, RuntimeCache, runs_as_root, sandbo
 from sftpd.apps.rsync.stop import KILL_AFTER, TERM_AFTER
 from sftpd.config.model import ExecConfig
 from sftpd.runtime.threads import InlineBlocking
+from sftpd.storage.rules import Rules
 
 
 def words(line: str) -> list[bytes]:
@@ -453,10 +454,9 @@ def bridge_with_clock(
     ctx = SessionContext(
         username="u",
         home="/",
-        read_only=read_only,
         storage=None,  # type: ignore[arg-type]
         blocking=InlineBlocking(),
-        host_root=tmp_path,
+        rsync=Rules(read_only=read_only).rsync(tmp_path),
         exec=ExecConfig(rsync_path="sh", bwrap_path="true"),
         reactor=reactor,
         session_id="mem",

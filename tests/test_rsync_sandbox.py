@@ -42,6 +42,7 @@ from sftpd.config.model import ExecConfig
 from sftpd.apps.rsync.bridge import make_rsync_app
 from sftpd.apps.contract import SessionContext
 from sftpd.storage.local import LocalStorage
+from sftpd.storage.rules import Rules, RulesStorage
 
 CUT_AFTER = int(os.environ.get("SFTPD_CUT_AFTER", "0"))
 LOSE_AFTER = int(os.environ.get("SFTPD_LOSE_AFTER", "0"))
@@ -162,7 +163,7 @@ class Channel(Protocol):
 
     def wait(self, pids, tries):
         left = [p for p in pids if alive(p)]
-        temps = [str(p) for p in Path(self.ctx.host_root).rglob(".big.*")]
+        temps = [str(p) for p in Path(self.ctx.rsync.host_root).rglob(".big.*")]
         if (left or temps) and tries:
             reactor.callLater(0.05, self.wait, pids, tries - 1)
             return
@@ -179,9 +180,10 @@ def main():
         globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     # sys.argv[4] is the host name; ssh would join the rest with spaces, our server splits it.
     argv = [w.encode() for w in shlex.split(" ".join(sys.argv[5:]))]
+    rules = Rules(read_only=mode == "ro")
     ctx = SessionContext(
-        username="tester", home=home, read_only=mode == "ro", storage=LocalStorage(root),
-        blocking=InlineBlocking(), host_root=Path(root),
+        username="tester", home=home, storage=RulesStorage(LocalStorage(root), rules),
+        blocking=InlineBlocking(), rules=rules, rsync=rules.rsync(Path(root)),
         exec=ExecConfig(rsync_path=os.environ.get("SFTPD_RSYNC", "rsync"),
                         bwrap_path=os.environ.get("SFTPD_BWRAP", "bwrap")),
         reactor=reactor, session_id="test",

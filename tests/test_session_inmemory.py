@@ -45,9 +45,7 @@ class RecordingTransport:
 
 def _setup(tmp: Path, max_sessions: int = 10) -> tuple[Connection, RecordingTransport, Clock]:
     clock = Clock()
-    ctx = SessionContext(
-        "alice", "/", False, LocalStorage(tmp), InlineBlocking(), tmp, reactor=clock
-    )
+    ctx = SessionContext("alice", "/", LocalStorage(tmp), InlineBlocking(), reactor=clock)
     avatar = Avatar(ctx, clock=clock, max_sessions=max_sessions, make_channel=SessionChannel)
     conn = Connection()
     t = RecordingTransport(avatar)
@@ -299,9 +297,7 @@ class StreamTransport:
 
 def _sftp_over_stalled_tcp(tmp: Path) -> tuple[Connection, StreamTransport, StalledTCP, Clock]:
     clock = Clock()
-    ctx = SessionContext(
-        "alice", "/", False, LocalStorage(tmp), InlineBlocking(), tmp, reactor=clock
-    )
+    ctx = SessionContext("alice", "/", LocalStorage(tmp), InlineBlocking(), reactor=clock)
     avatar = Avatar(ctx, clock=clock, max_sessions=10, make_channel=SessionChannel)
     conn = Connection()
     tcp = StalledTCP()

@@ -28,6 +28,7 @@ from sftpd.config.model import SftpConfig
 from sftpd.runtime.threads import Blocking, CallViaRun, InlineBlocking
 from sftpd.storage import vpath
 from sftpd.storage.base import File, Storage
+from sftpd.storage.rules import Rules, RulesStorage
 
 # ---- a small real-file-system Storage for tests (used when LocalStorage is missing) ----
 
@@ -391,13 +392,14 @@ class Client:
     ) -> None:
         self.root = root
         self.storage = storage if storage is not None else make_storage(root)
+        rules = Rules(umask=umask)
         self.ctx = SessionContext(
             username="alice",
             home=home,
-            read_only=False,
-            storage=self.storage,
+            storage=RulesStorage(self.storage, rules),
             blocking=blocking or InlineBlocking(),
-            host_root=root,
+            rules=rules,
+            rsync=rules.rsync(root),
             sftp=SftpConfig(umask=umask, max_handles=max_handles),
             client_version=client_version,
             reactor=reactor,

@@ -109,11 +109,9 @@ def test_slow_storage_call_does_not_delay_other_session(tmp_path: Path) -> None:
     blocking = WorkerPool(reactor, max_threads=4)  # type: ignore[arg-type]
     try:
         ctx_a = SessionContext(
-            "a", "/", False, SlowStorage(root_a, gate, entered), blocking, root_a, reactor=reactor
+            "a", "/", SlowStorage(root_a, gate, entered), blocking, reactor=reactor
         )
-        ctx_b = SessionContext(
-            "b", "/", False, LocalStorage(root_b), blocking, root_b, reactor=reactor
-        )
+        ctx_b = SessionContext("b", "/", LocalStorage(root_b), blocking, reactor=reactor)
         io_a, io_b = Recorder(), Recorder()
         app_a, app_b = make_sftp_app(ctx_a, io_a), make_sftp_app(ctx_b, io_b)
         init = _packet(FXP_INIT, struct.pack(">I", 3))

@@ -14,7 +14,7 @@ import pytest
 
 from sftpd.apps.sftp.constants import OpenFlag, PacketType, Status
 from sftpd.storage.local import LocalStorage
-from sftpd.storage.rules import ReadOnlyStorage
+from sftpd.storage.rules import Rules, RulesStorage
 from tests.test_sftp_handler import Client, s, u32, u64
 from tests.test_sftp_protocol import QueuedBlocking, read_packet
 
@@ -139,7 +139,7 @@ def test_on_a_disk_only_cached_read_only_opens_are_inline(
 
 def test_read_only_users_get_no_inline_writes(shm_root: Path) -> None:
     (shm_root / "f").write_bytes(b"keep")
-    storage = ReadOnlyStorage(LocalStorage(shm_root))
+    storage = RulesStorage(LocalStorage(shm_root), Rules(read_only=True))
     try:
         with pytest.raises(PermissionError):
             storage.open_nowait("/f", os.O_RDWR, 0)

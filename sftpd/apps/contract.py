@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from sftpd.config.model import ExecConfig, SftpConfig
 from sftpd.runtime.threads import Blocking
 from sftpd.storage.base import Storage
+from sftpd.storage.rules import NO_RSYNC, RsyncGrant, RsyncRefusal, Rules
 
 
 class ChannelIO(Protocol):
@@ -67,14 +67,19 @@ class ChannelApp(Protocol):
 
 @dataclass(frozen=True)
 class SessionContext:
-    """Everything an app needs about the logged-in user. ``host_root`` never reaches a client."""
+    """Everything an app needs about the logged-in user.
+
+    ``storage`` already applies ``rules`` (the same object, for what a protocol must ask
+    itself: statvfs's read-only flag, the mode a finished upload gets). rsync, which cannot
+    go through the storage, runs only on the ``rsync`` grant the rules built.
+    """
 
     username: str
     home: str
-    read_only: bool
     storage: Storage
     blocking: Blocking
-    host_root: Path
+    rules: Rules = field(default_factory=Rules)
+    rsync: RsyncGrant | RsyncRefusal = NO_RSYNC
     sftp: SftpConfig = field(default_factory=SftpConfig)
     exec: ExecConfig = field(default_factory=ExecConfig)
     client_version: bytes = b""

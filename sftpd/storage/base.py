@@ -73,7 +73,8 @@ class Storage(Protocol):
 
     def open(self, path: str, flags: int, mode: int) -> File:
         """``flags`` is a combination of os.O_RDONLY/O_WRONLY/O_RDWR, O_CREAT, O_TRUNC,
-        O_EXCL, O_APPEND; ``mode`` is used when creating (umask applied by the caller)."""
+        O_EXCL, O_APPEND; ``mode`` is used when creating (the rules layer above the jail
+        has applied the umask and dropped setuid/setgid/sticky)."""
         ...
 
     def open_nowait(self, path: str, flags: int, mode: int) -> File | None:

@@ -1,136 +1,343 @@
-"""Per-user permission rules, applied once above storage so every protocol obeys them."""
+"""The rules layer: one frozen Rules object per login, applied above the jail for every protocol.
+
+Every protocol's file operations go through :class:`RulesStorage`, which asks
+:meth:`Rules.check` with an :class:`Op` and a virtual path before anything reaches the
+jail, and applies the creation mode (umask, no setuid/setgid/sticky) in one place.
+rsync cannot go through a Storage; :meth:`Rules.rsync` grants it (with what the sandbox
+may do) or refuses it, with the reason.
+"""
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
 
-from sftpd.storage.base import File, Storage
+from sftpd.storage import vpath
+from sftpd.storage.base import Directory, File, Storage
+from sftpd.storage.delegate import DelegatingFile, DelegatingStorage
 
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+# Only the permission bits are ever applied: setuid, setgid and sticky are dropped.
+PERMISSION_BITS = 0o777
+_WRITE_FLAGS = os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
-def _denied() -> OSError:
-    return OSError(errno.EACCES, os.strerror(errno.EACCES))
+class Op(enum.Enum):
+    """What a request does, named as the permissions are (SFTPGo's names)."""
+
+    LIST = "list"
+    DOWNLOAD = "download"
+    UPLOAD = "upload"  # create a new file
+    OVERWRITE = "overwrite"  # replace, truncate, append to or write into an existing file
+    DELETE_FILES = "delete_files"
+    DELETE_DIRS = "delete_dirs"
+    RENAME_FILES = "rename_files"
+    RENAME_DIRS = "rename_dirs"
+    CREATE_DIRS = "create_dirs"
+    CREATE_SYMLINKS = "create_symlinks"
+    CHMOD = "chmod"
+    CHTIMES = "chtimes"
 
 
-class ReadOnlyFile:
-    """A file opened by a read-only user: reads pass, every change (even fchmod) is refused."""
+READ_OPS = frozenset({Op.LIST, Op.DOWNLOAD})
+WRITE_OPS = frozenset(Op) - READ_OPS
 
-    def __init__(self, inner: File) -> None:
-        self._inner = inner
 
-    def fileno(self) -> int:
-        return self._inner.fileno()
+class RuleDenied(PermissionError):
+    """A rule refused ``op`` at ``path``: an OSError with errno EACCES.
 
-    def pread(self, size: int, offset: int) -> bytes:
-        return self._inner.pread(size, offset)
+    ``strerror`` is still the plain "Permission denied" every client sees today; ``reason``
+    names the operation, the path and the rule (for logs, and for clients once the
+    per-directory rules arrive).
+    """
 
-    def pread_cached(self, size: int, offset: int, limit: int) -> bytes | memoryview | None:
-        return self._inner.pread_cached(size, offset, limit)
+    def __init__(self, op: Op, path: str, rule: str) -> None:
+        super().__init__(errno.EACCES, os.strerror(errno.EACCES))
+        self.op, self.path, self.rule = op, path, rule
+
+    @property
+    def reason(self) -> str:
+        return f'permission denied: "{self.op.value}" is not allowed in {self.path} ({self.rule})'
+
+
+@dataclass(frozen=True)
+class RsyncGrant:
+    """rsync may run: the sandbox binds ``host_root`` (read-only unless ``receive``) and the
+    daemon applies ``incoming_chmod`` to what it receives. ``host_root`` never reaches a client."""
+
+    host_root: Path
+    receive: bool
+    incoming_chmod: str
+
+    @property
+    def sender_only(self) -> bool:
+        return not self.receive
+
+
+@dataclass(frozen=True)
+class RsyncRefusal:
+    """rsync may not run for this login; ``reason`` names the rule that prevents it."""
+
+    reason: str
+
+
+NO_RSYNC = RsyncRefusal("no rsync grant for this session")
+
+
+def incoming_chmod(umask: int) -> str:
+    """rsync's ``incoming chmod`` for ``umask``: no setuid/setgid/sticky, the umask's bits off."""
+    parts = ["ug-s", "a-t"]
+    for who, shift in (("u", 6), ("g", 3), ("o", 0)):
+        bits = (umask >> shift) & 0o7
+        text = "".join(c for c, b in (("r", 4), ("w", 2), ("x", 1)) if bits & b)
+        if text:
+            parts.append(f"{who}-{text}")
+    return ",".join(parts)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What one login may do. Built once from the user record; immutable.
+
+    Today: ``read_only`` (only list and download) and the ``umask`` applied on creation.
+    Decisions go through :meth:`decide`, the one place a rule is looked up.
+    """
+
+    read_only: bool = False
+    umask: int = 0o022
+
+    # -- decisions ------------------------------------------------------------------
+    def decide(self, op: Op, path: str) -> str | None:
+        """The name of the rule that refuses ``op`` at the canonical virtual ``path``, or
+        None when it is allowed."""
+        if self.read_only and op in WRITE_OPS:
+            return "read_only"
+        return None
+
+    def allows(self, op: Op, path: str) -> bool:
+        return self.decide(op, path) is None
+
+    def check(self, op: Op, path: str) -> None:
+        """Raise :class:`RuleDenied` unless ``op`` is allowed at ``path``."""
+        rule = self.decide(op, path)
+        if rule is not None:
+            raise RuleDenied(op, path, rule)
+
+    def read_only_at(self, path: str) -> bool:
+        """Whether nothing may be written at ``path`` (statvfs's read-only flag)."""
+        return not any(self.allows(op, path) for op in WRITE_OPS)
+
+    @property
+    def path_dependent(self) -> bool:
+        """Whether a decision depends on the path: then the storage judges the path the jail
+        resolves (symlinks followed inside it), not the one the client wrote."""
+        return False
+
+    # -- modes ----------------------------------------------------------------------
+    def create_mode(self, mode: int) -> int:
+        """The mode a new file or directory gets: permission bits only, umask applied."""
+        return mode & PERMISSION_BITS & ~self.umask
+
+    def chmod_mode(self, mode: int) -> int:
+        """The mode an explicit chmod sets: permission bits only (no umask, as OpenSSH)."""
+        return mode & PERMISSION_BITS
+
+    # -- rsync ----------------------------------------------------------------------
+    def rsync_refusal(self) -> str | None:
+        """Why rsync cannot obey these rules (it bypasses the storage), or None."""
+        return None
+
+    def rsync(self, host_root: Path) -> RsyncGrant | RsyncRefusal:
+        """The rsync capability of this login: what its sandbox may do, or why it may not run."""
+        reason = self.rsync_refusal()
+        if reason is not None:
+            return RsyncRefusal(reason)
+        receive = self.allows(Op.UPLOAD, "/") or self.allows(Op.OVERWRITE, "/")
+        return RsyncGrant(host_root, receive=receive, incoming_chmod=incoming_chmod(self.umask))
+
+
+class RulesFile(DelegatingFile):
+    """A file opened through RulesStorage: changes through the handle are judged at ``path``."""
+
+    def __init__(self, inner: File, rules: Rules, path: str, *, writable: bool) -> None:
+        super().__init__(inner)
+        self.rules, self.path, self.writable = rules, path, writable
+
+    def _check_write(self) -> None:
+        if not self.writable:  # the kernel refuses it anyway (EBADF); a rule says why
+            self.rules.check(Op.OVERWRITE, self.path)
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
-        raise _denied()
+        self._check_write()
+        self.inner.pwrite(data, offset)
 
     def pwrite_nowait(self, data: bytes | bytearray | memoryview, offset: int) -> bool:
-        raise _denied()
-
-    def fstat(self) -> os.stat_result:
-        return self._inner.fstat()
+        self._check_write()
+        return self.inner.pwrite_nowait(data, offset)
 
     def truncate(self, size: int) -> None:
-        raise _denied()
+        self.rules.check(Op.OVERWRITE, self.path)
+        self.inner.truncate(size)
 
     def chmod(self, mode: int) -> None:
-        raise _denied()
+        self.rules.check(Op.CHMOD, self.path)
+        self.inner.chmod(self.rules.chmod_mode(mode))
 
     def utime(self, atime: int, mtime: int) -> None:
-        raise _denied()
-
-    def fsync(self) -> None:
-        self._inner.fsync()
-
-    def statvfs(self) -> os.statvfs_result:
-        return self._inner.statvfs()
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def close_nowait(self) -> bool:
-        return self._inner.close_nowait()
+        self.rules.check(Op.CHTIMES, self.path)
+        self.inner.utime(atime, mtime)
 
 
-class ReadOnlyStorage:
-    """Wraps a Storage and refuses every change with EACCES (reads pass through)."""
+class RulesStorage(DelegatingStorage):
+    """The storage a login's protocols see: ``rules`` asked before every change or read."""
 
-    def __init__(self, inner: Storage) -> None:
-        self._inner = inner
+    def __init__(self, inner: Storage, rules: Rules) -> None:
+        super().__init__(inner)
+        self.rules = rules
+
+    def judged(self, path: str, *, follow: bool = True) -> str:
+        """The path a rule judges for ``path``: the canonical path inside the jail (the final
+        symlink followed only with ``follow``) when the rules depend on the path, else
+        ``path`` as is (no system call)."""
+        if not self.rules.path_dependent:
+            return path
+        if follow:
+            return self.inner.realpath(path)
+        parent, name = vpath.split(path)
+        return vpath.normalize(name, self.inner.realpath(parent)) if name else "/"
+
+    def _check(self, op: Op, path: str, *, follow: bool = True) -> None:
+        self.rules.check(op, self.judged(path, follow=follow))
+
+    # -- files ----------------------------------------------------------------------
+    def _open_flags(self, path: str, flags: int) -> tuple[str, int, bool]:
+        """(judged path, flags to open with, whether ENOENT means "upload" was refused).
+
+        With O_CREAT and no O_EXCL the same request is an upload (no such file) or an
+        overwrite (the file exists); where only one of them is allowed, the flags make the
+        kernel tell them apart atomically (O_EXCL, or no O_CREAT) instead of a stat first.
+        """
+        judged = self.judged(path)
+        access = flags & os.O_ACCMODE
+        if access != os.O_WRONLY:
+            self.rules.check(Op.DOWNLOAD, judged)
+        if access == os.O_RDONLY and not flags & _WRITE_FLAGS:
+            return judged, flags, False
+        if not flags & os.O_CREAT:
+            self.rules.check(Op.OVERWRITE, judged)
+            return judged, flags, False
+        if flags & os.O_EXCL:
+            self.rules.check(Op.UPLOAD, judged)
+            return judged, flags, False
+        upload = self.rules.allows(Op.UPLOAD, judged)
+        overwrite = self.rules.allows(Op.OVERWRITE, judged)
+        if upload and overwrite:
+            return judged, flags, False
+        if upload:
+            return judged, flags | os.O_EXCL, False  # EEXIST: "overwrite" is refused
+        if overwrite:
+            return judged, flags & ~os.O_CREAT, True  # ENOENT: "upload" is refused
+        self.rules.check(Op.UPLOAD, judged)
+        raise AssertionError("unreachable: upload was refused")
+
+    def _denied(self, op: Op, path: str) -> RuleDenied:
+        return RuleDenied(op, path, self.rules.decide(op, path) or "?")
+
+    def _opened(self, path: str, flags: int, mode: int, nowait: bool) -> File | None:
+        judged, actual, upload_denied = self._open_flags(path, flags)
+        mode = self.rules.create_mode(mode) if actual & os.O_CREAT else mode
+        try:
+            if nowait:
+                file = self.inner.open_nowait(path, actual, mode)
+            else:
+                file = self.inner.open(path, actual, mode)
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            raise self._denied(Op.OVERWRITE, judged) from None
+        except FileNotFoundError:
+            if not upload_denied:
+                raise
+            raise self._denied(Op.UPLOAD, judged) from None
+        if file is None:
+            return None
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        return RulesFile(file, self.rules, judged, writable=writable)
 
     def open(self, path: str, flags: int, mode: int) -> File:
-        if flags & _WRITE_FLAGS:
-            raise _denied()
-        return ReadOnlyFile(self._inner.open(path, flags, mode))
+        file = self._opened(path, flags, mode, nowait=False)
+        assert file is not None
+        return file
 
     def open_nowait(self, path: str, flags: int, mode: int) -> File | None:
-        if flags & _WRITE_FLAGS:
-            raise _denied()
-        inner = self._inner.open_nowait(path, flags, mode)
-        return None if inner is None else ReadOnlyFile(inner)
-
-    def opendir(self, path: str):  # type: ignore[no-untyped-def]
-        return self._inner.opendir(path)
-
-    def stat(self, path: str, *, follow: bool = True) -> os.stat_result:
-        return self._inner.stat(path, follow=follow)
-
-    def truncate(self, path: str, size: int) -> None:
-        raise _denied()
-
-    def chmod(self, path: str, mode: int, *, follow: bool = True) -> None:
-        raise _denied()
-
-    def utime(self, path: str, atime: int, mtime: int, *, follow: bool = True) -> None:
-        raise _denied()
-
-    def remove(self, path: str) -> None:
-        raise _denied()
-
-    def mkdir(self, path: str, mode: int) -> None:
-        raise _denied()
-
-    def rmdir(self, path: str) -> None:
-        raise _denied()
-
-    def rename(self, old: str, new: str, *, overwrite: bool) -> None:
-        raise _denied()
-
-    def readlink(self, path: str) -> str:
-        return self._inner.readlink(path)
-
-    def symlink(self, target: str, linkpath: str) -> None:
-        raise _denied()
-
-    def link(self, old: str, new: str) -> None:
-        raise _denied()
-
-    def realpath(self, path: str) -> str:
-        return self._inner.realpath(path)
-
-    def statvfs(self, path: str) -> os.statvfs_result:
-        return self._inner.statvfs(path)
+        return self._opened(path, flags, mode, nowait=True)
 
     def copy_range(
         self, src: File, src_offset: int, length: int, dst: File, dst_offset: int
     ) -> None:
-        # dst can only be open for writing if open() allowed it, which it never does here.
-        raise _denied()
+        if isinstance(dst, RulesFile):
+            dst._check_write()
+        super().copy_range(src, src_offset, length, dst, dst_offset)
 
-    def close(self) -> None:
-        close = getattr(self._inner, "close", None)
-        if close is not None:
-            close()
+    # -- the tree -------------------------------------------------------------------
+    def opendir(self, path: str) -> Directory:
+        self._check(Op.LIST, path)
+        return self.inner.opendir(path)
 
+    def truncate(self, path: str, size: int) -> None:
+        self._check(Op.OVERWRITE, path)
+        self.inner.truncate(path, size)
 
-def apply_policy(storage: Storage, *, read_only: bool) -> Storage:
-    """The storage a user's protocols see, with that user's rules in force."""
-    return ReadOnlyStorage(storage) if read_only else storage
+    def chmod(self, path: str, mode: int, *, follow: bool = True) -> None:
+        self._check(Op.CHMOD, path, follow=follow)
+        self.inner.chmod(path, self.rules.chmod_mode(mode), follow=follow)
+
+    def utime(self, path: str, atime: int, mtime: int, *, follow: bool = True) -> None:
+        self._check(Op.CHTIMES, path, follow=follow)
+        self.inner.utime(path, atime, mtime, follow=follow)
+
+    def remove(self, path: str) -> None:
+        self._check(Op.DELETE_FILES, path, follow=False)
+        self.inner.remove(path)
+
+    def mkdir(self, path: str, mode: int) -> None:
+        self._check(Op.CREATE_DIRS, path, follow=False)
+        self.inner.mkdir(path, self.rules.create_mode(mode))
+
+    def rmdir(self, path: str) -> None:
+        self._check(Op.DELETE_DIRS, path, follow=False)
+        self.inner.rmdir(path)
+
+    def rename(self, old: str, new: str, *, overwrite: bool) -> None:
+        src, dst = self.judged(old, follow=False), self.judged(new, follow=False)
+        allowed = [
+            op
+            for op in (Op.RENAME_FILES, Op.RENAME_DIRS)
+            if self.rules.allows(op, src) and self.rules.allows(op, dst)
+        ]
+        if len(allowed) == 1:  # the kind decides: a file or a directory
+            is_dir = stat.S_ISDIR(self.inner.stat(old, follow=False).st_mode)
+            op = Op.RENAME_DIRS if is_dir else Op.RENAME_FILES
+        else:
+            op = allowed[0] if allowed else Op.RENAME_FILES
+        self.rules.check(op, src)
+        self.rules.check(op, dst)
+        if overwrite and not self.rules.allows(Op.OVERWRITE, dst):
+            try:
+                self.inner.rename(old, new, overwrite=False)
+            except FileExistsError:
+                raise self._denied(Op.OVERWRITE, dst) from None
+            return
+        self.inner.rename(old, new, overwrite=overwrite)
+
+    def symlink(self, target: str, linkpath: str) -> None:
+        self._check(Op.CREATE_SYMLINKS, linkpath, follow=False)
+        self.inner.symlink(target, linkpath)
+
+    def link(self, old: str, new: str) -> None:
+        self._check(Op.UPLOAD, new, follow=False)
+        self._check(Op.DOWNLOAD, old)
+        self.inner.link(old, new)

@@ -62,6 +62,7 @@ from sftpd.apps.rsync.stop import (
     remove_temporaries,
 )
 from sftpd.log import clip
+from sftpd.storage.rules import RsyncGrant, RsyncRefusal
 
 __all__ = ["UNAVAILABLE", "daemon_arguments", "daemon_config", "make_rsync_app", "parse_ldd"]
 
@@ -158,6 +159,7 @@ class RsyncApp:
         self._eof = False
         self._paused = False
         self._words: tuple[bytes, ...] = ()
+        self._grant: RsyncGrant | None = None  # the rules' grant, once the arguments are in
         self._args: ServerArgs | None = None
         self._process: _ProcessHandle | None = None
         self._pending: Deferred[Runtime] | None = None
@@ -243,8 +245,19 @@ class RsyncApp:
         self._arguments_complete()
 
     def _arguments_complete(self) -> None:
+        grant = self._ctx.rsync
+        if isinstance(grant, RsyncRefusal):
+            log.info(
+                "rsync session {session_id} user {username}: refused: {reason}",
+                session_id=self._ctx.session_id,
+                username=self._ctx.username,
+                reason=grant.reason,
+            )
+            self._finish(1, b"sftpd: rsync refused: " + grant.reason.encode() + b"\n")
+            return
+        self._grant = grant
         try:
-            self._args = validate(self._words, home=self._ctx.home, read_only=self._ctx.read_only)
+            self._args = validate(self._words, home=self._ctx.home, read_only=grant.sender_only)
         except RsyncReadOnlyError:
             self._finish(1, b"sftpd: read-only account: rsync may only download\n")
             return
@@ -275,15 +288,16 @@ class RsyncApp:
 
     def _spawn(self, runtime: Runtime, bwrap: str, rsync: str) -> None:
         self._pending = None
-        if self._state != "starting":
+        grant = self._grant
+        if self._state != "starting" or grant is None:
             return
         as_root = runs_as_root(self._args is not None and self._args.sender)
         argv = sandbox_argv(
             bwrap,
             rsync,
             runtime,
-            os.fsencode(self._ctx.host_root),
-            self._ctx.read_only,
+            os.fsencode(grant.host_root),
+            grant.sender_only,
             as_root=as_root,
         )
         log.info(
@@ -308,7 +322,10 @@ class RsyncApp:
             return
         self._process = process
         process.registerProducer(_ClientInput(self._io), True)
-        process.writeToChild(CONFIG_FD, daemon_config(self._ctx.read_only, as_root=as_root))
+        process.writeToChild(
+            CONFIG_FD,
+            daemon_config(grant.sender_only, as_root=as_root, incoming_chmod=grant.incoming_chmod),
+        )
         process.closeChildFD(CONFIG_FD)
 
     # -- the opening: client (remote-shell flavour) <-> daemon (daemon flavour) -------

@@ -75,8 +75,13 @@ _REFUSE = (
 )
 
 
-def daemon_config(read_only: bool, *, as_root: bool = False) -> bytes:
-    """The rsyncd.conf given to the sandboxed single-use daemon."""
+def daemon_config(read_only: bool, *, as_root: bool = False, incoming_chmod: str = "") -> bytes:
+    """The rsyncd.conf given to the sandboxed single-use daemon.
+
+    ``incoming_chmod`` (the rules' :func:`~sftpd.storage.rules.incoming_chmod`) is applied by
+    the daemon to every file and directory it receives, after rsync's own mode handling
+    (``-p`` or not): the umask and the setuid/setgid/sticky drop that SFTP and scp get from
+    the storage's rules."""
     # A daemon started as root switches to "nobody" unless told otherwise: stay root.
     ids = "uid = 0\ngid = 0\n" if as_root else ""
     return (
@@ -91,6 +96,7 @@ def daemon_config(read_only: bool, *, as_root: bool = False) -> bytes:
         f"read only = {'yes' if read_only else 'no'}\n"
         "list = no\n"
         f"refuse options = {_REFUSE}\n"
+        + (f"incoming chmod = {incoming_chmod}\n" if incoming_chmod else "")
     ).encode()
 
 

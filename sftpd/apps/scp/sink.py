@@ -47,7 +47,6 @@ T = TypeVar("T")
 log = Logger(namespace="sftpd.apps.scp.sink")
 
 WRITE_CHUNK = 256 * 1024
-_PERMS = 0o777  # setuid, setgid and sticky bits are never applied (see LocalStorage)
 
 
 # Unparsed upload bytes beyond this stop the channel window (see ScpSink._feed).
@@ -347,8 +346,9 @@ class ScpSink(ScpDriver):
         return self._target, self._target_shown
 
     def _mode(self, mode: int) -> int:
-        mode &= _PERMS
-        return mode if self._opts.preserve else mode & ~self._ctx.sftp.umask
+        """The mode a file or directory ends with: the sender's with -p, else the one the
+        rules give a new one. The storage's rules drop setuid/setgid/sticky either way."""
+        return mode if self._opts.preserve else self._ctx.rules.create_mode(mode)
 
     async def _slash_error(self, path: str) -> OSError:
         """open(2) of ``dir/`` when dir is no directory: ENOTDIR, EISDIR or the parent's error."""

@@ -61,13 +61,18 @@ def statvfs_reply(request_id: int, st: os.statvfs_result, read_only: bool) -> m.
 
 
 async def statvfs(h: SftpHandler, request: m.Statvfs) -> m.Response:
-    st = await h.run(h.storage.statvfs, h.path(request.path))
-    return statvfs_reply(request.id, st, h.ctx.read_only)
+    path = h.path(request.path)
+    st = await h.run(h.storage.statvfs, path)
+    return statvfs_reply(request.id, st, h.ctx.rules.read_only_at(path))
 
 
 async def fstatvfs(h: SftpHandler, request: m.Fstatvfs) -> m.Response:
-    st = await h.with_file(request.handle, lambda f: f.statvfs())
-    return statvfs_reply(request.id, st, h.ctx.read_only)
+    entry = h.handles.acquire_file(request.handle)
+    try:
+        st = await h.ctx.blocking.run(entry.file.statvfs)
+    finally:
+        h.handles.release(entry)
+    return statvfs_reply(request.id, st, h.ctx.rules.read_only_at(entry.path))
 
 
 async def hardlink(h: SftpHandler, request: m.Hardlink) -> m.Response:

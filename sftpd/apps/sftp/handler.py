@@ -54,8 +54,6 @@ READ_CLAMP = min(MAX_READ_LENGTH, MAX_PACKET_LENGTH - DATA_HEADER_LENGTH)
 INLINE_WRITE_MAX = 64 * 1024
 DEFAULT_FILE_MODE = 0o666
 DEFAULT_DIR_MODE = 0o777
-# Only the permission bits are ever applied: setuid, setgid and sticky are dropped.
-PERMISSION_BITS = 0o777
 
 # ---- the one table mapping failures to status codes ----------------------------------
 
@@ -130,11 +128,10 @@ def open_flags(pflags: int) -> int:
     return flags
 
 
-def create_mode(attrs: Attrs, umask: int, default: int) -> int:
-    """Mode for a new file or directory: requested permissions (or ``default``) without
-    setuid/setgid/sticky, masked by the umask."""
-    mode = default if attrs.permissions is None else attrs.permissions
-    return mode & PERMISSION_BITS & ~umask
+def create_mode(attrs: Attrs, default: int) -> int:
+    """Mode asked for a new file or directory: the requested permissions, or ``default``.
+    The storage's rules layer applies the umask and drops setuid/setgid/sticky."""
+    return default if attrs.permissions is None else attrs.permissions
 
 
 def _check_owner(attrs: Attrs, st: os.stat_result) -> None:
@@ -154,7 +151,7 @@ def apply_setstat(storage: Storage, path: str, attrs: Attrs, follow: bool) -> No
     if attrs.size is not None:
         storage.truncate(path, attrs.size)
     if attrs.permissions is not None:
-        storage.chmod(path, attrs.permissions & PERMISSION_BITS, follow=follow)
+        storage.chmod(path, attrs.permissions, follow=follow)
     if attrs.atime is not None and attrs.mtime is not None:
         storage.utime(path, attrs.atime, attrs.mtime, follow=follow)
 
@@ -166,7 +163,7 @@ def apply_fsetstat(file: File, attrs: Attrs) -> None:
     if attrs.size is not None:
         file.truncate(attrs.size)
     if attrs.permissions is not None:
-        file.chmod(attrs.permissions & PERMISSION_BITS)
+        file.chmod(attrs.permissions)
     if attrs.atime is not None and attrs.mtime is not None:
         file.utime(attrs.atime, attrs.mtime)
 
@@ -369,7 +366,7 @@ class SftpHandler:
     def _fast_open(self, request: m.Open, reply: Reply) -> None:
         path = self.path(request.path)
         flags = open_flags(request.pflags)
-        mode = create_mode(request.attrs, self.ctx.sftp.umask, DEFAULT_FILE_MODE)
+        mode = create_mode(request.attrs, DEFAULT_FILE_MODE)
         self.handles.reserve()
 
         def done(ok: bool, file: Any) -> None:
@@ -457,7 +454,7 @@ class SftpHandler:
         return self.ok(request.id)
 
     async def _mkdir(self, request: m.Mkdir) -> m.Response:
-        mode = create_mode(request.attrs, self.ctx.sftp.umask, DEFAULT_DIR_MODE)
+        mode = create_mode(request.attrs, DEFAULT_DIR_MODE)
         await self.run(self.storage.mkdir, self.path(request.path), mode)
         return self.ok(request.id)
 
