@@ -34,7 +34,8 @@ from sftpd.runtime.listening import ListenError, bind_all
 from sftpd.runtime.threads import Blocking, WorkerPool
 from sftpd.ssh.channel import SessionChannel
 from sftpd.ssh.connection import Connection
-from sftpd.ssh.transport import ServerTransport, TransportPolicy
+from sftpd.ssh.policy import TransportPolicy
+from sftpd.ssh.transport import ServerTransport
 from sftpd.ssh.userauth import AuthSettings, UserAuthServer
 from sftpd.storage.rules import Rules, RulesStorage
 

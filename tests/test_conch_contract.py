@@ -128,7 +128,7 @@ NEEDS: tuple[Need, ...] = (
     Need("SSHTransportBase", "_blockedByKeyExchange", T, kind="instance"),
     Need("SSHTransportBase", "currentEncryptions", T, kind="instance"),
     # the private KEX helper module
-    Need("_kex", "getSupportedKeyExchanges", T),
+    Need("_kex", "getSupportedKeyExchanges", "sftpd/ssh/policy.py"),
     Need("_kex", "isDynamicPrimesGroup", T),
     # methods ServerTransport overrides (Conch calls them with these parameters)
     Need("SSHTransportBase", "connectionMade", T, params=()),

@@ -31,7 +31,8 @@ from sftpd.ssh import transport as transport_module
 from sftpd.ssh.ciphers import make_opener, make_sealer
 from sftpd.ssh.kexinit import STRICT_C, STRICT_S, KexInit
 from sftpd.ssh.packets import PacketReader
-from sftpd.ssh.transport import ServerTransport, TransportPolicy
+from sftpd.ssh.policy import TransportPolicy
+from sftpd.ssh.transport import ServerTransport
 
 HOST_KEY = keys.Key(ed25519.Ed25519PrivateKey.generate())
 MSG_DISCONNECT, MSG_IGNORE, MSG_UNIMPLEMENTED, MSG_DEBUG, MSG_SERVICE_REQUEST = 1, 2, 3, 4, 5

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.conch.ssh import _kex
@@ -36,8 +35,6 @@ from twisted.logger import Logger
 
 from sftpd.log import conn_fields
 from sftpd.ssh.ciphers import (
-    CIPHERS,
-    MACS,
     MacError,
     Opener,
     PacketError,
@@ -59,6 +56,13 @@ from sftpd.ssh.kexinit import (
 )
 from sftpd.ssh.login import LoginPhase
 from sftpd.ssh.packets import PacketReader
+from sftpd.ssh.policy import (
+    TransportPolicy,
+    available_ciphers,
+    available_kex,
+    available_macs,
+    pick,
+)
 from sftpd.ssh.sockwrite import SocketWriter
 
 log = Logger(namespace="sftpd.ssh.transport")
@@ -76,45 +80,6 @@ _MSG_GEX_REQUEST = 34
 # Largest packet_length before the first NEWKEYS (OpenSSH's limit for any packet): a peer
 # that stalls in the key exchange pins at most this much.
 MAX_PACKET_BEFORE_KEYS = 256 * 1024
-
-
-@dataclass(frozen=True)
-class TransportPolicy:
-    """What a connection may negotiate, in preference order (names as on the wire)."""
-
-    kex: tuple[str, ...]
-    ciphers: tuple[str, ...]
-    macs: tuple[str, ...]
-    host_key_algorithms: tuple[str, ...]
-    version: str
-    have_moduli: bool = False
-    rekey_bytes: int = 1 << 30  # <= 0: never by volume
-    rekey_seconds: float = 3600.0  # <= 0: never by time
-
-
-def available_ciphers() -> set[bytes]:
-    """Cipher names this transport implements."""
-    return set(CIPHERS)
-
-
-def available_macs() -> set[bytes]:
-    """MAC names this transport implements."""
-    return set(MACS)
-
-
-def available_kex() -> set[bytes]:
-    """Key exchange names this transport implements."""
-    return set(_kex.getSupportedKeyExchanges())
-
-
-def pick(wanted: Iterable[str], available: set[bytes]) -> list[bytes]:
-    """The wanted names that are available, in the wanted order."""
-    out: list[bytes] = []
-    for name in wanted:
-        raw = name.encode("ascii")
-        if raw in available and raw not in out:
-            out.append(raw)
-    return out
 
 
 class _NextKeys(SSHCiphers):
