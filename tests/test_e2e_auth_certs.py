@@ -1,0 +1,103 @@
+"""End-to-end: OpenSSH user certificates (ssh-keygen -s) against a real sftpd with a user CA."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.pki import Pki
+from tests.support import Env, User, have, toml_str
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not have("sftp"), reason="no OpenSSH sftp")]
+
+
+def _sftp(env: Env, key: Path, batch: str, user: str = "carol") -> subprocess.CompletedProcess[str]:
+    cmd = [
+        "sftp",
+        *env.ssh_opts(key=False),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-i",
+        str(key),
+        "-b",
+        "-",
+        f"{user}@127.0.0.1",
+    ]
+    return subprocess.run(cmd, input=batch, capture_output=True, text=True, timeout=60, cwd=env.tmp)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    d = tmp_path / "pki"
+    d.mkdir()
+    return Pki(d)
+
+
+def _start(
+    make_server: Callable[..., Env], tmp_path: Path, pki: Pki, ca: Path, revoked: Path | None = None
+) -> Env:
+    server = f"trusted_user_ca_keys_file = {toml_str(f'{ca}.pub')}"
+    if revoked is not None:
+        server += f"\nrevoked_keys_file = {toml_str(str(revoked))}"
+    carol = User("carol", tmp_path / "carol-root", extra='principals = ["carol", "ops"]')
+    return make_server(users=[carol], server_extra=server)
+
+
+def test_certificate_logs_in_and_bad_ones_are_refused(
+    make_server: Callable[..., Env], tmp_path: Path, pki: Pki
+) -> None:
+    ca = pki.key("ed25519", "ca")
+    other_ca = pki.key("ed25519", "other-ca")
+    good = pki.key("ed25519", "good")
+    pki.sign(ca, good, "-V", "-5m:+1h", "-z", "41", principals="ops", key_id="carol@laptop")
+    rsa = pki.key("rsa:2048", "rsa")
+    pki.sign(ca, rsa, "-V", "-5m:+1h", principals="carol")
+    cases: dict[str, Path] = {}
+    for name, args, principals, signer in (
+        ("expired", ["-V", "20200101:20200102"], "carol", ca),
+        ("not-yet-valid", ["-V", "+52w:+53w"], "carol", ca),
+        ("wrong-principal", ["-V", "-5m:+1h"], "bob", ca),
+        ("revoked", ["-V", "-5m:+1h", "-z", "7"], "carol", ca),
+        ("wrong-ca", ["-V", "-5m:+1h"], "carol", other_ca),
+        ("source-outside", ["-V", "-5m:+1h", "-O", "source-address=192.0.2.0/24"], "carol", ca),
+    ):
+        key = pki.key("ed25519", name)
+        pki.sign(signer, key, *args, principals=principals)
+        cases[name] = key
+    # a KRL revoking serial 7, made by ssh-keygen -k
+    spec = tmp_path / "krl-spec"
+    spec.write_text("serial: 7\n")
+    krl = tmp_path / "revoked.krl"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-k", "-f", str(krl), "-s", f"{ca}.pub", str(spec)], check=True
+    )
+    env = _start(make_server, tmp_path, pki, ca, krl)
+    (tmp_path / "up.bin").write_bytes(b"certified bytes\n" * 100)
+
+    res = _sftp(env, good, "put up.bin from-cert.bin\n")
+    assert res.returncode == 0, res.stderr + env.server.log_text()[-2000:]
+    assert (tmp_path / "carol-root" / "from-cert.bin").read_bytes() == b"certified bytes\n" * 100
+    log = env.server.log_text()
+    assert "cert_id='carol@laptop' serial=41 ca=SHA256:" in log
+    res = _sftp(env, rsa, "ls\n")
+    assert res.returncode == 0, res.stderr + env.server.log_text()[-2000:]
+
+    for name, key in cases.items():
+        res = _sftp(env, key, "ls\n")
+        assert res.returncode != 0, f"{name} logged in"
+    log = env.server.log_text()
+    for words in (
+        "certificate expired",
+        "certificate not yet valid",
+        "no certificate principal is allowed",
+        "certificate revoked",
+        "untrusted CA",
+        "source-address",
+    ):
+        assert words in log, words
+    assert not (tmp_path / "carol-root" / "x").exists()
