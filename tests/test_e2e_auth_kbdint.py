@@ -40,8 +40,10 @@ def test_psftp_logs_in_by_keyboard_interactive(
     batch = tmp_path / "batch"
     batch.write_text(f"put {tmp_path / 'up.txt'} putty-kbd.txt\n")
     res = subprocess.run(
-        ["psftp", "-batch", "-P", str(env.port), "-hostkey", _host_fingerprint(env)]
-        + ["-pw", ALICE_PASSWORD, "-b", str(batch), "alice@127.0.0.1"],
+        [
+            *("psftp", "-batch", "-P", str(env.port), "-hostkey", _host_fingerprint(env)),
+            *("-pw", ALICE_PASSWORD, "-b", str(batch), "alice@127.0.0.1"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
