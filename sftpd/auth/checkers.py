@@ -206,12 +206,23 @@ class PublicKeyChecker:
                 raise LoginRefused("key not authorized", user_known=known)
             entry = found
             key_blob = blob
+            why = None
             if not matches_source(entry.options, peer):
-                raise LoginRefused("key refused: client address not in its from=", user_known=True)
-            if is_expired(entry.options, self._now()):
-                raise LoginRefused("key refused: its expiry-time has passed", user_known=True)
-            if self._revoked is not None and self._revoked.is_revoked(blob):
-                raise LoginRefused("key refused: revoked", user_known=True)
+                why = "client address not in the key's from="
+            elif is_expired(entry.options, self._now()):
+                why = "the key's expiry-time has passed"
+            elif self._revoked is not None and self._revoked.is_revoked(blob):
+                why = "key revoked"
+            if why is not None:
+                log.info(
+                    "key refused by its options: conn={conn} peer={peer} user={user} "
+                    "reason={reason}",
+                    user=name,
+                    reason=why,
+                    event="auth_key_options",
+                    **getattr(creds, "log_fields", {}),
+                )
+                raise LoginRefused(f"key refused: {why}", user_known=True)
         if creds.signature is None:
             raise ValidPublicKey()
         wanted = CERT_SIGNATURE_ALGORITHMS.get(creds.algName, creds.algName)
