@@ -223,8 +223,9 @@ class _Loader(AuthValues):
         if cas:
             server["trusted_user_ca_keys"] = tuple(dict.fromkeys(cas))
         offered = server.get("authentication_methods", DEFAULT_METHODS)
-        for i, (u, _) in enumerate(users):
-            self.errors.extend(check_require(self.source, f"users[{i}]", u.require, offered))
+        for u, where in users:
+            prefix = where.removesuffix(".root")
+            self.errors.extend(check_require(self.source, prefix, u.require, offered))
         for key, names in ALGORITHM_PRESETS[server.get("algorithms", "modern")].items():
             server.setdefault(key, names)  # explicit lists win over the preset
         return Config(
