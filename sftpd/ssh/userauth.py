@@ -141,6 +141,9 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
     def ssh_USERAUTH_REQUEST(self, packet: bytes) -> None:
         if self._kbd is not None:
             self._drop_conversation()
+            t: Any = self.transport
+            if t.closed:
+                return  # that was the last attempt allowed
         if not self._busy:
             self._start(packet)
             return
