@@ -57,6 +57,10 @@ def test_certificate_logs_in_and_bad_ones_are_refused(
     pki.sign(ca, good, "-V", "-5m:+1h", "-z", "41", principals="ops", key_id="carol@laptop")
     rsa = pki.key("rsa:2048", "rsa")
     pki.sign(ca, rsa, "-V", "-5m:+1h", principals="carol")
+    ecdsa = pki.key("ecdsa:384", "ecdsa")
+    pki.sign(ca, ecdsa, "-V", "-5m:+1h", principals="carol")
+    forced = pki.key("ed25519", "forced")
+    pki.sign(ca, forced, "-O", "force-command=internal-sftp -R", principals="carol")
     cases: dict[str, Path] = {}
     for name, args, principals, signer in (
         ("expired", ["-V", "20200101:20200102"], "carol", ca),
@@ -65,6 +69,7 @@ def test_certificate_logs_in_and_bad_ones_are_refused(
         ("revoked", ["-V", "-5m:+1h", "-z", "7"], "carol", ca),
         ("wrong-ca", ["-V", "-5m:+1h"], "carol", other_ca),
         ("source-outside", ["-V", "-5m:+1h", "-O", "source-address=192.0.2.0/24"], "carol", ca),
+        ("unknown-critical", ["-O", "verify-required"], "carol", ca),
     ):
         key = pki.key("ed25519", name)
         pki.sign(signer, key, *args, principals=principals)
@@ -84,8 +89,32 @@ def test_certificate_logs_in_and_bad_ones_are_refused(
     assert (tmp_path / "carol-root" / "from-cert.bin").read_bytes() == b"certified bytes\n" * 100
     log = env.server.log_text()
     assert "cert_id='carol@laptop' serial=41 ca=SHA256:" in log
-    res = _sftp(env, rsa, "ls\n")
-    assert res.returncode == 0, res.stderr + env.server.log_text()[-2000:]
+    for key in (rsa, ecdsa):
+        res = _sftp(env, key, "ls\n")
+        assert res.returncode == 0, res.stderr + env.server.log_text()[-2000:]
+    # force-command=internal-sftp -R: SFTP reads only, no exec commands
+    res = _sftp(env, forced, "get from-cert.bin back.bin\n")
+    assert (
+        res.returncode == 0 and (tmp_path / "back.bin").read_bytes() == b"certified bytes\n" * 100
+    )
+    res = _sftp(env, forced, "put up.bin forced.bin\n")
+    assert res.returncode != 0 and not (tmp_path / "carol-root" / "forced.bin").exists()
+    ssh = subprocess.run(
+        [
+            *("ssh", *env.ssh_opts(port_flag="-p", key=False), "-o", "BatchMode=yes"),
+            *(
+                "-o",
+                "IdentitiesOnly=yes",
+                "-i",
+                str(forced),
+                "carol@127.0.0.1",
+                "md5sum from-cert.bin",
+            ),
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert ssh.returncode != 0 and b"from-cert.bin" not in ssh.stdout
 
     for name, key in cases.items():
         res = _sftp(env, key, "ls\n")
@@ -98,6 +127,7 @@ def test_certificate_logs_in_and_bad_ones_are_refused(
         "certificate revoked",
         "untrusted CA",
         "source-address",
+        "unknown critical option 'verify-required'",
     ):
         assert words in log, words
     assert not (tmp_path / "carol-root" / "x").exists()
