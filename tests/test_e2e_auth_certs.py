@@ -131,3 +131,24 @@ def test_certificate_logs_in_and_bad_ones_are_refused(
     ):
         assert words in log, words
     assert not (tmp_path / "carol-root" / "x").exists()
+
+
+def test_cert_authority_line_trusts_a_ca_for_one_user(
+    make_server: Callable[..., Env], tmp_path: Path, pki: Pki
+) -> None:
+    ca = pki.key("ed25519", "dan-ca")
+    line = f'cert-authority,principals="deploy" {Path(f"{ca}.pub").read_text().strip()}'
+    dan = User("dan", tmp_path / "dan-root", extra=f"authorized_keys = [{toml_str(line)}]")
+    env = make_server(users=[dan])
+    good = pki.key("ed25519", "deploy")
+    pki.sign(ca, good, "-V", "-5m:+1h", principals="deploy")
+    named = pki.key("ed25519", "named")
+    pki.sign(ca, named, "-V", "-5m:+1h", principals="dan")  # not in the line's principals
+    (tmp_path / "up.bin").write_bytes(b"deployed\n")
+    res = _sftp(env, good, "put up.bin d.bin\n", user="dan")
+    assert res.returncode == 0, res.stderr + env.server.log_text()[-2000:]
+    assert (tmp_path / "dan-root" / "d.bin").read_bytes() == b"deployed\n"
+    assert _sftp(env, named, "ls\n", user="dan").returncode != 0
+    # the CA key itself is no login key, and the CA is trusted for dan only
+    assert _sftp(env, ca, "ls\n", user="dan").returncode != 0
+    assert _sftp(env, good, "ls\n", user="alice").returncode != 0
