@@ -184,3 +184,10 @@ def test_require_answers_partial_success_with_the_remaining_methods(tmp_path: Pa
     svc.ssh_USERAUTH_REQUEST(_kbd())
     svc.ssh_USERAUTH_INFO_RESPONSE(_answer(PW))
     assert t.replies()[-1] == userauth.MSG_USERAUTH_SUCCESS
+
+
+def test_message_61_reaches_the_info_response_handler(tmp_path: Path) -> None:
+    svc, t, clock = _service(tmp_path)
+    svc.ssh_USERAUTH_REQUEST(_kbd())
+    svc.packetReceived(61, _answer(PW))  # Conch's dispatch by protocolMessages
+    assert t.replies()[-1] == userauth.MSG_USERAUTH_SUCCESS
