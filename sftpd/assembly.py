@@ -21,12 +21,9 @@ from twisted.python.failure import Failure
 
 from sftpd.apps.contract import SessionContext
 from sftpd.apps.rsync.sandbox import RuntimeCache
-from sftpd.auth.checkers import (
-    SERVER_SIG_ALGS,
-    PasswordChecker,
-    PublicKeyChecker,
-)
+from sftpd.auth.checkers import SERVER_SIG_ALGS
 from sftpd.auth.realm import Realm
+from sftpd.auth.setup import auth_parts
 from sftpd.auth.users import TomlUserStore, User, UserStore
 from sftpd.config.model import Config, ExecConfig
 from sftpd.log import announce_listening, conn_fields
@@ -99,7 +96,15 @@ class Factory(ssh_factory.SSHFactory):  # type: ignore[misc]
         auth_settings: AuthSettings,
         clock: Any,
         primes: dict[int, list[tuple[int, int]]] | None = None,
+        auth_methods: tuple[str, ...] = (),
+        kbdint: Any = None,
+        extra_auth_methods: dict[Any, bytes] | None = None,
     ) -> None:
+        # read by ssh.userauth: the methods offered in order, the keyboard-interactive
+        # starter (name -> Deferred[Conversation]) and its credential interface
+        self.auth_methods = auth_methods
+        self.kbdint = kbdint
+        self.extra_auth_methods = extra_auth_methods or {}
         self.portal = portal
         self.privateKeys = host_keys
         self.publicKeys = {name: key.public() for name, key in host_keys.items()}
@@ -201,16 +206,23 @@ def build_factory(
         clock=reactor,
         max_sessions=config.server.max_sessions,
         make_channel=functools.partial(SessionChannel, rsync_runtimes=RuntimeCache()),
+        methods=config.server.authentication_methods,
     )
     portal = Portal(realm)
-    portal.registerChecker(
-        # The unknown-user dummy hash costs what the store's hashes cost: the TOML store
-        # reads that from its hashes once, here; a database store from its setting.
-        PasswordChecker(users, auth_blocking, dummy_hash, rounds=users.password_cost)
-    )
-    portal.registerChecker(PublicKeyChecker(users))
-    primes = load_primes(config)
     s = config.server
+    parts = auth_parts(
+        users,
+        auth_blocking,
+        methods=s.authentication_methods,
+        trusted_cas=s.trusted_user_ca_keys,
+        revoked_keys_file=s.revoked_keys_file,
+        any_totp=any(u.totp_secret for u in config.users),
+        dummy_hash=dummy_hash,
+        now=time.time,
+    )
+    for checker in parts.checkers:
+        portal.registerChecker(checker)
+    primes = load_primes(config)
     return Factory(
         portal=portal,
         host_keys=host_keys,
@@ -218,6 +230,9 @@ def build_factory(
         auth_settings=AuthSettings(s.login_grace_time, s.max_auth_tries, s.auth_failure_delay),
         clock=reactor,
         primes=primes,
+        auth_methods=parts.methods,
+        kbdint=parts.kbdint,
+        extra_auth_methods=parts.extra_auth_methods,
     )
 
 

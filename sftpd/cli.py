@@ -46,6 +46,7 @@ examples:
   sftpd check-config /etc/sftpd/sftpd.toml
   sftpd hash-password                  prints a bcrypt hash for a [[users]] password_hash
   sftpd keygen /etc/sftpd/keys         creates missing host keys, prints fingerprints
+  sftpd totp-secret alice              prints a new totp_secret and its otpauth:// URL
 """
 
 
@@ -140,6 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
         "dir", metavar="DIR", nargs="?", type=Path, default=Path("keys"), help="default: ./keys"
     )
     keygen.set_defaults(func=cmd_keygen)
+
+    totp_cmd = sub.add_parser(
+        "totp-secret",
+        help="print a new totp_secret and its otpauth:// URL",
+        description="Print a new random TOTP secret for totp_secret in a [[users]] table, "
+        "and the otpauth:// URL an authenticator app imports (as text or a QR code). "
+        "Codes are RFC 6238: SHA-1, 30-second steps, 6 digits.",
+    )
+    totp_cmd.add_argument("name", metavar="NAME", help="the user name (shown in the app)")
+    totp_cmd.add_argument(
+        "--issuer", default="sftpd", help="the service name shown in the app (default: sftpd)"
+    )
+    totp_cmd.set_defaults(func=cmd_totp_secret)
     return parser
 
 
@@ -318,6 +332,16 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
         _error("sftpd hash-password: bcrypt uses at most 72 bytes; expected a shorter password")
         return EXIT_FAILURE
     print(bcrypt.hashpw(secret, bcrypt.gensalt(args.rounds)).decode("ascii"))
+    return EXIT_OK
+
+
+def cmd_totp_secret(args: argparse.Namespace) -> int:
+    """``sftpd totp-secret NAME``: print a new secret and its otpauth:// URL."""
+    from sftpd.auth.totp import new_secret, otpauth_url
+
+    secret = new_secret()
+    print(f'totp_secret = "{secret}"')
+    print(otpauth_url(args.name, secret, args.issuer))
     return EXIT_OK
 
 

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sftpd.auth.krl import KrlError, RevocationFile
 from sftpd.config.model import EMBEDDED_SOURCE, Config, ConfigErrors, UserConfig, make_root
 from sftpd.errors import ConfigError
 from sftpd.ssh.hostkeys import creatable, host_keys_problems
@@ -88,6 +89,12 @@ def check(config: Config) -> Findings:
     directory = config.server.host_keys_dir
     for problem in host_keys_problems(directory):
         found.errors.append(ConfigError(source, "server.host_keys_dir", problem))
+    revoked = config.server.revoked_keys_file
+    if revoked is not None:
+        try:
+            RevocationFile(revoked)  # a KRL or key list that does not parse stops serve
+        except KrlError as e:
+            found.errors.append(ConfigError(source, "server.revoked_keys_file", str(e)))
     return found
 
 

@@ -15,8 +15,8 @@ from sftpd.auth.certs import (
     is_certificate,
     verify_user_cert,
 )
-from sftpd.auth.keyopts import ForcedCommand
 from sftpd.auth.wire import Reader, fingerprint, string
+from sftpd.config.keyopts import ForcedCommand
 from tests.pki import Pki, blob
 
 

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from sftpd.auth.keyopts import (
+from sftpd.config.keyopts import (
     ForcedCommand,
     KeyLineError,
     KeyOptions,

@@ -11,7 +11,7 @@ import pytest
 @pytest.mark.parametrize(
     "module",
     [
-        "sftpd.auth.keyopts",
+        "sftpd.config.keyopts",
         "sftpd.auth.totp",
         "sftpd.auth.certs",
         "sftpd.auth.krl",

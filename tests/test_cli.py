@@ -63,7 +63,7 @@ class FakeStdin(io.StringIO):
 def test_help_documents_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("serve", "check-config", "hash-password", "keygen"):
+    for command in ("serve", "check-config", "hash-password", "keygen", "totp-secret"):
         assert command in out
         assert main([command, "--help"]) == 0
         assert f"usage: sftpd {command}" in capsys.readouterr().out
@@ -343,3 +343,28 @@ def test_serve_bad_config_as_a_process(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith(f'{cfg}: users[0].nmae: unknown key; did you mean "name"?')
     assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------- totp-secret
+
+
+def test_totp_secret_prints_a_config_line_and_its_url(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from sftpd.auth.totp import decode_secret
+    from sftpd.config.model import load_config
+
+    assert main(["totp-secret", "alice"]) == 0
+    line, url = capsys.readouterr().out.splitlines()
+    secret = line.split('"')[1]
+    assert line == f'totp_secret = "{secret}"'
+    assert len(decode_secret(secret)) == 20
+    assert url == f"otpauth://totp/sftpd:alice?secret={secret}&issuer=sftpd"
+    # the printed line is accepted as it is by the config
+    cfg = tmp_path / "sftpd.toml"
+    cfg.write_text(
+        f'[[users]]\nname = "alice"\nroot = "r"\npassword_hash = "{"$2b$04$" + "a" * 53}"\n{line}\n'
+    )
+    assert load_config(cfg).users[0].totp_secret == secret
+    assert main(["totp-secret", "alice"]) == 0
+    assert capsys.readouterr().out.split('"')[1] != secret  # a new one each time

@@ -235,6 +235,12 @@ NEEDS: tuple[Need, ...] = (
     Need("SSHUserAuthServer", "_ebBadAuth", UA, params=("reason",)),
     Need("SSHUserAuthServer", "_ebPassword", UA, params=("f",)),
     Need("SSHUserAuthServer", "interfaceToMethod", UA),
+    # auth_publickey is ours (certificates, client address); it keeps Conch's PK_OK answer
+    Need("SSHUserAuthServer", "_ebCheckKey", UA, params=("reason", "packet")),
+    # keyboard-interactive: message 61 reaches ssh_USERAUTH_INFO_RESPONSE through this
+    # table, and a dropped conversation relies on IgnoreAuthentication sending nothing
+    Need("SSHUserAuthServer", "protocolMessages", UA),
+    Need("SSHUserAuthServer", "_ebBadAuth", UA, "source", pattern=r"IgnoreAuthentication"),
     Need("SSHUserAuthServer", "_ebBadAuth", UA, "source", pattern=r"self\.loginAttempts \+= 1"),
     Need("SSHUserAuthServer", "tryAuth", UA, params=("kind", "user", "data")),
     Need("SSHUserAuthServer", "clock", UA),

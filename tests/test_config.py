@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from sftpd.config.keyopts import KeyLine
 from sftpd.config.model import (
     DEFAULT_CIPHERS,
     Config,
@@ -105,6 +106,7 @@ authorized_keys_file = "alice.pub"
         root=tmp_path / "srv" / "alice",
         password_hash=HASH.encode(),
         authorized_keys=(blob(other), blob(KEY)),
+        key_lines=(KeyLine(blob(other)), KeyLine(blob(KEY))),
     )
     assert not alice.root.exists()  # loading creates nothing (sftpd.preflight does)
     assert config.server.kex_algorithms == ServerConfig().kex_algorithms
@@ -250,8 +252,9 @@ def test_example_config_documents_every_key() -> None:
         *ServerConfig.__dataclass_fields__,
         *SftpConfig.__dataclass_fields__,
         *ExecConfig.__dataclass_fields__,
-        *UserConfig.__dataclass_fields__,
+        *(f for f in UserConfig.__dataclass_fields__ if f != "key_lines"),
         "authorized_keys_file",
+        "trusted_user_ca_keys_file",
     ]
     missing = [f for f in fields if f"\n{f} = " not in text and f"\n# {f} = " not in text]
     assert missing == []
@@ -462,7 +465,7 @@ def test_invalid_user_names(tmp_path: Path, name: str) -> None:
         (
             'authorized_keys = "ssh-ed25519 AAAA"',
             "users[0].authorized_keys",
-            "expected an array of strings (OpenSSH public key lines), got string",
+            "expected an array of strings (OpenSSH public key lines, options allowed), got string",
         ),
         (
             'authorized_keys = ["ssh-ed25519 not*base64"]',
@@ -470,10 +473,9 @@ def test_invalid_user_names(tmp_path: Path, name: str) -> None:
             "ssh-ed25519 key data does not parse (",
         ),
         (
-            f'authorized_keys = ["{KEY}", "from=\\"10.0.0.1\\" {KEY}"]',
+            f'authorized_keys = ["{KEY}", "from=\\"host.example\\" {KEY}"]',
             "users[0].authorized_keys[1]",
-            'key options are not supported (text before the key type, such as from="..." or '
-            "command=\"...\"); give only 'TYPE BASE64 [COMMENT]'",
+            "option 'from': 'host.example' looks like a host name",
         ),
         (
             'authorized_keys = ["ssh-dss AAAAB3NzaC1kc3MAAACBAP"]',
@@ -505,9 +507,9 @@ def test_authorized_keys_file_bad_line_names_file_and_line(tmp_path: Path) -> No
     keys.write_text(f'# alice\n{KEY}\n\ncommand="ls" {KEY}\n')
     path, e = load_error(tmp_path, user('authorized_keys_file = "alice.pub"'))
     assert str(e) == (
-        f"{path}: users[0].authorized_keys_file: {keys} line 4: key options are not supported "
-        '(text before the key type, such as from="..." or command="..."); give only '
-        "'TYPE BASE64 [COMMENT]'"
+        f"{path}: users[0].authorized_keys_file: {keys}:4: option 'command': 'ls' cannot be "
+        "enforced: sftpd runs no shell; use 'internal-sftp', 'internal-sftp -R' or "
+        "'rrsync [-ro|-wo] DIR'"
     )
 
 

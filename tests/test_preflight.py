@@ -152,3 +152,34 @@ def test_embedded_default_data_not_creatable(tmp_path: Path) -> None:
         f"(embedded default): users[0].root: {tmp_path / 'data'} exists but is not a "
         "directory; expected a directory"
     )
+
+
+def test_check_config_names_auth_problems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Key options (file, line, option), rrsync keys, require and a bad revocation file."""
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOvWr2ZxPoEUi/8s3WIQ9gvfK4z2ylZ7qW7hS+KqfS0C"
+    (tmp_path / "keys.txt").write_text(f'# alice\n{key}\nfrom="10.0.0.1",bogus {key}\n')
+    (tmp_path / "r").mkdir()
+    cfg = write(
+        tmp_path,
+        config_text(
+            'root = "r"\nauthorized_keys_file = "keys.txt"',
+            f'root = "r"\nauthorized_keys = [\'command="rrsync -ro /backup" {key}\']',
+            'root = "r"\nrequire = [["publickey", "password"]]',
+        ).replace("[server]\n", '[server]\nauthentication_methods = ["publickey"]\n'),
+    )
+    assert main(["check-config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"users[0].authorized_keys_file: {tmp_path / 'keys.txt'}:3: option 'bogus': " in err
+    assert "users[1].authorized_keys[0]: option 'command': rrsync keys need per-key rules" in err
+    assert "users[2].require[0]: 'password' is not in [server] authentication_methods" in err
+    (tmp_path / "revoked").write_bytes(b"SSHKRL\n\0garbage")
+    cfg = write(
+        tmp_path,
+        config_text('root = "r"').replace(
+            "[server]\n", '[server]\nrevoked_keys_file = "revoked"\n'
+        ),
+    )
+    assert main(["check-config", str(cfg)]) == 2
+    assert "server.revoked_keys_file: " in capsys.readouterr().err

@@ -22,8 +22,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import SSHCertificate, SSHCertificateType
 
-from sftpd.auth.keyopts import ForcedCommand, OptionError, parse_command
 from sftpd.auth.wire import Reader, WireError, fingerprint
+from sftpd.config.keyopts import ForcedCommand, OptionError, parse_command
 from sftpd.errors import SftpdError
 
 CERT_SUFFIX = b"-cert-v01@openssh.com"

@@ -1,8 +1,10 @@
-"""Credential checkers: bcrypt passwords off the reactor thread, and public keys (no SHA-1)."""
+"""Credential checkers: bcrypt passwords off the reactor thread, public keys and certificates."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import bcrypt
@@ -17,7 +19,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sftpd.auth.certs import (
+    CERT_SIGNATURE_ALGORITHMS,
+    CertError,
+    CertInfo,
+    is_certificate,
+    load_certificate,
+    verify_user_cert,
+)
+from sftpd.auth.krl import RevocationFile
 from sftpd.auth.users import DEFAULT_PASSWORD_COST, AuthorizedKey, StoreUnavailable, User, UserStore
+from sftpd.config.keyopts import KeyOptions, is_expired, matches_source
 from sftpd.runtime.threads import Blocking
 
 # Signature algorithms accepted for user keys, as advertised in server-sig-algs.
@@ -30,7 +42,9 @@ SERVER_SIG_ALGS = (
     b"rsa-sha2-512",
     b"rsa-sha2-256",
 )
-ACCEPTED_SIGNATURES = frozenset(SERVER_SIG_ALGS)
+# publickey algorithm names accepted: the plain ones and their certificate forms (as
+# OpenSSH, server-sig-algs lists only the plain ones).
+ACCEPTED_SIGNATURES = frozenset(SERVER_SIG_ALGS) | frozenset(CERT_SIGNATURE_ALGORITHMS)
 
 log = Logger(namespace="sftpd.auth")
 _BCRYPT_MAX = 72  # bytes of a password that bcrypt uses
@@ -108,6 +122,20 @@ class PasswordChecker:
         return found
 
     def _check(self, user: User | None, name: bytes, password: bytes) -> defer.Deferred[LoggedIn]:
+        def decide(ok: bool) -> LoggedIn:
+            if not ok or user is None:
+                raise LoginRefused("wrong password or unknown user", user_known=user is not None)
+            if user.totp_secret:
+                # after the same bcrypt work, so the timing does not tell
+                raise LoginRefused(
+                    "user has a TOTP secret: keyboard-interactive with a code", user_known=True
+                )
+            return LoggedIn(name, user)
+
+        return self.verify(user, password).addCallback(decide)
+
+    def verify(self, user: User | None, password: bytes) -> defer.Deferred[bool]:
+        """Whether ``password`` is the user's, in the bcrypt thread (a dummy for None)."""
         stored = user.password_hash if user is not None and user.password_hash else None
 
         def check() -> bool:
@@ -118,12 +146,7 @@ class PasswordChecker:
             ok = bcrypt.checkpw(password[:_BCRYPT_MAX], stored or self._dummy_hash())
             return ok and fits and stored is not None
 
-        def decide(ok: bool) -> LoggedIn:
-            if not ok or user is None:
-                raise LoginRefused("wrong password or unknown user", user_known=user is not None)
-            return LoggedIn(name, user)
-
-        return self._blocking.run(check).addCallback(decide)
+        return self._blocking.run(check)
 
 
 def _signature_algorithm(signature: bytes) -> bytes:
@@ -136,12 +159,27 @@ def _signature_algorithm(signature: bytes) -> bytes:
 
 @implementer(ICredentialsChecker)
 class PublicKeyChecker:
-    """Accepts a key listed for the user, signed with an accepted (non-SHA-1) algorithm."""
+    """Accepts a key listed for the user (its options allowing this login), or a certificate
+    from a trusted CA, signed with an accepted (non-SHA-1) algorithm.
+
+    The credentials carry ``peer`` (the client's IP address, for ``from=`` and a
+    certificate's ``source-address``) and ``log_fields`` (the connection's), set by the
+    userauth service; without them from= and source-address match nothing."""
 
     credentialInterfaces = (credentials.ISSHPrivateKey,)
 
-    def __init__(self, store: UserStore) -> None:
+    def __init__(
+        self,
+        store: UserStore,
+        *,
+        trusted_cas: tuple[bytes, ...] = (),
+        revocations: RevocationFile | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         self._store = store
+        self._cas = trusted_cas
+        self._revoked = revocations
+        self._now = now
 
     def requestAvatarId(self, creds: Any) -> defer.Deferred[bytes | tuple[()]]:
         # One store lookup per attempt; the LoggedIn answer takes the user to the realm.
@@ -156,18 +194,90 @@ class PublicKeyChecker:
         blob: bytes = creds.blob
         if creds.algName not in ACCEPTED_SIGNATURES:
             raise LoginRefused(f"signature algorithm {creds.algName!r} refused", user_known=known)
-        entry = user.key(blob) if user is not None else None
-        if user is None or entry is None:
-            raise LoginRefused("key not authorized", user_known=known)
+        peer = str(getattr(creds, "peer", ""))
+        if is_certificate(blob):
+            if user is None:
+                raise LoginRefused("certificate for an unknown user", user_known=False)
+            entry = self._certified(user, blob, peer, creds)
+            key_blob = entry.blob
+        else:
+            found = user.key(blob) if user is not None else None
+            if user is None or found is None:
+                raise LoginRefused("key not authorized", user_known=known)
+            entry = found
+            key_blob = blob
+            why = None
+            if not matches_source(entry.options, peer):
+                why = "client address not in the key's from="
+            elif is_expired(entry.options, self._now()):
+                why = "the key's expiry-time has passed"
+            elif self._revoked is not None and self._revoked.is_revoked(blob):
+                why = "key revoked"
+            if why is not None:
+                log.info(
+                    "key refused by its options: conn={conn} peer={peer} user={user} "
+                    "reason={reason}",
+                    user=name,
+                    reason=why,
+                    event="auth_key_options",
+                    **getattr(creds, "log_fields", {}),
+                )
+                raise LoginRefused(f"key refused: {why}", user_known=True)
         if creds.signature is None:
             raise ValidPublicKey()
-        if _signature_algorithm(creds.signature) != creds.algName:
+        wanted = CERT_SIGNATURE_ALGORITHMS.get(creds.algName, creds.algName)
+        if _signature_algorithm(creds.signature) != wanted:
             raise LoginRefused("signature algorithm mismatch", user_known=True)
         try:
-            key = keys.Key.fromString(blob)
+            key = keys.Key.fromString(key_blob)
             good = key.verify(creds.signature, creds.sigData)
         except Exception as exc:
             raise LoginRefused("bad signature", user_known=True) from exc
         if not good:
             raise LoginRefused("bad signature", user_known=True)
+        if entry.comment.startswith("cert_id="):
+            log.info(
+                "certificate accepted: conn={conn} peer={peer} user={user} {cert}",
+                user=name,
+                cert=entry.comment,
+                event="auth_cert",
+                **getattr(creds, "log_fields", {}),
+            )
         return LoggedIn(name, user, entry)
+
+    def _certified(self, user: User, blob: bytes, peer: str, creds: Any) -> AuthorizedKey:
+        """Verify a certificate for ``user``; the entry it stands for (its force-command)."""
+        try:
+            _cert, raw = load_certificate(blob)
+            own = {k.blob: k for k in user.cert_authorities()}
+            entry = own.get(raw.ca_blob)
+            if entry is not None and entry.options.principals is not None:
+                principals: tuple[str, ...] = entry.options.principals
+            else:
+                principals = user.principals if user.principals is not None else (user.name,)
+            info: CertInfo = verify_user_cert(
+                blob,
+                trusted_cas=(*self._cas, *own),
+                principals=principals,
+                client_address=peer,
+                now=self._now(),
+            )
+            if entry is not None and not matches_source(entry.options, peer):
+                raise CertError("client address not in the cert-authority line's from=")
+            if entry is not None and is_expired(entry.options, self._now()):
+                raise CertError("the cert-authority line's expiry-time has passed")
+            if self._revoked is not None and self._revoked.is_revoked(info.key_blob, info):
+                raise CertError(f"certificate revoked ({info.describe()})")
+        except CertError as e:
+            log.info(
+                "certificate refused: conn={conn} peer={peer} user={user} reason={reason}",
+                user=creds.username,
+                reason=e.reason,
+                event="auth_cert_refused",
+                **getattr(creds, "log_fields", {}),
+            )
+            raise LoginRefused(f"certificate refused: {e.reason}", user_known=True) from None
+        command = info.force_command
+        if entry is not None and entry.options.command is not None:
+            command = entry.options.command if command is None else command
+        return AuthorizedKey(info.key_blob, info.describe(), KeyOptions(command=command))

@@ -11,7 +11,8 @@ and then the code. Only this auth module imports Twisted (for the cred interface
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.cred.credentials import ICredentials
 from zope.interface import Attribute, implementer
@@ -48,6 +49,9 @@ class KeyboardInteractiveCredentials:
     username: bytes
     password: bytes
     code: bytes | None
+    # (the store's answer,) when the user was looked up to start the conversation, so the
+    # checker does not look again (one lookup per attempt); () when it was not.
+    found: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,9 @@ class Conversation:
     so does a new USERAUTH_REQUEST, which the caller handles by dropping this object.
     """
 
-    def __init__(self, username: bytes, totp: bool) -> None:
+    def __init__(self, username: bytes, totp: bool, found: tuple[Any, ...] = ()) -> None:
         self._username = username
+        self._found = found
         self._prompts = [Prompt(PASSWORD_PROMPT)] + ([Prompt(CODE_PROMPT)] if totp else [])
         self._answers: list[bytes] = []
         self._started = False
@@ -130,4 +135,4 @@ class Conversation:
             return encode_info_request((self._prompts[len(self._answers)],))
         self._done = True
         code = self._answers[1] if len(self._answers) > 1 else None
-        return KeyboardInteractiveCredentials(self._username, self._answers[0], code)
+        return KeyboardInteractiveCredentials(self._username, self._answers[0], code, self._found)

@@ -1,18 +1,47 @@
-"""The realm: turns the user a checker found into an Avatar with its jailed storage."""
+"""The realm: turns the user a checker found into an Avatar; decides ``require`` chains."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
+from twisted.conch.error import NotEnoughAuthentication
 from twisted.conch.interfaces import IConchUser
 from twisted.cred.portal import IRealm
 from zope.interface import implementer
 
 from sftpd.apps.contract import SessionContext
 from sftpd.auth.avatar import Avatar, ChannelFactory
-from sftpd.auth.checkers import LoggedIn
-from sftpd.auth.users import User
+from sftpd.auth.chains import Chains
+from sftpd.auth.checkers import LoggedIn, LoginRefused
+from sftpd.auth.users import AuthorizedKey, User
+from sftpd.config.authcfg import DEFAULT_METHODS
+
+
+class PartialSuccess(NotEnoughAuthentication):  # type: ignore[misc]
+    """A method succeeded but the user's ``require`` chain wants more: ``remaining`` are
+    the methods that may come next (the userauth service answers partial success)."""
+
+    def __init__(self, remaining: tuple[str, ...]) -> None:
+        super().__init__("partial success")
+        self.remaining = remaining
+
+
+def with_key_options(user: User, key: AuthorizedKey | None) -> User:
+    """The user as the key's forced command (``command=`` or a certificate's
+    force-command) allows: ``internal-sftp`` serves SFTP only (no exec commands),
+    ``internal-sftp -R`` read-only too."""
+    command = key.options.command if key is not None else None
+    if command is None:
+        return user
+    if command.protocols != frozenset({"sftp"}) or command.directory is not None:
+        # rrsync profiles are refused when the config is loaded; a certificate's
+        # force-command asking for one is refused here rather than widened
+        raise LoginRefused("forced command cannot be enforced (rrsync)", user_known=True)
+    return replace(
+        user, allow_exec=False, allow_rsync=False, read_only=user.read_only or command.read_only
+    )
 
 
 @implementer(IRealm)
@@ -29,7 +58,9 @@ class Realm:
         clock: Any,
         max_sessions: int,
         make_channel: ChannelFactory,
+        methods: tuple[str, ...] = DEFAULT_METHODS,
     ) -> None:
+        self._methods = methods
         self._make_context = make_context
         self._clock = clock
         self._max_sessions = max_sessions
@@ -42,7 +73,23 @@ class Realm:
             raise NotImplementedError("only SSH users")
         if not isinstance(avatarId, LoggedIn):
             raise TypeError("the checkers must answer with a LoggedIn carrying the user")
-        ctx = self._make_context(avatarId.user)
+        user = avatarId.user
+        if user.require:
+            # ``mind`` (from the userauth service) says which methods succeeded before
+            done = (*getattr(mind, "done", ()), str(getattr(mind, "method", "")))
+            try:
+                chains = Chains.build(self._methods, user.require)
+            except ValueError as e:  # a store's require naming a method not offered
+                raise LoginRefused(f"require: {e}", user_known=True) from None
+            if not chains.satisfied(done):
+                remaining = chains.next_methods(done)
+                if not remaining:
+                    raise LoginRefused(
+                        f"{' then '.join(done)} is not in the user's require chains",
+                        user_known=True,
+                    )
+                raise PartialSuccess(remaining)
+        ctx = self._make_context(with_key_options(user, avatarId.key))
         avatar = Avatar(
             ctx,
             clock=self._clock,

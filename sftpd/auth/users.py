@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from twisted.internet import defer
 
+from sftpd.config.keyopts import KeyOptions
 from sftpd.config.model import UserConfig
 
 DEFAULT_PASSWORD_COST = 12  # bcrypt cost when a store has no hash to take it from
@@ -20,15 +21,16 @@ class AuthorizedKey:
     """One key a user may log in with.
 
     ``blob`` is the public key in SSH wire format. ``options`` holds the key's parsed
-    OpenSSH options (``from``, ``expiry-time``, ``restrict``...) as (name, value or None)
-    pairs: none today, as the config refuses key lines with options. A per-key profile
+    OpenSSH options (``from``, ``expiry-time``, ``restrict``, ``command``,
+    ``cert-authority``...); a ``cert-authority`` entry is a CA for the user's
+    certificates, never a login key itself. A per-key profile
     (``[[users.keys]]``: permissions, protocols, home) becomes further fields here, each
     with a default meaning "as the user".
     """
 
     blob: bytes
     comment: str = ""
-    options: tuple[tuple[str, str | None], ...] = ()
+    options: KeyOptions = field(default_factory=KeyOptions)
 
 
 @dataclass(frozen=True)
@@ -47,13 +49,23 @@ class User:
     read_only: bool = False
     allow_rsync: bool | None = None
     allow_exec: bool | None = None
+    # Authentication (issue 17): certificate principals (None: the name), a base32 TOTP
+    # secret (None: no code asked), chains of methods that must all succeed (empty: any
+    # one offered method).
+    principals: tuple[str, ...] | None = None
+    totp_secret: str | None = None
+    require: tuple[tuple[str, ...], ...] = ()
 
     def key(self, blob: bytes) -> AuthorizedKey | None:
-        """The entry for the public key ``blob``, or None if it is not the user's."""
+        """The login entry for the public key ``blob``, or None if it is not the user's."""
         for entry in self.keys:
-            if entry.blob == blob:
+            if entry.blob == blob and not entry.options.cert_authority:
                 return entry
         return None
+
+    def cert_authorities(self) -> tuple[AuthorizedKey, ...]:
+        """The user's own ``cert-authority`` key lines."""
+        return tuple(k for k in self.keys if k.options.cert_authority)
 
 
 class StoreUnavailable(Exception):
@@ -121,11 +133,22 @@ def user_from_config(cfg: UserConfig) -> User:
         root=cfg.root,
         home=cfg.home,
         password_hash=cfg.password_hash,
-        keys=tuple(AuthorizedKey(blob) for blob in cfg.authorized_keys),
+        keys=_keys_from_config(cfg),
         read_only=cfg.read_only,
         allow_rsync=cfg.allow_rsync,
         allow_exec=cfg.allow_exec,
+        principals=cfg.principals,
+        totp_secret=cfg.totp_secret,
+        require=cfg.require,
     )
+
+
+def _keys_from_config(cfg: UserConfig) -> tuple[AuthorizedKey, ...]:
+    # key_lines carries the options; a UserConfig built without them (the embedded
+    # default, tests) has only blobs.
+    if cfg.key_lines:
+        return tuple(AuthorizedKey(line.blob, options=line.options) for line in cfg.key_lines)
+    return tuple(AuthorizedKey(blob) for blob in cfg.authorized_keys)
 
 
 def bcrypt_cost(password_hash: bytes | None) -> int | None:

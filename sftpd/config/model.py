@@ -14,9 +14,10 @@ from typing import Any
 import bcrypt
 
 from sftpd import __version__
+from sftpd.config.authcfg import DEFAULT_METHODS, AuthValues, check_require
+from sftpd.config.keyopts import KeyLine
 from sftpd.config.values import (
     Check,
-    Values,
     got,
     parse_authorized_key,
     read_authorized_keys_lines,
@@ -103,6 +104,13 @@ class UserConfig:
     # None: use the server-wide [exec] setting.
     allow_rsync: bool | None = None
     allow_exec: bool | None = None
+    # Authentication (issue 17): every key line with its options, in file order (the
+    # blobs above are theirs, deduplicated); certificate principals (None: the name);
+    # a base32 TOTP secret; chains of methods that must all succeed.
+    key_lines: tuple[KeyLine, ...] = ()
+    principals: tuple[str, ...] | None = None
+    totp_secret: str | None = None
+    require: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,11 @@ class ServerConfig:
     busy_poll_us: int = 100
     log_format: str = "text"  # "text" or "json"
     log_level: str = "info"
+    # Authentication (issue 17): user CA keys (wire blobs, the file's merged in), the
+    # revocation file, and the methods offered, in order.
+    trusted_user_ca_keys: tuple[bytes, ...] = ()
+    revoked_keys_file: Path | None = None
+    authentication_methods: tuple[str, ...] = DEFAULT_METHODS
 
 
 @dataclass(frozen=True)
@@ -173,8 +186,10 @@ class ConfigErrors(ConfigError):
         self.args = ("\n".join(str(e) for e in self.errors),)
 
 
-class _Loader(Values):
+class _Loader(AuthValues):
     """Builds the dataclasses from the parsed TOML document, collecting every problem."""
+
+    has_ca = False  # [server] trusts user CAs: a user may log in by certificate alone
 
     # Sections.
 
@@ -195,11 +210,22 @@ class _Loader(Values):
             ),
             "users": self.users_check,
         }
+        server_data = data.get("server")
+        self.has_ca = isinstance(server_data, dict) and any(
+            k in server_data for k in ("trusted_user_ca_keys", "trusted_user_ca_keys_file")
+        )
         got = self.table(data, "", sections)
         if "users" not in data:
             self.errors.append(self.err("users", "missing; expected at least one [[users]] entry"))
         users: list[tuple[UserConfig, str]] = got.get("users", [])
         server: dict[str, Any] = got.get("server", {})
+        cas = server.pop("trusted_user_ca_keys", ()) + server.pop("trusted_user_ca_keys_file", ())
+        if cas:
+            server["trusted_user_ca_keys"] = tuple(dict.fromkeys(cas))
+        offered = server.get("authentication_methods", DEFAULT_METHODS)
+        for u, where in users:
+            prefix = where.removesuffix(".root")
+            self.errors.extend(check_require(self.source, prefix, u.require, offered))
         for key, names in ALGORITHM_PRESETS[server.get("algorithms", "modern")].items():
             server.setdefault(key, names)  # explicit lists win over the preset
         return Config(
@@ -240,6 +266,10 @@ class _Loader(Values):
             "busy_poll_us": self.integer(0, 10000),
             "log_format": self.choice(("text", "json")),
             "log_level": self.choice(LOG_LEVELS, {"warning": "warn"}),
+            "trusted_user_ca_keys": self.ca_keys,
+            "trusted_user_ca_keys_file": self.ca_keys_file,
+            "revoked_keys_file": self.revoked_file,
+            "authentication_methods": self.methods,
         }
 
     def users_check(self, where: str, value: Any) -> list[tuple[UserConfig, str]]:
@@ -273,11 +303,14 @@ class _Loader(Values):
             "root": self.path,
             "home": self.home,
             "password_hash": self.password_hash,
-            "authorized_keys": self.keys,
-            "authorized_keys_file": self.keys_file,
+            "authorized_keys": self.key_lines,
+            "authorized_keys_file": self.key_lines_file,
             "read_only": self.boolean,
             "allow_rsync": self.optional_boolean,
             "allow_exec": self.optional_boolean,
+            "principals": self.principals,
+            "totp_secret": self.totp_secret,
+            "require": self.require,
         }
         got = self.table(data, prefix, checks)
         for key, what in (("name", "the login name"), ("root", "the directory the user sees as /")):
@@ -285,9 +318,10 @@ class _Loader(Values):
                 self.errors.append(self.err(f"{prefix}.{key}", f"missing; expected {what}"))
         if len(self.errors) > before:
             return None
-        keys = got.pop("authorized_keys", ()) + got.pop("authorized_keys_file", ())
-        got["authorized_keys"] = tuple(dict.fromkeys(keys))
-        if not got["authorized_keys"] and "password_hash" not in got:
+        lines = got.pop("authorized_keys", ()) + got.pop("authorized_keys_file", ())
+        got["key_lines"] = lines
+        got["authorized_keys"] = tuple(dict.fromkeys(line.blob for line in lines))
+        if not got["authorized_keys"] and "password_hash" not in got and not self.has_ca:
             source = (
                 " (authorized_keys_file has no key lines)" if "authorized_keys_file" in data else ""
             )

@@ -6,9 +6,16 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.conch.error import ValidPublicKey
+from twisted.conch import interfaces
+from twisted.conch.error import IgnoreAuthentication, NotEnoughAuthentication, ValidPublicKey
 from twisted.conch.ssh import keys, userauth
-from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR, DISCONNECT_SERVICE_NOT_AVAILABLE
+from twisted.conch.ssh.common import NS
+from twisted.conch.ssh.transport import (
+    DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
+    DISCONNECT_PROTOCOL_ERROR,
+    DISCONNECT_SERVICE_NOT_AVAILABLE,
+)
+from twisted.cred import credentials
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -23,6 +30,8 @@ log = Logger(namespace="sftpd.auth")
 # must finish each before it starts the next), and the bytes they may hold.
 MAX_PENDING = 8
 MAX_PENDING_BYTES = 256 * 1024
+MSG_USERAUTH_INFO_REQUEST = 60
+CERT_SUFFIX = b"-cert-v01@openssh.com"
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,15 @@ class AuthSettings:
     login_grace_time: float = 120.0
     max_auth_tries: int = 6
     failure_delay: float = 1.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The ``mind`` passed to the realm: the methods that succeeded so far (partial
+    successes, in order) and the one being tried, for ``require`` chains."""
+
+    done: tuple[str, ...]
+    method: str
 
 
 class MalformedRequest(Exception):
@@ -55,6 +73,14 @@ def take_strings(data: bytes, count: int) -> tuple[list[bytes], bytes]:
         out.append(data[pos : pos + size])
         pos += size
     return out, data[pos:]
+
+
+def _is_certificate(blob: bytes) -> bool:
+    try:
+        (kind,), _ = take_strings(blob, 1)
+    except MalformedRequest:
+        return False
+    return kind.endswith(CERT_SUFFIX)
 
 
 class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
@@ -82,15 +108,19 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
         self.nextService: bytes | None = None
         self.method = b""
         self.portal = factory.portal
-        methods = self.interfaceToMethod
-        self.supportedAuthentications = [
-            methods[i] for i in self.portal.listCredentialsInterfaces() if i in methods
-        ]
-        if not t.isEncrypted("in") and b"password" in self.supportedAuthentications:
-            self.supportedAuthentications.remove(b"password")
+        # the methods the portal has checkers for, in [server] authentication_methods order
+        methods = {**self.interfaceToMethod, **getattr(factory, "extra_auth_methods", {})}
+        have = {methods[i] for i in self.portal.listCredentialsInterfaces() if i in methods}
+        order = [m.encode() for m in getattr(factory, "auth_methods", ())] or sorted(have)
+        self._offered = [m for m in order if m in have]
+        if not t.isEncrypted("in") and b"password" in self._offered:
+            self._offered.remove(b"password")
+        self.supportedAuthentications = list(self._offered)
         self._cancelLoginTimeout = None  # type: ignore[assignment]
         self._pending: deque[bytes] = deque()
         self._pending_bytes = 0
+        self._conversation: Any = None  # the keyboard-interactive one in progress
+        self._kbd: defer.Deferred[Any] | None = None
 
     def serviceStopped(self) -> None:
         self._pending.clear()
@@ -109,6 +139,11 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
     # -- one request at a time -----------------------------------------------------------
 
     def ssh_USERAUTH_REQUEST(self, packet: bytes) -> None:
+        if self._kbd is not None:
+            self._drop_conversation()
+            t: Any = self.transport
+            if t.closed:
+                return  # that was the last attempt allowed
         if not self._busy:
             self._start(packet)
             return
@@ -132,7 +167,8 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
                 t.sendDisconnect(DISCONNECT_SERVICE_NOT_AVAILABLE, b"no such service")
                 return
             if user != self.user or next_service != self.nextService:
-                self.authenticatedWith = []  # clear auth state
+                self.authenticatedWith = []  # clear auth state (partial successes too)
+                self.supportedAuthentications = list(self._offered)
             self.user, self.nextService, self.method = user, next_service, method
             d = self.tryAuth(method, user, rest)
         except MalformedRequest as e:
@@ -169,21 +205,52 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
 
     # -- methods -------------------------------------------------------------------------
 
+    def _mind(self) -> Progress:
+        done = tuple(m.decode("ascii", "replace") for m in self.authenticatedWith)
+        return Progress(done, self.method.decode("ascii", "replace"))
+
+    def _peer_host(self) -> str:
+        tcp = getattr(self.transport, "transport", None)
+        peer = getattr(tcp, "getPeer", lambda: None)()
+        return str(getattr(peer, "host", ""))
+
     def auth_publickey(self, packet: bytes) -> defer.Deferred[Any]:
+        # Conch's, but certificates reach the checker (Conch's keys.Key refuses them) and
+        # the credentials carry the client address (from=, source-address) and log fields.
         if not packet:
             raise MalformedRequest("publickey request without its flag")
-        (_alg, blob), rest = take_strings(packet[1:], 2)
+        (alg, blob), rest = take_strings(packet[1:], 2)
+        signature = None
         if packet[0]:
-            _signature, rest = take_strings(rest, 1)
+            (signature,), rest = take_strings(rest, 1)
         if rest:
             return defer.fail(UnauthorizedLogin("trailing bytes after the publickey request"))
-        try:
-            keys.Key.fromString(blob, type="blob")
-        except Exception:
-            # Not only BadKeyError: an RSA key with e > n or n = 0, a short ed25519 key ...
-            # raise ValueError and the like from the key libraries.
-            return defer.fail(UnauthorizedLogin("malformed public key"))
-        d: defer.Deferred[Any] = super().auth_publickey(packet)
+        if not _is_certificate(blob):
+            try:
+                keys.Key.fromString(blob, type="blob")
+            except Exception:
+                # Not only BadKeyError: an RSA key with e > n or n = 0, a short ed25519
+                # key ... raise ValueError and the like from the key libraries.
+                return defer.fail(UnauthorizedLogin("malformed public key"))
+        t: Any = self.transport
+        signed = None
+        if signature is not None:
+            signed = (
+                NS(t.sessionID)
+                + bytes((userauth.MSG_USERAUTH_REQUEST,))
+                + NS(self.user or b"")
+                + NS(self.nextService or b"")
+                + NS(b"publickey")
+                + b"\x01"
+                + NS(alg)
+                + NS(blob)
+            )
+        c: Any = credentials.SSHPrivateKey(self.user, alg, blob, signed, signature)
+        c.peer = self._peer_host()
+        c.log_fields = conn_fields(t)
+        d: defer.Deferred[Any] = self.portal.login(c, self._mind(), interfaces.IConchUser)
+        if signature is None:
+            d.addErrback(self._ebCheckKey, packet[1:])
         return d
 
     def auth_password(self, packet: bytes) -> defer.Deferred[Any]:
@@ -196,13 +263,96 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
         elif rest:
             reason = "trailing bytes after the password"
         else:
-            d: defer.Deferred[Any] = super().auth_password(packet)
-            return d
+            c = credentials.UsernamePassword(self.user or b"", _password[0])
+            d: defer.Deferred[Any] = self.portal.login(c, self._mind(), interfaces.IConchUser)
+            return d.addErrback(self._ebPassword)
         # A FAILURE, after the same delay as a wrong password (RFC 4252 section 8: SUCCESS
         # would mean "password changed").
         log.debug("password request refused: {reason}", reason=reason)
         refused: defer.Deferred[Any] = self._ebPassword(Failure(UnauthorizedLogin(reason)))
         return refused
+
+    def _ebPassword(self, reason: Failure) -> Any:
+        # Conch's delay, but a partial success (a correct password) is answered at once
+        if reason.check(NotEnoughAuthentication, IgnoreAuthentication):
+            return reason
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.clock.callLater(self.passwordDelay, d.callback, reason)
+        return d
+
+    def _ebMaybeBadAuth(self, reason: Failure) -> None:
+        # Conch's, plus what a partial success means for require chains: the method is
+        # done, and only the methods that may come next are listed (and accepted).
+        reason.trap(NotEnoughAuthentication)
+        remaining = getattr(reason.value, "remaining", None)
+        if remaining is not None:
+            self.authenticatedWith.append(self.method)
+            self.supportedAuthentications = [m.encode() for m in remaining]
+        t: Any = self.transport
+        t.sendPacket(
+            userauth.MSG_USERAUTH_FAILURE, NS(b",".join(self.supportedAuthentications)) + b"\xff"
+        )
+
+    # -- keyboard-interactive (RFC 4256) ---------------------------------------------------
+
+    def auth_keyboard_interactive(self, packet: bytes) -> defer.Deferred[Any]:
+        """Start a conversation (the factory's ``kbdint``: name -> Deferred[Conversation])."""
+        (_language, _submethods), rest = take_strings(packet, 2)
+        if rest:
+            refused: defer.Deferred[Any] = self._ebPassword(
+                Failure(UnauthorizedLogin("trailing bytes after the keyboard-interactive request"))
+            )
+            return refused
+        t: Any = self.transport
+        done: defer.Deferred[Any] = defer.Deferred()
+        self._kbd = done
+        started: defer.Deferred[Any] = t.factory.kbdint(self.user)
+
+        def begin(conversation: Any) -> None:
+            if self._kbd is not done:
+                return  # dropped meanwhile
+            self._conversation = conversation
+            t.sendPacket(MSG_USERAUTH_INFO_REQUEST, conversation.start())
+
+        def failed(reason: Failure) -> None:
+            if self._kbd is done:
+                self._kbd = None
+                done.errback(reason)
+
+        started.addCallbacks(begin, failed)
+        return done.addErrback(self._ebPassword)
+
+    def ssh_USERAUTH_INFO_RESPONSE(self, packet: bytes) -> None:
+        done, conversation = self._kbd, self._conversation
+        if done is None or conversation is None:
+            self._refuse("info response without a pending info request")
+            return
+        try:
+            out = conversation.receive(packet)
+        except Exception as e:  # KbdIntError: a malformed response fails the attempt
+            self._kbd = self._conversation = None
+            done.errback(UnauthorizedLogin(str(e)))
+            return
+        if isinstance(out, bytes):
+            t: Any = self.transport
+            t.sendPacket(MSG_USERAUTH_INFO_REQUEST, out)
+            return
+        self._kbd = self._conversation = None
+        d: defer.Deferred[Any] = self.portal.login(out, self._mind(), interfaces.IConchUser)
+        d.chainDeferred(done)
+
+    def _drop_conversation(self) -> None:
+        """A new USERAUTH_REQUEST ends the conversation (RFC 4256 section 3.4): no
+        FAILURE is owed for it, but it counts as an attempt."""
+        done = self._kbd
+        self._kbd = self._conversation = None
+        if done is None:
+            return
+        self.loginAttempts += 1
+        done.errback(IgnoreAuthentication())
+        if self.loginAttempts > self.attemptsBeforeDisconnect:
+            t: Any = self.transport
+            t.sendDisconnect(DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, b"too many bad auths")
 
     def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> defer.Deferred[Any]:
         # bytes from the client: the log observer decodes, escapes and caps them
@@ -225,6 +375,18 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
             return result
 
         def failure(reason: Failure) -> Failure:
+            if reason.check(NotEnoughAuthentication):
+                remaining = getattr(reason.value, "remaining", ())
+                log.info(
+                    "auth partial: " + head + " remaining={remaining}",
+                    event="auth_partial",
+                    remaining=",".join(remaining),
+                    **fields,
+                )
+                return reason
+            if reason.check(IgnoreAuthentication) and kind == b"keyboard-interactive":
+                log.info("auth abandoned: " + head, event="auth_failure", **fields)
+                return reason
             # The checker that looked the name up says whether it is a user (its
             # UnauthorizedLogin's ``user_known``), so logging costs no lookup of its own.
             # Refusals decided here before any checker ran (a malformed key, a password

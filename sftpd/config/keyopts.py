@@ -397,6 +397,13 @@ def is_expired(options: KeyOptions, now: float) -> bool:
 def parse_key_line(line: str, source: str = "<config>", number: int = 1) -> KeyLine:
     """Parse one authorized_keys line; raise KeyLineError naming file, line and option."""
     opts_text, key_text = split_options(line)
+    words = key_text.split()
+    if opts_text and words and not _KEY_TYPE_RE.fullmatch(words[0]):
+        # no key type after what would be the options: a bad key line, not bad options
+        try:
+            parse_authorized_key(line)
+        except ValueError as e:
+            raise KeyLineError(source, number, "", str(e)) from None
     try:
         options = parse_options(opts_text) if opts_text else KeyOptions()
     except OptionError as e:
