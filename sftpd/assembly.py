@@ -27,7 +27,8 @@ from sftpd.auth.checkers import (
     PublicKeyChecker,
 )
 from sftpd.auth.realm import Realm
-from sftpd.auth.users import TomlUserStore, User, UserStore
+from sftpd.auth.stores.store import ChainUserStore, DbUserStore
+from sftpd.auth.users import StoreUnavailable, TomlUserStore, User, UserStore
 from sftpd.config.model import Config, ExecConfig
 from sftpd.log import announce_listening, conn_fields
 from sftpd.runtime.listening import ListenError, bind_all
@@ -146,13 +147,23 @@ def exec_settings(base: ExecConfig, user: User) -> ExecConfig:
     return cfg
 
 
-def context_maker(config: Config, *, reactor: Any, blocking: Blocking) -> Any:
-    """A function that opens a user's jail and builds the context every app receives."""
+class LiveConfig:
+    """The configuration new logins get: SIGHUP replaces ``config`` after it checks."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+
+def context_maker(config: Config | LiveConfig, *, reactor: Any, blocking: Blocking) -> Any:
+    """A function that opens a user's jail and builds the context every app receives
+    (with the [sftp] and [exec] in force when the user logs in)."""
     from sftpd.storage.local import LocalStorage
 
     counter = itertools.count(1)
+    live = config if isinstance(config, LiveConfig) else LiveConfig(config)
 
     def make(user: User) -> SessionContext:
+        config = live.config
         storage = apply_policy(LocalStorage(user.root), read_only=user.read_only)
         return SessionContext(
             username=user.name,
@@ -190,13 +201,15 @@ def build_factory(
     host_keys: dict[bytes, keys.Key],
     dummy_hash: bytes | None = None,
     store: UserStore | None = None,
+    live: LiveConfig | None = None,
 ) -> Factory:
     """Assemble the SSH factory: portal (realm + checkers), keys, policy, limits.
 
-    ``store``: where users come from; the configuration's ``[[users]]`` when None."""
+    ``store``: where users come from; the configuration's ``[[users]]`` when None.
+    ``live``: the holder SIGHUP updates ([exec], [sftp] for new logins)."""
     users = TomlUserStore.from_config(config.users) if store is None else store
     realm = Realm(
-        context_maker(config, reactor=reactor, blocking=blocking),
+        context_maker(live or config, reactor=reactor, blocking=blocking),
         clock=reactor,
         max_sessions=config.server.max_sessions,
         make_channel=functools.partial(SessionChannel, rsync_runtimes=RuntimeCache()),
@@ -220,13 +233,147 @@ def build_factory(
     )
 
 
-def ignore_hangup(reactor: Any) -> None:
-    """Log SIGHUP (sent by admins and logrotate) instead of dying of it: no reload yet."""
+def users_db_url(config: Config) -> str:
+    """The ``[users_db]`` URL in force; ValueError if ``url_env`` names an unset variable."""
+    cfg = config.users_db
+    assert cfg is not None
+    url = cfg.resolved_url()
+    if not url:
+        raise ValueError(f"url_env: the environment variable {cfg.url_env} is not set or empty")
+    return url
 
-    def logged() -> None:
-        log.warn("SIGHUP received; reloading is not supported, carrying on", event="sighup")
 
-    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(logged))
+def build_store(config: Config, *, reactor: Any, blocking: Blocking) -> ChainUserStore:
+    """The file's ``[[users]]`` then, with ``[users_db]``, the database (migrated here, at
+    start; StoreUnavailable or ValueError if it cannot be opened or is too new)."""
+    file_users = TomlUserStore.from_config(config.users)
+    if config.users_db is None:
+        return ChainUserStore(file_users)
+    from sftpd.auth.stores.store import open_user_db
+
+    db = open_user_db(users_db_url(config), config.users_db.base)
+    before, after = db.upgrade()
+    if before != after:
+        log.info(
+            "user database schema upgraded from version {before} to {after}",
+            before=before,
+            after=after,
+            event="db_upgraded",
+        )
+    both = sorted(file_users.names() & set(db.names()))
+    for name in both:
+        log.warn(
+            "user {user} is in the config file and the database; the file's entry is used",
+            user=name,
+            event="user_in_both",
+        )
+    cached = DbUserStore(db, blocking, clock=reactor, cache_seconds=config.users_db.cache_seconds)
+    return ChainUserStore(file_users, cached)
+
+
+def watch_sessions(factory: Factory, store: ChainUserStore, *, reactor: Any, every: float) -> Any:
+    """Every ``every`` seconds, close the connections of users that were disabled or removed
+    since they logged in (one query for all logged-in names). A store that cannot answer
+    closes nothing: its users keep their sessions until it answers again."""
+    from twisted.internet.task import LoopingCall
+
+    def username(t: Any) -> str | None:
+        return getattr(getattr(getattr(t, "avatar", None), "ctx", None), "username", None)
+
+    def check() -> Any:
+        names = sorted({n for t in factory.live if (n := username(t)) is not None})
+        if not names:
+            return None
+
+        def close_gone(found: set[str]) -> None:
+            for t in list(factory.live):
+                name = username(t)
+                if name is not None and name not in found:
+                    log.info(
+                        "user {user} was disabled or removed: closing conn={conn}",
+                        user=name,
+                        conn=t.conn_id,
+                        event="session_revoked",
+                    )
+                    t.sendDisconnect(11, b"account disabled or removed")  # BY_APPLICATION
+
+        def unavailable(reason: Failure) -> None:
+            reason.trap(StoreUnavailable)
+            log.warn("session check skipped: {error}", error=str(reason.value), event="store_down")
+
+        return store.still_enabled(names).addCallbacks(close_gone, unavailable)
+
+    loop = LoopingCall(check)
+    loop.clock = reactor
+    loop.start(every, now=False).addErrback(lambda f: log.failure("session check", f))
+    return loop
+
+
+RESTART_SECTIONS = ("server", "users_db")  # a change here is only read at start
+
+
+def reload_config(live: LiveConfig, store: ChainUserStore, *, blocking: Blocking) -> Any:
+    """SIGHUP: re-read the file; if it checks, new logins get its users, keys and [exec];
+    otherwise log why and keep the running configuration. Returns a Deferred (for tests)."""
+    from twisted.internet import defer
+
+    from sftpd.config.model import load_config
+    from sftpd.errors import ConfigError
+    from sftpd.preflight import check
+
+    old = live.config
+    if old.source is None:
+        log.warn("SIGHUP received; no configuration file to reload", event="sighup")
+        return defer.succeed(False)
+    try:
+        new = load_config(old.source)
+        found = check(new)
+        problems = [str(e) for e in found.errors]
+    except ConfigError as e:
+        problems = str(e).splitlines()
+    if not problems and store.db is not None:
+        db = store.db.db
+        d = blocking.run(db.names)
+    else:
+        d = defer.succeed([])
+
+    def apply(db_names: list[str]) -> bool:
+        both = sorted({u.name for u in new.users} & set(db_names)) if not problems else []
+        errors = problems + [f"user {n!r} is in the file and in [users_db]" for n in both]
+        if errors:
+            for line in errors:
+                log.error("reload refused: {problem}", problem=line, event="reload_refused")
+            log.error("reload refused; the running configuration is kept", event="reload_refused")
+            return False
+        for section in RESTART_SECTIONS:
+            if getattr(new, section) != getattr(old, section):
+                log.warn(
+                    "reload: [{section}] changed; it takes effect at the next restart",
+                    section=section,
+                    event="reload_needs_restart",
+                )
+        live.config = replace(new, server=old.server, users_db=old.users_db)
+        store.replace_file_users(TomlUserStore.from_config(new.users))
+        log.info("reloaded: {count} user(s) from the file", count=len(new.users), event="reloaded")
+        return True
+
+    def failed(reason: Failure) -> bool:
+        log.error("reload refused: {error}", error=str(reason.value), event="reload_refused")
+        return False
+
+    return d.addCallback(apply).addErrback(failed)
+
+
+def reload_on_hangup(
+    reactor: Any, live: LiveConfig, store: ChainUserStore, blocking: Blocking
+) -> None:
+    """SIGHUP (sent by admins, and by a supervisor to its workers) reloads the file."""
+
+    def reload() -> None:
+        log.info("SIGHUP received; reloading the configuration", event="sighup")
+        reload_config(live, store, blocking=blocking)
+
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(reload))
 
 
 def adopt_sockets(
@@ -264,8 +411,8 @@ def serve(
     ``sockets``: the listening sockets, one list per process, bound by the caller (so it
     can print credentials only once listening works); bound here when None. With
     ``workers > 1`` this process becomes a supervisor of that many worker processes
-    sharing the listening sockets (each a full server on its own core). SIGHUP is logged
-    and otherwise ignored (there is no reload yet)."""
+    sharing the listening sockets (each a full server on its own core). SIGHUP reloads
+    the file's users, keys, [sftp] and [exec] for new logins (``reload_config``)."""
     from sftpd.log import start_logging
     from sftpd.runtime.processes import WORKER_FDS_ENV, supervise
     from sftpd.ssh.hostkeys import load_host_keys
@@ -285,7 +432,9 @@ def serve(
 
         reactor = default_reactor()
     log_format = log_format or config.server.log_format
-    ignore_hangup(reactor)  # before "listening on": from then on admins may send it
+    live = LiveConfig(config)
+    # Until the store exists, a SIGHUP is only logged; from "listening on" admins may send it.
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(log.info, "SIGHUP: starting"))
     start_logging(log_format, config.server.log_level)
     pool = WorkerPool(reactor, max_threads=16, name="sftpd-storage")
     auth_pool = WorkerPool(reactor, max_threads=2, name="sftpd-bcrypt")
@@ -296,7 +445,14 @@ def serve(
             processes=config.server.workers,
         )
     host_keys = load_host_keys(config.server.host_keys_dir)
-    store = TomlUserStore.from_config(config.users)
+    try:
+        store = build_store(config, reactor=reactor, blocking=pool)
+    except (StoreUnavailable, ValueError) as exc:
+        print(f"sftpd: [users_db]: {exc}", file=sys.stderr, flush=True)
+        pool.stop()
+        auth_pool.stop()
+        return 1
+    reload_on_hangup(reactor, live, store, pool)
     factory = build_factory(
         config,
         reactor=reactor,
@@ -304,7 +460,12 @@ def serve(
         auth_blocking=auth_pool,
         host_keys=host_keys,
         store=store,
+        live=live,
     )
+    if config.users_db is not None:
+        watch_sessions(
+            factory, store, reactor=reactor, every=max(config.users_db.cache_seconds, 0.5)
+        )
     if inherited:
         ports = adopt(factory, inherited, reactor)
     else:

@@ -46,7 +46,7 @@ def supervise(
 ) -> int:
     """Start ``config.server.workers`` worker processes on shared sockets (``sockets``: one
     list per worker, bound by the caller; else bound here); restart any that die; on
-    SIGTERM/SIGINT stop them all and return 0. SIGHUP is logged and otherwise ignored."""
+    SIGTERM/SIGINT stop them all and return 0. SIGHUP is passed on to every worker."""
     if config.source is None:
         print("sftpd: workers > 1 needs a configuration file", file=sys.stderr)
         return 2
@@ -58,11 +58,10 @@ def supervise(
             return 1
 
     def hangup(signum: int, frame: Any) -> None:
-        print(
-            "sftpd: SIGHUP received; reloading is not supported, carrying on",
-            file=sys.stderr,
-            flush=True,
-        )
+        # Each worker reloads the file itself (and logs what it refused or applied).
+        print("sftpd: SIGHUP received; passing it to the workers", file=sys.stderr, flush=True)
+        for child in list(children.values()):
+            child.send_signal(signal.SIGHUP)
 
     signal.signal(signal.SIGHUP, hangup)  # before "listening on", as in sftpd.assembly
     for s in sockets[0]:
