@@ -233,16 +233,6 @@ def build_factory(
     )
 
 
-def users_db_url(config: Config) -> str:
-    """The ``[users_db]`` URL in force; ValueError if ``url_env`` names an unset variable."""
-    cfg = config.users_db
-    assert cfg is not None
-    url = cfg.resolved_url()
-    if not url:
-        raise ValueError(f"url_env: the environment variable {cfg.url_env} is not set or empty")
-    return url
-
-
 def build_store(config: Config, *, reactor: Any, blocking: Blocking) -> ChainUserStore:
     """The file's ``[[users]]`` then, with ``[users_db]``, the database (migrated here, at
     start; StoreUnavailable or ValueError if it cannot be opened or is too new)."""
@@ -251,7 +241,7 @@ def build_store(config: Config, *, reactor: Any, blocking: Blocking) -> ChainUse
         return ChainUserStore(file_users)
     from sftpd.auth.stores.store import open_user_db
 
-    db = open_user_db(users_db_url(config), config.users_db.base)
+    db = open_user_db(config.users_db.resolved_url(), config.users_db.base)
     before, after = db.upgrade()
     if before != after:
         log.info(

@@ -135,4 +135,5 @@ def test_url_forms(tmp_path: Path) -> None:
     assert absolute.db.path == tmp_path / "x.db"  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="sqlite: or postgresql"):
         open_user_db("mysql://x", tmp_path)
-    assert UsersDbConfig(url_env="SFTPD_TEST_UNSET").resolved_url() == ""
+    with pytest.raises(ValueError, match="SFTPD_TEST_UNSET is not set"):
+        UsersDbConfig(url_env="SFTPD_TEST_UNSET").resolved_url()

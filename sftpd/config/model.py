@@ -164,9 +164,15 @@ class UsersDbConfig:
     base: Path = Path(".")  # the config file's directory, for relative SQLite paths
 
     def resolved_url(self) -> str:
-        """The URL in force (from the environment when ``url_env`` is set); '' if unset."""
+        """The URL in force (from the environment when ``url_env`` is set); ValueError if
+        that variable is unset or empty."""
         if self.url_env is not None:
-            return os.environ.get(self.url_env, "")
+            url = os.environ.get(self.url_env, "")
+            if not url:
+                raise ValueError(
+                    f"url_env: the environment variable {self.url_env} is not set or empty"
+                )
+            return url
         return self.url
 
 
