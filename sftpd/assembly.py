@@ -309,28 +309,31 @@ def reload_config(live: LiveConfig, store: ChainUserStore, *, blocking: Blocking
 
     from sftpd.config.model import load_config
     from sftpd.errors import ConfigError
-    from sftpd.preflight import check
+    from sftpd.preflight import prepare
 
     old = live.config
     if old.source is None:
         log.warn("SIGHUP received; no configuration file to reload", event="sighup")
         return defer.succeed(False)
-    try:
-        new = load_config(old.source)
-        found = check(new)
-        problems = [str(e) for e in found.errors]
-    except ConfigError as e:
-        problems = str(e).splitlines()
-    if not problems and store.db is not None:
-        db = store.db.db
-        d = blocking.run(db.names)
-    else:
-        d = defer.succeed([])
+    source = old.source
 
-    def apply(db_names: list[str]) -> bool:
-        both = sorted({u.name for u in new.users} & set(db_names)) if not problems else []
+    def read() -> tuple[Config | None, list[str], list[str]]:
+        # In a worker thread: the file, the disk checks, the roots to create, the database.
+        try:
+            new = load_config(source)
+            prepare(new)  # check as serve does, then create missing user roots
+        except ConfigError as e:
+            return None, str(e).splitlines(), []
+        db_names = store.db.db.names() if store.db is not None else []
+        return new, [], db_names
+
+    d = blocking.run(read)
+
+    def apply(found: tuple[Config | None, list[str], list[str]]) -> bool:
+        new, problems, db_names = found
+        both = sorted({u.name for u in new.users} & set(db_names)) if new is not None else []
         errors = problems + [f"user {n!r} is in the file and in [users_db]" for n in both]
-        if errors:
+        if errors or new is None:
             for line in errors:
                 log.error("reload refused: {problem}", problem=line, event="reload_refused")
             log.error("reload refused; the running configuration is kept", event="reload_refused")
