@@ -270,6 +270,8 @@ def watch_sessions(factory: Factory, store: ChainUserStore, *, reactor: Any, eve
     def username(t: Any) -> str | None:
         return getattr(getattr(getattr(t, "avatar", None), "ctx", None), "username", None)
 
+    state = {"down": False}
+
     def check() -> Any:
         names = sorted({n for t in factory.live if (n := username(t)) is not None})
         if not names:
@@ -287,11 +289,23 @@ def watch_sessions(factory: Factory, store: ChainUserStore, *, reactor: Any, eve
                     )
                     t.sendDisconnect(11, b"account disabled or removed")  # BY_APPLICATION
 
+        def answered(found: set[str]) -> None:
+            if state["down"]:
+                log.info("session check: the user store answers again", event="store_up")
+            state["down"] = False
+            close_gone(found)
+
         def unavailable(reason: Failure) -> None:
             reason.trap(StoreUnavailable)
-            log.warn("session check skipped: {error}", error=str(reason.value), event="store_down")
+            if not state["down"]:  # once per outage, not every period
+                log.warn(
+                    "session check skipped until the store answers: {error}",
+                    error=str(reason.value),
+                    event="store_down",
+                )
+            state["down"] = True
 
-        return store.still_enabled(names).addCallbacks(close_gone, unavailable)
+        return store.still_enabled(names).addCallbacks(answered, unavailable)
 
     loop = LoopingCall(check)
     loop.clock = reactor
