@@ -196,7 +196,8 @@ def print_banner(
     users = config.users
     user = users[0].name if len(users) == 1 else "USER"
     source = config.source if config.source is not None else "embedded default"
-    print(f"sftpd {__version__} ({source}): {len(users)} user(s)", file=out)
+    db = " + the users in [users_db]" if config.users_db is not None else ""
+    print(f"sftpd {__version__} ({source}): {len(users)} user(s){db}", file=out)
     print("Connect with:", file=out)
     for host, port in bound if bound is not None else config.server.listen:
         print(f"  {_connect_command(user, host, port)}", file=out)

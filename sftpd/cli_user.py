@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import shutil
@@ -13,129 +12,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import bcrypt
-
-from sftpd.auth.stores.records import KeyRecord, UserDb, UserRecord
+from sftpd.auth.stores.records import UserDb, UserRecord
 from sftpd.auth.users import DEFAULT_PASSWORD_COST, StoreUnavailable
+from sftpd.cli_user_values import (
+    PERMISSIONS,
+    PROTOCOLS,
+    UsageError,
+    count,
+    name_list,
+    parse_permissions,
+    read_keys,
+    read_password,
+    tristate,
+)
 from sftpd.config.model import Config, load_config, make_root
-from sftpd.config.values import Values, parse_authorized_key, read_authorized_keys_lines
+from sftpd.config.values import Values
 from sftpd.errors import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-# As SFTPGo's (issue 13 gives them meaning); refused here when misspelt.
-PERMISSIONS = (
-    "*",
-    "list",
-    "download",
-    "upload",
-    "overwrite",
-    "delete",
-    "delete_files",
-    "delete_dirs",
-    "rename",
-    "rename_files",
-    "rename_dirs",
-    "create_dirs",
-    "create_symlinks",
-    "chmod",
-    "chtimes",
-)
-PROTOCOLS = ("sftp", "scp", "rsync", "hashes")
-
-
-class UsageError(Exception):
-    """A precise message for stderr; the command exits 2."""
-
-
-def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    bad = [n for n in names if n not in allowed]
-    if not names or bad:
-        shown = ", ".join(repr(n) for n in bad) if bad else "nothing"
-        raise UsageError(f"--{what}: {shown} is not one of: {', '.join(allowed)}")
-    return names
-
-
-def parse_permissions(text: str) -> Any:
-    """``list,upload`` (the whole root) or a JSON table ``{"/": [...], "/in": [...]}``."""
-    if not text.lstrip().startswith("{"):
-        return _names(text, PERMISSIONS, "permissions")
-    try:
-        table = json.loads(text)
-    except ValueError as e:
-        raise UsageError(f"--permissions: not a JSON table ({e})") from None
-    out: dict[str, list[str]] = {}
-    for directory, names in table.items():
-        if not isinstance(directory, str) or not directory.startswith("/"):
-            raise UsageError(f"--permissions: {directory!r} is not an absolute directory")
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise UsageError(f"--permissions: {directory!r} needs a list of permission names")
-        out[directory] = _names(",".join(names), PERMISSIONS, "permissions")
-    return out
-
-
-def _size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number >= 0 (0: unlimited), got {text!r}"
-        )
-    return value
-
-
-def _tristate(text: str) -> bool | None:
-    values = {"yes": True, "no": False, "default": None}
-    if text not in values:
-        raise argparse.ArgumentTypeError(f"expected yes, no or default, got {text!r}")
-    return values[text]
-
-
-def read_keys(value: str, *, profile: dict[str, Any] | None = None) -> list[KeyRecord]:
-    """The keys of ``--key``: an authorized_keys/.pub file, or one key line."""
-    path = Path(value)
-    lines: list[tuple[str, str]]
-    if path.is_file():
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace")
-        except OSError as e:
-            raise UsageError(f"--key {value}: cannot read: {e.strerror}") from None
-        lines = [(f"{value} line {n}", line) for n, line in read_authorized_keys_lines(text)]
-        if not lines:
-            raise UsageError(f"--key {value}: the file has no key lines")
-    else:
-        lines = [("--key", value)]
-    out = []
-    for where, line in lines:
-        try:
-            parse_authorized_key(line)
-        except ValueError as e:
-            hint = "" if path.is_file() or " " in value else " (and no such file)"
-            raise UsageError(f"{where}: {e}{hint}") from None
-        fields = line.split()
-        out.append(KeyRecord(f"{fields[0]} {fields[1]}", " ".join(fields[2:]), (), profile or {}))
-    return out
-
-
-def read_password(args: argparse.Namespace) -> bytes:
-    """The bcrypt hash of a password from the terminal (asked twice) or one stdin line."""
-    if args.password_stdin:
-        secret = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
-    else:
-        if not sys.stdin.isatty():
-            raise UsageError("--password asks on a terminal; pipe it with --password-stdin")
-        secret = getpass.getpass("Password: ")
-        if getpass.getpass("Password again: ") != secret:
-            raise UsageError("the passwords do not match")
-    raw = secret.encode("utf-8")
-    if not raw:
-        raise UsageError("empty password; expected at least one character")
-    if len(raw) > 72:
-        raise UsageError("bcrypt uses at most 72 bytes; expected a shorter password")
-    return bcrypt.hashpw(raw, bcrypt.gensalt(args.rounds))
 
 
 def _user_options(p: argparse.ArgumentParser, *, adding: bool) -> None:
@@ -162,10 +56,10 @@ def _user_options(p: argparse.ArgumentParser, *, adding: bool) -> None:
     if not adding:
         ro.add_argument("--read-write", action="store_true", help="undo --read-only")
     p.add_argument("--permissions", metavar="LIST|JSON", type=str, help="e.g. list,download,upload")
-    p.add_argument("--quota-size", metavar="BYTES", type=_size, help="0: unlimited")
-    p.add_argument("--quota-files", metavar="N", type=_size, help="0: unlimited")
-    p.add_argument("--allow-rsync", metavar="yes|no|default", type=_tristate, default=...)
-    p.add_argument("--allow-exec", metavar="yes|no|default", type=_tristate, default=...)
+    p.add_argument("--quota-size", metavar="BYTES", type=count, help="0: unlimited")
+    p.add_argument("--quota-files", metavar="N", type=count, help="0: unlimited")
+    p.add_argument("--allow-rsync", metavar="yes|no|default", type=tristate, default=...)
+    p.add_argument("--allow-exec", metavar="yes|no|default", type=tristate, default=...)
 
 
 def add_commands(sub: Any, formatter: Callable[[str], argparse.HelpFormatter]) -> None:
@@ -407,9 +301,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_key_add(args: argparse.Namespace) -> int:
     profile: dict[str, Any] = {}
     if args.permissions is not None:
-        profile["permissions"] = _names(args.permissions, PERMISSIONS, "permissions")
+        profile["permissions"] = name_list(args.permissions, PERMISSIONS, "permissions")
     if args.protocols is not None:
-        profile["protocols"] = _names(args.protocols, PROTOCOLS, "protocols")
+        profile["protocols"] = name_list(args.protocols, PROTOCOLS, "protocols")
     if args.home is not None:
         try:
             profile["home"] = Values("command line", Path.cwd()).home("--home", args.home)

@@ -137,3 +137,14 @@ def test_url_forms(tmp_path: Path) -> None:
         open_user_db("mysql://x", tmp_path)
     with pytest.raises(ValueError, match="SFTPD_TEST_UNSET is not set"):
         UsersDbConfig(url_env="SFTPD_TEST_UNSET").resolved_url()
+
+
+def test_usage_deltas_through_the_store(tmp_path: Path) -> None:
+    db = fresh(tmp_path)
+    db.add(UserRecord(name="alice", root=Path("/srv/a")))
+    store = DbUserStore(db, InlineBlocking(), clock=task.Clock())
+    assert result(store.usage("alice")) is None  # never counted: the caller scans
+    result(store.add_usage("alice", 100, 2))
+    result(store.add_usage("alice", -40, -1))
+    assert result(store.usage("alice")) == (60, 1)
+    assert db.delete("alice") and db.usage("alice") is None

@@ -90,6 +90,15 @@ class DbUserStore:
 
         return self._blocking.run(self.db.enabled, names).addCallback(forget)
 
+    def add_usage(self, name: str, size: int, files: int) -> defer.Deferred[None]:
+        """Add quota usage deltas (bytes, files) for ``name``, atomically in the database,
+        so every node and worker process sees the same total."""
+        return self._blocking.run(self.db.add_usage, name, size, files)
+
+    def usage(self, name: str) -> defer.Deferred[tuple[int, int] | None]:
+        """The (bytes, files) the database holds for ``name``; None: never counted (scan)."""
+        return self._blocking.run(self.db.usage, name)
+
     def close(self) -> defer.Deferred[None]:
         self._cache.clear()
         return self._blocking.run(self.db.close)
