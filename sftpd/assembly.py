@@ -460,6 +460,8 @@ def serve(
         auth_pool.stop()
         return 1
     reload_on_hangup(reactor, live, store, pool)
+    if inherited:
+        log.info("worker ready: pid={pid}", pid=os.getpid(), event="worker_ready")
     factory = build_factory(
         config,
         reactor=reactor,

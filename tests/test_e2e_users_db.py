@@ -153,3 +153,19 @@ def test_sighup_adds_a_file_user_and_refuses_a_broken_file(make_server, bob_key:
     assert sftp_as(env, "dave", bob_key, "pwd\n").returncode == 0  # still the reloaded file
     env.sftp("pwd\n")
     assert env.server.proc.poll() is None
+
+
+def test_sighup_reaches_every_worker(make_server, bob_key: Path) -> None:  # type: ignore[no-untyped-def]
+    env = make_server(server_extra="workers = 2")
+    assert wait_for(lambda: env.server.log_text().count("worker ready") == 2, timeout=30)
+    cfg = env.server.config_path
+    pub = Path(f"{bob_key}.pub").read_text().strip()
+    cfg.write_text(
+        cfg.read_text() + f'[[users]]\nname = "dave"\nroot = {toml_str(str(env.tmp / "d"))}\n'
+        f"authorized_keys = [{toml_str(pub)}]\n"
+    )
+    env.server.proc.send_signal(signal.SIGHUP)
+    ok = wait_for(lambda: env.server.log_text().count("reloaded: 2 user(s)") == 2, timeout=30)
+    assert ok, env.server.log_text()[-3000:]
+    for _ in range(4):  # whichever worker accepts
+        assert sftp_as(env, "dave", bob_key, "pwd\n").returncode == 0
