@@ -441,7 +441,12 @@ def serve(
     log_format = log_format or config.server.log_format
     live = LiveConfig(config)
     # Until the store exists, a SIGHUP is only logged; from "listening on" admins may send it.
-    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(log.info, "SIGHUP: starting"))
+    signal.signal(
+        signal.SIGHUP,
+        lambda *_: reactor.callFromThread(
+            log.info, "SIGHUP received while starting; the file was just read"
+        ),
+    )
     start_logging(log_format, config.server.log_level)
     pool = WorkerPool(reactor, max_threads=16, name="sftpd-storage")
     auth_pool = WorkerPool(reactor, max_threads=2, name="sftpd-bcrypt")
