@@ -24,7 +24,8 @@ from sftpd.apps.rsync.sandbox import RuntimeCache
 from sftpd.auth.checkers import SERVER_SIG_ALGS
 from sftpd.auth.realm import Realm
 from sftpd.auth.setup import auth_parts
-from sftpd.auth.users import TomlUserStore, User, UserStore
+from sftpd.auth.stores.store import ChainUserStore, DbUserStore
+from sftpd.auth.users import StoreUnavailable, TomlUserStore, User, UserStore
 from sftpd.config.model import Config, ExecConfig
 from sftpd.log import announce_listening, conn_fields
 from sftpd.runtime.listening import ListenError, bind_all
@@ -152,13 +153,23 @@ def exec_settings(base: ExecConfig, user: User) -> ExecConfig:
     return cfg
 
 
-def context_maker(config: Config, *, reactor: Any, blocking: Blocking) -> Any:
-    """A function that opens a user's jail and builds the context every app receives."""
+class LiveConfig:
+    """The configuration new logins get: SIGHUP replaces ``config`` after it checks."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+
+def context_maker(config: Config | LiveConfig, *, reactor: Any, blocking: Blocking) -> Any:
+    """A function that opens a user's jail and builds the context every app receives
+    (with the [sftp] and [exec] in force when the user logs in)."""
     from sftpd.storage.local import LocalStorage
 
     counter = itertools.count(1)
+    live = config if isinstance(config, LiveConfig) else LiveConfig(config)
 
     def make(user: User) -> SessionContext:
+        config = live.config
         rules = Rules(read_only=user.read_only, umask=config.sftp.umask)
         return SessionContext(
             username=user.name,
@@ -196,13 +207,15 @@ def build_factory(
     host_keys: dict[bytes, keys.Key],
     dummy_hash: bytes | None = None,
     store: UserStore | None = None,
+    live: LiveConfig | None = None,
 ) -> Factory:
     """Assemble the SSH factory: portal (realm + checkers), keys, policy, limits.
 
-    ``store``: where users come from; the configuration's ``[[users]]`` when None."""
+    ``store``: where users come from; the configuration's ``[[users]]`` when None.
+    ``live``: the holder SIGHUP updates ([exec], [sftp] for new logins)."""
     users = TomlUserStore.from_config(config.users) if store is None else store
     realm = Realm(
-        context_maker(config, reactor=reactor, blocking=blocking),
+        context_maker(live or config, reactor=reactor, blocking=blocking),
         clock=reactor,
         max_sessions=config.server.max_sessions,
         make_channel=functools.partial(SessionChannel, rsync_runtimes=RuntimeCache()),
@@ -236,13 +249,154 @@ def build_factory(
     )
 
 
-def ignore_hangup(reactor: Any) -> None:
-    """Log SIGHUP (sent by admins and logrotate) instead of dying of it: no reload yet."""
+def build_store(config: Config, *, reactor: Any, blocking: Blocking) -> ChainUserStore:
+    """The file's ``[[users]]`` then, with ``[users_db]``, the database (migrated here, at
+    start; StoreUnavailable or ValueError if it cannot be opened or is too new)."""
+    file_users = TomlUserStore.from_config(config.users)
+    if config.users_db is None:
+        return ChainUserStore(file_users)
+    from sftpd.auth.stores.store import open_user_db
 
-    def logged() -> None:
-        log.warn("SIGHUP received; reloading is not supported, carrying on", event="sighup")
+    db = open_user_db(config.users_db.resolved_url(), config.users_db.base)
+    before, after = db.upgrade()
+    if before != after:
+        log.info(
+            "user database schema upgraded from version {before} to {after}",
+            before=before,
+            after=after,
+            event="db_upgraded",
+        )
+    both = sorted(file_users.names() & set(db.names()))
+    for name in both:
+        log.warn(
+            "user {user} is in the config file and the database; the file's entry is used",
+            user=name,
+            event="user_in_both",
+        )
+    cached = DbUserStore(db, blocking, clock=reactor, cache_seconds=config.users_db.cache_seconds)
+    return ChainUserStore(file_users, cached)
 
-    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(logged))
+
+def watch_sessions(factory: Factory, store: ChainUserStore, *, reactor: Any, every: float) -> Any:
+    """Every ``every`` seconds, close the connections of users that were disabled or removed
+    since they logged in (one query for all logged-in names). A store that cannot answer
+    closes nothing: its users keep their sessions until it answers again."""
+    from twisted.internet.task import LoopingCall
+
+    def username(t: Any) -> str | None:
+        return getattr(getattr(getattr(t, "avatar", None), "ctx", None), "username", None)
+
+    state = {"down": False}
+
+    def check() -> Any:
+        names = sorted({n for t in factory.live if (n := username(t)) is not None})
+        if not names:
+            return None
+
+        def close_gone(found: set[str]) -> None:
+            for t in list(factory.live):
+                name = username(t)
+                if name is not None and name not in found:
+                    log.info(
+                        "user {user} was disabled or removed: closing conn={conn}",
+                        user=name,
+                        conn=t.conn_id,
+                        event="session_revoked",
+                    )
+                    t.sendDisconnect(11, b"account disabled or removed")  # BY_APPLICATION
+
+        def answered(found: set[str]) -> None:
+            if state["down"]:
+                log.info("session check: the user store answers again", event="store_up")
+            state["down"] = False
+            close_gone(found)
+
+        def unavailable(reason: Failure) -> None:
+            reason.trap(StoreUnavailable)
+            if not state["down"]:  # once per outage, not every period
+                log.warn(
+                    "session check skipped until the store answers: {error}",
+                    error=str(reason.value),
+                    event="store_down",
+                )
+            state["down"] = True
+
+        return store.still_enabled(names).addCallbacks(answered, unavailable)
+
+    loop = LoopingCall(check)
+    loop.clock = reactor
+    loop.start(every, now=False).addErrback(lambda f: log.failure("session check", f))
+    return loop
+
+
+RESTART_SECTIONS = ("server", "users_db")  # a change here is only read at start
+
+
+def reload_config(live: LiveConfig, store: ChainUserStore, *, blocking: Blocking) -> Any:
+    """SIGHUP: re-read the file; if it checks, new logins get its users, keys and [exec];
+    otherwise log why and keep the running configuration. Returns a Deferred (for tests)."""
+    from twisted.internet import defer
+
+    from sftpd.config.model import load_config
+    from sftpd.errors import ConfigError
+    from sftpd.preflight import prepare
+
+    old = live.config
+    if old.source is None:
+        log.warn("SIGHUP received; no configuration file to reload", event="sighup")
+        return defer.succeed(False)
+    source = old.source
+
+    def read() -> tuple[Config | None, list[str], list[str]]:
+        # In a worker thread: the file, the disk checks, the roots to create, the database.
+        try:
+            new = load_config(source)
+            prepare(new)  # check as serve does, then create missing user roots
+        except ConfigError as e:
+            return None, str(e).splitlines(), []
+        db_names = store.db.db.names() if store.db is not None else []
+        return new, [], db_names
+
+    d = blocking.run(read)
+
+    def apply(found: tuple[Config | None, list[str], list[str]]) -> bool:
+        new, problems, db_names = found
+        both = sorted({u.name for u in new.users} & set(db_names)) if new is not None else []
+        errors = problems + [f"user {n!r} is in the file and in [users_db]" for n in both]
+        if errors or new is None:
+            for line in errors:
+                log.error("reload refused: {problem}", problem=line, event="reload_refused")
+            log.error("reload refused; the running configuration is kept", event="reload_refused")
+            return False
+        for section in RESTART_SECTIONS:
+            if getattr(new, section) != getattr(old, section):
+                log.warn(
+                    "reload: [{section}] changed; it takes effect at the next restart",
+                    section=section,
+                    event="reload_needs_restart",
+                )
+        live.config = replace(new, server=old.server, users_db=old.users_db)
+        store.replace_file_users(TomlUserStore.from_config(new.users))
+        log.info("reloaded: {count} user(s) from the file", count=len(new.users), event="reloaded")
+        return True
+
+    def failed(reason: Failure) -> bool:
+        log.error("reload refused: {error}", error=str(reason.value), event="reload_refused")
+        return False
+
+    return d.addCallback(apply).addErrback(failed)
+
+
+def reload_on_hangup(
+    reactor: Any, live: LiveConfig, store: ChainUserStore, blocking: Blocking
+) -> None:
+    """SIGHUP (sent by admins, and by a supervisor to its workers) reloads the file."""
+
+    def reload() -> None:
+        log.info("SIGHUP received; reloading the configuration", event="sighup")
+        reload_config(live, store, blocking=blocking)
+
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(reload))
 
 
 def adopt_sockets(
@@ -280,8 +434,8 @@ def serve(
     ``sockets``: the listening sockets, one list per process, bound by the caller (so it
     can print credentials only once listening works); bound here when None. With
     ``workers > 1`` this process becomes a supervisor of that many worker processes
-    sharing the listening sockets (each a full server on its own core). SIGHUP is logged
-    and otherwise ignored (there is no reload yet)."""
+    sharing the listening sockets (each a full server on its own core). SIGHUP reloads
+    the file's users, keys, [sftp] and [exec] for new logins (``reload_config``)."""
     from sftpd.log import start_logging
     from sftpd.runtime.processes import WORKER_FDS_ENV, supervise
     from sftpd.ssh.hostkeys import load_host_keys
@@ -301,7 +455,14 @@ def serve(
 
         reactor = default_reactor()
     log_format = log_format or config.server.log_format
-    ignore_hangup(reactor)  # before "listening on": from then on admins may send it
+    live = LiveConfig(config)
+    # Until the store exists, a SIGHUP is only logged; from "listening on" admins may send it.
+    signal.signal(
+        signal.SIGHUP,
+        lambda *_: reactor.callFromThread(
+            log.info, "SIGHUP received while starting; the file was just read"
+        ),
+    )
     start_logging(log_format, config.server.log_level)
     pool = WorkerPool(reactor, max_threads=16, name="sftpd-storage")
     auth_pool = WorkerPool(reactor, max_threads=2, name="sftpd-bcrypt")
@@ -312,7 +473,16 @@ def serve(
             processes=config.server.workers,
         )
     host_keys = load_host_keys(config.server.host_keys_dir)
-    store = TomlUserStore.from_config(config.users)
+    try:
+        store = build_store(config, reactor=reactor, blocking=pool)
+    except (StoreUnavailable, ValueError) as exc:
+        print(f"sftpd: [users_db]: {exc}", file=sys.stderr, flush=True)
+        pool.stop()
+        auth_pool.stop()
+        return 1
+    reload_on_hangup(reactor, live, store, pool)
+    if inherited:
+        log.info("worker ready: pid={pid}", pid=os.getpid(), event="worker_ready")
     factory = build_factory(
         config,
         reactor=reactor,
@@ -320,7 +490,12 @@ def serve(
         auth_blocking=auth_pool,
         host_keys=host_keys,
         store=store,
+        live=live,
     )
+    if config.users_db is not None:
+        watch_sessions(
+            factory, store, reactor=reactor, every=max(config.users_db.cache_seconds, 0.5)
+        )
     if inherited:
         ports = adopt(factory, inherited, reactor)
     else:

@@ -1,4 +1,4 @@
-"""Command line: sftpd serve | check-config | hash-password | keygen."""
+"""Command line: sftpd serve | check-config | hash-password | keygen | user | db."""
 
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ examples:
   sftpd hash-password                  prints a bcrypt hash for a [[users]] password_hash
   sftpd keygen /etc/sftpd/keys         creates missing host keys, prints fingerprints
   sftpd totp-secret alice              prints a new totp_secret and its otpauth:// URL
+  sftpd user add bob --root /srv/bob --key bob.pub --config sftpd.toml
+                                       adds a user to [users_db], live (see sftpd user -h)
 """
 
 
@@ -77,10 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the server in the foreground",
         formatter_class=raw,
         description="Run the server in the foreground, logging to stderr, until SIGINT or "
-        "SIGTERM\n(then it stops listening, closes sessions and exits 0; SIGHUP is logged and "
-        "ignored).\nMissing user roots and host keys are created first; once every address "
-        "is bound it\nprints how to connect and the host key fingerprints (exit 1 if an "
-        "address is busy).\n\n"
+        "SIGTERM\n(then it stops listening, closes sessions and exits 0; SIGHUP re-reads the "
+        "file for new logins).\nMissing user roots and host keys are created first; once "
+        "every address is bound it\nprints how to connect and the host key fingerprints "
+        "(exit 1 if an address is busy).\n\n"
         "Without --config it runs the embedded default: 127.0.0.1:2222 (--listen to change it),\n"
         "host keys in ./keys, ./data served to the current OS user, who logs in with a key from\n"
         "~/.ssh/authorized_keys or ~/.ssh/id_*.pub, or with a random password printed once.",
@@ -154,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--issuer", default="sftpd", help="the service name shown in the app (default: sftpd)"
     )
     totp_cmd.set_defaults(func=cmd_totp_secret)
+    from sftpd.cli_user import add_commands
+
+    add_commands(sub, raw)
     return parser
 
 
@@ -205,7 +210,8 @@ def print_banner(
     users = config.users
     user = users[0].name if len(users) == 1 else "USER"
     source = config.source if config.source is not None else "embedded default"
-    print(f"sftpd {__version__} ({source}): {len(users)} user(s)", file=out)
+    db = " + the users in [users_db]" if config.users_db is not None else ""
+    print(f"sftpd {__version__} ({source}): {len(users)} user(s){db}", file=out)
     print("Connect with:", file=out)
     for host, port in bound if bound is not None else config.server.listen:
         print(f"  {_connect_command(user, host, port)}", file=out)
@@ -296,6 +302,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     nothing on disk: missing user roots and host keys are only checked to be creatable."""
     config = load_config(args.file)
     found = check(config)
+    if config.users_db is not None:
+        from sftpd.cli_user import users_db_problems
+
+        found.errors.extend(users_db_problems(config))
     for warning in found.warnings:
         _error(f"warning: {warning}")
     for problem in found.errors:

@@ -117,6 +117,10 @@ class MemoryUserStore:
     def __len__(self) -> int:
         return len(self._users)
 
+    def names(self) -> frozenset[str]:
+        """The names held (the chain of file and database stores asks which are the file's)."""
+        return frozenset(self._users)
+
 
 class TomlUserStore(MemoryUserStore):
     """The ``[[users]]`` of the configuration file, converted once when the server starts."""

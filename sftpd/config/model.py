@@ -7,7 +7,7 @@ import re
 import secrets
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,33 @@ class ExecConfig:
 
 
 @dataclass(frozen=True)
+class UsersDbConfig:
+    """``[users_db]``: a database of users beside (or instead of) ``[[users]]``.
+
+    ``url`` is ``sqlite:///abs/path.db``, ``sqlite:rel/path.db`` (relative to the config
+    file) or ``postgresql://...``; with ``url_env`` it is read from that environment
+    variable at start instead. ``cache_seconds``: how long a looked-up user is reused, and
+    so the longest a change takes to reach logins and open sessions."""
+
+    url: str = ""
+    url_env: str | None = None
+    cache_seconds: float = 5.0
+    base: Path = Path(".")  # the config file's directory, for relative SQLite paths
+
+    def resolved_url(self) -> str:
+        """The URL in force (from the environment when ``url_env`` is set); ValueError if
+        that variable is unset or empty."""
+        if self.url_env is not None:
+            url = os.environ.get(self.url_env, "")
+            if not url:
+                raise ValueError(
+                    f"url_env: the environment variable {self.url_env} is not set or empty"
+                )
+            return url
+        return self.url
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``source`` is the file it came from (None: embedded default)."""
 
@@ -171,6 +198,7 @@ class Config:
     exec: ExecConfig = field(default_factory=ExecConfig)
     users: tuple[UserConfig, ...] = ()
     source: Path | None = None
+    users_db: UsersDbConfig | None = None
 
 
 class ConfigErrors(ConfigError):
@@ -209,13 +237,14 @@ class _Loader(AuthValues):
                 }
             ),
             "users": self.users_check,
+            "users_db": self.users_db_check,
         }
         server_data = data.get("server")
         self.has_ca = isinstance(server_data, dict) and any(
             k in server_data for k in ("trusted_user_ca_keys", "trusted_user_ca_keys_file")
         )
         got = self.table(data, "", sections)
-        if "users" not in data:
+        if "users" not in data and "users_db" not in data:
             self.errors.append(self.err("users", "missing; expected at least one [[users]] entry"))
         users: list[tuple[UserConfig, str]] = got.get("users", [])
         server: dict[str, Any] = got.get("server", {})
@@ -233,7 +262,26 @@ class _Loader(AuthValues):
             sftp=SftpConfig(**got.get("sftp", {})),
             exec=ExecConfig(**got.get("exec", {})),
             users=tuple(u for u, _ in users),
+            users_db=got.get("users_db"),
         )
+
+    def users_db_check(self, where: str, value: Any) -> UsersDbConfig:
+        got = self.section_check(
+            {
+                "url": self.string,
+                "url_env": self.string,
+                "cache_seconds": self.number(0, 3600),
+            }
+        )(where, value)
+        if ("url" in got) == ("url_env" in got):
+            raise self.err(where, "expected exactly one of url or url_env")
+        url = got.get("url")
+        if url is not None and not url.startswith(("sqlite:", "postgresql://", "postgres://")):
+            raise self.err(
+                f"{where}.url",
+                "expected sqlite:///ABSOLUTE/PATH, sqlite:RELATIVE/PATH or postgresql://...",
+            )
+        return UsersDbConfig(**got, base=self.base)
 
     def section_check(self, checks: dict[str, Check]) -> Check:
         def check(where: str, value: Any) -> dict[str, Any]:
@@ -372,9 +420,7 @@ def load_config(path: Path) -> Config:
         raise loader.errors[0]
     if loader.errors:
         raise ConfigErrors(loader.errors)
-    return Config(
-        server=config.server, sftp=config.sftp, exec=config.exec, users=config.users, source=path
-    )
+    return replace(config, source=path)
 
 
 def _home_keys(home: Path) -> tuple[bytes, ...]:

@@ -38,6 +38,10 @@ def decode_fds(value: str) -> list[tuple[int, socket.AddressFamily]]:
     return out
 
 
+def _ignore_hangup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 def supervise(
     config: Config,
     *,
@@ -46,7 +50,7 @@ def supervise(
 ) -> int:
     """Start ``config.server.workers`` worker processes on shared sockets (``sockets``: one
     list per worker, bound by the caller; else bound here); restart any that die; on
-    SIGTERM/SIGINT stop them all and return 0. SIGHUP is logged and otherwise ignored."""
+    SIGTERM/SIGINT stop them all and return 0. SIGHUP is passed on to every worker."""
     if config.source is None:
         print("sftpd: workers > 1 needs a configuration file", file=sys.stderr)
         return 2
@@ -57,12 +61,13 @@ def supervise(
             print(f"sftpd: {exc}", file=sys.stderr)
             return 1
 
+    children: dict[int, subprocess.Popen[bytes]] = {}
+
     def hangup(signum: int, frame: Any) -> None:
-        print(
-            "sftpd: SIGHUP received; reloading is not supported, carrying on",
-            file=sys.stderr,
-            flush=True,
-        )
+        # Each worker reloads the file itself (and logs what it refused or applied).
+        print("sftpd: SIGHUP received; passing it to the workers", file=sys.stderr, flush=True)
+        for child in list(children.values()):
+            child.send_signal(signal.SIGHUP)
 
     signal.signal(signal.SIGHUP, hangup)  # before "listening on", as in sftpd.assembly
     for s in sockets[0]:
@@ -71,7 +76,6 @@ def supervise(
     argv = [sys.executable, "-m", "sftpd", "serve", "--config", str(config.source)]
     if log_format:
         argv += ["--log-format", log_format]
-    children: dict[int, subprocess.Popen[bytes]] = {}
     slots: dict[int, int] = {}  # pid -> index of its sockets
     stopping = False
 
@@ -79,7 +83,11 @@ def supervise(
         socks = sockets[slot]
         env = dict(os.environ, **{WORKER_FDS_ENV: encode_fds(socks)})
         fds = [s.fileno() for s in socks]
-        p = subprocess.Popen(argv, env=env, pass_fds=fds, stdin=subprocess.DEVNULL)
+        # A worker ignores SIGHUP (inherited through exec) until its reload handler is set:
+        # one passed on while it starts must not kill it (it reads the file as it starts).
+        p = subprocess.Popen(
+            argv, env=env, pass_fds=fds, stdin=subprocess.DEVNULL, preexec_fn=_ignore_hangup
+        )
         children[p.pid] = p
         slots[p.pid] = slot
 

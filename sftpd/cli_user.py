@@ -1,0 +1,410 @@
+"""Command line: ``sftpd user ...`` and ``sftpd db upgrade`` on the ``[users_db]`` database."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sftpd.auth.stores.records import UserDb, UserRecord
+from sftpd.auth.users import DEFAULT_PASSWORD_COST, StoreUnavailable
+from sftpd.cli_user_values import (
+    PERMISSIONS,
+    PROTOCOLS,
+    UsageError,
+    count,
+    name_list,
+    parse_permissions,
+    read_keys,
+    read_password,
+    tristate,
+)
+from sftpd.config.model import Config, load_config, make_root
+from sftpd.config.values import Values
+from sftpd.errors import ConfigError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _user_options(p: argparse.ArgumentParser, *, adding: bool) -> None:
+    p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "--root", metavar="DIR", required=adding, help="the directory the user sees as /"
+    )
+    p.add_argument("--home", metavar="PATH", help='start directory inside the root (default "/")')
+    pw = p.add_mutually_exclusive_group()
+    pw.add_argument("--password", action="store_true", help="ask for a password (twice)")
+    pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    if not adding:
+        pw.add_argument("--no-password", action="store_true", help="remove the password")
+    p.add_argument(
+        "--key",
+        metavar="FILE|LINE",
+        action="append",
+        default=[],
+        help="a public key line or a file of them; repeatable"
+        + ("" if adding else " (replaces the user's keys)"),
+    )
+    ro = p.add_mutually_exclusive_group()
+    ro.add_argument("--read-only", action="store_true", default=None, help="list and download only")
+    if not adding:
+        ro.add_argument("--read-write", action="store_true", help="undo --read-only")
+    p.add_argument("--permissions", metavar="LIST|JSON", type=str, help="e.g. list,download,upload")
+    p.add_argument("--quota-size", metavar="BYTES", type=count, help="0: unlimited")
+    p.add_argument("--quota-files", metavar="N", type=count, help="0: unlimited")
+    p.add_argument("--allow-rsync", metavar="yes|no|default", type=tristate, default=...)
+    p.add_argument("--allow-exec", metavar="yes|no|default", type=tristate, default=...)
+
+
+def add_commands(sub: Any, formatter: Callable[[str], argparse.HelpFormatter]) -> None:
+    """Add ``user`` and ``db`` to the top-level subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c", "--config", metavar="FILE", type=Path, required=True,
+        help="the configuration file with [users_db]",
+    )  # fmt: skip
+    common.add_argument("--rounds", type=int, default=DEFAULT_PASSWORD_COST, help=argparse.SUPPRESS)
+    user = sub.add_parser(
+        "user",
+        help="manage the users in [users_db]",
+        formatter_class=formatter,
+        description="Add, change and remove the users of the [users_db] database. Changes "
+        "reach logins within [users_db] cache_seconds, on every server sharing the "
+        "database; a disabled or removed user's sessions are closed within that time.\n"
+        "Passwords are asked on the terminal (--password) or read from stdin "
+        "(--password-stdin), never given as arguments. Errors exit 2.",
+    )
+    cmds = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
+    add = cmds.add_parser("add", parents=[common], help="add a user (creates its root)")
+    _user_options(add, adding=True)
+    add.set_defaults(func=_wrap(cmd_add))
+    lst = cmds.add_parser("list", parents=[common], help="list the users")
+    lst.add_argument("--json", action="store_true", help="one JSON array instead of a table")
+    lst.set_defaults(func=_wrap(cmd_list))
+    show = cmds.add_parser("show", parents=[common], help="show one user (JSON)")
+    show.add_argument("name", metavar="NAME")
+    show.set_defaults(func=_wrap(cmd_show))
+    st = cmds.add_parser("set", parents=[common], help="change a user")
+    _user_options(st, adding=False)
+    st.set_defaults(func=_wrap(cmd_set))
+    pw = cmds.add_parser("passwd", parents=[common], help="set a user's password")
+    pw.add_argument("name", metavar="NAME")
+    pw.add_argument("--password-stdin", action="store_true", help="read it from stdin")
+    pw.set_defaults(func=_wrap(cmd_passwd))
+    key = cmds.add_parser("key", help="add or remove one key")
+    keys = key.add_subparsers(dest="key_command", metavar="ACTION", required=True)
+    kadd = keys.add_parser("add", parents=[common], help="add a key (with its own profile)")
+    kadd.add_argument("name", metavar="NAME")
+    kadd.add_argument("key", metavar="FILE|LINE")
+    kadd.add_argument("--permissions", metavar="LIST", help="narrows the user's for this key")
+    kadd.add_argument("--protocols", metavar="LIST", help=f"of {', '.join(PROTOCOLS)}")
+    kadd.add_argument("--home", metavar="PATH", help="start directory for this key")
+    kadd.set_defaults(func=_wrap(cmd_key_add))
+    krm = keys.add_parser("remove", parents=[common], help="remove a key by fingerprint")
+    krm.add_argument("name", metavar="NAME")
+    krm.add_argument("fingerprint", metavar="FINGERPRINT", help="SHA256:... as ssh-keygen -l")
+    krm.set_defaults(func=_wrap(cmd_key_remove))
+    for action, flag in (("disable", True), ("enable", False)):
+        p = cmds.add_parser(action, parents=[common], help=f"{action} logins of a user")
+        p.add_argument("name", metavar="NAME")
+        p.set_defaults(func=_wrap(cmd_disable), disabled=flag)
+    rm = cmds.add_parser("del", parents=[common], help="delete a user and its root's files")
+    rm.add_argument("name", metavar="NAME")
+    rm.add_argument("--keep-files", action="store_true", help="leave the root directory alone")
+    rm.set_defaults(func=_wrap(cmd_del))
+
+    db = sub.add_parser("db", help="maintain the [users_db] database")
+    dbs = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    up = dbs.add_parser(
+        "upgrade", parents=[common], help="create or migrate the schema (serve does it too)"
+    )
+    up.set_defaults(func=_wrap(cmd_db_upgrade))
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _wrap(command: Command) -> Command:
+    def run(args: argparse.Namespace) -> int:
+        return run_command(args, command)
+
+    return run
+
+
+def run_command(args: argparse.Namespace, command: Command) -> int:
+    """Run a user/db command: usage problems exit 2, an unreachable database 1."""
+    prog = " ".join(["sftpd", *_command_words(args)])
+    try:
+        return command(args)
+    except UsageError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_USAGE
+    except StoreUnavailable as e:
+        print(f"{prog}: the user database is unavailable: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _command_words(args: argparse.Namespace) -> list[str]:
+    words = [args.command]
+    for attr in ("user_command", "key_command", "db_command"):
+        value = getattr(args, attr, None)
+        if value:
+            words.append(value)
+    return words
+
+
+def open_db(args: argparse.Namespace) -> tuple[Config, UserDb]:
+    """The configuration and its migrated database; UsageError without [users_db]."""
+    from sftpd.auth.stores.store import open_user_db
+
+    config = load_config(args.config)
+    if config.users_db is None:
+        raise UsageError(f'{args.config} has no [users_db]; expected a url = "sqlite:..."')
+    try:
+        db = open_user_db(config.users_db.resolved_url(), config.users_db.base)
+        db.upgrade()
+    except ValueError as e:
+        raise UsageError(f"[users_db]: {e}") from None
+    return config, db
+
+
+def _existing(db: UserDb, name: str) -> UserRecord:
+    rec = db.get(name)
+    if rec is None:
+        raise UsageError(f"no user {name!r} in the database")
+    return rec
+
+
+def _changes(args: argparse.Namespace, old: UserRecord | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    checker = Values("command line", Path.cwd())
+    try:
+        if args.root is not None:
+            out["root"] = Path(os.path.abspath(args.root))
+        if args.home is not None:
+            out["home"] = checker.home("--home", args.home)
+    except ConfigError as e:
+        raise UsageError(e.message) from None
+    if args.password or args.password_stdin:
+        out["password_hash"] = read_password(args)
+    elif getattr(args, "no_password", False):
+        out["password_hash"] = None
+    if args.key:
+        unique = {k.fingerprint: k for v in args.key for k in read_keys(v)}
+        out["keys"] = tuple(unique.values())
+    if args.read_only:
+        out["read_only"] = True
+    elif getattr(args, "read_write", False):
+        out["read_only"] = False
+    if args.permissions is not None:
+        out["permissions"] = parse_permissions(args.permissions)
+    for field in ("quota_size", "quota_files"):
+        if getattr(args, field) is not None:
+            out[field] = getattr(args, field)
+    for field in ("allow_rsync", "allow_exec"):
+        if getattr(args, field) is not ...:
+            out[field] = getattr(args, field)
+    return out
+
+
+def _check_way_in(rec: UserRecord) -> None:
+    if rec.password_hash is None and not rec.keys:
+        raise UsageError(f"user {rec.name!r} would have no way to log in; give --password or --key")
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    try:
+        name = Values("command line", Path.cwd()).user_name("NAME", args.name)
+    except ConfigError as e:
+        raise UsageError(e.message) from None
+    config, db = open_db(args)
+    if any(u.name == name for u in config.users):
+        raise UsageError(
+            f"user {name!r} is in [[users]] of {args.config}; a name lives in the file or "
+            "the database, not both"
+        )
+    if db.get(name) is not None:
+        raise UsageError(f"user {name!r} exists already; change it with `sftpd user set`")
+    rec = replace(UserRecord(name=name, root=Path("/")), **_changes(args, None))
+    _check_way_in(rec)
+    try:
+        make_root(rec.root)
+    except OSError as e:
+        raise UsageError(f"--root: cannot create the directory: {e.strerror}") from None
+    db.add(rec)
+    print(f"added user {name!r} with {len(rec.keys)} key(s)")
+    return EXIT_OK
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    _, db = open_db(args)
+    old = _existing(db, args.name)
+    new = replace(old, **_changes(args, old))
+    _check_way_in(new)
+    db.put(new)
+    print(f"changed user {args.name!r}")
+    return EXIT_OK
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    _, db = open_db(args)
+    _existing(db, args.name)
+    args.password = not args.password_stdin
+    db.update(args.name, password_hash=read_password(args))
+    print(f"changed the password of {args.name!r}")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    _, db = open_db(args)
+    users = list(db.all())
+    if args.json:
+        print(json.dumps([u.public() for u in users], indent=2))
+        return EXIT_OK
+    rows = [("NAME", "ROOT", "KEYS", "PASSWORD", "STATE", "QUOTA")]
+    for u in users:
+        flags = ",".join(
+            f for f, on in (("disabled", u.disabled), ("read-only", u.read_only)) if on
+        )
+        quota = f"{u.quota_size or '-'} B / {u.quota_files or '-'} files"
+        rows.append(
+            (
+                u.name,
+                str(u.root),
+                str(len(u.keys)),
+                "yes" if u.password_hash else "no",
+                flags or "ok",
+                quota,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    _, db = open_db(args)
+    print(json.dumps(_existing(db, args.name).public(), indent=2))
+    return EXIT_OK
+
+
+def cmd_key_add(args: argparse.Namespace) -> int:
+    profile: dict[str, Any] = {}
+    if args.permissions is not None:
+        profile["permissions"] = name_list(args.permissions, PERMISSIONS, "permissions")
+    if args.protocols is not None:
+        profile["protocols"] = name_list(args.protocols, PROTOCOLS, "protocols")
+    if args.home is not None:
+        try:
+            profile["home"] = Values("command line", Path.cwd()).home("--home", args.home)
+        except ConfigError as e:
+            raise UsageError(e.message) from None
+    added = read_keys(args.key, profile=profile)
+    _, db = open_db(args)
+    old = _existing(db, args.name)
+    have = {k.fingerprint for k in old.keys}
+    dup = [k.fingerprint for k in added if k.fingerprint in have]
+    if dup:
+        raise UsageError(f"user {args.name!r} has the key {dup[0]} already")
+    db.update(args.name, keys=old.keys + tuple(added))
+    for k in added:
+        print(f"added key {k.fingerprint} to {args.name!r}")
+    return EXIT_OK
+
+
+def cmd_key_remove(args: argparse.Namespace) -> int:
+    _, db = open_db(args)
+    old = _existing(db, args.name)
+    wanted = (
+        args.fingerprint if args.fingerprint.startswith("SHA256:") else f"SHA256:{args.fingerprint}"
+    )
+    keep = tuple(k for k in old.keys if k.fingerprint != wanted)
+    if len(keep) == len(old.keys):
+        listed = ", ".join(k.fingerprint for k in old.keys) or "none"
+        raise UsageError(f"user {args.name!r} has no key {wanted} (its keys: {listed})")
+    new = replace(old, keys=keep)
+    _check_way_in(new)
+    db.put(new)
+    print(f"removed key {wanted} from {args.name!r}")
+    return EXIT_OK
+
+
+def cmd_disable(args: argparse.Namespace) -> int:
+    _, db = open_db(args)
+    _existing(db, args.name)
+    db.update(args.name, disabled=args.disabled)
+    print(f"{'disabled' if args.disabled else 'enabled'} user {args.name!r}")
+    return EXIT_OK
+
+
+def cmd_del(args: argparse.Namespace) -> int:
+    _, db = open_db(args)
+    rec = _existing(db, args.name)
+    db.delete(args.name)
+    removed = ""
+    if not args.keep_files and rec.root != Path("/") and rec.root.is_dir():
+        shutil.rmtree(rec.root, ignore_errors=True)
+        removed = " and its files"
+    print(f"deleted user {args.name!r}{removed}")
+    return EXIT_OK
+
+
+def users_db_problems(config: Config) -> list[ConfigError]:
+    """check-config: names in both [[users]] and the database (read only, nothing created)."""
+    from sftpd.auth.stores.store import open_user_db
+
+    assert config.users_db is not None
+    source = str(config.source)
+    try:
+        url = config.users_db.resolved_url()
+        if url.startswith("sqlite:"):
+            db = open_user_db(url, config.users_db.base)
+            if not db.db.path.exists():  # type: ignore[attr-defined]
+                return []  # created at the first start; no users yet
+        else:
+            db = open_user_db(url, config.users_db.base)
+        names = set(db.names()) if db.version() > 0 else set()
+        db.close()
+    except ValueError as e:
+        return [ConfigError(source, "users_db", str(e))]
+    except StoreUnavailable as e:
+        return [ConfigError(source, "users_db", f"cannot read the database: {e}")]
+    return [
+        ConfigError(
+            source,
+            f"users[{i}].name",
+            f"user {u.name!r} is also in [users_db]; expected each name in one place "
+            "(remove it from the file or `sftpd user del --keep-files` it)",
+        )
+        for i, u in enumerate(config.users)
+        if u.name in names
+    ]
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from sftpd.auth.stores.store import open_user_db
+
+    config = load_config(args.config)
+    if config.users_db is None:
+        raise UsageError(f"{args.config} has no [users_db]")
+    try:
+        db = open_user_db(config.users_db.resolved_url(), config.users_db.base)
+        before, after = db.upgrade()
+    except ValueError as e:
+        raise UsageError(f"[users_db]: {e}") from None
+    print(
+        f"schema version {before} -> {after}"
+        if before != after
+        else f"schema version {after}, up to date"
+    )
+    return EXIT_OK
