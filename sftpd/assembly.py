@@ -36,6 +36,7 @@ from sftpd.ssh.channel import SessionChannel
 from sftpd.ssh.connection import Connection
 from sftpd.ssh.transport import ServerTransport, TransportPolicy
 from sftpd.ssh.userauth import AuthSettings, UserAuthServer
+from sftpd.ssh.window import WindowBudget, WindowPolicy
 from sftpd.storage.rules import apply_policy
 
 log = Logger(namespace="sftpd.assembly")
@@ -197,7 +198,13 @@ def build_factory(
         context_maker(config, reactor=reactor, blocking=blocking),
         clock=reactor,
         max_sessions=config.server.max_sessions,
-        make_channel=functools.partial(SessionChannel, rsync_runtimes=RuntimeCache()),
+        make_channel=functools.partial(
+            SessionChannel,
+            rsync_runtimes=RuntimeCache(),
+            window=WindowPolicy(
+                config.server.max_window, WindowBudget(config.server.window_budget)
+            ),
+        ),
     )
     portal = Portal(realm)
     portal.registerChecker(
