@@ -10,7 +10,9 @@ config, `ForceCommand internal-sftp` and a chroot, in a private mount
 namespace), makes the test data in a temporary directory (tmpfs under /dev/shm
 when it fits), runs W1..W8 interleaved (each round runs every target once per
 workload, the order rotating), and prints medians, ratios to OpenSSH and server
-CPU per unit of work. Standard library only; see benchmarks/README.md.
+CPU per unit of work. W9 (opt-in: --workloads W9) does uploads and downloads
+through a delay proxy at several RTTs (latency.py, delayproxy.py).
+Standard library only; see benchmarks/README.md.
 Every server is started here and stopped here (also on Ctrl-C / SIGTERM), every
 client run has a timeout, the temporary directory is removed at the end.
 """
@@ -28,7 +30,8 @@ import sys
 import tempfile
 import time
 
-from report import fmt, report
+import latency
+from report import fmt, latency_table, report
 from targets import (
     REPO,
     USER,
@@ -79,6 +82,7 @@ def params(args):
     size = args.size_mib or (64 if args.quick else 512)
     small_n, ls_n, sessions, idle = (200, 1000, 10, 10) if args.quick else (2000, 10000, 30, 50)
     p = dict(size=size, par_n=8, par=max(1, size // 8), ls_rep=3)
+    p["w9_size"] = args.w9_size_mib or (16 if args.quick else 256)
     return p | dict(small_n=small_n, ls_n=ls_n, sessions=sessions, idle=idle)
 
 
@@ -124,17 +128,18 @@ class Bench:
                 f.write(b)
         return h.hexdigest()
 
-    def argv(self, t, batch, verbose=False):
+    def argv(self, t, batch, verbose=False, port=None):
         log = ["-v"] if verbose else ["-q", "-o", "LogLevel=ERROR"]
-        opts = ["-b", batch, "-i", self.key, "-P", str(t.port), *log, *MODES[self.args.mode]]
+        port = port or t.port  # W9: the delay proxy's port
+        opts = ["-b", batch, "-i", self.key, "-P", str(port), *log, *MODES[self.args.mode]]
         return ["sftp", *SFTP_OPTS, *opts, f"{USER}@127.0.0.1"]
 
-    def sftp(self, t, text, timeout, stdout=subprocess.DEVNULL, verbose=False):
+    def sftp(self, t, text, timeout, stdout=subprocess.DEVNULL, verbose=False, port=None):
         batch = os.path.join(self.work, f"batch-{t.name}.txt")
         with open(batch, "w") as f:
             f.write(text)
         try:
-            argv, pipe = self.argv(t, batch, verbose), subprocess.PIPE
+            argv, pipe = self.argv(t, batch, verbose, port), subprocess.PIPE
             r = subprocess.run(argv, stdin=DN, stdout=stdout, stderr=pipe, timeout=timeout)
             return r.returncode, r.stderr.decode(errors="replace")
         except subprocess.TimeoutExpired:
@@ -150,8 +155,8 @@ class Bench:
         cpu, cli = tree_cpu_s(t.reaper.pid) - s0, client_cpu_s() - c0
         return {"wall": wall, "cpu": cpu, "err": err, "cli": cli / wall}
 
-    def one(self, t, text, timeout, stdout=subprocess.DEVNULL):
-        rc, err = self.sftp(t, text, timeout, stdout)
+    def one(self, t, text, timeout, stdout=subprocess.DEVNULL, port=None):
+        rc, err = self.sftp(t, text, timeout, stdout, port=port)
         return None if rc == 0 else f"rc={rc} {err.strip()[-300:]}"
 
     def w1(self, t):
@@ -363,9 +368,11 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add = ap.add_argument
     add("--targets", default="openssh,sftpd", help="comma list (default openssh,sftpd)")
-    add("--workloads", default=",".join(WORKLOADS), help="comma list (default W1..W8)")
+    add("--workloads", default=",".join(WORKLOADS), help="comma list of W1..W9 (default W1..W8)")
     add("--rounds", type=int, help="interleaved rounds (default 3; 1 with --quick)")
     add("--size-mib", type=int, help="W1/W2 size (default 512; 64 with --quick); W7: 8 x size/8")
+    add("--rtts", default="0,20,50,100", help="W9 round-trip times in ms (default 0,20,50,100)")
+    add("--w9-size-mib", type=int, help="W9 file size (default 256; 16 with --quick)")
     add("--workdir", help="parent of the temporary dir (default /dev/shm if room, else /tmp)")
     add("--sftpd-cmd", default="python3 -m sftpd", help="started from the repository root")
     add(
@@ -393,14 +400,17 @@ def parse_args():
     return ap.parse_args()
 
 
-def run_one(b, t, w):
+def run_one(b, t, w, wl):
     try:
-        r, v, c = getattr(b, w.lower())(t)
+        if w.startswith("W9"):
+            r, v, c = b.latency.run(t, w, sha256, rm)
+        else:
+            r, v, c = getattr(b, w.lower())(t)
     except Exception as e:  # recorded as a failed run; the benchmark goes on
         r, v, c = {"err": f"{type(e).__name__}: {e}"}, None, None
-    line = f"{w} {t.name:8s} {fmt(v):>8s} {WORKLOADS[w][1]:14s}"
+    line = f"{w:6s} {t.name:8s} {fmt(v):>8s} {wl[w][1]:14s}"
     if c is not None:
-        line += f" server {fmt(c)} {WORKLOADS[w][3]} ({100 * r['cpu'] / r['wall']:.0f}% CPU)"
+        line += f" server {fmt(c)} {wl[w][3]} ({100 * r['cpu'] / r['wall']:.0f}% CPU)"
         line += f", client {100 * r['cli']:.0f}% CPU"
     if r["err"]:
         line += f"  FAILED: {r['err']}\n   server log tail: {t.tail(300)!r}"
@@ -424,8 +434,15 @@ def main():
     args = parse_args()
     rounds, p = args.rounds or (1 if args.quick else 3), params(args)
     wls = args.workloads.upper().split(",")
-    if set(wls) - set(WORKLOADS):
-        raise SystemExit(f"unknown workload(s): {set(wls) - set(WORKLOADS)}")
+    if set(wls) - {*WORKLOADS, "W9"}:
+        raise SystemExit(f"unknown workload(s): {set(wls) - {*WORKLOADS, 'W9'}}")
+    try:
+        rtts = [float(x) for x in args.rtts.split(",")]
+    except ValueError:
+        raise SystemExit("--rtts: a comma list of milliseconds, e.g. 0,20,50,100") from None
+    w9 = latency.ids(rtts) if "W9" in wls else {}
+    wls = [x for w in wls for x in (w9 if w == "W9" else [w])]
+    wl = WORKLOADS | latency.workloads(rtts)
     if set(args.targets.split(",")) - {"sftpd", "openssh"}:
         raise SystemExit("--targets: a comma list of sftpd and openssh")
     cmdline = shlex.join(["python3", *sys.argv])
@@ -445,7 +462,7 @@ def main():
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    need = (4 * p["size"] + 2 * p["par"] * p["par_n"] + 200) * MiB
+    need = (4 * p["size"] + 2 * p["par"] * p["par_n"] + 200 + (4 * p["w9_size"] if w9 else 0)) * MiB
     parent = args.workdir
     if parent is None:
         s = os.statvfs("/dev/shm") if os.path.isdir("/dev/shm") else None
@@ -456,6 +473,9 @@ def main():
     try:
         b = Bench(args, work)
         b.make_data()
+        b.latency = latency.Latency(b, rtts, p["w9_size"])
+        if w9:
+            say(f"W9 data made in {b.latency.make_data():.1f} s")
         names = args.targets.split(",")
         if args.baseline:
             base = baseline_checkout(args.baseline, work)
@@ -482,7 +502,7 @@ def main():
                 for t in live[k:] + live[:k]:
                     if time.monotonic() > end:
                         raise TimeoutError
-                    res, line = run_one(b, t, w)
+                    res, line = run_one(b, t, w, wl)
                     results.setdefault((w, t.name), []).append(res)
                     say(f"r{rnd + 1} {line}")
     except TimeoutError:
@@ -497,7 +517,10 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     if results:
         names = [t.name for t in live]
-        text = "\n".join(report(b, names, results, algos, [*header, "", *skipped], WORKLOADS))
+        text = "\n".join(report(b, names, results, algos, [*header, "", *skipped], wl))
+        if w9:
+            win = latency.bounds(live, args.sftpd_set)
+            text += "\n" + "\n".join(latency_table(names, results, w9, win, b.p["w9_size"]))
         say("\n" + text)
         if args.markdown:
             with open(args.markdown, "w") as f:

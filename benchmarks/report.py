@@ -67,3 +67,58 @@ def report(b, names, results, algos, header, workloads):
             if r["err"]:
                 L.append(f"- {w} {t} round {i + 1} FAILED: {r['err'][:300]}")
     return L
+
+
+def latency_table(names, results, ids, windows, size_mib):
+    """W9: MB/s against window / RTT, the bound each run has (uploads: the server's receive
+    window; downloads: the `ssh` client's 2 MiB). ``ids``: {id: (direction, rtt_ms)};
+    ``windows``: {target: (upload window in bytes or None, where it came from)}."""
+    ref = "openssh" if "openssh" in names else None
+
+    def med(w, t, net=False):
+        ok = [r for r in results.get((w, t), []) if not r[0]["err"] and r[1] is not None]
+        if net:  # MB/s with the set-up time of a session over this RTT taken off
+            ok = [
+                (r[0], r[1] * r[0]["wall"] / (r[0]["wall"] - r[0]["setup"]))
+                for r in ok
+                if r[0].get("setup") and r[0]["wall"] > r[0]["setup"]
+            ]
+        vals = [r[1] for r in ok]
+        return statistics.median(vals) if vals else None
+
+    L = ["", f"W9, {size_mib} MiB through delayproxy.py: medians in MB/s; in brackets: the"]
+    L[-1] += " ratio to OpenSSH, then the median as a fraction of window / RTT."
+    L += ["Gross: the whole `sftp` run, as above. Net: the same run less the time of a session"]
+    L[-1] += " that only lists / through the same proxy (the median set-up time is given)."
+    L += ["Window / RTT in MB/s (10^6 B/s): uploads use the server's receive window, downloads"]
+    L[-1] += " the `ssh` client's 2 MiB (OpenSSH CHAN_SES_WINDOW_DEFAULT)."
+    L += ["", "Upload windows used:"]
+    L += [
+        f"- {t}: {fmt(w / (1 << 20)) if w else '?'} MiB ({note})"
+        for t, (w, note) in windows.items()
+    ]
+    cols = " | ".join(names)
+    gross = " | ".join(f"{t} gross" for t in names)
+    net = " | ".join(f"{t} net (set-up s)" for t in names)
+    L += ["", f"| W9 | RTT | {gross} | {net} | window / RTT: {cols} |"]
+    L += ["|---|---|" + "---|" * (3 * len(names))]
+
+    def cell(w, t, bound, net):
+        v, vr = med(w, t, net), (med(w, ref, net) if ref and t != ref else None)
+        extra = [fx(v / vr)] if v and vr else []
+        extra += [f"{v / bound:.2f} of bound"] if v and bound else []
+        if net:
+            setups = [r[0]["setup"] for r in results.get((w, t), []) if r[0].get("setup")]
+            extra += [f"{statistics.median(setups):.2f} s"] if setups else []
+        return fmt(v) + (f" ({', '.join(extra)})" if extra else "")
+
+    for w, (d, rtt) in ids.items():
+        cells, bnds = [], []
+        for t in names:
+            win = windows.get(t, (None, ""))[0] if d == "up" else 2 << 20
+            bnds.append(win / (rtt / 1000) / 1e6 if win and rtt > 0 else None)
+        cells = [cell(w, t, bd, False) for t, bd in zip(names, bnds, strict=True)]
+        cells += [cell(w, t, bd, True) for t, bd in zip(names, bnds, strict=True)]
+        bcells = [fmt(x) if x else "-" for x in bnds]
+        L.append(f"| {w} {d}load | {rtt:g} ms | {' | '.join(cells + bcells)} |")
+    return L

@@ -27,8 +27,8 @@ from sftpd.auth.checkers import (
     PublicKeyChecker,
 )
 from sftpd.auth.realm import Realm
-from sftpd.auth.users import UserDB
-from sftpd.config.model import Config, ExecConfig, UserConfig
+from sftpd.auth.users import TomlUserStore, User, UserStore
+from sftpd.config.model import Config, ExecConfig
 from sftpd.log import announce_listening, conn_fields
 from sftpd.runtime.listening import ListenError, bind_all
 from sftpd.runtime.threads import Blocking, WorkerPool
@@ -137,7 +137,7 @@ def transport_policy(config: Config, *, have_moduli: bool) -> TransportPolicy:
     )
 
 
-def exec_settings(base: ExecConfig, user: UserConfig) -> ExecConfig:
+def exec_settings(base: ExecConfig, user: User) -> ExecConfig:
     """The exec settings in force for ``user`` (per-user switches override the server's)."""
     cfg = base
     if user.allow_rsync is not None:
@@ -153,7 +153,7 @@ def context_maker(config: Config, *, reactor: Any, blocking: Blocking) -> Any:
 
     counter = itertools.count(1)
 
-    def make(user: UserConfig) -> SessionContext:
+    def make(user: User) -> SessionContext:
         storage = apply_policy(LocalStorage(user.root), read_only=user.read_only)
         return SessionContext(
             username=user.name,
@@ -190,11 +190,13 @@ def build_factory(
     auth_blocking: Blocking,
     host_keys: dict[bytes, keys.Key],
     dummy_hash: bytes | None = None,
+    store: UserStore | None = None,
 ) -> Factory:
-    """Assemble the SSH factory: portal (realm + checkers), keys, policy, limits."""
-    users = UserDB(config.users)
+    """Assemble the SSH factory: portal (realm + checkers), keys, policy, limits.
+
+    ``store``: where users come from; the configuration's ``[[users]]`` when None."""
+    users = TomlUserStore.from_config(config.users) if store is None else store
     realm = Realm(
-        users,
         context_maker(config, reactor=reactor, blocking=blocking),
         clock=reactor,
         max_sessions=config.server.max_sessions,
@@ -208,7 +210,9 @@ def build_factory(
     )
     portal = Portal(realm)
     portal.registerChecker(
-        PasswordChecker(users, auth_blocking, dummy_hash, rounds=dummy_rounds(config))
+        # The unknown-user dummy hash costs what the store's hashes cost: the TOML store
+        # reads that from its hashes once, here; a database store from its setting.
+        PasswordChecker(users, auth_blocking, dummy_hash, rounds=users.password_cost)
     )
     portal.registerChecker(PublicKeyChecker(users))
     primes = load_primes(config)
@@ -230,15 +234,6 @@ def ignore_hangup(reactor: Any) -> None:
         log.warn("SIGHUP received; reloading is not supported, carrying on", event="sighup")
 
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(logged))
-
-
-def dummy_rounds(config: Config) -> int:
-    """The bcrypt cost of the configured hashes, so unknown users cost the same."""
-    for user in config.users:
-        h = user.password_hash
-        if h and len(h) > 6 and h[4:6].isdigit():
-            return int(h[4:6])
-    return 12
 
 
 def adopt_sockets(
@@ -308,12 +303,14 @@ def serve(
             processes=config.server.workers,
         )
     host_keys = load_host_keys(config.server.host_keys_dir)
+    store = TomlUserStore.from_config(config.users)
     factory = build_factory(
         config,
         reactor=reactor,
         blocking=pool,
         auth_blocking=auth_pool,
         host_keys=host_keys,
+        store=store,
     )
     if inherited:
         ports = adopt(factory, inherited, reactor)
@@ -330,6 +327,7 @@ def serve(
         return defer.DeferredList(waits)
 
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
+    reactor.addSystemEventTrigger("before", "shutdown", store.close)
     reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
     reactor.addSystemEventTrigger("after", "shutdown", auth_pool.stop)
     reactor.run()

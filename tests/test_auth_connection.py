@@ -25,7 +25,7 @@ from twisted.test import iosim
 
 from sftpd.assembly import ConnectionTransport, Factory
 from sftpd.auth.checkers import PasswordChecker, PublicKeyChecker
-from sftpd.auth.users import UserDB
+from sftpd.auth.users import TomlUserStore
 from sftpd.config.model import UserConfig
 from sftpd.runtime.threads import InlineBlocking
 from sftpd.ssh.transport import MAX_PACKET_BEFORE_KEYS
@@ -52,7 +52,7 @@ class _Realm:
 
 
 def make_factory(tmp: Path, clock: Clock, **settings: Any) -> Factory:
-    users = UserDB(
+    users = TomlUserStore.from_config(
         [UserConfig(name="alice", root=tmp, password_hash=bcrypt.hashpw(PW, bcrypt.gensalt(4)))]
     )
     portal = Portal(_Realm())  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from sftpd.auth.checkers import PasswordChecker, PublicKeyChecker
-from sftpd.auth.users import UserDB
+from sftpd.auth.users import TomlUserStore
 from sftpd.config.model import UserConfig
 from sftpd.runtime.threads import InlineBlocking
 from sftpd.ssh.hostkeys import fingerprint
@@ -111,7 +111,7 @@ class CountingBlocking(InlineBlocking):
 def _service(
     tmp: Path, settings: AuthSettings, blocking: InlineBlocking | None = None
 ) -> tuple[UserAuthServer, FakeTransport, Clock]:
-    users = UserDB([_user(tmp)])
+    users = TomlUserStore.from_config([_user(tmp)])
     portal = Portal(_Realm())  # type: ignore[arg-type]
     dummy = bcrypt.hashpw(b"x", bcrypt.gensalt(4))
     portal.registerChecker(PasswordChecker(users, blocking or InlineBlocking(), dummy))
@@ -170,7 +170,7 @@ def test_none_is_refused_and_the_right_password_succeeds(tmp_path: Path) -> None
 
 def test_password_checker_unknown_user_checks_dummy(tmp_path: Path) -> None:
     counting = CountingBlocking()
-    users = UserDB([_user(tmp_path)])
+    users = TomlUserStore.from_config([_user(tmp_path)])
     chk = PasswordChecker(users, counting, bcrypt.hashpw(b"x", bcrypt.gensalt(4)))
     results: list[Any] = []
     chk.requestAvatarId(credentials.UsernamePassword(b"nobody", b"x")).addBoth(results.append)
@@ -193,7 +193,9 @@ def test_public_key_checker(tmp_path: Path) -> None:
     other = ed25519.Ed25519PrivateKey.generate()
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     blobs = (keys.Key(ed).public().blob(), keys.Key(rsa_key).public().blob())
-    users = UserDB([UserConfig(name="alice", root=tmp_path, authorized_keys=blobs)])
+    users = TomlUserStore.from_config(
+        [UserConfig(name="alice", root=tmp_path, authorized_keys=blobs)]
+    )
     chk = PublicKeyChecker(users)
 
     def outcome(creds: Any) -> Any:

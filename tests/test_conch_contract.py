@@ -28,6 +28,9 @@ from twisted.conch.ssh import transport as conch_transport
 from twisted.cred import credentials
 from twisted.internet import epollreactor, process, protocol, tcp
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols.haproxy import _exceptions as haproxy_exceptions
+from twisted.protocols.haproxy import _v1parser, _v2parser
+from twisted.web import resource
 
 # The group-exchange instance check makes a finite-field DH key, which cryptography
 # deprecates; the warning is cryptography's, not Twisted's.
@@ -59,6 +62,13 @@ OWNERS: dict[str, Any] = {
     "EPollReactor": epollreactor.EPollReactor,
     "Process": process.Process,
     "ProcessProtocol": protocol.ProcessProtocol,
+    # the network edge and the event sinks (public Twisted API, and haproxy's parsers)
+    "haproxy._v1parser": _v1parser,
+    "haproxy._v2parser": _v2parser,
+    "haproxy._exceptions": haproxy_exceptions,
+    "Protocol": protocol.Protocol,
+    "ServerFactory": protocol.ServerFactory,
+    "Resource": resource.Resource,
 }
 
 
@@ -86,6 +96,8 @@ T, S, R, C, A = (
 SRV, UA, SW = "sftpd/assembly.py", "sftpd/ssh/userauth.py", "sftpd/ssh/sockwrite.py"
 CHK = "sftpd/auth/checkers.py"
 AV = "sftpd/auth/avatar.py"
+EP, EG = "sftpd/edge/proxy.py", "sftpd/edge/gate.py"
+HK, MT = "sftpd/events/hooks.py", "sftpd/events/metrics.py"
 RS = "sftpd/apps/rsync/bridge.py"
 # the connection service guards each of these to drop messages for channels that are gone
 GUARDED = (
@@ -364,6 +376,23 @@ NEEDS: tuple[Need, ...] = (
     ),
     Need("Process", "unregisterProducer", RS, params=()),
     Need("ProcessProtocol", "outReceived", RS, params=("data",)),
+    # -- the network edge (sftpd/edge/): PROXY headers parsed by Twisted's own parsers --
+    Need("haproxy._v1parser", "V1Parser", EP),
+    Need("haproxy._v2parser", "V2Parser", EP),
+    Need("haproxy._exceptions", "InvalidProxyHeader", EP),
+    Need("Protocol", "connectionMade", EP, params=()),
+    Need("Protocol", "dataReceived", EP, params=("data",)),
+    Need("Protocol", "connectionLost", EG, params=("reason",)),
+    Need("Protocol", "makeConnection", EG, params=("transport",)),
+    Need("ServerFactory", "buildProtocol", EG, params=("addr",)),  # None refuses at accept
+    Need("ServerFactory", "doStart", EG, params=()),
+    Need("ServerFactory", "doStop", EG, params=()),
+    Need("ServerFactory", "logPrefix", EG, params=()),
+    # -- the event sinks (sftpd/events/) ------------------------------------------------
+    Need("ProcessProtocol", "connectionMade", HK, params=()),
+    Need("ProcessProtocol", "processExited", HK, params=("reason",)),
+    Need("Resource", "__init__", MT, params=()),
+    Need("Resource", "isLeaf", MT),
     Need("ProcessProtocol", "errReceived", RS, params=("data",)),
     Need("ProcessProtocol", "processEnded", RS, params=("reason",)),
 )

@@ -14,9 +14,10 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sftpd.auth.users import UserDB
+from sftpd.auth.users import DEFAULT_PASSWORD_COST, AuthorizedKey, StoreUnavailable, User, UserStore
 from sftpd.runtime.threads import Blocking
 
 # Signature algorithms accepted for user keys, as advertised in server-sig-algs.
@@ -35,7 +36,41 @@ log = Logger(namespace="sftpd.auth")
 _BCRYPT_MAX = 72  # bytes of a password that bcrypt uses
 
 
-def make_dummy_hash(rounds: int = 12) -> bytes:
+class LoggedIn(bytes):
+    """The avatarId a checker returns: the login name as bytes, as Conch and cred expect,
+    carrying the User the checker found (and the key it accepted) to the realm.
+
+    Conch's userauth and cred's Portal only pass the avatarId on to the realm
+    (``Portal.login``: ``requestAvatarId(...).addCallback(realm.requestAvatar, ...)``),
+    so the realm gets the record without looking the user up again."""
+
+    user: User
+    key: AuthorizedKey | None
+
+    def __new__(cls, name: bytes, user: User, key: AuthorizedKey | None = None) -> LoggedIn:
+        self = super().__new__(cls, name)
+        self.user = user
+        self.key = key
+        return self
+
+
+class LoginRefused(UnauthorizedLogin):
+    """A refused login that says whether the name was a user (``user_known``; None: the store
+    could not answer). The userauth service logs "(invalid user)" from it, so the log
+    needs no lookup of its own."""
+
+    def __init__(self, message: str, *, user_known: bool | None) -> None:
+        super().__init__(message)
+        self.user_known = user_known
+
+
+def _unavailable(reason: Failure) -> None:
+    reason.trap(StoreUnavailable)
+    log.error("user store unavailable: {error}", error=str(reason.value), event="store_down")
+    raise LoginRefused("user store unavailable", user_known=None)
+
+
+def make_dummy_hash(rounds: int = DEFAULT_PASSWORD_COST) -> bytes:
     """A bcrypt hash of a random secret: checked for unknown users so they cost the same."""
     return bcrypt.hashpw(os.urandom(16).hex().encode("ascii"), bcrypt.gensalt(rounds))
 
@@ -47,9 +82,13 @@ class PasswordChecker:
     credentialInterfaces = (credentials.IUsernamePassword,)
 
     def __init__(
-        self, users: UserDB, blocking: Blocking, dummy_hash: bytes | None = None, rounds: int = 12
+        self,
+        store: UserStore,
+        blocking: Blocking,
+        dummy_hash: bytes | None = None,
+        rounds: int = DEFAULT_PASSWORD_COST,
     ) -> None:
-        self._users = users
+        self._store = store
         self._blocking = blocking
         self._dummy = dummy_hash
         self._rounds = rounds
@@ -61,10 +100,15 @@ class PasswordChecker:
         return self._dummy
 
     def requestAvatarId(self, creds: Any) -> defer.Deferred[bytes | tuple[()]]:
-        name = creds.username.decode("utf-8", "replace")
-        user = self._users.get(name)
+        # One store lookup per attempt; the LoggedIn answer takes the user to the realm.
+        name: bytes = creds.username
+        d = self._store.lookup(name.decode("utf-8", "replace"))
+        d.addErrback(_unavailable)
+        found: defer.Deferred[Any] = d.addCallback(self._check, name, creds.password)
+        return found
+
+    def _check(self, user: User | None, name: bytes, password: bytes) -> defer.Deferred[LoggedIn]:
         stored = user.password_hash if user is not None and user.password_hash else None
-        password: bytes = creds.password
 
         def check() -> bool:
             # bcrypt reads at most 72 bytes (and bcrypt 5 raises ValueError beyond), and
@@ -74,14 +118,12 @@ class PasswordChecker:
             ok = bcrypt.checkpw(password[:_BCRYPT_MAX], stored or self._dummy_hash())
             return ok and fits and stored is not None
 
-        d = self._blocking.run(check)
+        def decide(ok: bool) -> LoggedIn:
+            if not ok or user is None:
+                raise LoginRefused("wrong password or unknown user", user_known=user is not None)
+            return LoggedIn(name, user)
 
-        def decide(ok: bool) -> bytes | tuple[()]:
-            if not ok:
-                raise UnauthorizedLogin("wrong password or unknown user")
-            return creds.username  # type: ignore[no-any-return]
-
-        return d.addCallback(decide)
+        return self._blocking.run(check).addCallback(decide)
 
 
 def _signature_algorithm(signature: bytes) -> bytes:
@@ -98,32 +140,34 @@ class PublicKeyChecker:
 
     credentialInterfaces = (credentials.ISSHPrivateKey,)
 
-    def __init__(self, users: UserDB) -> None:
-        self._users = users
+    def __init__(self, store: UserStore) -> None:
+        self._store = store
 
     def requestAvatarId(self, creds: Any) -> defer.Deferred[bytes | tuple[()]]:
-        try:
-            return defer.succeed(self._check(creds))
-        except Exception:
-            return defer.fail()
+        # One store lookup per attempt; the LoggedIn answer takes the user to the realm.
+        name: bytes = creds.username
+        d = self._store.lookup(name.decode("utf-8", "replace"))
+        d.addErrback(_unavailable)
+        found: defer.Deferred[Any] = d.addCallback(self._check, name, creds)
+        return found
 
-    def _check(self, creds: Any) -> bytes | tuple[()]:
-        name = creds.username.decode("utf-8", "replace")
-        user = self._users.get(name)
+    def _check(self, user: User | None, name: bytes, creds: Any) -> LoggedIn:
+        known = user is not None
         blob: bytes = creds.blob
         if creds.algName not in ACCEPTED_SIGNATURES:
-            raise UnauthorizedLogin(f"signature algorithm {creds.algName!r} refused")
-        if user is None or blob not in user.authorized_keys:
-            raise UnauthorizedLogin("key not authorized")
+            raise LoginRefused(f"signature algorithm {creds.algName!r} refused", user_known=known)
+        entry = user.key(blob) if user is not None else None
+        if user is None or entry is None:
+            raise LoginRefused("key not authorized", user_known=known)
         if creds.signature is None:
             raise ValidPublicKey()
         if _signature_algorithm(creds.signature) != creds.algName:
-            raise UnauthorizedLogin("signature algorithm mismatch")
+            raise LoginRefused("signature algorithm mismatch", user_known=True)
         try:
             key = keys.Key.fromString(blob)
             good = key.verify(creds.signature, creds.sigData)
         except Exception as exc:
-            raise UnauthorizedLogin("bad signature") from exc
+            raise LoginRefused("bad signature", user_known=True) from exc
         if not good:
-            raise UnauthorizedLogin("bad signature")
-        return creds.username  # type: ignore[no-any-return]
+            raise LoginRefused("bad signature", user_known=True)
+        return LoggedIn(name, user, entry)

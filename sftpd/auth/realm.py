@@ -1,4 +1,4 @@
-"""The realm: turns an authenticated user name into an Avatar with its jailed storage."""
+"""The realm: turns the user a checker found into an Avatar with its jailed storage."""
 
 from __future__ import annotations
 
@@ -11,42 +11,38 @@ from zope.interface import implementer
 
 from sftpd.apps.contract import SessionContext
 from sftpd.auth.avatar import Avatar, ChannelFactory
-from sftpd.auth.users import UserDB
-from sftpd.config.model import UserConfig
+from sftpd.auth.checkers import LoggedIn
+from sftpd.auth.users import User
 
 
 @implementer(IRealm)
 class Realm:
-    """Builds one Avatar per login; ``make_context`` opens the user's jail."""
+    """Builds one Avatar per login; ``make_context`` opens the user's jail.
+
+    The realm never asks the user store: the checker's avatarId (a LoggedIn) carries the
+    record it found, so a login costs one lookup, made by the checker."""
 
     def __init__(
         self,
-        users: UserDB,
-        make_context: Callable[[UserConfig], SessionContext],
+        make_context: Callable[[User], SessionContext],
         *,
         clock: Any,
         max_sessions: int,
         make_channel: ChannelFactory,
     ) -> None:
-        self._users = users
         self._make_context = make_context
         self._clock = clock
         self._max_sessions = max_sessions
         self._make_channel = make_channel
 
-    def knows(self, name: str) -> bool:
-        """Whether ``name`` is a configured user (logged: "invalid user" otherwise)."""
-        return self._users.get(name) is not None
-
     def requestAvatar(
         self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any
     ) -> tuple[Any, Avatar, Callable[[], None]]:
-        if IConchUser not in interfaces or not isinstance(avatarId, bytes):
+        if IConchUser not in interfaces:
             raise NotImplementedError("only SSH users")
-        user = self._users.get(avatarId.decode("utf-8"))
-        if user is None:
-            raise KeyError("user vanished")
-        ctx = self._make_context(user)
+        if not isinstance(avatarId, LoggedIn):
+            raise TypeError("the checkers must answer with a LoggedIn carrying the user")
+        ctx = self._make_context(avatarId.user)
         avatar = Avatar(
             ctx,
             clock=self._clock,

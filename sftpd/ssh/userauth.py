@@ -106,15 +106,6 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
         t: Any = self.transport
         t.auth_failures = value
 
-    def _known(self, user: bytes) -> bool:
-        t: Any = self.transport
-        portal = getattr(getattr(t, "factory", None), "portal", None)
-        knows = getattr(getattr(portal, "realm", None), "knows", None)
-        try:
-            return knows is None or bool(knows(user.decode("utf-8")))
-        except UnicodeDecodeError:
-            return False
-
     # -- one request at a time -----------------------------------------------------------
 
     def ssh_USERAUTH_REQUEST(self, packet: bytes) -> None:
@@ -216,10 +207,7 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
     def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> defer.Deferred[Any]:
         # bytes from the client: the log observer decodes, escapes and caps them
         fields: dict[str, Any] = {"user": user, "method": kind, **conn_fields(self.transport)}
-        known = self._known(user)
-        fields["invalid_user"] = not known
         head = "conn={conn} peer={peer} user={user} method={method}"
-        tail = "" if known else " (invalid user)"
         query = False
         if kind == b"publickey":
             if not data:
@@ -233,10 +221,17 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
             return d
 
         def success(result: Any) -> Any:
-            log.info("auth ok: " + head, event="auth_success", **fields)
+            log.info("auth ok: " + head, event="auth_success", invalid_user=False, **fields)
             return result
 
         def failure(reason: Failure) -> Failure:
+            # The checker that looked the name up says whether it is a user (its
+            # UnauthorizedLogin's ``user_known``), so logging costs no lookup of its own.
+            # Refusals decided here before any checker ran (a malformed key, a password
+            # change) do not know, and are logged without "(invalid user)".
+            invalid = getattr(reason.value, "user_known", None) is False
+            fields["invalid_user"] = invalid
+            tail = " (invalid user)" if invalid else ""
             if query:
                 if reason.check(UnauthorizedLogin) and not reason.check(ValidPublicKey):
                     # a client asking whether a key would do: not an attempt

@@ -1,0 +1,1 @@
+"""The network edge: who may connect, how many, and from where (defender, limits, PROXY)."""

@@ -1,0 +1,118 @@
+"""Builds the event sinks from an :class:`EventsConfig` and runs them: one object to wire.
+
+Assembly (one per server process)::
+
+    service = EventsService(reactor, config.events, temp=None)
+    service.start()                      # audit writer thread, metrics port, loop-lag tick
+    hub = service.events                 # Events: .login(), .login_failed(), .session()
+    service.metrics                      # Metrics or None: connection_opened(), ...
+    reactor.addSystemEventTrigger("before", "shutdown", service.stop)
+    signal.signal(SIGHUP, lambda *_: reactor.callFromThread(service.reopen))
+    service.set_draining()               # on SIGTERM, before closing the listeners
+
+With ``workers > 1``: each worker gets ``snapshot_dir`` (and no ``[metrics] listen``), the
+supervisor builds ``EventsService(reactor, config.events, summed_from=snapshot_dir)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from twisted.logger import Logger
+
+from sftpd.events.audit import AuditFile, AuditToLog
+from sftpd.events.config import EventsConfig
+from sftpd.events.hooks import Hooks
+from sftpd.events.metrics import LoopLag, Metrics, MetricsServer, SnapshotWriter, SummedCollector
+from sftpd.events.recorder import Events, EventSink
+from sftpd.log import hostport
+
+_log = Logger(namespace="sftpd.events")
+
+
+class EventsService:
+    """The audit sink, the hooks, the metrics and their endpoint, as configured."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        config: EventsConfig,
+        *,
+        temp: Callable[[str], bool] | None = None,
+        snapshot_dir: Path | None = None,
+        summed_from: Path | None = None,
+        serve_metrics: bool = True,
+        hash_uploads: bool = True,
+    ) -> None:
+        self._reactor = reactor
+        self.config = config
+        sinks: list[EventSink] = []
+        self.audit: AuditFile | None = None
+        if config.audit is not None:
+            if config.audit.file is not None:
+                self.audit = AuditFile(config.audit.file)
+                sinks.append(self.audit)
+            else:
+                sinks.append(AuditToLog())
+        wants_metrics = config.metrics_listen is not None or snapshot_dir is not None
+        self.metrics: Metrics | None = Metrics() if wants_metrics else None
+        if self.metrics is not None:
+            sinks.append(self.metrics)
+        self.hooks: Hooks | None = None
+        if config.hooks:
+            self.hooks = Hooks(reactor, config.hooks, config.hook_limits, stats=self.metrics)
+            sinks.append(self.hooks)
+        self.events = Events(sinks, reactor, temp, hash_uploads=hash_uploads)
+        self._lag = LoopLag(reactor, self.metrics.loop_lag) if self.metrics else None
+        self._snapshots = (
+            SnapshotWriter(reactor, self.metrics.registry, snapshot_dir, os.getpid())
+            if self.metrics is not None and snapshot_dir is not None
+            else None
+        )
+        self.web: MetricsServer | None = None
+        if config.metrics_listen is not None and serve_metrics:
+            registry = self.metrics.registry if self.metrics is not None else None
+            if summed_from is not None:
+                registry = CollectorRegistry()
+                registry.register(SummedCollector(summed_from))
+            assert registry is not None
+            self.web = MetricsServer(reactor, registry)
+
+    def start(self) -> None:
+        if self.audit is not None:
+            self.audit.start()
+        if self._lag is not None:
+            self._lag.start()
+        if self._snapshots is not None:
+            self._snapshots.start()
+        if self.web is not None and self.config.metrics_listen is not None:
+            host, port = self.config.metrics_listen
+            listening = self.web.listen(host, port)
+            shown = hostport(host, listening.getHost().port)
+            _log.info("metrics on http://{address}/metrics", address=shown)
+
+    def reopen(self) -> None:
+        """SIGHUP: reopen the audit file (after log rotation)."""
+        if self.audit is not None:
+            self.audit.reopen()
+
+    def set_draining(self) -> None:
+        if self.web is not None:
+            self.web.set_draining()
+
+    def stop(self) -> None:
+        """Shutdown: last snapshot, drop waiting hooks, write the queued audit lines."""
+        if self._lag is not None:
+            self._lag.stop()
+        if self._snapshots is not None:
+            self._snapshots.stop()
+        if self.hooks is not None:
+            self.hooks.stop()
+        if self.web is not None:
+            self.web.stop()
+        if self.audit is not None:
+            self.audit.stop()
