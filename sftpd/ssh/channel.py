@@ -204,6 +204,8 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
             self._app.output_drained()
 
     def pause_reading(self) -> None:
+        if not self.reading_paused:
+            self._rwin.paused()
         self.reading_paused = True
 
     def resume_reading(self) -> None:
@@ -211,7 +213,9 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
             return
         self.reading_paused = False
         self._rwin.resumed(self.localWindowLeft)
-        self.localWindowSize = self._rwin.size
+        if self._rwin.size != self.localWindowSize:
+            self.localWindowSize = self._rwin.size
+            self._log_window()
         gap = self.localWindowSize - self.localWindowLeft
         if gap > 0 and not self.localClosed:
             conn: Any = self.conn
@@ -304,12 +308,23 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
         conn: Any = self.conn
         if rwin.size != before:
             self.localWindowSize = rwin.size
+            self._log_window()
             if rwin.size > before:
                 grow = getattr(conn.transport, "size_receive_buffer", None)
                 if grow is not None:
                     grow(rwin.size)
         if add:
             conn.adjustWindow(self, add)
+
+    def _log_window(self) -> None:
+        size, rtt = self.window_state()
+        log.debug(
+            "window: conn={conn} size={size} rtt_ms={rtt_ms:.1f} received={received}",
+            size=size,
+            rtt_ms=rtt * 1000,
+            received=self._rwin.received,
+            **self._conn_fields(),
+        )
 
     def window_state(self) -> tuple[int, float]:
         """The window the client is topped up to and the round trip measured (seconds)."""
@@ -346,12 +361,15 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
                 log.failure("error while closing {kind}", kind=self.kind)
         log.info(
             "session closed: conn={conn} peer={peer} user={user} kind={kind} "
-            "bytes_in={bytes_in} bytes_out={bytes_out} duration={duration:.3f}",
+            "bytes_in={bytes_in} bytes_out={bytes_out} duration={duration:.3f} "
+            "window={window} rtt_ms={rtt_ms:.1f}",
             user=self._ctx.username,
             kind=self.kind,
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
             duration=time.monotonic() - self._started,
+            window=self._rwin.size,
+            rtt_ms=self._rwin.rtt * 1000 if self._rwin.rtt != float("inf") else -1.0,
             event="session_close",
             **self._conn_fields(),
         )

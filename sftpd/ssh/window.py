@@ -13,6 +13,8 @@ _TCP_RMEM = Path("/proc/sys/net/ipv4/tcp_rmem")
 # A probe whose refill came within this factor of the shortest one seen means the client
 # was waiting for our WINDOW_ADJUST: the window, not the client, limits the transfer.
 _FULL_WITHIN = 1.25
+# A pause of the app longer than this many round trips shrinks the window.
+_LONG_PAUSE_RTTS = 4
 
 
 class WindowBudget:
@@ -54,10 +56,11 @@ class ReceiveWindow:
     of the shortest seen (on a probe started after the last resize), the client keeps the
     window full within a round trip: the window doubles, up to the policy's maximum and
     only with room in the budget. While the app pauses reading (its input piles up) no
-    adjust goes out and the window does not grow; if the client ran out of credit before
-    the app read again, the window halves, down to the initial size, and what the client
-    can no longer be owed goes back to the budget. A window once granted is never revoked:
-    what sftpd may receive unasked is bounded by the largest window it granted.
+    adjust goes out and the window does not grow; if the pause lasted several round trips
+    and the client ran out of credit before the app read again, the window halves, down
+    to the initial size, and what the client can no longer be owed goes back to the
+    budget. A window once granted is never revoked: what sftpd may receive unasked is
+    bounded by the largest window it granted.
     """
 
     def __init__(self, policy: WindowPolicy, clock: Any, initial: int) -> None:
@@ -72,6 +75,7 @@ class ReceiveWindow:
         self._probe_start = 0  # received count when it started
         self._probe_sent = 0.0
         self._resized_at = 0  # received count at the last change of size
+        self._paused_at = 0.0
 
     def used(self, n: int, left: int, paused: bool) -> int:
         """``n`` bytes arrived; the client holds ``left`` credit. Returns the adjust to
@@ -96,10 +100,19 @@ class ReceiveWindow:
             self._probe_sent = self._clock.seconds()
         return gap
 
+    def paused(self) -> None:
+        """The app stopped reading (its input waits for the disk, say)."""
+        self._paused_at = self._clock.seconds()
+
     def resumed(self, left: int) -> None:
-        """The app reads again after a pause. If the client used up its credit meanwhile,
-        the app, not the window, was the limit: halve the window (not below the initial
-        size) and give back the budget the client can no longer be owed."""
+        """The app reads again. A pause of several round trips that left the client out of
+        credit means the app (a slow disk), not the window, is the limit: halve the window
+        (not below the initial size) and give back the budget the client can no longer be
+        owed. Shorter pauses only stop growth: a burst of a large window pauses an app
+        busy on a loaded machine for about a round trip all the time, and halving then
+        costs more throughput than the app loses."""
+        if self._clock.seconds() - self._paused_at <= _LONG_PAUSE_RTTS * self.rtt:
+            return
         if left < self.size >> 3 and self.size > self.initial:
             self.size = max(self.initial, self.size // 2)
             self._resized_at = self.received
