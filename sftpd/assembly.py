@@ -35,6 +35,7 @@ from sftpd.ssh.connection import Connection
 from sftpd.ssh.policy import TransportPolicy
 from sftpd.ssh.transport import ServerTransport
 from sftpd.ssh.userauth import AuthSettings, UserAuthServer
+from sftpd.ssh.window import WindowBudget, WindowPolicy
 from sftpd.storage.rules import Rules, RulesStorage
 
 log = Logger(namespace="sftpd.assembly")
@@ -218,7 +219,13 @@ def build_factory(
         context_maker(live or config, reactor=reactor, blocking=blocking),
         clock=reactor,
         max_sessions=config.server.max_sessions,
-        make_channel=functools.partial(SessionChannel, rsync_runtimes=RuntimeCache()),
+        make_channel=functools.partial(
+            SessionChannel,
+            rsync_runtimes=RuntimeCache(),
+            window=WindowPolicy(
+                config.server.max_window, WindowBudget(config.server.window_budget)
+            ),
+        ),
         methods=config.server.authentication_methods,
     )
     portal = Portal(realm)

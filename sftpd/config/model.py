@@ -134,6 +134,8 @@ class ServerConfig:
     rekey_seconds: float = 3600.0
     workers: int = 1
     busy_poll_us: int = 100
+    max_window: int = 16 << 20  # a channel's receive window grows to this at most
+    window_budget: int = 256 << 20  # growth of all windows of a process, together
     log_format: str = "text"  # "text" or "json"
     log_level: str = "info"
     # Authentication (issue 17): user CA keys (wire blobs, the file's merged in), the
@@ -312,6 +314,8 @@ class _Loader(AuthValues):
             "rekey_seconds": self.number(1, 1 << 31),
             "workers": self.integer(1, 1024),
             "busy_poll_us": self.integer(0, 10000),
+            "max_window": self.size(256 << 10, 1 << 30),
+            "window_budget": self.size(0, 1 << 40),
             "log_format": self.choice(("text", "json")),
             "log_level": self.choice(LOG_LEVELS, {"warning": "warn"}),
             "trusted_user_ca_keys": self.ca_keys,

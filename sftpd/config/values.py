@@ -97,6 +97,30 @@ def got(value: object) -> str:
     return f"got {type_name(value)} {shown}"
 
 
+_SIZE_UNITS = {"": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+
+def parse_size(value: object) -> int | None:
+    """Bytes from an integer or a "16MiB"-style string; None if it is neither."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    unit = text[-3:] if text[-3:] in _SIZE_UNITS else ""
+    number = text[: len(text) - len(unit)].strip()
+    if not number.isascii() or not number.isdigit():
+        return None
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def show_size(n: int) -> str:
+    for unit in ("GiB", "MiB", "KiB"):
+        if n and n % _SIZE_UNITS[unit] == 0:
+            return f"{n // _SIZE_UNITS[unit]}{unit}"
+    return str(n)
+
+
 Check = Callable[[str, Any], Any]
 
 
@@ -155,6 +179,21 @@ class Values:
                     where, f"expected a number of seconds from {lo} to {hi}, {got(value)}"
                 )
             return float(value)
+
+        return check
+
+    def size(self, lo: int, hi: int) -> Check:
+        """A size in bytes: an integer, or a string such as "512KiB", "16MiB", "1GiB"."""
+
+        def check(where: str, value: Any) -> int:
+            n = parse_size(value)
+            if n is None or not lo <= n <= hi:
+                raise self.err(
+                    where,
+                    f'expected a size from {show_size(lo)} to {show_size(hi)} ("16MiB": a '
+                    f"number with KiB, MiB or GiB, or an integer of bytes), {got(value)}",
+                )
+            return n
 
         return check
 

@@ -15,12 +15,14 @@ from twisted.logger import Logger
 
 from sftpd.apps.contract import ChannelApp, SessionContext
 from sftpd.apps.dispatch import make_exec_app
-from sftpd.apps.sftp.protocol import make_sftp_app
+from sftpd.apps.sftp.protocol import MAX_BUFFERED_INPUT, PAUSE_INPUT_AT, SftpApp
 from sftpd.log import conn_fields
+from sftpd.ssh.window import ReceiveWindow, WindowBudget, WindowPolicy
 
 SFTP_ONLY = b"This service allows SFTP connections only.\r\n"
-# The client may have this much in flight towards us; sized so 64 outstanding 32 KiB
-# writes (OpenSSH's default) never wait for a window adjust.
+# The client may have this much in flight towards us at first; sized so 64 outstanding
+# 32 KiB writes (OpenSSH's default) never wait for a window adjust. It grows from there
+# on long round trips (ssh/window.py), up to the configured max_window.
 LOCAL_WINDOW = 4 * 1024 * 1024
 LOCAL_MAX_PACKET = 256 * 1024
 
@@ -30,7 +32,12 @@ AppFactory = Callable[[SessionContext, "SessionChannel"], ChannelApp]
 
 
 def _sftp_app(ctx: SessionContext, io: SessionChannel) -> ChannelApp:
-    app: ChannelApp = make_sftp_app(ctx, io)
+    # The app drops a client whose unprocessed input passes this: what it holds when it
+    # pauses, plus all the window the client may still have been granted, plus a packet.
+    # An honest client never gets there; the connection closes the channel of one that
+    # sends past its window before that.
+    guard = max(MAX_BUFFERED_INPUT, PAUSE_INPUT_AT + io.window_maximum + 2 * LOCAL_MAX_PACKET)
+    app: ChannelApp = SftpApp(ctx, io, max_buffered_input=guard)
     return app
 
 
@@ -54,10 +61,16 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
         clock: Any,
         on_closed: Callable[[SessionChannel], None],
         rsync_runtimes: Any = None,
+        window: WindowPolicy | None = None,
         **kwargs: Any,
     ) -> None:
-        """``rsync_runtimes``: the server's rsync_sandbox.RuntimeCache, shared by sessions."""
-        super().__init__(localWindow=LOCAL_WINDOW, localMaxPacket=LOCAL_MAX_PACKET, **kwargs)
+        """``rsync_runtimes``: the server's rsync_sandbox.RuntimeCache, shared by sessions;
+        ``window``: how far the receive window may grow (None: it stays at LOCAL_WINDOW)."""
+        policy = window or WindowPolicy(LOCAL_WINDOW, WindowBudget(0))
+        initial = min(LOCAL_WINDOW, policy.maximum)
+        super().__init__(localWindow=initial, localMaxPacket=LOCAL_MAX_PACKET, **kwargs)
+        self._rwin = ReceiveWindow(policy, clock, initial)
+        self.window_maximum = max(initial, policy.maximum)
         self._ctx = ctx
         self._clock = clock
         self._on_closed = on_closed
@@ -191,12 +204,18 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
             self._app.output_drained()
 
     def pause_reading(self) -> None:
+        if not self.reading_paused:
+            self._rwin.paused()
         self.reading_paused = True
 
     def resume_reading(self) -> None:
         if not self.reading_paused:
             return
         self.reading_paused = False
+        self._rwin.resumed(self.localWindowLeft)
+        if self._rwin.size != self.localWindowSize:
+            self.localWindowSize = self._rwin.size
+            self._log_window()
         gap = self.localWindowSize - self.localWindowLeft
         if gap > 0 and not self.localClosed:
             conn: Any = self.conn
@@ -280,6 +299,37 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
         self._flush()
 
     # ---- input and lifecycle ----------------------------------------------------------
+    def window_used(self, size: int) -> None:
+        """Connection took ``size`` bytes of CHANNEL_DATA off the window: top it up (each
+        eighth, unless reading is paused), growing it when the round trip calls for it."""
+        rwin = self._rwin
+        before = rwin.size
+        add = rwin.used(size, self.localWindowLeft, self.reading_paused)
+        conn: Any = self.conn
+        if rwin.size != before:
+            self.localWindowSize = rwin.size
+            self._log_window()
+            if rwin.size > before:
+                grow = getattr(conn.transport, "size_receive_buffer", None)
+                if grow is not None:
+                    grow(rwin.size)
+        if add:
+            conn.adjustWindow(self, add)
+
+    def _log_window(self) -> None:
+        size, rtt = self.window_state()
+        log.debug(
+            "window: conn={conn} size={size} rtt_ms={rtt_ms:.1f} received={received}",
+            size=size,
+            rtt_ms=rtt * 1000,
+            received=self._rwin.received,
+            **self._conn_fields(),
+        )
+
+    def window_state(self) -> tuple[int, float]:
+        """The window the client is topped up to and the round trip measured (seconds)."""
+        return self._rwin.size, self._rwin.rtt
+
     def dataReceived(self, data: bytes) -> None:
         self.bytes_in += len(data)
         if self._app is not None:
@@ -300,6 +350,7 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
         conn.sendClose(self)
 
     def closed(self) -> None:
+        self._rwin.close()
         app, self._app = self._app, None
         self._out.clear()
         self._pending = 0
@@ -310,12 +361,15 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
                 log.failure("error while closing {kind}", kind=self.kind)
         log.info(
             "session closed: conn={conn} peer={peer} user={user} kind={kind} "
-            "bytes_in={bytes_in} bytes_out={bytes_out} duration={duration:.3f}",
+            "bytes_in={bytes_in} bytes_out={bytes_out} duration={duration:.3f} "
+            "window={window} rtt_ms={rtt_ms:.1f}",
             user=self._ctx.username,
             kind=self.kind,
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
             duration=time.monotonic() - self._started,
+            window=self._rwin.size,
+            rtt_ms=self._rwin.rtt * 1000 if self._rwin.rtt != float("inf") else -1.0,
             event="session_close",
             **self._conn_fields(),
         )

@@ -179,7 +179,10 @@ class Connection(_ChannelGuard):
             self.sendClose(channel)
             return
         channel.localWindowLeft -= size
-        if channel.localWindowLeft < channel.localWindowSize // 2:
+        used = getattr(channel, "window_used", None)
+        if used is not None:
+            used(size)  # SessionChannel: early top-ups, a window grown to the round trip
+        elif channel.localWindowLeft < channel.localWindowSize // 2:
             self.adjustWindow(channel, channel.localWindowSize - channel.localWindowLeft)
         channel.dataReceived(packet[8 : 8 + size])
 

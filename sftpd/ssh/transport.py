@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -64,6 +65,7 @@ from sftpd.ssh.policy import (
     pick,
 )
 from sftpd.ssh.sockwrite import SocketWriter
+from sftpd.ssh.window import grow_receive_buffer
 
 log = Logger(namespace="sftpd.ssh.transport")
 
@@ -139,6 +141,7 @@ class ServerTransport(LoginPhase, SSHServerTransport):
     _rekey_bytes = _NEVER
     _rekey_call: IDelayedCall | None = None
     _junk = 0
+    _rcvbuf_for = 0  # the largest window the socket's receive buffer was sized for
 
     @property
     def closed(self) -> bool:
@@ -182,6 +185,20 @@ class ServerTransport(LoginPhase, SSHServerTransport):
         self._opener: Opener = make_opener(b"none", None, b"", b"", b"")
         self.start_login_timer()
         super().connectionMade()  # version line, then our KEXINIT
+
+    def size_receive_buffer(self, window: int) -> None:
+        """A channel's receive window grew to ``window``: make the socket keep up."""
+        handle = getattr(self.transport, "getHandle", None)
+        sock = handle() if handle is not None else None
+        if isinstance(sock, socket.socket) and window > self._rcvbuf_for:
+            self._rcvbuf_for = window
+            granted = grow_receive_buffer(sock, window)
+            log.debug(
+                "conn={conn}: window {window}, SO_RCVBUF {granted}",
+                window=window,
+                granted=granted,
+                **conn_fields(self),
+            )
 
     def connectionLost(self, reason: Any = None) -> None:
         self._closed = True
