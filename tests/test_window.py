@@ -90,7 +90,7 @@ class Link:
 
 def _avatar(tmp: Path, clock: Clock, policy: WindowPolicy | None, blocking: Any = None) -> Avatar:
     ctx = SessionContext(
-        "alice", "/", False, LocalStorage(tmp), blocking or InlineBlocking(), tmp, reactor=clock
+        "alice", "/", LocalStorage(tmp), blocking or InlineBlocking(), reactor=clock
     )
     return Avatar(
         ctx,
