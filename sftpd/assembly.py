@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.conch.ssh import factory as ssh_factory
 from twisted.conch.ssh import keys
+from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -29,7 +30,11 @@ from sftpd.auth.checkers import (
 from sftpd.auth.realm import Realm
 from sftpd.auth.users import TomlUserStore, User, UserStore
 from sftpd.config.model import Config, ExecConfig
+from sftpd.edge.alive import KEEPALIVE_REQUEST, IdleTimer, KeepAlive
+from sftpd.edge.config import EdgeConfig
+from sftpd.edge.gate import Edge, EdgeFactory, make_edge
 from sftpd.log import announce_listening, conn_fields
+from sftpd.runtime.drain import Drain
 from sftpd.runtime.listening import ListenError, bind_all
 from sftpd.runtime.threads import Blocking, WorkerPool
 from sftpd.ssh.channel import SessionChannel
@@ -47,6 +52,9 @@ class ConnectionTransport(ServerTransport):
     _opened = 0.0
     conn_id = "-"
     factory: Factory
+    edge: Any = None  # its EdgeConnection, set by the EdgeFactory
+    _idle: IdleTimer | None = None
+    _alive: KeepAlive | None = None
 
     def connectionMade(self) -> None:
         self._opened = time.monotonic()
@@ -59,8 +67,54 @@ class ConnectionTransport(ServerTransport):
         )
         super().connectionMade()
 
+    # -- dead sessions: idle_timeout and client_alive_interval, once logged in ----------
+
+    def setService(self, service: Any) -> None:
+        super().setService(service)
+        if service.name == b"ssh-connection" and self._idle is None:
+            cfg = self.factory.edge_config
+            clock = self.factory.clock
+            self._idle = IdleTimer(clock, cfg.idle_timeout, self._idle_out)
+            self._alive = KeepAlive(
+                clock,
+                cfg.client_alive_interval,
+                lambda: service.sendGlobalRequest(KEEPALIVE_REQUEST, b"", wantReply=1),
+                self._dead,
+            )
+            self._idle.start()
+            self._alive.start()
+
+    def channel_data(self, incoming: bool) -> None:
+        """CHANNEL_DATA went by (called by the connection service, both directions)."""
+        if self._idle is not None:
+            self._idle.touch()
+        if incoming and self._alive is not None:
+            self._alive.touch()
+
+    def _idle_out(self) -> None:
+        log.info(
+            "idle timeout: conn={conn} peer={peer} seconds={seconds:g}",
+            seconds=self.factory.edge_config.idle_timeout,
+            event="idle_timeout",
+            **conn_fields(self),
+        )
+        self.sendDisconnect(DISCONNECT_BY_APPLICATION, b"idle timeout")
+
+    def _dead(self) -> None:
+        log.info(
+            "client alive timeout: conn={conn} peer={peer}",
+            event="client_alive_timeout",
+            **conn_fields(self),
+        )
+        self.sendDisconnect(DISCONNECT_BY_APPLICATION, b"client alive timeout")
+
     def connectionLost(self, reason: Failure | None = None) -> None:
+        for timer in (self._idle, self._alive):
+            if timer is not None:
+                timer.stop()
         self.factory.live.discard(self)
+        if self.factory.on_close is not None:
+            self.factory.on_close()
         avatar = getattr(self, "avatar", None)
         user = getattr(getattr(avatar, "ctx", None), "username", None)
         log.info(
@@ -98,8 +152,11 @@ class Factory(ssh_factory.SSHFactory):  # type: ignore[misc]
         auth_settings: AuthSettings,
         clock: Any,
         primes: dict[int, list[tuple[int, int]]] | None = None,
+        edge_config: EdgeConfig | None = None,
     ) -> None:
         self.portal = portal
+        self.edge_config = edge_config if edge_config is not None else EdgeConfig()
+        self.on_close: Any = None  # called after each connection closes (draining)
         self.privateKeys = host_keys
         self.publicKeys = {name: key.public() for name, key in host_keys.items()}
         self.primes = primes
@@ -217,6 +274,7 @@ def build_factory(
         auth_settings=AuthSettings(s.login_grace_time, s.max_auth_tries, s.auth_failure_delay),
         clock=reactor,
         primes=primes,
+        edge_config=config.edge,
     )
 
 
@@ -230,7 +288,7 @@ def ignore_hangup(reactor: Any) -> None:
 
 
 def adopt_sockets(
-    factory: Factory, sockets: list[socket.socket], reactor: Any, log_format: str = "text"
+    factory: Any, sockets: list[socket.socket], reactor: Any, log_format: str = "text"
 ) -> list[Any]:
     """Accept on sockets bound by the caller; print each bound address (port 0 = ephemeral).
 
@@ -245,7 +303,7 @@ def adopt_sockets(
     return ports
 
 
-def adopt(factory: Factory, fds: str, reactor: Any) -> list[IListeningPort]:
+def adopt(factory: Any, fds: str, reactor: Any) -> list[IListeningPort]:
     """Accept on listening sockets inherited from the worker supervisor."""
     from sftpd.runtime.processes import decode_fds
 
@@ -305,18 +363,27 @@ def serve(
         host_keys=host_keys,
         store=store,
     )
+    edge = make_edge(config.edge, clock=reactor)
+    front = EdgeFactory(factory, edge)  # bans, limits, PROXY header: before any SSH byte
     if inherited:
-        ports = adopt(factory, inherited, reactor)
+        ports = adopt(front, inherited, reactor)
     else:
         assert sockets is not None
-        ports = adopt_sockets(factory, sockets[0], reactor, log_format)
+        ports = adopt_sockets(front, sockets[0], reactor, log_format)
+    if edge.defender is not None:
+        edge.defender.start()
+    run_drain(reactor, ports, factory, edge, config.edge.shutdown_grace)
 
     def shutdown() -> Any:
         from twisted.internet import defer
 
-        waits = [defer.maybeDeferred(p.stopListening) for p in ports]
+        waits = [
+            defer.maybeDeferred(p.stopListening) for p in ports if getattr(p, "connected", True)
+        ]
         for t in list(factory.live):
             t.loseConnection()
+        if edge.defender is not None:
+            edge.defender.stop()
         return defer.DeferredList(waits)
 
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
@@ -326,3 +393,19 @@ def serve(
     reactor.run()
     log.info("stopped")
     return 0
+
+
+def run_drain(reactor: Any, ports: list[Any], factory: Factory, edge: Edge, grace: float) -> Drain:
+    """SIGTERM drains (stop accepting, ``grace`` seconds for the sessions, then stop);
+    a second SIGTERM, or SIGINT, stops at once."""
+    from twisted.internet import defer
+
+    def stop_accepting() -> Any:
+        return defer.DeferredList(
+            [defer.maybeDeferred(p.stopListening) for p in ports if getattr(p, "connected", True)]
+        )
+
+    drain = Drain(reactor, stop_accepting, lambda: len(factory.live), grace)
+    factory.on_close = drain.connection_closed
+    reactor.callWhenRunning(drain.install)  # after the reactor's own signal handlers
+    return drain

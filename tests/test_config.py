@@ -26,6 +26,8 @@ from sftpd.config.model import (
     load_config,
 )
 from sftpd.config.values import parse_authorized_key
+from sftpd.edge.config import SERVER_KEYS as EDGE_SERVER_KEYS
+from sftpd.edge.config import USER_KEYS, DefenderConfig
 from sftpd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -250,8 +252,11 @@ def test_example_config_documents_every_key() -> None:
         *ServerConfig.__dataclass_fields__,
         *SftpConfig.__dataclass_fields__,
         *ExecConfig.__dataclass_fields__,
-        *UserConfig.__dataclass_fields__,
+        *(f for f in UserConfig.__dataclass_fields__ if f != "edge"),
         "authorized_keys_file",
+        *EDGE_SERVER_KEYS,
+        *USER_KEYS,
+        *DefenderConfig.__dataclass_fields__,
     ]
     missing = [f for f in fields if f"\n{f} = " not in text and f"\n# {f} = " not in text]
     assert missing == []

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from twisted.internet import defer
 
 from sftpd.config.model import UserConfig
+from sftpd.edge.config import UserEdge
 
 DEFAULT_PASSWORD_COST = 12  # bcrypt cost when a store has no hash to take it from
 
@@ -47,6 +48,7 @@ class User:
     read_only: bool = False
     allow_rsync: bool | None = None
     allow_exec: bool | None = None
+    edge: UserEdge = field(default_factory=UserEdge)  # max_sessions, allowed_sources
 
     def key(self, blob: bytes) -> AuthorizedKey | None:
         """The entry for the public key ``blob``, or None if it is not the user's."""
@@ -125,6 +127,7 @@ def user_from_config(cfg: UserConfig) -> User:
         read_only=cfg.read_only,
         allow_rsync=cfg.allow_rsync,
         allow_exec=cfg.allow_exec,
+        edge=cfg.edge,
     )
 
 

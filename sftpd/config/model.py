@@ -7,7 +7,7 @@ import re
 import secrets
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,16 @@ from sftpd.config.values import (
     got,
     parse_authorized_key,
     read_authorized_keys_lines,
+)
+from sftpd.edge.config import SERVER_KEYS as EDGE_SERVER_KEYS
+from sftpd.edge.config import (
+    USER_KEYS,
+    EdgeConfig,
+    UserEdge,
+    build_edge,
+    defender_checks,
+    server_checks,
+    user_checks,
 )
 from sftpd.errors import ConfigError
 
@@ -103,6 +113,8 @@ class UserConfig:
     # None: use the server-wide [exec] setting.
     allow_rsync: bool | None = None
     allow_exec: bool | None = None
+    # max_sessions (concurrent logins over all connections) and allowed_sources
+    edge: UserEdge = field(default_factory=UserEdge)
 
 
 @dataclass(frozen=True)
@@ -158,6 +170,8 @@ class Config:
     exec: ExecConfig = field(default_factory=ExecConfig)
     users: tuple[UserConfig, ...] = ()
     source: Path | None = None
+    # [server]'s connection limits, timeouts and PROXY keys, and [defender]
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
 
 
 class ConfigErrors(ConfigError):
@@ -193,6 +207,7 @@ class _Loader(Values):
                     "bwrap_path": self.string,
                 }
             ),
+            "defender": self.section_check(defender_checks(self)),
             "users": self.users_check,
         }
         got = self.table(data, "", sections)
@@ -200,6 +215,8 @@ class _Loader(Values):
             self.errors.append(self.err("users", "missing; expected at least one [[users]] entry"))
         users: list[tuple[UserConfig, str]] = got.get("users", [])
         server: dict[str, Any] = got.get("server", {})
+        edge_keys = {k: server.pop(k) for k in EDGE_SERVER_KEYS if k in server}
+        edge = build_edge(edge_keys, got.get("defender", {}), self)
         for key, names in ALGORITHM_PRESETS[server.get("algorithms", "modern")].items():
             server.setdefault(key, names)  # explicit lists win over the preset
         return Config(
@@ -207,6 +224,7 @@ class _Loader(Values):
             sftp=SftpConfig(**got.get("sftp", {})),
             exec=ExecConfig(**got.get("exec", {})),
             users=tuple(u for u, _ in users),
+            edge=edge,
         )
 
     def section_check(self, checks: dict[str, Check]) -> Check:
@@ -240,6 +258,7 @@ class _Loader(Values):
             "busy_poll_us": self.integer(0, 10000),
             "log_format": self.choice(("text", "json")),
             "log_level": self.choice(LOG_LEVELS, {"warning": "warn"}),
+            **server_checks(self),
         }
 
     def users_check(self, where: str, value: Any) -> list[tuple[UserConfig, str]]:
@@ -278,8 +297,10 @@ class _Loader(Values):
             "read_only": self.boolean,
             "allow_rsync": self.optional_boolean,
             "allow_exec": self.optional_boolean,
+            **user_checks(self),  # max_sessions, allowed_sources
         }
         got = self.table(data, prefix, checks)
+        got["edge"] = UserEdge(**{k: got.pop(k) for k in USER_KEYS if k in got})
         for key, what in (("name", "the login name"), ("root", "the directory the user sees as /")):
             if key not in data:
                 self.errors.append(self.err(f"{prefix}.{key}", f"missing; expected {what}"))
@@ -338,9 +359,7 @@ def load_config(path: Path) -> Config:
         raise loader.errors[0]
     if loader.errors:
         raise ConfigErrors(loader.errors)
-    return Config(
-        server=config.server, sftp=config.sftp, exec=config.exec, users=config.users, source=path
-    )
+    return replace(config, source=path)
 
 
 def _home_keys(home: Path) -> tuple[bytes, ...]:
