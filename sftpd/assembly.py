@@ -307,7 +307,11 @@ def adopt(factory: Any, fds: str, reactor: Any) -> list[IListeningPort]:
     """Accept on listening sockets inherited from the worker supervisor."""
     from sftpd.runtime.processes import decode_fds
 
-    return [reactor.adoptStreamPort(fd, family, factory) for fd, family in decode_fds(fds)]
+    ports = []
+    for fd, family in decode_fds(fds):
+        ports.append(reactor.adoptStreamPort(fd, family, factory))
+        os.close(fd)  # Twisted accepts on a duplicate: draining must close the socket
+    return ports
 
 
 def serve(

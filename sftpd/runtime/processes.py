@@ -46,7 +46,9 @@ def supervise(
 ) -> int:
     """Start ``config.server.workers`` worker processes on shared sockets (``sockets``: one
     list per worker, bound by the caller; else bound here); restart any that die; on
-    SIGTERM/SIGINT stop them all and return 0. SIGHUP is logged and otherwise ignored."""
+    SIGTERM close the listening sockets and let every worker drain (a second SIGTERM or a
+    SIGINT is passed on: they stop at once); return 0 when all have exited. SIGHUP is
+    logged and otherwise ignored."""
     if config.source is None:
         print("sftpd: workers > 1 needs a configuration file", file=sys.stderr)
         return 2
@@ -84,11 +86,17 @@ def supervise(
         slots[p.pid] = slot
 
     def stop(signum: int, frame: Any) -> None:
+        # Each worker drains on SIGTERM and stops at once on a second one or on SIGINT
+        # (sftpd.runtime.drain); the supervisor's copies of the listening sockets close
+        # too, else the kernel would keep queueing connections nobody accepts.
         nonlocal stopping
         stopping = True
+        for socks in sockets:
+            for s in socks:
+                s.close()
         for p in children.values():
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+                p.send_signal(signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
