@@ -184,3 +184,32 @@ def test_idle_timeout_closes_an_idle_session_not_a_slow_download(make_server: An
     assert env.server.log_text().count("idle timeout:") == 1
     slow.close()
     idle.close()
+
+
+def test_client_alive_interval_closes_a_frozen_client_not_a_live_one(make_server: Any) -> None:
+    import os
+    import signal
+    import subprocess
+
+    env = make_server(server_extra="client_alive_interval = 1\nidle_timeout = 0")
+    live = _transport(env)  # paramiko answers each probe (with REQUEST_FAILURE)
+    live.auth_publickey("alice", paramiko.Ed25519Key.from_private_key_file(str(env.key_path)))
+    frozen = subprocess.Popen(
+        ["ssh", *env.ssh_opts(port_flag="-p"), "-N", "alice@127.0.0.1"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_for(lambda: env.server.log_text().count("auth ok:") == 2, timeout=30), (
+            env.server.log_text()[-3000:]
+        )
+        os.kill(frozen.pid, signal.SIGSTOP)  # the TCP connection stays, nobody answers
+        assert wait_for(lambda: "client alive timeout:" in env.server.log_text(), timeout=30)
+        assert live.is_active()
+        assert env.server.log_text().count("client alive timeout:") == 1
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+        frozen.kill()
+        frozen.wait()
+        live.close()
