@@ -36,6 +36,7 @@ from sftpd.edge.gate import Edge, EdgeFactory, make_edge
 from sftpd.log import announce_listening, conn_fields
 from sftpd.runtime.drain import Drain
 from sftpd.runtime.listening import ListenError, bind_all
+from sftpd.runtime.notify import sd_notify
 from sftpd.runtime.threads import Blocking, WorkerPool
 from sftpd.ssh.channel import SessionChannel
 from sftpd.ssh.connection import Connection
@@ -376,7 +377,10 @@ def serve(
         ports = adopt_sockets(front, sockets[0], reactor, log_format)
     if edge.defender is not None:
         edge.defender.start()
-    run_drain(reactor, ports, factory, edge, config.edge.shutdown_grace)
+    drain = run_drain(reactor, ports, factory, edge, config.edge.shutdown_grace)
+    if not inherited:  # a worker's supervisor speaks to systemd for the whole service
+        drain.on_draining = lambda: sd_notify("STOPPING=1")
+        reactor.callWhenRunning(sd_notify, "READY=1")
 
     def shutdown() -> Any:
         from twisted.internet import defer

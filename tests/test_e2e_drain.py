@@ -114,3 +114,32 @@ def test_grace_over_closes_the_rest_and_exits_0(make_server: Any) -> None:
     assert wait_for(lambda: "shutdown_grace over: closing 1 connections" in env.server.log_text())
     assert wait_for(lambda: not t.is_active())
     t.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sd_notify_ready_and_stopping(tmp_path: Path, host_keys_dir: Path, workers: int) -> None:
+    import tempfile
+
+    from tests.support import User, start_sftpd, write_config
+
+    short = Path(tempfile.mkdtemp(prefix="n", dir="/tmp"))  # AF_UNIX paths: 107 bytes
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(short / "notify"))
+    sock.settimeout(30)
+    cfg = tmp_path / "sftpd.toml"
+    user = User("alice", tmp_path / "root", password="x")
+    write_config(cfg, [user], host_keys_dir, f"workers = {workers}")
+    proc = start_sftpd(cfg, env=dict(os.environ, NOTIFY_SOCKET=str(short / "notify")))
+    try:
+        assert sock.recv(64) == b"READY=1"
+        proc.proc.send_signal(signal.SIGTERM)
+        assert sock.recv(64) == b"STOPPING=1"
+        assert proc.proc.wait(30) == 0
+        sock.settimeout(1)
+        with pytest.raises(TimeoutError):
+            sock.recv(64)  # the workers said nothing: only the main process speaks
+    finally:
+        proc.stop()
+        sock.close()
+        (short / "notify").unlink()
+        short.rmdir()

@@ -14,6 +14,7 @@ from typing import Any
 from sftpd.config.model import Config
 from sftpd.log import announce, announce_listening
 from sftpd.runtime.listening import ListenError, bind_all
+from sftpd.runtime.notify import NOTIFY_ENV, sd_notify
 
 WORKER_FDS_ENV = "SFTPD_WORKER_FDS"
 
@@ -80,6 +81,7 @@ def supervise(
     def spawn(slot: int) -> None:
         socks = sockets[slot]
         env = dict(os.environ, **{WORKER_FDS_ENV: encode_fds(socks)})
+        env.pop(NOTIFY_ENV, None)  # only the supervisor tells systemd
         fds = [s.fileno() for s in socks]
         p = subprocess.Popen(argv, env=env, pass_fds=fds, stdin=subprocess.DEVNULL)
         children[p.pid] = p
@@ -90,6 +92,8 @@ def supervise(
         # (sftpd.runtime.drain); the supervisor's copies of the listening sockets close
         # too, else the kernel would keep queueing connections nobody accepts.
         nonlocal stopping
+        if not stopping:
+            sd_notify("STOPPING=1")
         stopping = True
         for socks in sockets:
             for s in socks:
@@ -102,6 +106,7 @@ def supervise(
     signal.signal(signal.SIGINT, stop)
     for slot in range(config.server.workers):
         spawn(slot)
+    sd_notify("READY=1")  # the sockets listen: connections queue until a worker accepts
     while children:
         try:
             pid, status = os.wait()
