@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
+from twisted.conch.ssh import userauth
 from twisted.internet import task
 
+from sftpd.auth.users import user_from_config
 from sftpd.config.model import Config, load_config
+from sftpd.edge.config import DefenderConfig, EdgeConfig, UserEdge
+from sftpd.edge.gate import Edge, EdgeConnection, make_edge
 from sftpd.edge.limits import Startups
+from sftpd.edge.networks import Networks
 from sftpd.errors import ConfigError
 from sftpd.runtime.drain import Drain
+from sftpd.ssh.userauth import AuthSettings
+from tests.test_auth_inmemory import PW, _password_request, _user
 
 USER = '[[users]]\nname = "alice"\nroot = "data"\npassword_hash = "$2b$04$' + "a" * 53 + '"\n'
 
@@ -135,3 +143,85 @@ def test_sigint_stops_at_once_and_nothing_open_stops_at_once() -> None:
     reactor, drain, _ = _drain([0])
     drain.signalled(signal.SIGTERM)
     assert reactor.stopped == 1
+
+
+# -- userauth reports to the edge (in memory, task.Clock) --------------------------------
+
+
+def _edge_service(
+    tmp_path: Path, user_edge: UserEdge | None = None, host: str = "192.0.2.1"
+) -> tuple[Any, Any, task.Clock, Edge, EdgeConnection]:
+    from tests.test_auth_inmemory import _service
+
+    svc, t, clock = _service(tmp_path, AuthSettings(failure_delay=0))
+    record = user_from_config(_user(tmp_path, edge=user_edge or UserEdge()))
+
+    class Avatar:
+        user = record
+
+    logouts: list[int] = []
+
+    class Realm:
+        def requestAvatar(self, avatar_id: bytes, mind: Any, *ifaces: Any) -> Any:
+            return ifaces[0], Avatar(), lambda: logouts.append(1)
+
+    svc.portal.realm = Realm()
+    defender = DefenderConfig(threshold=3, safe_list=Networks())
+    edge = make_edge(EdgeConfig(defender=defender), clock=clock)
+    conn = edge.admit(host)
+    assert conn is not None
+    t.edge = conn
+    t.logouts = logouts
+    return svc, t, clock, edge, conn
+
+
+def test_failed_attempts_score_the_source_and_success_resets(tmp_path: Path) -> None:
+    svc, _t, clock, edge, conn = _edge_service(tmp_path)
+    assert edge.defender is not None
+    for i in range(2):
+        svc.ssh_USERAUTH_REQUEST(_password_request(b"alice", b"wrong%d" % i))
+        clock.advance(1)
+    assert conn.failures == 2 and not edge.defender.is_banned("192.0.2.1")
+    svc.ssh_USERAUTH_REQUEST(_password_request(b"alice", PW))
+    assert conn.authenticated
+    # the score is gone: three more failures are needed for a ban
+    other = edge.admit("192.0.2.1")
+    assert other is not None
+    for _ in range(2):
+        other.auth_failed()
+    assert not edge.defender.is_banned("192.0.2.1")
+    other.auth_failed()
+    assert edge.defender.is_banned("192.0.2.1")
+
+
+def test_unknown_user_scores_as_invalid(tmp_path: Path) -> None:
+    svc, _t, clock, edge, _conn = _edge_service(tmp_path)
+    assert edge.defender is not None
+    svc.ssh_USERAUTH_REQUEST(_password_request(b"mallory", b"x"))  # 2 points
+    clock.advance(1)
+    assert not edge.defender.is_banned("192.0.2.1")
+    svc.ssh_USERAUTH_REQUEST(_password_request(b"mallory", b"y"))
+    clock.advance(1)
+    assert edge.defender.is_banned("192.0.2.1")
+
+
+def test_allowed_sources_refuses_a_right_password_from_elsewhere(tmp_path: Path) -> None:
+    rules = UserEdge(allowed_sources=Networks(["10.0.0.0/8"]))
+    svc, t, clock, _edge, conn = _edge_service(tmp_path, rules)
+    svc.ssh_USERAUTH_REQUEST(_password_request(b"alice", PW))
+    clock.advance(1)
+    assert not conn.authenticated and conn.failures == 1
+    assert t.logouts == [1]  # the avatar the realm made is let go
+    assert t.replies()[-1] == userauth.MSG_USERAUTH_FAILURE
+
+
+def test_max_sessions_counts_over_connections_and_frees_on_close(tmp_path: Path) -> None:
+    svc, _t, clock, edge, conn = _edge_service(tmp_path, UserEdge(max_sessions=1))
+    svc.ssh_USERAUTH_REQUEST(_password_request(b"alice", PW))
+    assert conn.authenticated and edge.sessions.count("alice") == 1
+    second = edge.admit("192.0.2.2")
+    assert second is not None
+    assert second.login("alice", UserEdge(max_sessions=1)) == "max_sessions (1) reached"
+    conn.closed()
+    assert edge.sessions.count("alice") == 0
+    assert second.login("alice", UserEdge(max_sessions=1)) is None
