@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.conch.ssh import factory as ssh_factory
 from twisted.conch.ssh import keys
+from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -27,8 +28,13 @@ from sftpd.auth.setup import auth_parts
 from sftpd.auth.stores.store import ChainUserStore, DbUserStore
 from sftpd.auth.users import StoreUnavailable, TomlUserStore, User, UserStore
 from sftpd.config.model import Config, ExecConfig
+from sftpd.edge.alive import KEEPALIVE_REQUEST, IdleTimer, KeepAlive
+from sftpd.edge.config import EdgeConfig
+from sftpd.edge.gate import Edge, EdgeFactory, make_edge
 from sftpd.log import announce_listening, conn_fields
+from sftpd.runtime.drain import Drain
 from sftpd.runtime.listening import ListenError, bind_all
+from sftpd.runtime.notify import sd_notify
 from sftpd.runtime.threads import Blocking, WorkerPool
 from sftpd.ssh.channel import SessionChannel
 from sftpd.ssh.connection import Connection
@@ -47,6 +53,9 @@ class ConnectionTransport(ServerTransport):
     _opened = 0.0
     conn_id = "-"
     factory: Factory
+    edge: Any = None  # its EdgeConnection, set by the EdgeFactory
+    _idle: IdleTimer | None = None
+    _alive: KeepAlive | None = None
 
     def connectionMade(self) -> None:
         self._opened = time.monotonic()
@@ -59,8 +68,54 @@ class ConnectionTransport(ServerTransport):
         )
         super().connectionMade()
 
+    # -- dead sessions: idle_timeout and client_alive_interval, once logged in ----------
+
+    def setService(self, service: Any) -> None:
+        super().setService(service)
+        if service.name == b"ssh-connection" and self._idle is None:
+            cfg = self.factory.edge_config
+            clock = self.factory.clock
+            self._idle = IdleTimer(clock, cfg.idle_timeout, self._idle_out)
+            self._alive = KeepAlive(
+                clock,
+                cfg.client_alive_interval,
+                lambda: service.sendGlobalRequest(KEEPALIVE_REQUEST, b"", wantReply=1),
+                self._dead,
+            )
+            self._idle.start()
+            self._alive.start()
+
+    def channel_data(self, incoming: bool) -> None:
+        """CHANNEL_DATA went by (called by the connection service, both directions)."""
+        if self._idle is not None:
+            self._idle.touch()
+        if incoming and self._alive is not None:
+            self._alive.touch()
+
+    def _idle_out(self) -> None:
+        log.info(
+            "idle timeout: conn={conn} peer={peer} seconds={seconds:g}",
+            seconds=self.factory.edge_config.idle_timeout,
+            event="idle_timeout",
+            **conn_fields(self),
+        )
+        self.sendDisconnect(DISCONNECT_BY_APPLICATION, b"idle timeout")
+
+    def _dead(self) -> None:
+        log.info(
+            "client alive timeout: conn={conn} peer={peer}",
+            event="client_alive_timeout",
+            **conn_fields(self),
+        )
+        self.sendDisconnect(DISCONNECT_BY_APPLICATION, b"client alive timeout")
+
     def connectionLost(self, reason: Failure | None = None) -> None:
+        for timer in (self._idle, self._alive):
+            if timer is not None:
+                timer.stop()
         self.factory.live.discard(self)
+        if self.factory.on_close is not None:
+            self.factory.on_close()
         avatar = getattr(self, "avatar", None)
         user = getattr(getattr(avatar, "ctx", None), "username", None)
         log.info(
@@ -101,6 +156,7 @@ class Factory(ssh_factory.SSHFactory):  # type: ignore[misc]
         auth_methods: tuple[str, ...] = (),
         kbdint: Any = None,
         extra_auth_methods: dict[Any, bytes] | None = None,
+        edge_config: EdgeConfig | None = None,
     ) -> None:
         # read by ssh.userauth: the methods offered in order, the keyboard-interactive
         # starter (name -> Deferred[Conversation]) and its credential interface
@@ -108,6 +164,8 @@ class Factory(ssh_factory.SSHFactory):  # type: ignore[misc]
         self.kbdint = kbdint
         self.extra_auth_methods = extra_auth_methods or {}
         self.portal = portal
+        self.edge_config = edge_config if edge_config is not None else EdgeConfig()
+        self.on_close: Any = None  # called after each connection closes (draining)
         self.privateKeys = host_keys
         self.publicKeys = {name: key.public() for name, key in host_keys.items()}
         self.primes = primes
@@ -253,6 +311,7 @@ def build_factory(
         auth_methods=parts.methods,
         kbdint=parts.kbdint,
         extra_auth_methods=parts.extra_auth_methods,
+        edge_config=config.edge,
     )
 
 
@@ -407,7 +466,7 @@ def reload_on_hangup(
 
 
 def adopt_sockets(
-    factory: Factory, sockets: list[socket.socket], reactor: Any, log_format: str = "text"
+    factory: Any, sockets: list[socket.socket], reactor: Any, log_format: str = "text"
 ) -> list[Any]:
     """Accept on sockets bound by the caller; print each bound address (port 0 = ephemeral).
 
@@ -422,11 +481,15 @@ def adopt_sockets(
     return ports
 
 
-def adopt(factory: Factory, fds: str, reactor: Any) -> list[IListeningPort]:
+def adopt(factory: Any, fds: str, reactor: Any) -> list[IListeningPort]:
     """Accept on listening sockets inherited from the worker supervisor."""
     from sftpd.runtime.processes import decode_fds
 
-    return [reactor.adoptStreamPort(fd, family, factory) for fd, family in decode_fds(fds)]
+    ports = []
+    for fd, family in decode_fds(fds):
+        ports.append(reactor.adoptStreamPort(fd, family, factory))
+        os.close(fd)  # Twisted accepts on a duplicate: draining must close the socket
+    return ports
 
 
 def serve(
@@ -503,18 +566,30 @@ def serve(
         watch_sessions(
             factory, store, reactor=reactor, every=max(config.users_db.cache_seconds, 0.5)
         )
+    edge = make_edge(config.edge, clock=reactor)
+    front = EdgeFactory(factory, edge)  # bans, limits, PROXY header: before any SSH byte
     if inherited:
-        ports = adopt(factory, inherited, reactor)
+        ports = adopt(front, inherited, reactor)
     else:
         assert sockets is not None
-        ports = adopt_sockets(factory, sockets[0], reactor, log_format)
+        ports = adopt_sockets(front, sockets[0], reactor, log_format)
+    if edge.defender is not None:
+        edge.defender.start()
+    drain = run_drain(reactor, ports, factory, edge, config.edge.shutdown_grace)
+    if not inherited:  # a worker's supervisor speaks to systemd for the whole service
+        drain.on_draining = lambda: sd_notify("STOPPING=1")
+        reactor.callWhenRunning(sd_notify, "READY=1")
 
     def shutdown() -> Any:
         from twisted.internet import defer
 
-        waits = [defer.maybeDeferred(p.stopListening) for p in ports]
+        waits = [
+            defer.maybeDeferred(p.stopListening) for p in ports if getattr(p, "connected", True)
+        ]
         for t in list(factory.live):
             t.loseConnection()
+        if edge.defender is not None:
+            edge.defender.stop()
         return defer.DeferredList(waits)
 
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
@@ -524,3 +599,19 @@ def serve(
     reactor.run()
     log.info("stopped")
     return 0
+
+
+def run_drain(reactor: Any, ports: list[Any], factory: Factory, edge: Edge, grace: float) -> Drain:
+    """SIGTERM drains (stop accepting, ``grace`` seconds for the sessions, then stop);
+    a second SIGTERM, or SIGINT, stops at once."""
+    from twisted.internet import defer
+
+    def stop_accepting() -> Any:
+        return defer.DeferredList(
+            [defer.maybeDeferred(p.stopListening) for p in ports if getattr(p, "connected", True)]
+        )
+
+    drain = Drain(reactor, stop_accepting, lambda: len(factory.live), grace)
+    factory.on_close = drain.connection_closed
+    reactor.callWhenRunning(drain.install)  # after the reactor's own signal handlers
+    return drain

@@ -144,6 +144,9 @@ NEEDS: tuple[Need, ...] = (
     Need("SSHServerTransport", "ssh_KEXINIT", T, params=("packet",)),
     Need("SSHTransportBase", "sendExtInfo", SRV, params=("extensions",)),
     Need("SSHTransportBase", "loseConnection", SRV, params=()),  # shutdown closes sessions
+    # idle timers start once userauth hands over to ssh-connection
+    Need("SSHTransportBase", "setService", SRV, params=("service",)),
+    Need("SSHConnection", "sendGlobalRequest", SRV, params=("request", "data", "wantReply")),
     # public state ServerTransport sets or reads in place of Conch's own code
     Need("SSHTransportBase", "supportedCiphers", T),
     Need("SSHTransportBase", "supportedMACs", T),

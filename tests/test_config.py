@@ -27,6 +27,8 @@ from sftpd.config.model import (
     load_config,
 )
 from sftpd.config.values import parse_authorized_key
+from sftpd.edge.config import SERVER_KEYS as EDGE_SERVER_KEYS
+from sftpd.edge.config import USER_KEYS, DefenderConfig
 from sftpd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -252,9 +254,12 @@ def test_example_config_documents_every_key() -> None:
         *ServerConfig.__dataclass_fields__,
         *SftpConfig.__dataclass_fields__,
         *ExecConfig.__dataclass_fields__,
-        *(f for f in UserConfig.__dataclass_fields__ if f != "key_lines"),
+        *(f for f in UserConfig.__dataclass_fields__ if f not in ("key_lines", "edge")),
         "authorized_keys_file",
         "trusted_user_ca_keys_file",
+        *EDGE_SERVER_KEYS,
+        *USER_KEYS,
+        *DefenderConfig.__dataclass_fields__,
     ]
     missing = [f for f in fields if f"\n{f} = " not in text and f"\n# {f} = " not in text]
     assert missing == []

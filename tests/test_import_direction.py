@@ -35,6 +35,13 @@ SANS_IO = (
     "sftpd.config.*",
 )
 SHARED = ("sftpd.errors", "sftpd.log")  # every layer may raise our errors and log
+# The edge's config dataclasses and checks: Twisted-free, read by the config loader and
+# carried by the User record (per-user max_sessions, allowed_sources).
+EDGE_CONFIG = (
+    "sftpd.edge.config",
+    "sftpd.edge.limits",
+    "sftpd.edge.networks",
+)  # every layer may raise our errors and log
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,7 @@ LAYERS = (
             "sftpd.runtime.threads",
             "sftpd.config",
             "sftpd.ssh.hostkeys",
+            *EDGE_CONFIG,
             *SHARED,
         ),
         why="who may log in: the user store, checkers, realm and avatar; the SSH layer "
@@ -116,8 +124,9 @@ LAYERS = (
     Layer(
         "config",
         modules=("sftpd.config", "sftpd.config.*"),
-        may_import=("sftpd.config", "sftpd.errors"),
-        why="the configuration model depends on nothing else in sftpd",
+        may_import=("sftpd.config", "sftpd.errors", *EDGE_CONFIG),
+        why="the configuration model depends on nothing else in sftpd (but the edge's "
+        "Twisted-free config checks, which the loader merges in)",
     ),
 )
 

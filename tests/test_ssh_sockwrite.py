@@ -91,3 +91,16 @@ def test_aborted_connection_sends_nothing_more() -> None:
     except BlockingIOError:
         pass  # nothing arrived: as it should be
     peer.close()
+
+
+def test_behind_the_proxy_wrapper_the_tcp_socket_is_written() -> None:
+    from twisted.internet import task
+
+    from sftpd.edge.proxy import ProxyProtocol
+
+    conn, peer = _pair()
+    wrapper = ProxyProtocol("optional", lambda addr: None, clock=task.Clock())
+    wrapper.transport = conn
+    SocketWriter(wrapper).write([b"ab", b"cd"], 4)
+    assert peer.recv(10) == b"abcd"
+    assert not conn._tempDataLen  # sent at once, not through the wrapper's write

@@ -20,6 +20,8 @@ ChannelFactory = Callable[..., Any]
 class Avatar(ConchUser):  # type: ignore[misc]
     """One authenticated connection of one user."""
 
+    user: Any = None  # the User record the checker found (set by the realm)
+
     def __init__(
         self,
         ctx: SessionContext,

@@ -96,4 +96,5 @@ class Realm:
             max_sessions=self._max_sessions,
             make_channel=self._make_channel,
         )
+        avatar.user = avatarId.user  # the edge checks max_sessions, allowed_sources
         return IConchUser, avatar, avatar.logout

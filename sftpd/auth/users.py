@@ -12,6 +12,7 @@ from twisted.internet import defer
 
 from sftpd.config.keyopts import KeyOptions
 from sftpd.config.model import UserConfig
+from sftpd.edge.config import UserEdge
 
 DEFAULT_PASSWORD_COST = 12  # bcrypt cost when a store has no hash to take it from
 
@@ -55,6 +56,7 @@ class User:
     principals: tuple[str, ...] | None = None
     totp_secret: str | None = None
     require: tuple[tuple[str, ...], ...] = ()
+    edge: UserEdge = field(default_factory=UserEdge)  # max_sessions, allowed_sources
 
     def key(self, blob: bytes) -> AuthorizedKey | None:
         """The login entry for the public key ``blob``, or None if it is not the user's."""
@@ -144,6 +146,7 @@ def user_from_config(cfg: UserConfig) -> User:
         principals=cfg.principals,
         totp_secret=cfg.totp_secret,
         require=cfg.require,
+        edge=cfg.edge,
     )
 
 

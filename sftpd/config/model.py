@@ -22,6 +22,16 @@ from sftpd.config.values import (
     parse_authorized_key,
     read_authorized_keys_lines,
 )
+from sftpd.edge.config import SERVER_KEYS as EDGE_SERVER_KEYS
+from sftpd.edge.config import (
+    USER_KEYS,
+    EdgeConfig,
+    UserEdge,
+    build_edge,
+    defender_checks,
+    server_checks,
+    user_checks,
+)
 from sftpd.errors import ConfigError
 
 # Algorithm presets, chosen by [server] algorithms; explicit lists in [server] win.
@@ -111,6 +121,8 @@ class UserConfig:
     principals: tuple[str, ...] | None = None
     totp_secret: str | None = None
     require: tuple[tuple[str, ...], ...] = ()
+    # max_sessions (concurrent logins over all connections) and allowed_sources
+    edge: UserEdge = field(default_factory=UserEdge)
 
 
 @dataclass(frozen=True)
@@ -201,6 +213,8 @@ class Config:
     users: tuple[UserConfig, ...] = ()
     source: Path | None = None
     users_db: UsersDbConfig | None = None
+    # [server]'s connection limits, timeouts and PROXY keys, and [defender]
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
 
 
 class ConfigErrors(ConfigError):
@@ -238,6 +252,7 @@ class _Loader(AuthValues):
                     "bwrap_path": self.string,
                 }
             ),
+            "defender": self.section_check(defender_checks(self)),
             "users": self.users_check,
             "users_db": self.users_db_check,
         }
@@ -257,6 +272,8 @@ class _Loader(AuthValues):
         for u, where in users:
             prefix = where.removesuffix(".root")
             self.errors.extend(check_require(self.source, prefix, u.require, offered))
+        edge_keys = {k: server.pop(k) for k in EDGE_SERVER_KEYS if k in server}
+        edge = build_edge(edge_keys, got.get("defender", {}), self)
         for key, names in ALGORITHM_PRESETS[server.get("algorithms", "modern")].items():
             server.setdefault(key, names)  # explicit lists win over the preset
         return Config(
@@ -265,6 +282,7 @@ class _Loader(AuthValues):
             exec=ExecConfig(**got.get("exec", {})),
             users=tuple(u for u, _ in users),
             users_db=got.get("users_db"),
+            edge=edge,
         )
 
     def users_db_check(self, where: str, value: Any) -> UsersDbConfig:
@@ -322,6 +340,7 @@ class _Loader(AuthValues):
             "trusted_user_ca_keys_file": self.ca_keys_file,
             "revoked_keys_file": self.revoked_file,
             "authentication_methods": self.methods,
+            **server_checks(self),
         }
 
     def users_check(self, where: str, value: Any) -> list[tuple[UserConfig, str]]:
@@ -363,8 +382,10 @@ class _Loader(AuthValues):
             "principals": self.principals,
             "totp_secret": self.totp_secret,
             "require": self.require,
+            **user_checks(self),  # max_sessions, allowed_sources
         }
         got = self.table(data, prefix, checks)
+        got["edge"] = UserEdge(**{k: got.pop(k) for k in USER_KEYS if k in got})
         for key, what in (("name", "the login name"), ("root", "the directory the user sees as /")):
             if key not in data:
                 self.errors.append(self.err(f"{prefix}.{key}", f"missing; expected {what}"))

@@ -11,9 +11,9 @@ from twisted.internet.protocol import Factory, Protocol, ServerFactory, connecti
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sftpd.edge.config import EdgeConfig, ProxyConfig
+from sftpd.edge.config import EdgeConfig, ProxyConfig, UserEdge
 from sftpd.edge.defender import BanStore, Defender, EventSink
-from sftpd.edge.limits import Limits, Slot
+from sftpd.edge.limits import Limits, Slot, UserSessions
 from sftpd.edge.proxy import HEADER_TIMEOUT, ProxyProtocol
 
 log = Logger(namespace="sftpd.edge")
@@ -29,14 +29,35 @@ class EdgeConnection:
     single failed attempt scores ``score_no_auth``.
     """
 
-    __slots__ = ("_defender", "_slot", "failures", "host", "method")
+    __slots__ = ("_defender", "_sessions", "_slot", "failures", "host", "method", "user")
 
-    def __init__(self, host: str, slot: Slot, defender: Defender | None) -> None:
+    def __init__(
+        self,
+        host: str,
+        slot: Slot,
+        defender: Defender | None,
+        sessions: UserSessions | None = None,
+    ) -> None:
         self.host = host
         self._slot = slot
         self._defender = defender
+        self._sessions = sessions if sessions is not None else UserSessions()
         self.failures = 0
         self.method: str | None = None
+        self.user: str | None = None
+
+    def login(self, user: str, rules: UserEdge) -> str | None:
+        """Before a login succeeds: None if ``user`` may log in from this connection's
+        (real) address and has a session left (then one is taken until ``closed``),
+        else why not."""
+        if not rules.allows(self.host):
+            return "source not in allowed_sources"
+        if self.user is not None:
+            return None  # this connection holds its session already
+        if not self._sessions.open(user, rules.max_sessions):
+            return f"max_sessions ({rules.max_sessions}) reached"
+        self.user = user
+        return None
 
     @property
     def authenticated(self) -> bool:
@@ -62,6 +83,8 @@ class EdgeConnection:
         if self._slot.released:
             return
         self._slot.release()
+        if self.user is not None:
+            self._sessions.close(self.user)
         if self._defender is not None and self.method is None and not self.failures:
             self._defender.no_auth(self.host)
 
@@ -85,6 +108,7 @@ class Edge:
         self.clock = clock
         self.header_timeout = header_timeout
         self._on_event = on_event
+        self.sessions = UserSessions()  # per-user max_sessions, over this process
         self._quiet_until: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
@@ -94,7 +118,7 @@ class Edge:
         if reason is None:
             got = self.limits.admit(host)
             if isinstance(got, Slot):
-                return EdgeConnection(host, got, self.defender)
+                return EdgeConnection(host, got, self.defender, self.sessions)
             reason = got
         self.refused(host, reason)
         return None

@@ -14,6 +14,7 @@ from typing import Any
 from sftpd.config.model import Config
 from sftpd.log import announce, announce_listening
 from sftpd.runtime.listening import ListenError, bind_all
+from sftpd.runtime.notify import NOTIFY_ENV, sd_notify
 
 WORKER_FDS_ENV = "SFTPD_WORKER_FDS"
 
@@ -50,7 +51,9 @@ def supervise(
 ) -> int:
     """Start ``config.server.workers`` worker processes on shared sockets (``sockets``: one
     list per worker, bound by the caller; else bound here); restart any that die; on
-    SIGTERM/SIGINT stop them all and return 0. SIGHUP is passed on to every worker."""
+    SIGTERM closes the listening sockets and lets every worker drain (a second SIGTERM or a
+    SIGINT is passed on: they stop at once); return 0 when all have exited. SIGHUP is
+    passed on to every worker."""
     if config.source is None:
         print("sftpd: workers > 1 needs a configuration file", file=sys.stderr)
         return 2
@@ -82,6 +85,7 @@ def supervise(
     def spawn(slot: int) -> None:
         socks = sockets[slot]
         env = dict(os.environ, **{WORKER_FDS_ENV: encode_fds(socks)})
+        env.pop(NOTIFY_ENV, None)  # only the supervisor tells systemd
         fds = [s.fileno() for s in socks]
         # A worker ignores SIGHUP (inherited through exec) until its reload handler is set:
         # one passed on while it starts must not kill it (it reads the file as it starts).
@@ -92,16 +96,25 @@ def supervise(
         slots[p.pid] = slot
 
     def stop(signum: int, frame: Any) -> None:
+        # Each worker drains on SIGTERM and stops at once on a second one or on SIGINT
+        # (sftpd.runtime.drain); the supervisor's copies of the listening sockets close
+        # too, else the kernel would keep queueing connections nobody accepts.
         nonlocal stopping
+        if not stopping:
+            sd_notify("STOPPING=1")
         stopping = True
+        for socks in sockets:
+            for s in socks:
+                s.close()
         for p in children.values():
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+                p.send_signal(signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     for slot in range(config.server.workers):
         spawn(slot)
+    sd_notify("READY=1")  # the sockets listen: connections queue until a worker accepts
     while children:
         try:
             pid, status = os.wait()

@@ -106,9 +106,11 @@ class Connection(_ChannelGuard):
 
     _tcp: Any = None
     _watch: _OutputWatch | None = None
+    _seen: Any = None  # the transport's channel_data(incoming) (idle timers), if any
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
+        self._seen = getattr(self.transport, "channel_data", None)
         tcp = getattr(self.transport, "transport", None)
         register = getattr(tcp, "registerProducer", None)
         if register is not None and getattr(tcp, "producer", None) is None:
@@ -179,6 +181,8 @@ class Connection(_ChannelGuard):
             self.sendClose(channel)
             return
         channel.localWindowLeft -= size
+        if self._seen is not None:
+            self._seen(True)
         used = getattr(channel, "window_used", None)
         if used is not None:
             used(size)  # SessionChannel: early top-ups, a window grown to the round trip
@@ -192,6 +196,8 @@ class Connection(_ChannelGuard):
         if channel.localClosed:
             return
         remote = self.channelsToRemoteChannel[channel]
+        if self._seen is not None:
+            self._seen(False)
         t: Any = self.transport
         t.sendPacket(connection.MSG_CHANNEL_DATA, _DATA_HEADER.pack(remote, len(data)) + data)
 

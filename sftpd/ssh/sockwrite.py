@@ -28,6 +28,8 @@ class SocketWriter:
     __slots__ = ("_sock", "_tcp")
 
     def __init__(self, transport: Any) -> None:
+        # Behind a PROXY-protocol wrapper (sftpd.edge.proxy) write to the TCP connection.
+        transport = getattr(transport, "raw_transport", transport)
         self._tcp = transport
         self._sock = transport.socket if isinstance(transport, tcp.Connection) else None
 

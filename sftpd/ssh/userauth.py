@@ -369,9 +369,14 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
         d: defer.Deferred[Any] = super().tryAuth(kind, user, data)
         if kind == b"none":
             return d
+        edge = getattr(self.transport, "edge", None)  # the network edge (sftpd.edge.gate)
+        if edge is not None:
+            d.addCallback(self._edge_login, edge, head, fields)
 
         def success(result: Any) -> Any:
             log.info("auth ok: " + head, event="auth_success", invalid_user=False, **fields)
+            if edge is not None:
+                edge.auth_succeeded(kind.decode("ascii", "replace"))
             return result
 
         def failure(reason: Failure) -> Failure:
@@ -400,7 +405,31 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
                     log.info("key refused: " + head + tail, event="auth_key_refused", **fields)
             elif reason.check(UnauthorizedLogin) or reason.check(Exception):
                 log.info("auth failed: " + head + tail, event="auth_failure", **fields)
+                if edge is not None:
+                    edge.auth_failed(invalid_user=invalid)  # the defender's score
             return reason
 
         d.addCallbacks(success, failure)
         return d
+
+    def _edge_login(self, result: Any, edge: Any, head: str, fields: dict[str, Any]) -> Any:
+        """The edge's per-user checks (allowed_sources against the client's real address,
+        max_sessions), after the checker accepted: a refusal is a failed attempt."""
+        _iface, avatar, logout = result
+        record = getattr(avatar, "user", None)
+        rules = getattr(record, "edge", None)
+        if record is None or rules is None:
+            return result
+        why = edge.login(record.name, rules)
+        if why is None:
+            return result
+        logout()
+        log.info(
+            "login refused: " + head + " reason={reason}",
+            reason=why,
+            event="auth_refused",
+            **fields,
+        )
+        refused = UnauthorizedLogin(why)
+        refused.user_known = True  # type: ignore[attr-defined]
+        raise refused
