@@ -27,15 +27,17 @@ from sftpd.auth.checkers import (
     PublicKeyChecker,
 )
 from sftpd.auth.realm import Realm
-from sftpd.auth.users import TomlUserStore, User, UserStore
+from sftpd.auth.users import AuthorizedKey, TomlUserStore, User, UserStore
 from sftpd.config.model import Config, ExecConfig
 from sftpd.log import announce_listening, conn_fields
 from sftpd.runtime.listening import ListenError, bind_all
 from sftpd.runtime.threads import Blocking, WorkerPool
 from sftpd.ssh.channel import SessionChannel
 from sftpd.ssh.connection import Connection
+from sftpd.ssh.hostkeys import fingerprint
 from sftpd.ssh.transport import ServerTransport, TransportPolicy
 from sftpd.ssh.userauth import AuthSettings, UserAuthServer
+from sftpd.storage.permissions import Table, expand
 from sftpd.storage.rules import Rules, RulesStorage
 
 log = Logger(namespace="sftpd.assembly")
@@ -136,14 +138,35 @@ def transport_policy(config: Config, *, have_moduli: bool) -> TransportPolicy:
     )
 
 
-def exec_settings(base: ExecConfig, user: User) -> ExecConfig:
-    """The exec settings in force for ``user`` (per-user switches override the server's)."""
+def exec_settings(base: ExecConfig, user: User, key: AuthorizedKey | None = None) -> ExecConfig:
+    """The exec settings in force for ``user`` logged in with ``key`` (per-user switches
+    override the server's; a key's ``protocols`` only switch off)."""
     cfg = base
+    if key is not None and key.protocols is not None:
+        cfg = replace(
+            cfg,
+            allow_scp=cfg.allow_scp and "scp" in key.protocols,
+            allow_hashes=cfg.allow_hashes and "hashes" in key.protocols,
+            allow_rsync=cfg.allow_rsync and "rsync" in key.protocols,
+        )
     if user.allow_rsync is not None:
         cfg = replace(cfg, allow_rsync=user.allow_rsync)
     if user.allow_exec is False:
         cfg = replace(cfg, allow_scp=False, allow_hashes=False, allow_rsync=False)
     return cfg
+
+
+def rules_for(user: User, key: AuthorizedKey | None, *, umask: int) -> Rules:
+    """The rules of ``user`` logged in with ``key`` (None: a password)."""
+    narrowed = key.permissions if key is not None else None
+    return Rules(
+        read_only=user.read_only,
+        umask=umask,
+        table=Table.build(user.permissions),
+        key_permissions=None if narrowed is None else expand(narrowed),
+        deny_files=user.deny_files,
+        hide_files=user.hide_files,
+    )
 
 
 def context_maker(config: Config, *, reactor: Any, blocking: Blocking) -> Any:
@@ -152,19 +175,21 @@ def context_maker(config: Config, *, reactor: Any, blocking: Blocking) -> Any:
 
     counter = itertools.count(1)
 
-    def make(user: User) -> SessionContext:
-        rules = Rules(read_only=user.read_only, umask=config.sftp.umask)
+    def make(user: User, key: AuthorizedKey | None = None) -> SessionContext:
+        rules = rules_for(user, key, umask=config.sftp.umask)
         return SessionContext(
             username=user.name,
-            home=user.home,
+            home=key.home if key is not None and key.home is not None else user.home,
             storage=RulesStorage(LocalStorage(user.root), rules),
             blocking=blocking,
             rules=rules,
             rsync=rules.rsync(user.root),
             sftp=config.sftp,
-            exec=exec_settings(config.exec, user),
+            exec=exec_settings(config.exec, user, key),
             reactor=reactor,
             session_id=f"{os.getpid()}-{next(counter)}",
+            allow_sftp=key is None or key.protocols is None or "sftp" in key.protocols,
+            key_fingerprint=fingerprint(key.blob) if key is not None else "",
         )
 
     return make

@@ -12,7 +12,7 @@ from zope.interface import implementer
 from sftpd.apps.contract import SessionContext
 from sftpd.auth.avatar import Avatar, ChannelFactory
 from sftpd.auth.checkers import LoggedIn
-from sftpd.auth.users import User
+from sftpd.auth.users import AuthorizedKey, User
 
 
 @implementer(IRealm)
@@ -24,7 +24,7 @@ class Realm:
 
     def __init__(
         self,
-        make_context: Callable[[User], SessionContext],
+        make_context: Callable[[User, AuthorizedKey | None], SessionContext],
         *,
         clock: Any,
         max_sessions: int,
@@ -42,7 +42,7 @@ class Realm:
             raise NotImplementedError("only SSH users")
         if not isinstance(avatarId, LoggedIn):
             raise TypeError("the checkers must answer with a LoggedIn carrying the user")
-        ctx = self._make_context(avatarId.user)
+        ctx = self._make_context(avatarId.user, avatarId.key)
         avatar = Avatar(
             ctx,
             clock=self._clock,

@@ -22,13 +22,16 @@ class AuthorizedKey:
     ``blob`` is the public key in SSH wire format. ``options`` holds the key's parsed
     OpenSSH options (``from``, ``expiry-time``, ``restrict``...) as (name, value or None)
     pairs: none today, as the config refuses key lines with options. A per-key profile
-    (``[[users.keys]]``: permissions, protocols, home) becomes further fields here, each
-    with a default meaning "as the user".
+    (``[[users.keys]]``) is ``permissions`` (narrows the user's), ``protocols`` (of sftp,
+    scp, rsync, hashes) and ``home``; None means "as the user".
     """
 
     blob: bytes
     comment: str = ""
     options: tuple[tuple[str, str | None], ...] = ()
+    permissions: tuple[str, ...] | None = None
+    protocols: tuple[str, ...] | None = None
+    home: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,10 @@ class User:
     read_only: bool = False
     allow_rsync: bool | None = None
     allow_exec: bool | None = None
+    # (absolute virtual directory, permission names): () = everything everywhere.
+    permissions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    deny_files: tuple[str, ...] = ()
+    hide_files: tuple[str, ...] = ()
 
     def key(self, blob: bytes) -> AuthorizedKey | None:
         """The entry for the public key ``blob``, or None if it is not the user's."""
@@ -121,11 +128,26 @@ def user_from_config(cfg: UserConfig) -> User:
         root=cfg.root,
         home=cfg.home,
         password_hash=cfg.password_hash,
-        keys=tuple(AuthorizedKey(blob) for blob in cfg.authorized_keys),
+        keys=_keys(cfg),
         read_only=cfg.read_only,
         allow_rsync=cfg.allow_rsync,
         allow_exec=cfg.allow_exec,
+        permissions=cfg.permissions,
+        deny_files=cfg.deny_files,
+        hide_files=cfg.hide_files,
     )
+
+
+def _keys(cfg: UserConfig) -> tuple[AuthorizedKey, ...]:
+    # Keys with a profile first: a key also listed in authorized_keys gets its profile.
+    profiled = tuple(
+        AuthorizedKey(
+            k.blob, k.comment, permissions=k.permissions, protocols=k.protocols, home=k.home
+        )
+        for k in cfg.keys
+    )
+    seen = {k.blob for k in profiled}
+    return profiled + tuple(AuthorizedKey(b) for b in cfg.authorized_keys if b not in seen)
 
 
 def bcrypt_cost(password_hash: bytes | None) -> int | None:

@@ -14,9 +14,9 @@ from typing import Any
 import bcrypt
 
 from sftpd import __version__
+from sftpd.config.access import AccessValues, KeyProfileConfig, PermissionTable
 from sftpd.config.values import (
     Check,
-    Values,
     got,
     parse_authorized_key,
     read_authorized_keys_lines,
@@ -103,6 +103,12 @@ class UserConfig:
     # None: use the server-wide [exec] setting.
     allow_rsync: bool | None = None
     allow_exec: bool | None = None
+    # What the user may do (see config/access.py): () = everything everywhere.
+    permissions: PermissionTable = ()
+    deny_files: tuple[str, ...] = ()
+    hide_files: tuple[str, ...] = ()
+    # [[users.keys]]: keys with their own profile (their blobs log in too).
+    keys: tuple[KeyProfileConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -173,7 +179,7 @@ class ConfigErrors(ConfigError):
         self.args = ("\n".join(str(e) for e in self.errors),)
 
 
-class _Loader(Values):
+class _Loader(AccessValues):
     """Builds the dataclasses from the parsed TOML document, collecting every problem."""
 
     # Sections.
@@ -278,6 +284,7 @@ class _Loader(Values):
             "read_only": self.boolean,
             "allow_rsync": self.optional_boolean,
             "allow_exec": self.optional_boolean,
+            **self.access_checks(),
         }
         got = self.table(data, prefix, checks)
         for key, what in (("name", "the login name"), ("root", "the directory the user sees as /")):
@@ -286,6 +293,7 @@ class _Loader(Values):
         if len(self.errors) > before:
             return None
         keys = got.pop("authorized_keys", ()) + got.pop("authorized_keys_file", ())
+        keys += tuple(k.blob for k in got.get("keys", ()))
         got["authorized_keys"] = tuple(dict.fromkeys(keys))
         if not got["authorized_keys"] and "password_hash" not in got:
             source = (

@@ -13,12 +13,13 @@ import enum
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftpd.storage import vpath
 from sftpd.storage.base import Directory, File, Storage
 from sftpd.storage.delegate import DelegatingFile, DelegatingStorage
+from sftpd.storage.permissions import Table, matching
 
 # Only the permission bits are ever applied: setuid, setgid and sticky are dropped.
 PERMISSION_BITS = 0o777
@@ -44,23 +45,22 @@ class Op(enum.Enum):
 
 READ_OPS = frozenset({Op.LIST, Op.DOWNLOAD})
 WRITE_OPS = frozenset(Op) - READ_OPS
+# Operations that make a new name: on a hidden name they are refused (EACCES); every other
+# operation on a hidden name answers as if it did not exist (ENOENT).
+CREATE_OPS = frozenset({Op.UPLOAD, Op.CREATE_DIRS, Op.CREATE_SYMLINKS})
 
 
 class RuleDenied(PermissionError):
     """A rule refused ``op`` at ``path``: an OSError with errno EACCES.
 
-    ``strerror`` is still the plain "Permission denied" every client sees today; ``reason``
-    names the operation, the path and the rule (for logs, and for clients once the
-    per-directory rules arrive).
+    ``strerror`` is ``reason``, which names the operation, the virtual path and the rule:
+    the text the SFTP status message, scp and rsync show the client, and the log line.
     """
 
     def __init__(self, op: Op, path: str, rule: str) -> None:
-        super().__init__(errno.EACCES, os.strerror(errno.EACCES))
-        self.op, self.path, self.rule = op, path, rule
-
-    @property
-    def reason(self) -> str:
-        return f'permission denied: "{self.op.value}" is not allowed in {self.path} ({self.rule})'
+        reason = f'permission denied: "{op.value}" is not allowed in {path} ({rule})'
+        super().__init__(errno.EACCES, reason)
+        self.op, self.path, self.rule, self.reason = op, path, rule, reason
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,12 @@ class RsyncGrant:
     host_root: Path
     receive: bool
     incoming_chmod: str
+    # What a receiving rsync may do besides creating files (each mapped to rsync's options:
+    # no delete refuses every --delete* and --remove-source-files, no overwrite adds
+    # --ignore-existing, no symlinks adds --no-links).
+    delete: bool = True
+    overwrite: bool = True
+    symlinks: bool = True
 
     @property
     def sender_only(self) -> bool:
@@ -100,22 +106,49 @@ def incoming_chmod(umask: int) -> str:
 
 @dataclass(frozen=True)
 class Rules:
-    """What one login may do. Built once from the user record; immutable.
+    """What one login may do. Built once from the user record (and the key); immutable.
 
-    Today: ``read_only`` (only list and download) and the ``umask`` applied on creation.
-    Decisions go through :meth:`decide`, the one place a rule is looked up.
+    ``read_only`` (only list and download), ``table`` (the user's ``permissions``, by
+    directory), ``key_permissions`` (the key's own list, which narrows: None for a key
+    without one, or a password), ``deny_files``/``hide_files`` (glob patterns) and the
+    ``umask`` applied on creation. Decisions go through :meth:`decide`, the one place a
+    rule is looked up.
     """
 
     read_only: bool = False
     umask: int = 0o022
+    table: Table = field(default_factory=Table)
+    key_permissions: frozenset[str] | None = None
+    deny_files: tuple[str, ...] = ()
+    hide_files: tuple[str, ...] = ()
 
     # -- decisions ------------------------------------------------------------------
     def decide(self, op: Op, path: str) -> str | None:
         """The name of the rule that refuses ``op`` at the canonical virtual ``path``, or
         None when it is allowed."""
+        hidden = self.hidden(path)
+        if hidden is not None:
+            return hidden
+        denied = matching(self.deny_files, path)
+        if denied is not None:
+            return f'deny_files "{denied}"'
         if self.read_only and op in WRITE_OPS:
             return "read_only"
+        found = self.table.lookup(path)
+        if found is not None and op.value not in found[1]:
+            return f"permissions of {found[0]}"
+        if self.key_permissions is not None and op.value not in self.key_permissions:
+            return "the key's permissions"
         return None
+
+    def hidden(self, path: str) -> str | None:
+        """The ``hide_files`` rule that hides ``path`` (it looks absent), or None."""
+        pattern = matching(self.hide_files, path)
+        return None if pattern is None else f'hide_files "{pattern}"'
+
+    def hides_entry(self, directory: str, name: str) -> bool:
+        """Whether a listing of ``directory`` leaves ``name`` out."""
+        return bool(self.hide_files) and self.hidden(vpath.normalize(name, directory)) is not None
 
     def allows(self, op: Op, path: str) -> bool:
         return self.decide(op, path) is None
@@ -123,8 +156,11 @@ class Rules:
     def check(self, op: Op, path: str) -> None:
         """Raise :class:`RuleDenied` unless ``op`` is allowed at ``path``."""
         rule = self.decide(op, path)
-        if rule is not None:
-            raise RuleDenied(op, path, rule)
+        if rule is None:
+            return
+        if op not in CREATE_OPS and self.hidden(path) is not None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+        raise RuleDenied(op, path, rule)
 
     def read_only_at(self, path: str) -> bool:
         """Whether nothing may be written at ``path`` (statvfs's read-only flag)."""
@@ -134,7 +170,16 @@ class Rules:
     def path_dependent(self) -> bool:
         """Whether a decision depends on the path: then the storage judges the path the jail
         resolves (symlinks followed inside it), not the one the client wrote."""
-        return False
+        return self.table.per_directory or bool(self.deny_files or self.hide_files)
+
+    def allowed_everywhere(self, op: Op) -> bool:
+        """Whether ``op`` is allowed at every path (what rsync, which bypasses the storage,
+        may then be let do)."""
+        if self.read_only and op in WRITE_OPS:
+            return False
+        if op.value not in self.table.everywhere:
+            return False
+        return self.key_permissions is None or op.value in self.key_permissions
 
     # -- modes ----------------------------------------------------------------------
     def create_mode(self, mode: int) -> int:
@@ -148,6 +193,17 @@ class Rules:
     # -- rsync ----------------------------------------------------------------------
     def rsync_refusal(self) -> str | None:
         """Why rsync cannot obey these rules (it bypasses the storage), or None."""
+        if self.table.per_directory:
+            return "per-directory permissions cannot be enforced for rsync; use sftp or scp"
+        for key in ("deny_files", "hide_files"):
+            if getattr(self, key):
+                return f"{key} cannot be enforced for rsync; use sftp or scp"
+        if not self.allowed_everywhere(Op.LIST) or not self.allowed_everywhere(Op.DOWNLOAD):
+            missing = "list" if not self.allowed_everywhere(Op.LIST) else "download"
+            return f'rsync needs "{missing}", which is not allowed'
+        receive = self.allowed_everywhere(Op.UPLOAD)
+        if receive and not self.allowed_everywhere(Op.CREATE_DIRS):
+            return 'an rsync upload may create directories, and "create_dirs" is not allowed'
         return None
 
     def rsync(self, host_root: Path) -> RsyncGrant | RsyncRefusal:
@@ -155,16 +211,33 @@ class Rules:
         reason = self.rsync_refusal()
         if reason is not None:
             return RsyncRefusal(reason)
-        receive = self.allows(Op.UPLOAD, "/") or self.allows(Op.OVERWRITE, "/")
-        return RsyncGrant(host_root, receive=receive, incoming_chmod=incoming_chmod(self.umask))
+        receive = self.allowed_everywhere(Op.UPLOAD)
+        return RsyncGrant(
+            host_root,
+            receive=receive,
+            incoming_chmod=incoming_chmod(self.umask),
+            delete=all(self.allowed_everywhere(op) for op in (Op.DELETE_FILES, Op.DELETE_DIRS)),
+            overwrite=self.allowed_everywhere(Op.OVERWRITE),
+            symlinks=self.allowed_everywhere(Op.CREATE_SYMLINKS),
+        )
 
 
 class RulesFile(DelegatingFile):
-    """A file opened through RulesStorage: changes through the handle are judged at ``path``."""
+    """A file opened through RulesStorage: changes through the handle are judged at ``path``.
 
-    def __init__(self, inner: File, rules: Rules, path: str, *, writable: bool) -> None:
+    ``created``: this open made the file (O_EXCL). Then truncating it, and setting its mode
+    and times through the handle, are part of the upload (``put -p`` and scp -p set them on
+    the file they just wrote), not an overwrite, chmod or chtimes of someone's file."""
+
+    def __init__(
+        self, inner: File, rules: Rules, path: str, *, writable: bool, created: bool = False
+    ) -> None:
         super().__init__(inner)
-        self.rules, self.path, self.writable = rules, path, writable
+        self.rules, self.path, self.writable, self.created = rules, path, writable, created
+
+    def _check(self, op: Op) -> None:
+        if not self.created:
+            self.rules.check(op, self.path)
 
     def _check_write(self) -> None:
         if not self.writable:  # the kernel refuses it anyway (EBADF); a rule says why
@@ -179,16 +252,33 @@ class RulesFile(DelegatingFile):
         return self.inner.pwrite_nowait(data, offset)
 
     def truncate(self, size: int) -> None:
-        self.rules.check(Op.OVERWRITE, self.path)
+        self._check(Op.OVERWRITE)
         self.inner.truncate(size)
 
     def chmod(self, mode: int) -> None:
-        self.rules.check(Op.CHMOD, self.path)
+        self._check(Op.CHMOD)
         self.inner.chmod(self.rules.chmod_mode(mode))
 
     def utime(self, atime: int, mtime: int) -> None:
-        self.rules.check(Op.CHTIMES, self.path)
+        self._check(Op.CHTIMES)
         self.inner.utime(atime, mtime)
+
+
+class HidingDirectory:
+    """A listing without the names ``hide_files`` hides."""
+
+    def __init__(self, inner: Directory, rules: Rules, path: str) -> None:
+        self.inner, self.rules, self.path = inner, rules, path
+
+    def read(self, count: int) -> list[tuple[str, os.stat_result]]:
+        while True:
+            batch = self.inner.read(count)
+            kept = [e for e in batch if not self.rules.hides_entry(self.path, e[0])]
+            if kept or not batch:
+                return kept
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class RulesStorage(DelegatingStorage):
@@ -265,7 +355,8 @@ class RulesStorage(DelegatingStorage):
         if file is None:
             return None
         writable = flags & os.O_ACCMODE != os.O_RDONLY
-        return RulesFile(file, self.rules, judged, writable=writable)
+        created = bool(actual & os.O_CREAT and actual & os.O_EXCL)
+        return RulesFile(file, self.rules, judged, writable=writable, created=created)
 
     def open(self, path: str, flags: int, mode: int) -> File:
         file = self._opened(path, flags, mode, nowait=False)
@@ -284,8 +375,22 @@ class RulesStorage(DelegatingStorage):
 
     # -- the tree -------------------------------------------------------------------
     def opendir(self, path: str) -> Directory:
-        self._check(Op.LIST, path)
-        return self.inner.opendir(path)
+        judged = self.judged(path)
+        self.rules.check(Op.LIST, judged)
+        listing = self.inner.opendir(path)
+        return HidingDirectory(listing, self.rules, judged) if self.rules.hide_files else listing
+
+    def stat(self, path: str, *, follow: bool = True) -> os.stat_result:
+        self._hidden(path, follow=follow)
+        return self.inner.stat(path, follow=follow)
+
+    def readlink(self, path: str) -> str:
+        self._hidden(path, follow=False)
+        return self.inner.readlink(path)
+
+    def _hidden(self, path: str, *, follow: bool) -> None:
+        if self.rules.hide_files and self.rules.hidden(self.judged(path, follow=follow)):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
 
     def truncate(self, path: str, size: int) -> None:
         self._check(Op.OVERWRITE, path)
