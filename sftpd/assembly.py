@@ -38,7 +38,7 @@ from sftpd.ssh.hostkeys import fingerprint
 from sftpd.ssh.transport import ServerTransport, TransportPolicy
 from sftpd.ssh.userauth import AuthSettings, UserAuthServer
 from sftpd.storage.permissions import Table, expand
-from sftpd.storage.rules import Rules, RulesStorage
+from sftpd.storage.rules import RuleDenied, Rules, RulesStorage
 
 log = Logger(namespace="sftpd.assembly")
 
@@ -177,10 +177,22 @@ def context_maker(config: Config, *, reactor: Any, blocking: Blocking) -> Any:
 
     def make(user: User, key: AuthorizedKey | None = None) -> SessionContext:
         rules = rules_for(user, key, umask=config.sftp.umask)
+        key_id = fingerprint(key.blob) if key is not None else "password"
+
+        def denied(e: RuleDenied) -> None:
+            log.info(
+                "denied: user={user} key={key} op={op} path={path} rule={rule}",
+                user=user.name,
+                key=key_id,
+                op=e.op.value,
+                path=e.path,
+                rule=e.rule,
+            )
+
         return SessionContext(
             username=user.name,
             home=key.home if key is not None and key.home is not None else user.home,
-            storage=RulesStorage(LocalStorage(user.root), rules),
+            storage=RulesStorage(LocalStorage(user.root), rules, denied),
             blocking=blocking,
             rules=rules,
             rsync=rules.rsync(user.root),

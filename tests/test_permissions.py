@@ -92,7 +92,8 @@ def test_rsync_maps_what_it_can_and_refuses_what_it_cannot() -> None:
         (rules(["*"], deny_files=("*.exe",)), "deny_files"),
         (rules(["*"], hide_files=(".*",)), "hide_files"),
         (rules({"/": ["*"], "/a": ["list"]}), "per-directory"),
-        (rules(["list", "upload"]), '"download"'),
+        (rules(["list", "upload", "overwrite", "create_dirs"]), '"download"'),
+        (rules(["download"]), '"list"'),
         (rules(["list", "download", "upload"]), '"create_dirs"'),
     ):
         got = refused.rsync(Path("/r"))

@@ -13,6 +13,7 @@ import enum
 import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,7 @@ class RsyncGrant:
     # What a receiving rsync may do besides creating files (each mapped to rsync's options:
     # no delete refuses every --delete* and --remove-source-files, no overwrite adds
     # --ignore-existing, no symlinks adds --no-links).
+    send: bool = True  # may run as the sender (a download)
     delete: bool = True
     overwrite: bool = True
     symlinks: bool = True
@@ -198,10 +200,15 @@ class Rules:
         for key in ("deny_files", "hide_files"):
             if getattr(self, key):
                 return f"{key} cannot be enforced for rsync; use sftp or scp"
-        if not self.allowed_everywhere(Op.LIST) or not self.allowed_everywhere(Op.DOWNLOAD):
-            missing = "list" if not self.allowed_everywhere(Op.LIST) else "download"
-            return f'rsync needs "{missing}", which is not allowed'
+        if not self.allowed_everywhere(Op.LIST):
+            return 'rsync needs "list", which is not allowed'
         receive = self.allowed_everywhere(Op.UPLOAD)
+        download = self.allowed_everywhere(Op.DOWNLOAD)
+        if not receive and not download:
+            return 'rsync needs "download" or "upload", and neither is allowed'
+        if receive and not download and self.allowed_everywhere(Op.OVERWRITE):
+            # the receiver reads an existing file to update it by delta
+            return 'an rsync upload over an existing file reads it, and "download" is not allowed'
         if receive and not self.allowed_everywhere(Op.CREATE_DIRS):
             return 'an rsync upload may create directories, and "create_dirs" is not allowed'
         return None
@@ -216,10 +223,24 @@ class Rules:
             host_root,
             receive=receive,
             incoming_chmod=incoming_chmod(self.umask),
+            send=self.allowed_everywhere(Op.DOWNLOAD),
             delete=all(self.allowed_everywhere(op) for op in (Op.DELETE_FILES, Op.DELETE_DIRS)),
             overwrite=self.allowed_everywhere(Op.OVERWRITE),
             symlinks=self.allowed_everywhere(Op.CREATE_SYMLINKS),
         )
+
+
+OnDenied = Callable[[RuleDenied], None]
+
+
+def verdict(rules: Rules, op: Op, path: str, on_denied: OnDenied | None) -> None:
+    """``rules.check``, telling ``on_denied`` (the server's denial log) of a refusal."""
+    try:
+        rules.check(op, path)
+    except RuleDenied as denied:
+        if on_denied is not None:
+            on_denied(denied)
+        raise
 
 
 class RulesFile(DelegatingFile):
@@ -230,18 +251,29 @@ class RulesFile(DelegatingFile):
     the file they just wrote), not an overwrite, chmod or chtimes of someone's file."""
 
     def __init__(
-        self, inner: File, rules: Rules, path: str, *, writable: bool, created: bool = False
+        self,
+        inner: File,
+        rules: Rules,
+        path: str,
+        *,
+        writable: bool,
+        created: bool = False,
+        on_denied: OnDenied | None = None,
     ) -> None:
         super().__init__(inner)
         self.rules, self.path, self.writable, self.created = rules, path, writable, created
+        self.on_denied = on_denied
+
+    def _verdict(self, op: Op, path: str) -> None:
+        verdict(self.rules, op, path, self.on_denied)
 
     def _check(self, op: Op) -> None:
         if not self.created:
-            self.rules.check(op, self.path)
+            self._verdict(op, self.path)
 
     def _check_write(self) -> None:
         if not self.writable:  # the kernel refuses it anyway (EBADF); a rule says why
-            self.rules.check(Op.OVERWRITE, self.path)
+            self._verdict(Op.OVERWRITE, self.path)
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         self._check_write()
@@ -284,9 +316,12 @@ class HidingDirectory:
 class RulesStorage(DelegatingStorage):
     """The storage a login's protocols see: ``rules`` asked before every change or read."""
 
-    def __init__(self, inner: Storage, rules: Rules) -> None:
+    def __init__(self, inner: Storage, rules: Rules, on_denied: OnDenied | None = None) -> None:
         super().__init__(inner)
-        self.rules = rules
+        self.rules, self.on_denied = rules, on_denied
+
+    def _verdict(self, op: Op, path: str) -> None:
+        verdict(self.rules, op, path, self.on_denied)
 
     def judged(self, path: str, *, follow: bool = True) -> str:
         """The path a rule judges for ``path``: the canonical path inside the jail (the final
@@ -300,7 +335,7 @@ class RulesStorage(DelegatingStorage):
         return vpath.normalize(name, self.inner.realpath(parent)) if name else "/"
 
     def _check(self, op: Op, path: str, *, follow: bool = True) -> None:
-        self.rules.check(op, self.judged(path, follow=follow))
+        self._verdict(op, self.judged(path, follow=follow))
 
     # -- files ----------------------------------------------------------------------
     def _open_flags(self, path: str, flags: int) -> tuple[str, int, bool]:
@@ -313,14 +348,14 @@ class RulesStorage(DelegatingStorage):
         judged = self.judged(path)
         access = flags & os.O_ACCMODE
         if access != os.O_WRONLY:
-            self.rules.check(Op.DOWNLOAD, judged)
+            self._verdict(Op.DOWNLOAD, judged)
         if access == os.O_RDONLY and not flags & _WRITE_FLAGS:
             return judged, flags, False
         if not flags & os.O_CREAT:
-            self.rules.check(Op.OVERWRITE, judged)
+            self._verdict(Op.OVERWRITE, judged)
             return judged, flags, False
         if flags & os.O_EXCL:
-            self.rules.check(Op.UPLOAD, judged)
+            self._verdict(Op.UPLOAD, judged)
             return judged, flags, False
         upload = self.rules.allows(Op.UPLOAD, judged)
         overwrite = self.rules.allows(Op.OVERWRITE, judged)
@@ -330,11 +365,14 @@ class RulesStorage(DelegatingStorage):
             return judged, flags | os.O_EXCL, False  # EEXIST: "overwrite" is refused
         if overwrite:
             return judged, flags & ~os.O_CREAT, True  # ENOENT: "upload" is refused
-        self.rules.check(Op.UPLOAD, judged)
+        self._verdict(Op.UPLOAD, judged)
         raise AssertionError("unreachable: upload was refused")
 
     def _denied(self, op: Op, path: str) -> RuleDenied:
-        return RuleDenied(op, path, self.rules.decide(op, path) or "?")
+        denied = RuleDenied(op, path, self.rules.decide(op, path) or "?")
+        if self.on_denied is not None:
+            self.on_denied(denied)
+        return denied
 
     def _opened(self, path: str, flags: int, mode: int, nowait: bool) -> File | None:
         judged, actual, upload_denied = self._open_flags(path, flags)
@@ -356,7 +394,9 @@ class RulesStorage(DelegatingStorage):
             return None
         writable = flags & os.O_ACCMODE != os.O_RDONLY
         created = bool(actual & os.O_CREAT and actual & os.O_EXCL)
-        return RulesFile(file, self.rules, judged, writable=writable, created=created)
+        return RulesFile(
+            file, self.rules, judged, writable=writable, created=created, on_denied=self.on_denied
+        )
 
     def open(self, path: str, flags: int, mode: int) -> File:
         file = self._opened(path, flags, mode, nowait=False)
@@ -376,7 +416,7 @@ class RulesStorage(DelegatingStorage):
     # -- the tree -------------------------------------------------------------------
     def opendir(self, path: str) -> Directory:
         judged = self.judged(path)
-        self.rules.check(Op.LIST, judged)
+        self._verdict(Op.LIST, judged)
         listing = self.inner.opendir(path)
         return HidingDirectory(listing, self.rules, judged) if self.rules.hide_files else listing
 
@@ -428,8 +468,8 @@ class RulesStorage(DelegatingStorage):
             op = Op.RENAME_DIRS if is_dir else Op.RENAME_FILES
         else:
             op = allowed[0] if allowed else Op.RENAME_FILES
-        self.rules.check(op, src)
-        self.rules.check(op, dst)
+        self._verdict(op, src)
+        self._verdict(op, dst)
         if overwrite and not self.rules.allows(Op.OVERWRITE, dst):
             try:
                 self.inner.rename(old, new, overwrite=False)
