@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
         "dir", metavar="DIR", nargs="?", type=Path, default=Path("keys"), help="default: ./keys"
     )
     keygen.set_defaults(func=cmd_keygen)
+    from sftpd.explain import add_parser as add_explain
+
+    add_explain(sub)
     return parser
 
 

@@ -217,3 +217,34 @@ def test_config_errors_name_the_key(tmp_path: Path, text: str, key: str, message
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, 'password_hash = "$2b$04$' + "a" * 53 + '"\n' + text + "\n")
     assert key in str(caught.value) and message in str(caught.value), str(caught.value)
+
+
+# ---- sftpd explain --------------------------------------------------------------------------
+
+
+def test_explain_prints_the_decision_and_the_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sftpd.cli import main
+
+    (tmp_path / "backup.pub").write_text(KEY + "\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[[users]]\nname = "alice"\nroot = "{tmp_path}"\n'
+        'password_hash = "$2b$04$' + "a" * 53 + '"\n'
+        'permissions = { "/" = ["*"], "/incoming" = ["list", "upload", "create_dirs"] }\n'
+        f'[[users.keys]]\nkey = "{KEY}"\npermissions = ["list", "upload"]\n'
+    )
+    base = ["explain", "alice", "--config", str(cfg)]
+    assert main([*base[:2], "/incoming/a", "delete", *base[2:]]) == 1
+    out = capsys.readouterr().out
+    assert 'denied: "delete_files" at /incoming/a for alice (without a key profile): ' in out
+    assert "permissions of /incoming" in out
+    assert "rsync: refused: per-directory permissions" in out
+    assert main([*base[:2], "/x", "upload", *base[2:], "--key", str(tmp_path / "backup.pub")]) == 0
+    assert 'allowed: "upload" at /x for alice with key SHA256:' in capsys.readouterr().out
+    key = ["--key", str(tmp_path / "backup.pub")]
+    assert main([*base[:2], "/x", "download", *base[2:], *key]) == 1
+    assert "the key's permissions" in capsys.readouterr().out
+    assert main(["explain", "bob", "/x", "list", "--config", str(cfg)]) == 2
+    assert "no user 'bob'" in capsys.readouterr().err
