@@ -33,12 +33,16 @@ def env(
     backup = tmp / "backup_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(backup)], check=True)
     backup_line = (tmp / "backup_key.pub").read_text().strip()
+    scp_key = tmp / "scp_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(scp_key)], check=True)
+    scp_line = (tmp / "scp_key.pub").read_text().strip()
     alice = User(
         "alice",
         tmp / "alice",
         client_key[1],
         extra=f"[[users.keys]]\nkey = {toml_str(backup_line)}\n"
-        'permissions = ["list", "upload", "create_dirs"]\n',
+        'permissions = ["list", "upload", "create_dirs"]\n'
+        f'[[users.keys]]\nkey = {toml_str(scp_line)}\nprotocols = ["scp"]\n',
     )
     users = [
         User(f"no_{p}", tmp / f"no_{p}", client_key[1], extra=perms([s for s in SINGLE if s != p]))
@@ -202,3 +206,33 @@ def test_the_backup_key_adds_but_never_destroys(env: tuple[Env, Path]) -> None:
     res = run_sftp(e, "alice", "put local /f\nrename /f /g\nrm /g\n")
     assert res.returncode == 0, res.stderr
     assert not (root / "f").exists() and not (root / "g").exists()
+
+
+def test_a_key_runs_only_its_protocols_and_hashes_need_download(env: tuple[Env, Path]) -> None:
+    e, backup = env
+    root = e.tmp / "alice"
+    seed(root)
+    scp_key = e.tmp / "scp_key"
+    res = run_sftp(e, "alice", "ls /\n", key=scp_key)
+    assert res.returncode != 0  # no sftp subsystem for this key
+    hashed = subprocess.run(
+        [*ssh_cmd(e, scp_key), "alice@127.0.0.1", "sha256sum /f"], capture_output=True
+    )
+    assert hashed.returncode != 0 and b"not allowed" in hashed.stderr
+    if have("scp"):
+        scp = ["scp", "-O", *ssh_cmd(e, scp_key)[1:]]
+        scp[scp.index("-p")] = "-P"
+        res = subprocess.run([*scp, "alice@127.0.0.1:/f", str(e.tmp / "via-scp")])
+        assert res.returncode == 0 and (e.tmp / "via-scp").read_bytes() == b"old"
+    for user, ok in (("alice", True), ("no_download", False)):
+        seed(e.tmp / user)
+        res = subprocess.run(
+            [*ssh_cmd(e, e.key_path), f"{user}@127.0.0.1", "sha256sum /f"], capture_output=True
+        )
+        assert (res.returncode == 0) is ok, res.stderr
+        if ok:
+            import hashlib
+
+            assert res.stdout.split()[0] == hashlib.sha256(b"old").hexdigest().encode()
+        else:
+            assert b'"download" is not allowed in /f' in res.stderr, res.stderr
