@@ -50,6 +50,8 @@ def env(
     ]
     table = 'permissions = { "/" = ["list", "download"], "/ok" = ["*"] }'
     users.append(User("dirs", tmp / "dirs", client_key[1], extra=table))
+    patterns = 'deny_files = ["*.exe", "/pub/*.php"]\nhide_files = [".*"]'
+    users.append(User("pat", tmp / "pat", client_key[1], extra=patterns))
     for u in [alice, *users]:
         u.root.mkdir()
     (tmp / "dirs" / "ok").mkdir()
@@ -236,3 +238,42 @@ def test_a_key_runs_only_its_protocols_and_hashes_need_download(env: tuple[Env, 
             assert res.stdout.split()[0] == hashlib.sha256(b"old").hexdigest().encode()
         else:
             assert b'"download" is not allowed in /f' in res.stderr, res.stderr
+
+
+def test_denied_and_hidden_names_over_sftp_and_rsync(env: tuple[Env, Path]) -> None:
+    e, _ = env
+    root = e.tmp / "pat"
+    (root / ".secret").write_bytes(b"hidden")
+    (root / "pub").mkdir(exist_ok=True)
+    (root / "a.exe").write_bytes(b"exe")
+    listing = run_sftp(e, "pat", "ls -la /\n")
+    assert listing.returncode == 0 and "a.exe" in listing.stdout
+    assert ".secret" not in listing.stdout
+    for batch in (
+        "get /.secret got-secret",  # looks absent
+        "get /a.exe got-exe",  # denied names cannot be opened
+        "put local /b.exe",
+        "put local /pub/x.php",
+        "put local /.new",
+        "rename /a.exe /pub/a.txt",
+    ):
+        res = run_sftp(e, "pat", batch + "\n")
+        assert res.returncode != 0, batch
+    res = run_sftp(e, "pat", "ls -l /.secret\n")  # a stat that says it does not exist
+    assert res.returncode != 0 and "not found" in res.stderr, res.stderr
+    assert not (e.tmp / "got-secret").exists() and not (e.tmp / "got-exe").exists()
+    assert sorted(os.listdir(root)) == [".secret", "a.exe", "pub"]
+    assert os.listdir(root / "pub") == []
+    res = run_sftp(e, "pat", "put local /pub/x.txt\n")
+    assert res.returncode == 0 and (root / "pub" / "x.txt").read_bytes() == b"local bytes"
+    if have("rsync") and have("bwrap"):
+        rsh = shlex.join(ssh_cmd(e, e.key_path))
+        for user, rule in (("pat", "deny_files"), ("dirs", "per-directory permissions")):
+            res = subprocess.run(
+                ["rsync", "-r", "-e", rsh, f"{user}@127.0.0.1:/", "rsync-out"],
+                capture_output=True,
+                text=True,
+                cwd=e.tmp,
+                timeout=60,
+            )
+            assert res.returncode != 0 and f"rsync refused: {rule}" in res.stderr, res.stderr
