@@ -203,6 +203,10 @@ def test_the_backup_key_adds_but_never_destroys(env: tuple[Env, Path]) -> None:
             timeout=120,
         )
         assert res.returncode != 0 and '"delete"' in res.stderr, res.stderr
+        line = "user=alice key=SHA256:"
+        assert wait_for(
+            lambda: line in e.server.log_text() and "option --delete" in e.server.log_text()
+        )
         assert (root / "d").is_dir()
     # The same user's other key still can.
     res = run_sftp(e, "alice", "put local /f\nrename /f /g\nrm /g\n")

@@ -251,9 +251,10 @@ class RsyncApp:
         grant = self._ctx.rsync
         if isinstance(grant, RsyncRefusal):
             log.info(
-                "rsync session {session_id} user {username}: refused: {reason}",
+                "rsync session {session_id} user {username} key {key}: refused: {reason}",
                 session_id=self._ctx.session_id,
                 username=self._ctx.username,
+                key=self._ctx.key_fingerprint or "password",
                 reason=grant.reason,
             )
             self._finish(1, b"sftpd: rsync refused: " + grant.reason.encode() + b"\n")
@@ -426,9 +427,12 @@ class RsyncApp:
 
     def _refuse(self, error: RsyncArgError) -> None:
         log.info(
-            "rsync conn={session_id} refused option {option}",
+            "rsync conn={session_id} user={user} key={key} refused option {option}: {reason}",
             session_id=self._ctx.session_id,
+            user=self._ctx.username,
+            key=self._ctx.key_fingerprint or "password",
             option=error.option,
+            reason=getattr(error, "reason", "not allowed"),
         )
         message = f"sftpd: rsync option not allowed: {error.option}\n"
         if isinstance(error, RsyncRuleError):
