@@ -26,7 +26,7 @@ from sftpd.auth.checkers import SERVER_SIG_ALGS
 from sftpd.auth.realm import Realm
 from sftpd.auth.setup import auth_parts
 from sftpd.auth.stores.store import ChainUserStore, DbUserStore
-from sftpd.auth.users import StoreUnavailable, TomlUserStore, User, UserStore
+from sftpd.auth.users import AuthorizedKey, StoreUnavailable, TomlUserStore, User, UserStore
 from sftpd.config.model import Config, ExecConfig
 from sftpd.edge.alive import KEEPALIVE_REQUEST, IdleTimer, KeepAlive
 from sftpd.edge.config import EdgeConfig
@@ -38,11 +38,13 @@ from sftpd.runtime.notify import sd_notify
 from sftpd.runtime.threads import Blocking, WorkerPool
 from sftpd.ssh.channel import SessionChannel
 from sftpd.ssh.connection import Connection
+from sftpd.ssh.hostkeys import fingerprint
 from sftpd.ssh.policy import TransportPolicy
 from sftpd.ssh.transport import ServerTransport
 from sftpd.ssh.userauth import AuthSettings, UserAuthServer
 from sftpd.ssh.window import WindowBudget, WindowPolicy
-from sftpd.storage.rules import Rules, RulesStorage
+from sftpd.storage.permissions import Table, expand
+from sftpd.storage.rules import RuleDenied, Rules, RulesStorage
 
 log = Logger(namespace="sftpd.assembly")
 
@@ -202,9 +204,17 @@ def transport_policy(config: Config, *, have_moduli: bool) -> TransportPolicy:
     )
 
 
-def exec_settings(base: ExecConfig, user: User) -> ExecConfig:
-    """The exec settings in force for ``user`` (per-user switches override the server's)."""
+def exec_settings(base: ExecConfig, user: User, key: AuthorizedKey | None = None) -> ExecConfig:
+    """The exec settings in force for ``user`` logged in with ``key`` (per-user switches
+    override the server's; a key's ``protocols`` only switch off)."""
     cfg = base
+    if key is not None and key.protocols is not None:
+        cfg = replace(
+            cfg,
+            allow_scp=cfg.allow_scp and "scp" in key.protocols,
+            allow_hashes=cfg.allow_hashes and "hashes" in key.protocols,
+            allow_rsync=cfg.allow_rsync and "rsync" in key.protocols,
+        )
     if user.allow_rsync is not None:
         cfg = replace(cfg, allow_rsync=user.allow_rsync)
     if user.allow_exec is False:
@@ -219,6 +229,19 @@ class LiveConfig:
         self.config = config
 
 
+def rules_for(user: User, key: AuthorizedKey | None, *, umask: int) -> Rules:
+    """The rules of ``user`` logged in with ``key`` (None: a password)."""
+    narrowed = key.permissions if key is not None else None
+    return Rules(
+        read_only=user.read_only,
+        umask=umask,
+        table=Table.build(user.permissions),
+        key_permissions=None if narrowed is None else expand(narrowed),
+        deny_files=user.deny_files,
+        hide_files=user.hide_files,
+    )
+
+
 def context_maker(config: Config | LiveConfig, *, reactor: Any, blocking: Blocking) -> Any:
     """A function that opens a user's jail and builds the context every app receives
     (with the [sftp] and [exec] in force when the user logs in)."""
@@ -227,20 +250,34 @@ def context_maker(config: Config | LiveConfig, *, reactor: Any, blocking: Blocki
     counter = itertools.count(1)
     live = config if isinstance(config, LiveConfig) else LiveConfig(config)
 
-    def make(user: User) -> SessionContext:
+    def make(user: User, key: AuthorizedKey | None = None) -> SessionContext:
         config = live.config
-        rules = Rules(read_only=user.read_only, umask=config.sftp.umask)
+        rules = rules_for(user, key, umask=config.sftp.umask)
+        key_id = fingerprint(key.blob) if key is not None else "password"
+
+        def denied(e: RuleDenied) -> None:
+            log.info(
+                "denied: user={user} key={key} op={op} path={path} rule={rule}",
+                user=user.name,
+                key=key_id,
+                op=e.op.value,
+                path=e.path,
+                rule=e.rule,
+            )
+
         return SessionContext(
             username=user.name,
-            home=user.home,
-            storage=RulesStorage(LocalStorage(user.root), rules),
+            home=key.home if key is not None and key.home is not None else user.home,
+            storage=RulesStorage(LocalStorage(user.root), rules, denied),
             blocking=blocking,
             rules=rules,
             rsync=rules.rsync(user.root),
             sftp=config.sftp,
-            exec=exec_settings(config.exec, user),
+            exec=exec_settings(config.exec, user, key),
             reactor=reactor,
             session_id=f"{os.getpid()}-{next(counter)}",
+            allow_sftp=key is None or key.protocols is None or "sftp" in key.protocols,
+            key_fingerprint=fingerprint(key.blob) if key is not None else "",
         )
 
     return make

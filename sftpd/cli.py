@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sftpd.cli_user import add_commands
 
     add_commands(sub, raw)
+    from sftpd.explain import add_parser as add_explain
+
+    add_explain(sub)
     return parser
 
 

@@ -157,7 +157,8 @@ def test_read_only_user_cannot_upload(make_server) -> None:  # type: ignore[no-u
     src.write_bytes(b"x")
     res = scp(env, str(src), f"{REMOTE}:ro-up.txt")
     assert res.returncode != 0
-    assert b"scp: ro-up.txt: Permission denied" in res.stderr
+    reason = b'permission denied: "upload" is not allowed in /ro-up.txt (read_only)'
+    assert b"scp: ro-up.txt: " + reason in res.stderr
     assert not (env.alice.root / "ro-up.txt").exists()
     ok(env, scp(env, f"{REMOTE}:readable.txt", str(env.tmp / "ro-down.txt")))
     assert (env.tmp / "ro-down.txt").read_bytes() == b"r"

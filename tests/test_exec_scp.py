@@ -257,8 +257,11 @@ def test_eof_mid_file_ends_with_failure(root: Path) -> None:
 def test_read_only_user_gets_permission_denied(root: Path) -> None:
     s = sender(root, b"scp -r -t /", read_only=True)
     assert s.response() is True
-    assert s.file(b"f", b"x") == RemoteError(b"scp: /f: Permission denied", fatal=False)
-    assert s.dir_start(b"d") == RemoteError(b"scp: /d: Permission denied", fatal=False)
+    # the message names the rule (the rules layer's RuleDenied.reason)
+    denied_f = b'scp: /f: permission denied: "upload" is not allowed in /f (read_only)'
+    denied_d = b'scp: /d: permission denied: "create_dirs" is not allowed in /d (read_only)'
+    assert s.file(b"f", b"x") == RemoteError(denied_f, fatal=False)
+    assert s.dir_start(b"d") == RemoteError(denied_d, fatal=False)
     s.finish()
     assert s.io.status == 1
     assert list(root.iterdir()) == []

@@ -137,6 +137,10 @@ KNOWN: dict[tuple[str, str], str] = {
         "config checks home directories with vpath.normalize (sans-IO, no Twisted); "
         "move normalize where config may import it, or allow it in LAYERS"
     ),
+    ("sftpd.config.access", "sftpd.storage.permissions"): (
+        "config checks permission names and glob patterns with the rules' own sans-IO "
+        "definitions, so check-config and the rules can never disagree"
+    ),
 }
 
 # The package root is importable from everywhere: it holds only __version__ (checked below).

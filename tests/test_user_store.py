@@ -99,7 +99,7 @@ def _service(
     """A userauth service on the real checkers and the real Realm; the realm's users listed."""
     seen: list[User] = []
 
-    def make_context(user: User) -> Any:
+    def make_context(user: User, key: object = None) -> Any:
         seen.append(user)
         return object()  # the avatar only keeps it
 
@@ -209,7 +209,7 @@ def test_logged_in_is_the_name_as_bytes_carrying_the_user() -> None:
 def test_the_realm_refuses_an_avatar_id_without_a_user() -> None:
     from twisted.conch.interfaces import IConchUser
 
-    realm = Realm(lambda u: object(), clock=Clock(), max_sessions=1, make_channel=print)  # type: ignore[arg-type, return-value]
+    realm = Realm(lambda u, k: object(), clock=Clock(), max_sessions=1, make_channel=print)  # type: ignore[arg-type, return-value]
     with pytest.raises(TypeError):
         realm.requestAvatar(b"alice", None, IConchUser)
     iface, avatar, _logout = realm.requestAvatar(LoggedIn(b"alice", ALICE), None, IConchUser)

@@ -85,3 +85,7 @@ class SessionContext:
     client_version: bytes = b""
     reactor: Any = None
     session_id: str = ""
+    # The login key's profile: whether the sftp subsystem is served (scp, rsync and the
+    # hashes are switched in ``exec``), and the key's fingerprint for denial log lines.
+    allow_sftp: bool = True
+    key_fingerprint: str = ""

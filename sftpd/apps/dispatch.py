@@ -102,7 +102,7 @@ def make_exec_app(
             return _finish(io, 1, str(exc).encode())
     if name == b"rsync" and argv[1:2] == [b"--server"]:
         return _rsync(argv, ctx, io, rsync_runtimes)
-    if name in SFTP_SERVER_NAMES:
+    if name in SFTP_SERVER_NAMES and ctx.allow_sftp:
         make_sftp_app = _lazy("sftpd.apps.sftp.protocol", "make_sftp_app")
         if make_sftp_app is None:
             return _finish(io, 1, b"sftpd: sftp is not available on this server\n")

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from sftpd.apps.contract import ChannelApp, ChannelIO, SessionContext
 from sftpd.storage import vpath
 from sftpd.storage.base import Storage
+from sftpd.storage.rules import RuleDenied
 
 __all__ = [
     "ALGORITHMS",
@@ -278,5 +279,7 @@ class _HashApp:
 
     def _error(self, name: bytes, exc: OSError) -> None:
         reason = os.strerror(exc.errno) if exc.errno else "Input/output error"
+        if isinstance(exc, RuleDenied):
+            reason = exc.reason  # names the rule, as SFTP and scp do
         line = self._command.encode() + b": " + quote_name(name) + b": " + reason.encode() + b"\n"
         self._io.write_stderr(line)

@@ -53,7 +53,7 @@ class Realm:
 
     def __init__(
         self,
-        make_context: Callable[[User], SessionContext],
+        make_context: Callable[[User, AuthorizedKey | None], SessionContext],
         *,
         clock: Any,
         max_sessions: int,
@@ -89,7 +89,7 @@ class Realm:
                         user_known=True,
                     )
                 raise PartialSuccess(remaining)
-        ctx = self._make_context(with_key_options(user, avatarId.key))
+        ctx = self._make_context(with_key_options(user, avatarId.key), avatarId.key)
         avatar = Avatar(
             ctx,
             clock=self._clock,

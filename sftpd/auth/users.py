@@ -24,14 +24,17 @@ class AuthorizedKey:
     ``blob`` is the public key in SSH wire format. ``options`` holds the key's parsed
     OpenSSH options (``from``, ``expiry-time``, ``restrict``, ``command``,
     ``cert-authority``...); a ``cert-authority`` entry is a CA for the user's
-    certificates, never a login key itself. A per-key profile
-    (``[[users.keys]]``: permissions, protocols, home) becomes further fields here, each
-    with a default meaning "as the user".
+    certificates, never a login key itself. A per-key profile (``[[users.keys]]``) is
+    ``permissions`` (narrows the user's), ``protocols`` (of sftp, scp, rsync, hashes) and
+    ``home``; None means "as the user".
     """
 
     blob: bytes
     comment: str = ""
     options: KeyOptions = field(default_factory=KeyOptions)
+    permissions: tuple[str, ...] | None = None
+    protocols: tuple[str, ...] | None = None
+    home: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,10 @@ class User:
     totp_secret: str | None = None
     require: tuple[tuple[str, ...], ...] = ()
     edge: UserEdge = field(default_factory=UserEdge)  # max_sessions, allowed_sources
+    # (absolute virtual directory, permission names): () = everything everywhere.
+    permissions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    deny_files: tuple[str, ...] = ()
+    hide_files: tuple[str, ...] = ()
 
     def key(self, blob: bytes) -> AuthorizedKey | None:
         """The login entry for the public key ``blob``, or None if it is not the user's."""
@@ -139,7 +146,7 @@ def user_from_config(cfg: UserConfig) -> User:
         root=cfg.root,
         home=cfg.home,
         password_hash=cfg.password_hash,
-        keys=_keys_from_config(cfg),
+        keys=_keys(cfg),
         read_only=cfg.read_only,
         allow_rsync=cfg.allow_rsync,
         allow_exec=cfg.allow_exec,
@@ -147,15 +154,37 @@ def user_from_config(cfg: UserConfig) -> User:
         totp_secret=cfg.totp_secret,
         require=cfg.require,
         edge=cfg.edge,
+        permissions=cfg.permissions,
+        deny_files=cfg.deny_files,
+        hide_files=cfg.hide_files,
     )
 
 
-def _keys_from_config(cfg: UserConfig) -> tuple[AuthorizedKey, ...]:
-    # key_lines carries the options; a UserConfig built without them (the embedded
-    # default, tests) has only blobs.
+def _keys(cfg: UserConfig) -> tuple[AuthorizedKey, ...]:
+    # Keys with a profile first: a key also listed in authorized_keys gets its profile.
+    # key_lines carries the options of authorized_keys lines; a UserConfig built without
+    # them (the embedded default, tests) has only blobs.
+    profiled = tuple(
+        AuthorizedKey(
+            k.blob,
+            k.comment,
+            options=getattr(k, "options", None) or KeyOptions(),
+            permissions=k.permissions,
+            protocols=k.protocols,
+            home=k.home,
+        )
+        for k in cfg.keys
+    )
+    seen = {k.blob for k in profiled}
     if cfg.key_lines:
-        return tuple(AuthorizedKey(line.blob, options=line.options) for line in cfg.key_lines)
-    return tuple(AuthorizedKey(blob) for blob in cfg.authorized_keys)
+        plain = tuple(
+            AuthorizedKey(line.blob, options=line.options)
+            for line in cfg.key_lines
+            if line.blob not in seen
+        )
+    else:
+        plain = tuple(AuthorizedKey(b) for b in cfg.authorized_keys if b not in seen)
+    return profiled + plain
 
 
 def bcrypt_cost(password_hash: bytes | None) -> int | None:

@@ -14,6 +14,7 @@ from typing import Any
 import bcrypt
 
 from sftpd import __version__
+from sftpd.config.access import AccessValues, KeyProfileConfig, PermissionTable
 from sftpd.config.authcfg import DEFAULT_METHODS, AuthValues, check_require
 from sftpd.config.keyopts import KeyLine
 from sftpd.config.values import (
@@ -123,6 +124,12 @@ class UserConfig:
     require: tuple[tuple[str, ...], ...] = ()
     # max_sessions (concurrent logins over all connections) and allowed_sources
     edge: UserEdge = field(default_factory=UserEdge)
+    # What the user may do (see config/access.py): () = everything everywhere.
+    permissions: PermissionTable = ()
+    deny_files: tuple[str, ...] = ()
+    hide_files: tuple[str, ...] = ()
+    # [[users.keys]]: keys with their own profile (their blobs log in too).
+    keys: tuple[KeyProfileConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -230,7 +237,7 @@ class ConfigErrors(ConfigError):
         self.args = ("\n".join(str(e) for e in self.errors),)
 
 
-class _Loader(AuthValues):
+class _Loader(AuthValues, AccessValues):
     """Builds the dataclasses from the parsed TOML document, collecting every problem."""
 
     has_ca = False  # [server] trusts user CAs: a user may log in by certificate alone
@@ -383,6 +390,7 @@ class _Loader(AuthValues):
             "totp_secret": self.totp_secret,
             "require": self.require,
             **user_checks(self),  # max_sessions, allowed_sources
+            **self.access_checks(),
         }
         got = self.table(data, prefix, checks)
         got["edge"] = UserEdge(**{k: got.pop(k) for k in USER_KEYS if k in got})
@@ -393,7 +401,8 @@ class _Loader(AuthValues):
             return None
         lines = got.pop("authorized_keys", ()) + got.pop("authorized_keys_file", ())
         got["key_lines"] = lines
-        got["authorized_keys"] = tuple(dict.fromkeys(line.blob for line in lines))
+        blobs = tuple(line.blob for line in lines) + tuple(k.blob for k in got.get("keys", ()))
+        got["authorized_keys"] = tuple(dict.fromkeys(blobs))
         if not got["authorized_keys"] and "password_hash" not in got and not self.has_ca:
             source = (
                 " (authorized_keys_file has no key lines)" if "authorized_keys_file" in data else ""

@@ -90,7 +90,7 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
     # ---- requests ---------------------------------------------------------------------
     def request_subsystem(self, data: bytes) -> int:
         name = bytes(getNS(data)[0])
-        if self._app is not None or name != b"sftp":
+        if self._app is not None or name != b"sftp" or not self._ctx.allow_sftp:
             log.info(
                 "refused subsystem: conn={conn} peer={peer} user={user} name={name}",
                 name=name,

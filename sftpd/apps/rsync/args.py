@@ -23,6 +23,40 @@ class RsyncReadOnlyError(RsyncArgError):
     """A read-only account asked to receive files (rsync without ``--sender``)."""
 
 
+class RsyncRuleError(RsyncArgError):
+    """An option the login's rules forbid (``--delete`` without "delete"); ``reason`` says which."""
+
+    def __init__(self, option: str, reason: str) -> None:
+        super().__init__(option)
+        self.reason = reason
+
+
+# rsync options that remove files on the receiver, or the sender's sources.
+_DELETING = (b"--del", b"--delete", b"--remove-source-files", b"--remove-sent-files", b"--force")
+
+
+def restrict(args: ServerArgs, *, delete: bool, overwrite: bool, symlinks: bool) -> ServerArgs:
+    """``args`` made to obey the rules rsync can express: without ``delete`` every --delete*,
+    --remove-source-files and --force is refused; without ``overwrite`` the receiver gets
+    --ignore-existing (an existing file is never replaced or written into, --inplace or
+    not); without ``symlinks`` it gets --no-links."""
+    if not delete:
+        for option in args.options:
+            name = option.split(b"=", 1)[0]
+            if name in _DELETING or name.startswith(b"--delete"):
+                shown = _show(name)
+                raise RsyncRuleError(shown, f'{shown} needs "delete", which is not allowed')
+    extra: list[bytes] = []
+    if not args.sender:
+        if not overwrite:
+            extra.append(b"--ignore-existing")
+        if not symlinks:
+            extra.append(b"--no-links")
+    if not extra:
+        return args
+    return ServerArgs(sender=args.sender, options=(*args.options, *extra), paths=args.paths)
+
+
 class _Kind(Enum):
     FLAG = "flag"  # no value
     VALUE = "value"  # free-form value, no path meaning (numbers, names, formats)

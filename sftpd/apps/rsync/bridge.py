@@ -25,9 +25,11 @@ from sftpd.apps.contract import ChannelApp, ChannelIO, SessionContext
 from sftpd.apps.rsync.args import (
     RsyncArgError,
     RsyncReadOnlyError,
+    RsyncRuleError,
     ServerArgs,
     parse_command,
     read_protected_args,
+    restrict,
     validate,
 )
 from sftpd.apps.rsync.opening import (
@@ -62,7 +64,8 @@ from sftpd.apps.rsync.stop import (
     remove_temporaries,
 )
 from sftpd.log import clip
-from sftpd.storage.rules import RsyncGrant, RsyncRefusal
+from sftpd.storage.base import Storage
+from sftpd.storage.rules import RsyncGrant, RsyncRefusal, RulesStorage
 
 __all__ = ["UNAVAILABLE", "daemon_arguments", "daemon_config", "make_rsync_app", "parse_ldd"]
 
@@ -248,16 +251,25 @@ class RsyncApp:
         grant = self._ctx.rsync
         if isinstance(grant, RsyncRefusal):
             log.info(
-                "rsync session {session_id} user {username}: refused: {reason}",
+                "rsync session {session_id} user {username} key {key}: refused: {reason}",
                 session_id=self._ctx.session_id,
                 username=self._ctx.username,
+                key=self._ctx.key_fingerprint or "password",
                 reason=grant.reason,
             )
             self._finish(1, b"sftpd: rsync refused: " + grant.reason.encode() + b"\n")
             return
         self._grant = grant
         try:
-            self._args = validate(self._words, home=self._ctx.home, read_only=grant.sender_only)
+            self._args = restrict(
+                validate(self._words, home=self._ctx.home, read_only=grant.sender_only),
+                delete=grant.delete,
+                overwrite=grant.overwrite,
+                symlinks=grant.symlinks,
+            )
+            if self._args.sender and not grant.send:
+                reason = 'rsync downloads need "download", which is not allowed'
+                raise RsyncRuleError("--sender", reason)
         except RsyncReadOnlyError:
             self._finish(1, b"sftpd: read-only account: rsync may only download\n")
             return
@@ -402,7 +414,10 @@ class RsyncApp:
     def _remove(self, temporaries: set[Temporary]) -> None:
         if not temporaries:
             return
-        storage = self._ctx.storage
+        storage: Storage | None = self._ctx.storage
+        if isinstance(storage, RulesStorage):
+            # rsync's own temporaries, made under its grant: removing them is no "delete"
+            storage = storage.inner
         if storage is None:
             log.warn("rsync conn={session_id} temporaries left", session_id=self._ctx.session_id)
             return
@@ -412,11 +427,16 @@ class RsyncApp:
 
     def _refuse(self, error: RsyncArgError) -> None:
         log.info(
-            "rsync conn={session_id} refused option {option}",
+            "rsync conn={session_id} user={user} key={key} refused option {option}: {reason}",
             session_id=self._ctx.session_id,
+            user=self._ctx.username,
+            key=self._ctx.key_fingerprint or "password",
             option=error.option,
+            reason=getattr(error, "reason", "not allowed"),
         )
         message = f"sftpd: rsync option not allowed: {error.option}\n"
+        if isinstance(error, RsyncRuleError):
+            message = f"sftpd: rsync refused: {error.reason}\n"
         self._finish(1, message.encode("utf-8", "backslashreplace"))
 
     def _unavailable(self, reason: str) -> None:

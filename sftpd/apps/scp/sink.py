@@ -29,6 +29,7 @@ from sftpd.apps.scp.proto import (
 )
 from sftpd.storage import vpath
 from sftpd.storage.base import File, Storage
+from sftpd.storage.rules import RuleDenied
 
 __all__ = [
     "ScpAbort",
@@ -110,6 +111,8 @@ class ScpAbort(Exception):
 
 
 def strerror_text(exc: OSError) -> str:
+    if isinstance(exc, RuleDenied):
+        return exc.reason  # names the rule, as the SFTP status message does
     return os.strerror(exc.errno) if exc.errno else "Input/output error"
 
 

@@ -1,0 +1,112 @@
+"""Config checks for what a user may do: permissions, deny/hide patterns, per-key profiles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sftpd.config.values import Check, Values, got, parse_authorized_key
+from sftpd.storage.permissions import PROTOCOLS, expand, pattern_problem
+
+# (absolute virtual directory, permission names as written), one entry per directory.
+PermissionTable = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+@dataclass(frozen=True)
+class KeyProfileConfig:
+    """One ``[[users.keys]]`` entry: a key with its own profile.
+
+    ``permissions`` None: the user's; ``protocols`` None: all; ``home`` None: the user's."""
+
+    blob: bytes
+    comment: str = ""
+    permissions: tuple[str, ...] | None = None
+    protocols: tuple[str, ...] | None = None
+    home: str | None = None
+
+
+class AccessValues(Values):
+    """The checks of ``permissions``, ``deny_files``, ``hide_files`` and ``keys``."""
+
+    def access_checks(self) -> dict[str, Check]:
+        return {
+            "permissions": self.permissions,
+            "deny_files": self.patterns,
+            "hide_files": self.patterns,
+            "keys": self.key_profiles,
+        }
+
+    def permission_names(self, where: str, value: Any) -> tuple[str, ...]:
+        names = self.strings(where, value, "permission names")
+        for i, name in enumerate(names):
+            try:
+                expand([name])
+            except ValueError as e:
+                raise self.err(f"{where}[{i}]", str(e)) from None
+        return tuple(names)
+
+    def permissions(self, where: str, value: Any) -> PermissionTable:
+        if isinstance(value, list):
+            return (("/", self.permission_names(where, value)),)
+        if not isinstance(value, dict) or not value:
+            raise self.err(
+                where,
+                "expected a list of permission names or a table of absolute directory -> list, "
+                f"{got(value)}",
+            )
+        out: dict[str, tuple[str, ...]] = {}
+        for directory, names in value.items():
+            key = f'{where}."{directory}"'
+            canonical = self.home(key, directory)  # absolute, normalised
+            if canonical in out:
+                raise self.err(key, f"overlaps another key naming {canonical}; list it once")
+            out[canonical] = self.permission_names(key, names)
+        return tuple(out.items())
+
+    def patterns(self, where: str, value: Any) -> tuple[str, ...]:
+        patterns = self.strings(where, value, "glob patterns")
+        for i, pattern in enumerate(patterns):
+            problem = pattern_problem(pattern)
+            if problem is not None:
+                raise self.err(f"{where}[{i}]", f"pattern {pattern!r} cannot match: {problem}")
+        return tuple(patterns)
+
+    def protocols(self, where: str, value: Any) -> tuple[str, ...]:
+        names = self.strings(where, value, "protocol names")
+        for i, name in enumerate(names):
+            if name not in PROTOCOLS:
+                raise self.err(
+                    f"{where}[{i}]",
+                    f"unknown protocol {name!r}; expected some of: " + ", ".join(PROTOCOLS),
+                )
+        return tuple(names)
+
+    def key_profiles(self, where: str, value: Any) -> tuple[KeyProfileConfig, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self.err(where, f"expected an array of tables ([[users.keys]]), {got(value)}")
+        out: list[KeyProfileConfig] = []
+        for i, data in enumerate(value):
+            prefix = f"{where}[{i}]"
+            before = len(self.errors)
+            checks: dict[str, Check] = {
+                "key": self.key_line,
+                "permissions": self.permission_names,
+                "protocols": self.protocols,
+                "home": self.home,
+            }
+            got_ = self.table(data, prefix, checks)
+            if "key" not in data:
+                self.errors.append(self.err(f"{prefix}.key", "missing; expected a public key line"))
+            if len(self.errors) == before:
+                blob, comment = got_.pop("key")
+                out.append(KeyProfileConfig(blob, comment, **got_))
+        return tuple(out)
+
+    def key_line(self, where: str, value: Any) -> tuple[bytes, str]:
+        line = self.string(where, value)
+        try:
+            blob = parse_authorized_key(line)
+        except ValueError as e:
+            raise self.err(where, str(e)) from None
+        fields = line.split(None, 2)
+        return blob, fields[2] if len(fields) > 2 else ""
