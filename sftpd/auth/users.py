@@ -47,6 +47,10 @@ class User:
     read_only: bool = False
     allow_rsync: bool | None = None
     allow_exec: bool | None = None
+    quota_size: int = 0  # bytes; 0 = unlimited
+    quota_files: int = 0  # files; 0 = unlimited
+    max_upload_size: int = 0  # bytes per file; 0 = unlimited
+    upload_mode: str = "atomic"  # or "direct"
 
     def key(self, blob: bytes) -> AuthorizedKey | None:
         """The entry for the public key ``blob``, or None if it is not the user's."""
@@ -125,6 +129,10 @@ def user_from_config(cfg: UserConfig) -> User:
         read_only=cfg.read_only,
         allow_rsync=cfg.allow_rsync,
         allow_exec=cfg.allow_exec,
+        quota_size=cfg.quota_size,
+        quota_files=cfg.quota_files,
+        max_upload_size=cfg.max_upload_size,
+        upload_mode=cfg.upload_mode,
     )
 
 

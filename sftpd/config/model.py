@@ -85,6 +85,7 @@ LEGACY_CIPHERS = ("aes128-cbc", "aes192-cbc", "aes256-cbc", "3des-cbc")
 LEGACY_MACS = ("hmac-sha1", "hmac-md5")
 LEGACY_HOST_KEY_ALGORITHMS = ("ssh-rsa", "ssh-dss")
 
+UPLOAD_MODES = ("atomic", "direct")
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 EMBEDDED_SOURCE = "(embedded default)"
 
@@ -103,6 +104,11 @@ class UserConfig:
     # None: use the server-wide [exec] setting.
     allow_rsync: bool | None = None
     allow_exec: bool | None = None
+    # Limits (0 = unlimited) and how uploads land ("atomic": a temporary renamed on close).
+    quota_size: int = 0
+    quota_files: int = 0
+    max_upload_size: int = 0
+    upload_mode: str = "atomic"
 
 
 @dataclass(frozen=True)
@@ -278,6 +284,10 @@ class _Loader(Values):
             "read_only": self.boolean,
             "allow_rsync": self.optional_boolean,
             "allow_exec": self.optional_boolean,
+            "quota_size": self.integer(0, 1 << 62),
+            "quota_files": self.integer(0, 1 << 62),
+            "max_upload_size": self.integer(0, 1 << 62),
+            "upload_mode": self.choice(UPLOAD_MODES),
         }
         got = self.table(data, prefix, checks)
         for key, what in (("name", "the login name"), ("root", "the directory the user sees as /")):

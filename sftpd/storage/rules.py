@@ -71,6 +71,7 @@ class RsyncGrant:
     host_root: Path
     receive: bool
     incoming_chmod: str
+    max_size: int = 0  # the receiver's --max-size (max_upload_size); 0 = none
 
     @property
     def sender_only(self) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -258,6 +259,9 @@ class RsyncApp:
         self._grant = grant
         try:
             self._args = validate(self._words, home=self._ctx.home, read_only=grant.sender_only)
+            if grant.max_size and not self._args.sender:  # last wins: after the client's
+                limit = b"--max-size=%d" % grant.max_size
+                self._args = replace(self._args, options=(*self._args.options, limit))
         except RsyncReadOnlyError:
             self._finish(1, b"sftpd: read-only account: rsync may only download\n")
             return
