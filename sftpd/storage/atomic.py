@@ -106,6 +106,8 @@ class AtomicFile(DelegatingFile):
         finally:
             if self.failed:
                 self._discard()
+        if self.failed:
+            return  # the client heard of the failed write; the old file stays
         try:
             self.storage.rename(self.temp, self.target, overwrite=self.overwrite)
         except BaseException:

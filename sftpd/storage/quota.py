@@ -280,7 +280,7 @@ class QuotaStorage(DelegatingStorage):
         if self.limits.quota_files:
             values[5] = self.limits.quota_files  # f_files
             values[6] = values[7] = max(0, self.limits.quota_files - files)
-        return os.statvfs_result(values)
+        return os.statvfs_result(values, {"f_fsid": st.f_fsid})
 
     def statvfs(self, path: str) -> os.statvfs_result:
         self.usage.wait()
