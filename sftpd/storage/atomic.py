@@ -95,7 +95,19 @@ class AtomicFile(DelegatingFile):
             raise
 
     def close_nowait(self) -> bool:
-        return False  # the rename (or the removal) is a blocking call
+        # Where the jail closes a written file inline, the file lives in memory (tmpfs): the
+        # rename cannot wait for a device either, and is done here too.
+        if self.failed or not self.inner.close_nowait():
+            return False
+        self._land()
+        return True
+
+    def _land(self) -> None:
+        try:
+            self.storage.rename(self.temp, self.target, overwrite=self.overwrite)
+        except BaseException:
+            self._discard()
+            raise
 
     def close(self) -> None:
         try:
@@ -108,11 +120,7 @@ class AtomicFile(DelegatingFile):
                 self._discard()
         if self.failed:
             return  # the client heard of the failed write; the old file stays
-        try:
-            self.storage.rename(self.temp, self.target, overwrite=self.overwrite)
-        except BaseException:
-            self._discard()
-            raise
+        self._land()
 
     def _discard(self) -> None:
         with contextlib.suppress(OSError):
