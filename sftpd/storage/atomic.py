@@ -67,11 +67,24 @@ class AtomicFile(DelegatingFile):
     """The temporary of one upload; renamed over ``target`` by a clean close."""
 
     def __init__(
-        self, inner: File, storage: Storage, temp: str, target: str, *, overwrite: bool
+        self,
+        inner: File,
+        storage: Storage,
+        temp: str,
+        target: str,
+        *,
+        overwrite: bool,
+        inflight: dict[str, AtomicFile] | None = None,
     ) -> None:
         super().__init__(inner)
         self.storage, self.temp, self.target, self.overwrite = storage, temp, target, overwrite
-        self.failed = False
+        self.failed = self.landed = False
+        self.inflight = {} if inflight is None else inflight
+        self.inflight[target] = self
+
+    def _forget(self) -> None:
+        if self.inflight.get(self.target) is self:
+            del self.inflight[self.target]
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         try:
@@ -94,12 +107,28 @@ class AtomicFile(DelegatingFile):
             self.failed = True
             raise
 
+    def fsync(self) -> None:
+        """The client wants the data durable under its name: the upload lands now, and
+        the rest of it (same file, same descriptor) is written in place."""
+        self.inner.fsync()
+        if not self.failed and not self.landed:
+            try:
+                self._land()
+            finally:
+                self._forget()
+            self.landed = True
+
     def close_nowait(self) -> bool:
+        if self.landed:
+            return self.inner.close_nowait()
         # Where the jail closes a written file inline, the file lives in memory (tmpfs): the
         # rename cannot wait for a device either, and is done here too.
         if self.failed or not self.inner.close_nowait():
             return False
-        self._land()
+        try:
+            self._land()
+        finally:
+            self._forget()
         return True
 
     def _land(self) -> None:
@@ -110,6 +139,9 @@ class AtomicFile(DelegatingFile):
             raise
 
     def close(self) -> None:
+        if self.landed:
+            self.inner.close()
+            return
         try:
             self.inner.close()
         except BaseException:
@@ -118,9 +150,13 @@ class AtomicFile(DelegatingFile):
         finally:
             if self.failed:
                 self._discard()
+                self._forget()
         if self.failed:
             return  # the client heard of the failed write; the old file stays
-        self._land()
+        try:
+            self._land()
+        finally:
+            self._forget()
 
     def _discard(self) -> None:
         with contextlib.suppress(OSError):
@@ -144,6 +180,14 @@ class _HidingDirectory:
         self.inner.close()
 
 
+def _exists(storage: Storage, path: str) -> bool:
+    try:
+        storage.stat(path, follow=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _absent() -> OSError:
     return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
 
@@ -158,6 +202,22 @@ class AtomicStorage(DelegatingStorage):
     def __init__(self, inner: Storage, *, pid: int | None = None) -> None:
         super().__init__(inner)
         self.pid = os.getpid() if pid is None else pid
+        # This session's uploads not closed yet, by target: the session itself (sshfs
+        # stats, reopens and setstats what it is writing) sees the temporary there; other
+        # sessions see the old file until the clean close.
+        self.inflight: dict[str, AtomicFile] = {}
+
+    def _live(self, path: str) -> str:
+        upload = self.inflight.get(path)
+        return path if upload is None else upload.temp
+
+    def _reopen_flags(self, path: str, flags: int) -> int | None:
+        """Flags to open this session's in-flight upload of ``path`` in place, or None."""
+        if path not in self.inflight or flags & os.O_TRUNC:
+            return None
+        if flags & os.O_CREAT and flags & os.O_EXCL:
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
+        return flags & ~(os.O_CREAT | os.O_EXCL)
 
     # -- client names ---------------------------------------------------------------
     @staticmethod
@@ -207,6 +267,8 @@ class AtomicStorage(DelegatingStorage):
 
     def open(self, path: str, flags: int, mode: int) -> File:
         self._refused(path) if flags & os.O_CREAT else self._hidden(path)
+        if (again := self._reopen_flags(path, flags)) is not None:
+            return self.inner.open(self._live(path), again, mode)
         if not self._replaces(flags):
             return self.inner.open(path, flags, mode)
         replacing = self._plan(path, flags)
@@ -214,10 +276,16 @@ class AtomicStorage(DelegatingStorage):
             return self.inner.open(path, flags, mode)
         temp = self._temp_path(path)
         file = self.inner.open(temp, self._temp_flags(flags), mode)
-        return AtomicFile(file, self.inner, temp, path, overwrite=not flags & os.O_EXCL)
+        return self._upload(file, temp, path, flags)
+
+    def _upload(self, file: File, temp: str, path: str, flags: int) -> AtomicFile:
+        overwrite = not flags & os.O_EXCL
+        return AtomicFile(file, self.inner, temp, path, overwrite=overwrite, inflight=self.inflight)
 
     def open_nowait(self, path: str, flags: int, mode: int) -> File | None:
         self._refused(path) if flags & os.O_CREAT else self._hidden(path)
+        if (again := self._reopen_flags(path, flags)) is not None:
+            return self.inner.open_nowait(self._live(path), again, mode)
         if not self._replaces(flags):
             return self.inner.open_nowait(path, flags, mode)
         temp = self._temp_path(path)
@@ -234,7 +302,7 @@ class AtomicStorage(DelegatingStorage):
         if replacing is None:
             self._drop(file, temp)
             return self.inner.open_nowait(path, flags, mode)
-        return AtomicFile(file, self.inner, temp, path, overwrite=not flags & os.O_EXCL)
+        return self._upload(file, temp, path, flags)
 
     def _drop(self, file: File, temp: str) -> None:
         file.close()
@@ -248,23 +316,28 @@ class AtomicStorage(DelegatingStorage):
 
     def stat(self, path: str, *, follow: bool = True) -> os.stat_result:
         self._hidden(path)
-        return self.inner.stat(path, follow=follow)
+        return self.inner.stat(self._live(path), follow=follow)
 
     def truncate(self, path: str, size: int) -> None:
         self._hidden(path)
-        self.inner.truncate(path, size)
+        self.inner.truncate(self._live(path), size)
 
     def chmod(self, path: str, mode: int, *, follow: bool = True) -> None:
         self._hidden(path)
-        self.inner.chmod(path, mode, follow=follow)
+        self.inner.chmod(self._live(path), mode, follow=follow)
 
     def utime(self, path: str, atime: int, mtime: int, *, follow: bool = True) -> None:
         self._hidden(path)
-        self.inner.utime(path, atime, mtime, follow=follow)
+        self.inner.utime(self._live(path), atime, mtime, follow=follow)
 
     def remove(self, path: str) -> None:
         self._hidden(path)
-        self.inner.remove(path)
+        upload = self.inflight.pop(path, None)
+        if upload is None:
+            self.inner.remove(path)
+            return
+        upload.failed = True  # removed while being written: it never lands
+        self.inner.remove(upload.temp)
 
     def mkdir(self, path: str, mode: int) -> None:
         self._refused(path)
@@ -277,7 +350,16 @@ class AtomicStorage(DelegatingStorage):
     def rename(self, old: str, new: str, *, overwrite: bool) -> None:
         self._hidden(old)
         self._refused(new)
-        self.inner.rename(old, new, overwrite=overwrite)
+        upload = self.inflight.get(old)
+        if upload is None:
+            self.inner.rename(old, new, overwrite=overwrite)
+            return
+        # Renamed while being written: it lands under the new name on its clean close.
+        if not overwrite and (new in self.inflight or _exists(self.inner, new)):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
+        del self.inflight[old]
+        upload.target, upload.overwrite = new, overwrite
+        self.inflight[new] = upload
 
     def readlink(self, path: str) -> str:
         self._hidden(path)
@@ -290,7 +372,7 @@ class AtomicStorage(DelegatingStorage):
     def link(self, old: str, new: str) -> None:
         self._hidden(old)
         self._refused(new)
-        self.inner.link(old, new)
+        self.inner.link(self._live(old), new)  # an upload in flight: the same file
 
 
 def clean_temporaries(storage: Storage, path: str = "/") -> int:
