@@ -225,3 +225,41 @@ def test_inline_open_and_close_on_tmpfs() -> None:
         assert f.close_nowait()  # closed and renamed inline: the jail is in memory
         assert (root / "f").read_bytes() == b"new"
         assert _temps(root) == []
+
+
+def test_the_writing_session_sees_its_upload_others_do_not(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"old")
+    mine, other = AtomicStorage(LocalStorage(tmp_path)), AtomicStorage(LocalStorage(tmp_path))
+    f = mine.open("/f", CT, 0o600)
+    f.pwrite(b"newer", 0)
+    assert mine.stat("/f").st_size == 5 and other.stat("/f").st_size == 3
+    g = mine.open("/f", os.O_RDONLY, 0)  # reopened: the temporary
+    assert g.pread(10, 0) == b"newer"
+    g.close()
+    with pytest.raises(FileExistsError):
+        mine.open("/f", CT | os.O_EXCL, 0o600)
+    mine.rename("/f", "/g", overwrite=True)  # lands under the new name
+    f.close()
+    assert (tmp_path / "g").read_bytes() == b"newer"
+    assert (tmp_path / "f").read_bytes() == b"old"
+    assert mine.inflight == {} and _temps(tmp_path) == []
+
+
+def test_fsync_lands_the_upload(tmp_path: Path) -> None:
+    st = AtomicStorage(LocalStorage(tmp_path))
+    f = st.open("/s", CT, 0o600)
+    f.pwrite(b"synced", 0)
+    f.fsync()
+    assert (tmp_path / "s").read_bytes() == b"synced"
+    f.pwrite(b"!", 6)  # the rest in place
+    f.close()
+    assert (tmp_path / "s").read_bytes() == b"synced!" and _temps(tmp_path) == []
+
+
+def test_removing_an_upload_in_flight(tmp_path: Path) -> None:
+    (tmp_path / "r").write_bytes(b"old")
+    st = AtomicStorage(LocalStorage(tmp_path))
+    f = st.open("/r", CT, 0o600)
+    st.remove("/r")  # the upload, as this session sees it
+    f.close()
+    assert not (tmp_path / "r").exists() and _temps(tmp_path) == []

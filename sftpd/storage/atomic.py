@@ -336,8 +336,10 @@ class AtomicStorage(DelegatingStorage):
         if upload is None:
             self.inner.remove(path)
             return
-        upload.failed = True  # removed while being written: it never lands
+        upload.failed = True  # removed while being written: it never lands,
         self.inner.remove(upload.temp)
+        with contextlib.suppress(FileNotFoundError):  # and the name is gone, as in place
+            self.inner.remove(path)
 
     def mkdir(self, path: str, mode: int) -> None:
         self._refused(path)
