@@ -144,3 +144,29 @@ def test_stale_temporaries_are_cleaned_at_first_login(make_server: object) -> No
     stale.write_bytes(b"left by a crash")
     env.sftp("ls /\n")
     assert wait_for(lambda: not stale.exists(), timeout=10)
+
+
+def test_killed_scp_leaves_old_content_and_no_temporary(make_server: object) -> None:
+    env: Env = make_server()  # type: ignore[operator]
+    root = env.alice.root
+    (root / "s.bin").write_bytes(b"old scp\n")
+    local = env.tmp / "s-big.bin"
+    local.write_bytes(os.urandom(16 * MiB))
+    proc = subprocess.Popen(
+        ["scp", "-O", "-l", "4096", *env.ssh_opts(), str(local), "alice@127.0.0.1:/s.bin"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def growing() -> bool:
+            temps = [root / t for t in _temps(root)]
+            return any(t.exists() and t.stat().st_size > MiB for t in temps)
+
+        assert wait_for(growing, timeout=30), env.server.log_text()[-2000:]
+        assert (root / "s.bin").read_bytes() == b"old scp\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert wait_for(lambda: not _temps(root), timeout=15), _temps(root)
+    assert (root / "s.bin").read_bytes() == b"old scp\n"
