@@ -10,6 +10,7 @@ import socket
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from twisted.conch.ssh import factory as ssh_factory
@@ -43,8 +44,11 @@ from sftpd.ssh.policy import TransportPolicy
 from sftpd.ssh.transport import ServerTransport
 from sftpd.ssh.userauth import AuthSettings, UserAuthServer
 from sftpd.ssh.window import WindowBudget, WindowPolicy
+from sftpd.storage.atomic import AtomicStorage, clean_temporaries
+from sftpd.storage.base import Storage
 from sftpd.storage.permissions import Table, expand
-from sftpd.storage.rules import RuleDenied, Rules, RulesStorage
+from sftpd.storage.quota import Limits, MemoryQuotaUsage, QuotaStorage, UserStates, scan_usage
+from sftpd.storage.rules import RsyncGrant, RsyncRefusal, RuleDenied, Rules, RulesStorage
 
 log = Logger(namespace="sftpd.assembly")
 
@@ -242,6 +246,39 @@ def rules_for(user: User, key: AuthorizedKey | None, *, umask: int) -> Rules:
     )
 
 
+def first_login(root: Path, limits: Limits, usage: MemoryQuotaUsage) -> None:
+    """A user's first login in this process (a worker thread): remove the upload
+    temporaries a crash left, and scan the usage when a quota is set. Sessions wait for it
+    in their worker calls; it was queued before any of them (the pool is first in, first
+    out), so it never waits behind them."""
+    from sftpd.storage.local import LocalStorage
+
+    nbytes = files = 0
+    try:
+        jail = LocalStorage(root)
+        try:
+            clean_temporaries(jail)
+            if limits.counted:
+                nbytes, files = scan_usage(jail)
+        finally:
+            jail.close()
+    except OSError as exc:
+        log.warn("first-login scan failed: {error}", error=exc.strerror, event="quota_scan")
+    finally:
+        usage.scanned(nbytes, files)
+
+
+def rsync_capability(rules: Rules, user: User, limits: Limits) -> RsyncGrant | RsyncRefusal:
+    """The rules' rsync grant, refused where a quota applies (rsync writes past storage)."""
+    grant = rules.rsync(user.root)
+    if isinstance(grant, RsyncGrant) and grant.receive and limits.counted:
+        which = "quota_size" if limits.quota_size else "quota_files"
+        return RsyncRefusal(f"rsync uploads are refused: {which} cannot be enforced on rsync")
+    if isinstance(grant, RsyncGrant) and limits.max_upload_size:
+        grant = replace(grant, max_size=limits.max_upload_size)
+    return grant
+
+
 def context_maker(config: Config | LiveConfig, *, reactor: Any, blocking: Blocking) -> Any:
     """A function that opens a user's jail and builds the context every app receives
     (with the [sftp] and [exec] in force when the user logs in)."""
@@ -249,6 +286,7 @@ def context_maker(config: Config | LiveConfig, *, reactor: Any, blocking: Blocki
 
     counter = itertools.count(1)
     live = config if isinstance(config, LiveConfig) else LiveConfig(config)
+    states = UserStates()  # this process's usage per user, shared by their sessions
 
     def make(user: User, key: AuthorizedKey | None = None) -> SessionContext:
         config = live.config
@@ -265,13 +303,25 @@ def context_maker(config: Config | LiveConfig, *, reactor: Any, blocking: Blocki
                 rule=e.rule,
             )
 
+        limits = Limits(user.quota_size, user.quota_files, user.max_upload_size)
+        usage = states.first_login(
+            user.name, lambda usage: blocking.run(first_login, user.root, limits, usage)
+        )
+        # Rules judge the names the client asked for (never an upload's temporary); the
+        # atomic layer turns uploads into temporaries; the quota layer, next to the jail,
+        # counts what lands on disk (a temporary's bytes, the rename, the clean-up).
+        storage: Storage = LocalStorage(user.root)
+        if limits.active:
+            storage = QuotaStorage(storage, limits, usage)
+        if user.upload_mode == "atomic":
+            storage = AtomicStorage(storage)
         return SessionContext(
             username=user.name,
             home=key.home if key is not None and key.home is not None else user.home,
-            storage=RulesStorage(LocalStorage(user.root), rules, denied),
+            storage=RulesStorage(storage, rules, denied),
             blocking=blocking,
             rules=rules,
-            rsync=rules.rsync(user.root),
+            rsync=rsync_capability(rules, user, limits),
             sftp=config.sftp,
             exec=exec_settings(config.exec, user, key),
             reactor=reactor,

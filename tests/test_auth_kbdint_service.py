@@ -50,7 +50,9 @@ def _service(
     store = MemoryUserStore([User("alice", tmp, password_hash=hashed, **user)])
     clock = Clock()
     clock.advance(NOW)
-    realm = Realm(lambda u, k=None: u, clock=clock, max_sessions=1, make_channel=object, methods=METHODS)
+    realm = Realm(
+        lambda u, k=None: u, clock=clock, max_sessions=1, make_channel=object, methods=METHODS
+    )
     portal = Portal(realm)
     parts = auth_parts(
         store,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Env, have
+from tests.support import Env, have, wait_for
 
 _FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount")
 
@@ -21,6 +21,12 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="/dev/fuse missing"),
     pytest.mark.skipif(_FUSERMOUNT is None, reason="fusermount missing"),
 ]
+
+
+def _landed(path: Path) -> Path:
+    """``path`` once sshfs's CLOSE (sent after close(2) returns) landed the atomic upload."""
+    assert wait_for(path.exists, timeout=15), path.name
+    return path
 
 
 def _unmount(mnt: Path) -> None:
@@ -70,11 +76,11 @@ def dirs(mnt: Path, server: Env, request: pytest.FixtureRequest) -> tuple[Path, 
 def test_small_and_5mib_files_round_trip(dirs: tuple[Path, Path]) -> None:
     m, disk = dirs
     (m / "small.txt").write_bytes(b"hello sshfs\n")
-    assert (disk / "small.txt").read_bytes() == b"hello sshfs\n"
+    assert _landed(disk / "small.txt").read_bytes() == b"hello sshfs\n"
 
     big = os.urandom(5 * 1024 * 1024)
     (m / "big.bin").write_bytes(big)
-    assert (disk / "big.bin").read_bytes() == big
+    assert _landed(disk / "big.bin").read_bytes() == big
     assert (m / "big.bin").read_bytes() == big
 
     # A file sshfs has never seen: every byte comes through READs.
@@ -181,7 +187,7 @@ def test_append_exclusive_64bit_offsets_and_unicode(dirs: tuple[Path, Path]) -> 
     (m / "log.txt").write_bytes(b"one\n")
     with open(m / "log.txt", "ab") as f:
         f.write(b"two\n")
-    assert (disk / "log.txt").read_bytes() == b"one\ntwo\n"
+    assert wait_for(lambda: _landed(disk / "log.txt").read_bytes() == b"one\ntwo\n")
     with pytest.raises(FileExistsError):
         open(m / "log.txt", "xb")  # O_EXCL: OPEN with CREAT|EXCL
 
@@ -189,7 +195,7 @@ def test_append_exclusive_64bit_offsets_and_unicode(dirs: tuple[Path, Path]) -> 
     with open(m / "sparse.bin", "wb") as f:
         f.seek(far)
         f.write(b"far")
-    assert os.stat(disk / "sparse.bin").st_size == far + 3
+    assert os.stat(_landed(disk / "sparse.bin")).st_size == far + 3
     with open(disk / "sparse.bin", "rb") as f:
         f.seek(far - 2)
         assert f.read() == b"\0\0far"
@@ -199,7 +205,7 @@ def test_append_exclusive_64bit_offsets_and_unicode(dirs: tuple[Path, Path]) -> 
 
     name = "ünï €.txt"
     (m / name).write_bytes(b"u")
-    assert (disk / name).read_bytes() == b"u"
+    assert _landed(disk / name).read_bytes() == b"u"
     os.makedirs(m / "d1" / "x")
     os.mkdir(m / "d2")
     os.rename(m / "d1", m / "d2")  # a directory over an empty one
@@ -220,4 +226,4 @@ def test_errors_keep_the_mount_alive(dirs: tuple[Path, Path]) -> None:
         os.rename(m / "nope", m / "other")
     assert exc.value.errno == errno.ENOENT
     (m / "after.txt").write_bytes(b"still here\n")
-    assert (disk / "after.txt").read_bytes() == b"still here\n"
+    assert _landed(disk / "after.txt").read_bytes() == b"still here\n"

@@ -64,6 +64,10 @@ class User:
     permissions: tuple[tuple[str, tuple[str, ...]], ...] = ()
     deny_files: tuple[str, ...] = ()
     hide_files: tuple[str, ...] = ()
+    quota_size: int = 0  # bytes; 0 = unlimited
+    quota_files: int = 0  # files; 0 = unlimited
+    max_upload_size: int = 0  # bytes per file; 0 = unlimited
+    upload_mode: str = "atomic"  # or "direct"
 
     def key(self, blob: bytes) -> AuthorizedKey | None:
         """The login entry for the public key ``blob``, or None if it is not the user's."""
@@ -157,6 +161,10 @@ def user_from_config(cfg: UserConfig) -> User:
         permissions=cfg.permissions,
         deny_files=cfg.deny_files,
         hide_files=cfg.hide_files,
+        quota_size=cfg.quota_size,
+        quota_files=cfg.quota_files,
+        max_upload_size=cfg.max_upload_size,
+        upload_mode=cfg.upload_mode,
     )
 
 

@@ -97,6 +97,7 @@ LEGACY_CIPHERS = ("aes128-cbc", "aes192-cbc", "aes256-cbc", "3des-cbc")
 LEGACY_MACS = ("hmac-sha1", "hmac-md5")
 LEGACY_HOST_KEY_ALGORITHMS = ("ssh-rsa", "ssh-dss")
 
+UPLOAD_MODES = ("atomic", "direct")
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 EMBEDDED_SOURCE = "(embedded default)"
 
@@ -130,6 +131,11 @@ class UserConfig:
     hide_files: tuple[str, ...] = ()
     # [[users.keys]]: keys with their own profile (their blobs log in too).
     keys: tuple[KeyProfileConfig, ...] = ()
+    # Limits (0 = unlimited) and how uploads land ("atomic": a temporary renamed on close).
+    quota_size: int = 0
+    quota_files: int = 0
+    max_upload_size: int = 0
+    upload_mode: str = "atomic"
 
 
 @dataclass(frozen=True)
@@ -391,6 +397,10 @@ class _Loader(AuthValues, AccessValues):
             "require": self.require,
             **user_checks(self),  # max_sessions, allowed_sources
             **self.access_checks(),
+            "quota_size": self.integer(0, 1 << 62),
+            "quota_files": self.integer(0, 1 << 62),
+            "max_upload_size": self.integer(0, 1 << 62),
+            "upload_mode": self.choice(UPLOAD_MODES),
         }
         got = self.table(data, prefix, checks)
         got["edge"] = UserEdge(**{k: got.pop(k) for k in USER_KEYS if k in got})

@@ -410,12 +410,22 @@ class LocalStorage:
 
     @_scrubbed
     def rename(self, old: str, new: str, *, overwrite: bool) -> None:
+        old_parent, old_base = vpath.split(vpath.normalize(old))
+        new_parent, new_base = vpath.split(vpath.normalize(new))
+        if old_parent == new_parent and old_base and new_base:
+            # One directory (an atomic upload landing): resolve it once.
+            with self._at(old, errno.EPERM) as (fd, _):
+                self._rename_at(fd, old_base, fd, new_base, overwrite)
+            return
         with self._at(old, errno.EPERM) as (old_fd, old_name):
             with self._at(new, errno.EPERM) as (new_fd, new_name):
-                if overwrite:
-                    os.rename(old_name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd)
-                else:
-                    self._rename_noreplace(old_fd, old_name, new_fd, new_name)
+                self._rename_at(old_fd, old_name, new_fd, new_name, overwrite)
+
+    def _rename_at(self, old_fd: int, old: str, new_fd: int, new: str, overwrite: bool) -> None:
+        if overwrite:
+            os.rename(old, new, src_dir_fd=old_fd, dst_dir_fd=new_fd)
+        else:
+            self._rename_noreplace(old_fd, old, new_fd, new)
 
     def _rename_noreplace(self, old_fd: int, old: str, new_fd: int, new: str) -> None:
         """renameat2(RENAME_NOREPLACE); where missing, link + unlink (atomic EEXIST for

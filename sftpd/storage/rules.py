@@ -79,6 +79,7 @@ class RsyncGrant:
     delete: bool = True
     overwrite: bool = True
     symlinks: bool = True
+    max_size: int = 0  # the receiver's --max-size (max_upload_size); 0 = none
 
     @property
     def sender_only(self) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -270,6 +271,9 @@ class RsyncApp:
             if self._args.sender and not grant.send:
                 reason = 'rsync downloads need "download", which is not allowed'
                 raise RsyncRuleError("--sender", reason)
+            if grant.max_size and not self._args.sender:  # last wins: after the client's
+                limit = b"--max-size=%d" % grant.max_size
+                self._args = replace(self._args, options=(*self._args.options, limit))
         except RsyncReadOnlyError:
             self._finish(1, b"sftpd: read-only account: rsync may only download\n")
             return

@@ -28,7 +28,9 @@ from sftpd.apps.scp.proto import (
     encode_error,
 )
 from sftpd.storage import vpath
+from sftpd.storage.atomic import abandon
 from sftpd.storage.base import File, Storage
+from sftpd.storage.quota import LimitExceeded, check_upload
 from sftpd.storage.rules import RuleDenied
 
 __all__ = [
@@ -113,6 +115,8 @@ class ScpAbort(Exception):
 def strerror_text(exc: OSError) -> str:
     if isinstance(exc, RuleDenied):
         return exc.reason  # names the rule, as the SFTP status message does
+    if isinstance(exc, LimitExceeded):  # names the limit and the numbers
+        return str(exc.strerror)
     return os.strerror(exc.errno) if exc.errno else "Input/output error"
 
 
@@ -219,11 +223,17 @@ class ScpDriver:
         file, self._file = self._file, None
         if file is None:
             return None
+        if self._unfinished():
+            abandon(file)  # an atomic upload that did not end cleanly never lands
         try:
             await self._ctx.blocking.run(file.close)
         except OSError as exc:
             return exc
         return None
+
+    def _unfinished(self) -> bool:
+        """Whether the open file's transfer has not ended cleanly (the sink says)."""
+        return True
 
     def _warn(self, message: str) -> None:
         """Send ``\\x01scp: message`` (the transfer goes on) and count an error."""
@@ -266,6 +276,9 @@ class ScpSink(ScpDriver):
         self._target = ""
         self._target_shown = ""
         self._target_is_dir = False
+
+    def _unfinished(self) -> bool:
+        return self._upload is not None  # _end_file clears it before closing
 
     def _feed(self, data: bytes) -> None:
         self._parser.feed(data)
@@ -374,6 +387,7 @@ class ScpSink(ScpDriver):
                 self._parser.reject()
                 self._warn(f"{shown}: not a regular file")
                 return
+            await self._call(check_upload, self._storage, event.size)
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
             await self._open(path, flags, mode | stat.S_IWUSR)
         except OSError as exc:
@@ -402,6 +416,7 @@ class ScpSink(ScpDriver):
         self._upload = None
         if event.error is not None:
             self._errors += 1  # the sender could not read its file; it said so itself
+            abandon(file)  # what arrived is not the file: an atomic upload keeps the old one
         note = upload.error
         if note is None and (self._opts.preserve or not upload.existed):
             try:

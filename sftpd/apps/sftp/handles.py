@@ -11,6 +11,7 @@ from twisted.internet import defer
 from sftpd.apps.sftp.constants import Status
 from sftpd.apps.sftp.messages import StatusError
 from sftpd.runtime.threads import Blocking
+from sftpd.storage.atomic import abandon
 from sftpd.storage.base import Directory, File
 
 INVALID_HANDLE = "invalid handle"
@@ -157,6 +158,9 @@ class HandleTable:
         if self.on_forget is not None:
             for entry in entries:
                 self.on_forget(entry)
+        for entry in entries:
+            if isinstance(entry, FileHandle):
+                abandon(entry.file)  # never CLOSEd: an atomic upload is dropped, not landed
         waits = [self._close_when_idle(entry) for entry in entries]
         for d in waits:
             d.addErrback(lambda _: None)  # errors closing a dead session's files are moot
