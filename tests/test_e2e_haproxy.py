@@ -61,8 +61,11 @@ backend sftpd
 
 @pytest.fixture
 def cluster(make_server: Any, tmp_path: Path) -> Iterator[tuple[int, list[Env]]]:
-    a = make_server(server_extra=NODE, tail=DEFENDER)
-    b = make_server(server_extra=NODE, tail=DEFENDER)  # same root, same host keys
+    # upload_mode = "direct": a file written in place is what a retry on another node can
+    # resume (an atomic upload cut off by a dying node leaves the old file, not a partial)
+    direct = 'upload_mode = "direct"'
+    a = make_server(server_extra=NODE, tail=DEFENDER, alice_extra=direct)
+    b = make_server(server_extra=NODE, tail=DEFENDER, alice_extra=direct)  # same root and keys
     port = free_port()
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(haproxy_config(port, [a.port, b.port]))
