@@ -57,10 +57,16 @@ class ConnectionTransport(ServerTransport):
             event="connection_open",
             **conn_fields(self),
         )
+        metrics = getattr(self.factory.login_events, "metrics", None)
+        if metrics is not None:
+            metrics.connection_opened()
         super().connectionMade()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.factory.live.discard(self)
+        metrics = getattr(self.factory.login_events, "metrics", None)
+        if metrics is not None:
+            metrics.connection_closed()
         avatar = getattr(self, "avatar", None)
         user = getattr(getattr(avatar, "ctx", None), "username", None)
         log.info(
@@ -88,6 +94,7 @@ class Factory(ssh_factory.SSHFactory):  # type: ignore[misc]
     """SSHFactory with everything injected; ``buildProtocol`` applies the algorithm policy."""
 
     services = {b"ssh-userauth": UserAuthServer, b"ssh-connection": Connection}
+    login_events: Any = None  # the EventsService (logins, connection metrics), or None
 
     def __init__(
         self,
@@ -146,18 +153,24 @@ def exec_settings(base: ExecConfig, user: User) -> ExecConfig:
     return cfg
 
 
-def context_maker(config: Config, *, reactor: Any, blocking: Blocking) -> Any:
-    """A function that opens a user's jail and builds the context every app receives."""
+def context_maker(config: Config, *, reactor: Any, blocking: Blocking, events: Any = None) -> Any:
+    """A function that opens a user's jail and builds the context every app receives.
+
+    ``events``: the EventsService; its recorder wraps the storage above the rules (so a
+    refusal is recorded with its rule)."""
     from sftpd.storage.local import LocalStorage
 
     counter = itertools.count(1)
 
     def make(user: User) -> SessionContext:
         rules = Rules(read_only=user.read_only, umask=config.sftp.umask)
+        storage: Any = RulesStorage(LocalStorage(user.root), rules)
+        if events is not None:
+            storage = events.wrap_storage(storage)
         return SessionContext(
             username=user.name,
             home=user.home,
-            storage=RulesStorage(LocalStorage(user.root), rules),
+            storage=storage,
             blocking=blocking,
             rules=rules,
             rsync=rules.rsync(user.root),
@@ -190,13 +203,14 @@ def build_factory(
     host_keys: dict[bytes, keys.Key],
     dummy_hash: bytes | None = None,
     store: UserStore | None = None,
+    events: Any = None,
 ) -> Factory:
     """Assemble the SSH factory: portal (realm + checkers), keys, policy, limits.
 
     ``store``: where users come from; the configuration's ``[[users]]`` when None."""
     users = TomlUserStore.from_config(config.users) if store is None else store
     realm = Realm(
-        context_maker(config, reactor=reactor, blocking=blocking),
+        context_maker(config, reactor=reactor, blocking=blocking, events=events),
         clock=reactor,
         max_sessions=config.server.max_sessions,
         make_channel=functools.partial(SessionChannel, rsync_runtimes=RuntimeCache()),
@@ -210,7 +224,7 @@ def build_factory(
     portal.registerChecker(PublicKeyChecker(users))
     primes = load_primes(config)
     s = config.server
-    return Factory(
+    factory = Factory(
         portal=portal,
         host_keys=host_keys,
         policy=transport_policy(config, have_moduli=primes is not None),
@@ -218,13 +232,19 @@ def build_factory(
         clock=reactor,
         primes=primes,
     )
+    factory.login_events = events  # ssh/userauth.py reports logins to it (None: off)
+    return factory
 
 
-def ignore_hangup(reactor: Any) -> None:
-    """Log SIGHUP (sent by admins and logrotate) instead of dying of it: no reload yet."""
+def ignore_hangup(reactor: Any, *also: Any) -> None:
+    """Log SIGHUP (sent by admins and logrotate) instead of dying of it: no reload yet.
+
+    ``also``: callables run on the reactor thread at each SIGHUP (the audit file's reopen)."""
 
     def logged() -> None:
         log.warn("SIGHUP received; reloading is not supported, carrying on", event="sighup")
+        for call in also:
+            call()
 
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(logged))
 
@@ -285,8 +305,17 @@ def serve(
 
         reactor = default_reactor()
     log_format = log_format or config.server.log_format
-    ignore_hangup(reactor)  # before "listening on": from then on admins may send it
+    events = None
+    if config.events.enabled:
+        from sftpd.events.service import EventsService
+
+        events = EventsService(reactor, config.events)
+    # before "listening on": from then on admins may send it
+    ignore_hangup(reactor, *([events.reopen] if events is not None else []))
     start_logging(log_format, config.server.log_level)
+    if events is not None:
+        events.start()
+        reactor.addSystemEventTrigger("after", "shutdown", events.stop)
     pool = WorkerPool(reactor, max_threads=16, name="sftpd-storage")
     auth_pool = WorkerPool(reactor, max_threads=2, name="sftpd-bcrypt")
     if hasattr(reactor, "busy_poll"):
@@ -304,6 +333,7 @@ def serve(
         auth_blocking=auth_pool,
         host_keys=host_keys,
         store=store,
+        events=events,
     )
     if inherited:
         ports = adopt(factory, inherited, reactor)

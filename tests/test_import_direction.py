@@ -33,6 +33,8 @@ SANS_IO = (
     "sftpd.storage.vpath",
     "sftpd.config",
     "sftpd.config.*",
+    "sftpd.events.config",
+    "sftpd.events.names",
 )
 SHARED = ("sftpd.errors", "sftpd.log")  # every layer may raise our errors and log
 
@@ -116,8 +118,9 @@ LAYERS = (
     Layer(
         "config",
         modules=("sftpd.config", "sftpd.config.*"),
-        may_import=("sftpd.config", "sftpd.errors"),
-        why="the configuration model depends on nothing else in sftpd",
+        may_import=("sftpd.config", "sftpd.errors", "sftpd.events.config", "sftpd.events.names"),
+        why="the configuration model depends on nothing else in sftpd but the events "
+        "sections' own (sans-IO) parser",
     ),
 )
 

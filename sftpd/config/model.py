@@ -7,7 +7,7 @@ import re
 import secrets
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from sftpd.config.values import (
     read_authorized_keys_lines,
 )
 from sftpd.errors import ConfigError
+from sftpd.events.config import SECTIONS as EVENT_SECTIONS
+from sftpd.events.config import EventsConfig, parse_events
 
 # Algorithm presets, chosen by [server] algorithms; explicit lists in [server] win.
 # "compat": OpenSSH's own default offer (NIST ECDH and ECDSA, encrypt-and-MAC HMACs).
@@ -158,6 +160,7 @@ class Config:
     exec: ExecConfig = field(default_factory=ExecConfig)
     users: tuple[UserConfig, ...] = ()
     source: Path | None = None
+    events: EventsConfig = field(default_factory=EventsConfig)  # [audit] [metrics] [[hooks]]
 
 
 class ConfigErrors(ConfigError):
@@ -195,6 +198,8 @@ class _Loader(Values):
             ),
             "users": self.users_check,
         }
+        for name in EVENT_SECTIONS:  # checked by parse_events below
+            sections[name] = lambda where, value: value
         got = self.table(data, "", sections)
         if "users" not in data:
             self.errors.append(self.err("users", "missing; expected at least one [[users]] entry"))
@@ -207,6 +212,7 @@ class _Loader(Values):
             sftp=SftpConfig(**got.get("sftp", {})),
             exec=ExecConfig(**got.get("exec", {})),
             users=tuple(u for u, _ in users),
+            events=parse_events(data, self),
         )
 
     def section_check(self, checks: dict[str, Check]) -> Check:
@@ -338,9 +344,7 @@ def load_config(path: Path) -> Config:
         raise loader.errors[0]
     if loader.errors:
         raise ConfigErrors(loader.errors)
-    return Config(
-        server=config.server, sftp=config.sftp, exec=config.exec, users=config.users, source=path
-    )
+    return replace(config, source=path)
 
 
 def _home_keys(home: Path) -> tuple[bytes, ...]:

@@ -112,7 +112,7 @@ class SessionEvents:
     def opened(self, handle: object, path: str, *, write: bool, truncate: bool, size: int) -> None:
         self._transfers.opened(handle, path, write=write, truncate=truncate, size=size)
 
-    def wrote(self, handle: object, offset: int, data: bytes | memoryview) -> None:
+    def wrote(self, handle: object, offset: int, data: bytes | bytearray | memoryview) -> None:
         self._transfers.wrote(handle, offset, data)
 
     def read(self, handle: object, count: int) -> None:

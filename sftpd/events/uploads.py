@@ -137,7 +137,7 @@ class SessionTransfers:
                 each.hasher = None
         self._user.pending.pop(path, None)
 
-    def wrote(self, handle: object, offset: int, data: bytes | memoryview) -> None:
+    def wrote(self, handle: object, offset: int, data: bytes | bytearray | memoryview) -> None:
         """``data`` was written at ``offset`` through ``handle``."""
         w = self._writes.get(handle)
         if w is None:

@@ -220,8 +220,13 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
         if kind == b"none":
             return d
 
+        # The assembly's events service, if any (duck-typed: the SSH layer imports no events)
+        events = getattr(getattr(self.transport, "factory", None), "login_events", None)
+
         def success(result: Any) -> Any:
             log.info("auth ok: " + head, event="auth_success", invalid_user=False, **fields)
+            if events is not None:
+                events.login_succeeded(fields, result)
             return result
 
         def failure(reason: Failure) -> Failure:
@@ -238,6 +243,8 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
                     log.info("key refused: " + head + tail, event="auth_key_refused", **fields)
             elif reason.check(UnauthorizedLogin) or reason.check(Exception):
                 log.info("auth failed: " + head + tail, event="auth_failure", **fields)
+                if events is not None:
+                    events.login_failed(fields, "unknown user" if invalid else "refused")
             return reason
 
         d.addCallbacks(success, failure)
