@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import Env, toml_str, wait_for
+from tests.support import Env, have, toml_str, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -97,3 +99,152 @@ def test_openssh_sftp_put_get_rm_rename_mkdir(make_server: Any, tmp_path: Path) 
     (hook,) = _lines(hooked)
     assert hook["op"] == "upload" and hook["env_path"] == "/in/a.bin"
     assert hook["sha256"] == up["sha256"]
+
+
+def _paramiko(env: Env) -> Any:
+    import paramiko
+
+    transport = paramiko.Transport(("127.0.0.1", env.port))
+    transport.connect(
+        username="alice", pkey=paramiko.Ed25519Key.from_private_key_file(str(env.key_path))
+    )
+    return transport, paramiko.SFTPClient.from_transport(transport)
+
+
+def test_temporary_names_then_rename_give_one_upload_under_the_final_name(
+    make_server: Any, tmp_path: Path
+) -> None:
+    env = _events_server(make_server, tmp_path)
+    transport, sftp = _paramiko(env)
+    contents = {"/r.bin": os.urandom(70_000), "/w.bin": os.urandom(5000)}
+    temps = {"/r.bin": "/r.bin.a1b2.partial", "/w.bin": "/w.bin.filepart"}
+    for final, temp in temps.items():
+        with sftp.open(temp, "wb") as f:
+            f.write(contents[final])
+        sftp.posix_rename(temp, final)
+    transport.close()
+    events = _audit(env, 3)
+    ups = _ops(events, "upload")
+    assert [u["path"] for u in ups] == ["/r.bin", "/w.bin"]
+    for u in ups:
+        assert u["outcome"] == "ok" and u["size"] == len(contents[u["path"]])
+        assert u["sha256"] == hashlib.sha256(contents[u["path"]]).hexdigest()
+    assert not _ops(events, "rename")  # the rename is the upload's completion
+    assert not any("part" in e["path"] for e in events)
+    hooked = tmp_path / "hooked.jsonl"
+    assert wait_for(lambda: len(_lines(hooked)) >= 2, timeout=10)
+    assert sorted(h["path"] for h in _lines(hooked)) == ["/r.bin", "/w.bin"]
+
+
+def test_an_upload_cut_off_is_incomplete_and_no_ok_hook_runs(
+    make_server: Any, tmp_path: Path
+) -> None:
+    env = _events_server(make_server, tmp_path)
+    transport, sftp = _paramiko(env)
+    f = sftp.open("/cut.bin", "wb")
+    f.write(os.urandom(100_000))
+    f.flush()
+    assert wait_for(lambda: (env.alice.root / "cut.bin").stat().st_size == 100_000)
+    transport.sock.close()  # the connection drops: no CLOSE ever arrives
+    events = _audit(env, 2)
+    (up,) = _ops(events, "upload")
+    assert up["path"] == "/cut.bin" and up["outcome"] == "incomplete"
+    assert up["bytes"] == 100_000 and up["sha256"] is None
+    # a later upload's hook runs: had the cut one fired, it would be there first
+    env.sftp(f"put {tmp_path / 'hook.py'} /later.py\n")
+    hooked = tmp_path / "hooked.jsonl"
+    assert wait_for(lambda: len(_lines(hooked)) >= 1, timeout=10)
+    assert [h["path"] for h in _lines(hooked)] == ["/later.py"]
+
+
+@pytest.mark.skipif(not have("rclone"), reason="rclone is not installed")
+def test_rclone_copy_of_a_tree_gives_one_upload_per_file(make_server: Any, tmp_path: Path) -> None:
+    env = _events_server(make_server, tmp_path)
+    local = tmp_path / "tree"
+    files = {"a.bin": 1, "b.bin": 40_000, "sub/c.bin": 3_000_000, "sub/deep/d.bin": 100_000}
+    for name, size in files.items():
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        (local / name).write_bytes(os.urandom(size))
+    renv = dict(os.environ)
+    renv.update(
+        RCLONE_CONFIG_SRV_TYPE="sftp",
+        RCLONE_CONFIG_SRV_HOST="127.0.0.1",
+        RCLONE_CONFIG_SRV_PORT=str(env.port),
+        RCLONE_CONFIG_SRV_USER="alice",
+        RCLONE_CONFIG_SRV_KEY_FILE=str(env.key_path),
+    )
+    cmd = ["rclone", "--config", str(tmp_path / "rclone.conf"), "--retries", "1"]
+    res = subprocess.run(
+        [*cmd, "copy", str(local), "SRV:up"], capture_output=True, text=True, env=renv, timeout=300
+    )
+    assert res.returncode == 0, res.stderr
+    want = {f"/up/{n}": hashlib.sha256((local / n).read_bytes()).hexdigest() for n in files}
+    assert wait_for(lambda: len(_ops(_lines(tmp_path / "audit.jsonl"), "upload")) >= 4)
+    ups = _ops(_audit(env, 1), "upload")
+    assert sorted(u["path"] for u in ups) == sorted(want)
+    assert {u["path"]: u["sha256"] for u in ups} == want
+    assert all(u["outcome"] == "ok" for u in ups)
+
+
+def test_scp_upload_is_one_upload_event(make_server: Any, tmp_path: Path) -> None:
+    env = _events_server(make_server, tmp_path)
+    data = os.urandom(50_000)
+    (tmp_path / "s.bin").write_bytes(data)
+    res = subprocess.run(
+        ["scp", "-O", *env.ssh_opts(), str(tmp_path / "s.bin"), "alice@127.0.0.1:/s.bin"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert wait_for(lambda: _ops(_lines(tmp_path / "audit.jsonl"), "upload"))
+    (up,) = _ops(_audit(env, 2), "upload")
+    assert up["protocol"] == "scp" and up["path"] == "/s.bin" and up["size"] == len(data)
+    assert up["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_metrics_count_what_happened_and_rotation_with_sighup_continues(
+    make_server: Any, tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    env = _events_server(make_server, tmp_path)
+    (tmp_path / "m.bin").write_bytes(b"m" * 1000)
+    env.sftp("put m.bin /m1.bin\nput m.bin /m2.bin\nget /m1.bin m.back\n")
+    audit = tmp_path / "audit.jsonl"
+    assert wait_for(lambda: len(_ops(_lines(audit), "download")) == 1)
+    url = next(
+        line.split("metrics on ", 1)[1].strip()
+        for line in env.server.lines
+        if "metrics on http://" in line
+    )
+    res = subprocess.run(["curl", "-sf", url], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(res.stdout)
+        for s in family.samples
+    }
+    ops = "sftpd_operations_total"
+    assert samples[(ops, (("operation", "upload"), ("outcome", "ok")))] == 2
+    assert samples[(ops, (("operation", "download"), ("outcome", "ok")))] == 1
+    assert samples[("sftpd_received_bytes_total", (("protocol", "sftp"),))] == 2000
+    assert samples[("sftpd_sent_bytes_total", (("protocol", "sftp"),))] == 1000
+    auths = ("sftpd_authentications_total", (("method", "publickey"), ("result", "ok")))
+    assert samples[auths] == 1
+    assert samples[("sftpd_connections_total", ())] >= 1
+    health = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url.replace("metrics", "healthz")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert health.stdout == "200"
+    # logrotate "create": rename, then SIGHUP; the next lines go to a new file
+    audit.rename(tmp_path / "audit.jsonl.1")
+    env.server.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "SIGHUP" in env.server.log_text())
+    env.sftp("rm /m2.bin\n")
+    assert wait_for(lambda: _ops(_lines(audit), "delete"), timeout=10)
+    assert [e["op"] for e in _lines(audit)] == ["login", "delete"]
+    assert len(_lines(tmp_path / "audit.jsonl.1")) == 4

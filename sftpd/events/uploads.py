@@ -26,6 +26,9 @@ _RSYNC_TEMP = re.compile(r"\.(.+)\.[A-Za-z0-9]{6}")
 # How many closed-but-not-renamed temporaries a user may have before the oldest is forgotten,
 # and how long (seconds) one is remembered.
 MAX_PENDING = 1000
+# Writes that complete out of order (several in flight, finished by different worker
+# threads) are held, up to this many bytes per file, until the gap before them is filled.
+MAX_HELD = 8 << 20
 PENDING_TTL = 24 * 3600.0
 
 
@@ -60,6 +63,9 @@ class _Written:
     started: float
     hasher: Any  # hashlib sha256 object, or None once the writes stop being sequential
     next_offset: int = 0
+    hashed_to: int = 0  # the hash covers [0, hashed_to)
+    held: dict[int, bytes] = field(default_factory=dict)  # offset -> data ahead of hashed_to
+    held_bytes: int = 0
     bytes: int = 0
     size: int = 0
     error: str = ""
@@ -96,6 +102,28 @@ class UserUploads:
             if now - first.ended <= PENDING_TTL:
                 break
             self.pending.popitem(last=False)
+
+
+def _hash_in_order(w: _Written, offset: int, data: bytes | bytearray | memoryview) -> None:
+    """Feed ``data`` to the hash in file order; a rewrite or too much held drops the hash."""
+    if offset == w.hashed_to:
+        w.hasher.update(data)
+        w.hashed_to += len(data)
+        while w.held:
+            piece = w.held.pop(w.hashed_to, None)
+            if piece is None:
+                break
+            w.held_bytes -= len(piece)
+            w.hasher.update(piece)
+            w.hashed_to += len(piece)
+        return
+    if offset > w.hashed_to and offset not in w.held and w.held_bytes + len(data) <= MAX_HELD:
+        w.held[offset] = bytes(data)
+        w.held_bytes += len(data)
+        return
+    w.hasher = None
+    w.held.clear()
+    w.held_bytes = 0
 
 
 class SessionTransfers:
@@ -143,10 +171,7 @@ class SessionTransfers:
         if w is None:
             return
         if w.hasher is not None:
-            if offset == w.next_offset:
-                w.hasher.update(data)
-            else:
-                w.hasher = None
+            _hash_in_order(w, offset, data)
         end = offset + len(data)
         w.next_offset = end
         w.bytes += len(data)
@@ -190,9 +215,12 @@ class SessionTransfers:
             return []
         self._release(w)
         if size is not None:
-            if size != w.next_offset:
+            if size != w.hashed_to:
                 w.hasher = None
             w.size = size
+        if w.held:  # a gap never filled: the hash does not cover the content
+            w.hasher = None
+            w.held.clear()
         w.error = w.error or error
         if not w.error and self._temp(w.path):
             self._remember(w, now)
