@@ -318,6 +318,8 @@ def serve(
         reactor.addSystemEventTrigger("after", "shutdown", events.stop)
     pool = WorkerPool(reactor, max_threads=16, name="sftpd-storage")
     auth_pool = WorkerPool(reactor, max_threads=2, name="sftpd-bcrypt")
+    if events is not None and events.metrics is not None:
+        events.metrics.watch_worker_queue(pool.queued)
     if hasattr(reactor, "busy_poll"):
         reactor.busy_poll(
             config.server.busy_poll_us / 1e6,

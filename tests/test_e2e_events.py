@@ -233,6 +233,8 @@ def test_metrics_count_what_happened_and_rotation_with_sighup_continues(
     auths = ("sftpd_authentications_total", (("method", "publickey"), ("result", "ok")))
     assert samples[auths] == 1
     assert samples[("sftpd_connections_total", ())] >= 1
+    assert samples[("sftpd_sessions_total", (("protocol", "sftp"),))] == 1
+    assert ("sftpd_worker_queue_length", ()) in samples
     health = subprocess.run(
         ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url.replace("metrics", "healthz")],
         capture_output=True,

@@ -89,7 +89,7 @@ class EventsService:
 
     def wrap_storage(self, storage: Storage) -> EventsStorage:
         """One login's storage, recording its operations (see :mod:`sftpd.events.storage`)."""
-        return EventsStorage(storage, self.events, self._lock)
+        return EventsStorage(storage, self.events, self._lock, metrics=self.metrics)
 
     def login_succeeded(self, fields: dict[str, Any], result: Any) -> None:
         """The ssh-userauth success path: a login event, and the login's storage learns

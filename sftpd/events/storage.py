@@ -4,7 +4,8 @@ The assembly wraps each login's storage (above the rules layer, so a refusal is 
 "denied" with its rule) in an :class:`EventsStorage`. Nothing is recorded until the login
 is identified (``identify``, called on authentication success); the app dispatcher asks
 ``for_protocol("scp")`` (or "hashes", "rsync") for a view that names its protocol, sftp is
-the default. ``close`` (the avatar's logout) turns open transfers into "incomplete".
+the default. The sessions metric counts, per login, each protocol that touched a file.
+``close`` (the avatar's logout) turns open transfers into "incomplete".
 
 Storage calls run on worker threads (and the ``*_nowait`` ones on the reactor thread), so
 one lock, shared by the whole server (the per-user upload tracker is shared across a
@@ -45,9 +46,10 @@ def _text(exc: OSError) -> str:
 class _Login:
     """What the views of one login share: the identity and one recorder per protocol."""
 
-    def __init__(self, hub: Events, lock: threading.Lock) -> None:
+    def __init__(self, hub: Events, lock: threading.Lock, metrics: Any = None) -> None:
         self.hub = hub
         self.lock = lock
+        self.metrics = metrics
         self.base: Identity | None = None
         self.recorders: dict[str, SessionEvents] = {}
         self.closed = False
@@ -62,6 +64,8 @@ class _Login:
                 self.base.user, self.base.auth, protocol, self.base.client, self.base.session
             )
             rec = self.recorders[protocol] = self.hub.session(who)
+            if self.metrics is not None:
+                self.metrics.session_started(protocol)
         return rec
 
 
@@ -76,10 +80,11 @@ class EventsStorage(DelegatingStorage):
         *,
         protocol: str = "sftp",
         login: _Login | None = None,
+        metrics: Any = None,
     ) -> None:
         super().__init__(inner)
         self.protocol = protocol
-        self._login = login or _Login(hub, lock)
+        self._login = login or _Login(hub, lock, metrics)
         self._lock = lock
 
     # -- wiring
@@ -209,8 +214,10 @@ class EventsStorage(DelegatingStorage):
             login = self._login
             if not login.closed:
                 login.closed = True
-                for rec in login.recorders.values():
+                for protocol, rec in login.recorders.items():
                     rec.connection_lost()
+                    if login.metrics is not None:
+                        login.metrics.session_ended(protocol)
         super().close()
 
 
