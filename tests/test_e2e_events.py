@@ -250,3 +250,33 @@ def test_metrics_count_what_happened_and_rotation_with_sighup_continues(
     assert wait_for(lambda: _ops(_lines(audit), "delete"), timeout=10)
     assert [e["op"] for e in _lines(audit)] == ["login", "delete"]
     assert len(_lines(tmp_path / "audit.jsonl.1")) == 4
+
+
+@pytest.mark.skipif(not (have("rsync") and have("bwrap")), reason="rsync or bwrap missing")
+def test_rsync_of_a_tree_gives_one_upload_per_file_and_a_summary(
+    make_server: Any, tmp_path: Path
+) -> None:
+    env = _events_server(make_server, tmp_path)
+    local = tmp_path / "rtree"
+    files = {"a.txt": 10, "sub/b.bin": 70_000, "sub/deep/c.bin": 1000}
+    for name, size in files.items():
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        (local / name).write_bytes(os.urandom(size))
+    rsh = " ".join(["ssh", *env.ssh_opts(port_flag="-p")])
+    res = subprocess.run(
+        ["rsync", "-a", "-e", rsh, f"{local}/", "alice@127.0.0.1:dest/"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr + env.server.log_text()[-2000:]
+    audit = tmp_path / "audit.jsonl"
+    assert wait_for(lambda: _ops(_lines(audit), "session"), timeout=10)
+    events = _lines(audit)
+    ups = _ops(events, "upload")
+    assert sorted(u["path"] for u in ups) == sorted(f"/dest/{n}" for n in files)
+    assert {u["path"]: u["size"] for u in ups} == {f"/dest/{n}": s for n, s in files.items()}
+    assert all(u["protocol"] == "rsync" and u["outcome"] == "ok" for u in ups)
+    assert not any(e["path"].rsplit("/", 1)[-1].startswith(".") for e in events)
+    (summary,) = _ops(events, "session")
+    assert summary["protocol"] == "rsync" and summary["bytes"] >= sum(files.values())

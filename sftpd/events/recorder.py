@@ -141,6 +141,11 @@ class SessionEvents:
         now = self._clock.seconds()
         self._hub.emit(Event(op, self.who, now, path, target, outcome="denied", reason=rule))
 
+    def transferred(self, op: str, path: str, count: int, size: int | None) -> None:
+        """A completed transfer someone else did (rsync's own log): one event, no tracking."""
+        now = self._clock.seconds()
+        self._hub.emit(Event(op, self.who, now, path, bytes=count, size=size))
+
     def connection_lost(self) -> None:
         """The session ended; call once (later calls do nothing)."""
         if self._ended:

@@ -16,6 +16,7 @@ SHA-256 of sequential writes) are kept; the events are built at close.
 from __future__ import annotations
 
 import os
+import posixpath
 import threading
 from typing import Any
 
@@ -110,6 +111,23 @@ class EventsStorage(DelegatingStorage):
             rec = self._rec()
             if rec is not None:
                 rec.denied(op, exc.path or path, exc.rule, target)
+
+    def rsync_transferred(self, op: str, name: bytes, size: int, count: int) -> None:
+        """One line of the rsync daemon's transfer log (``op`` recv, send, del., or
+        summary): an event under the path relative to the user's root."""
+        if name.endswith(b"/") and op != "del.":
+            return  # a directory's line
+        text = name.rstrip(b"/").decode("utf-8", "backslashreplace")
+        path = posixpath.normpath("/" + text.lstrip("/")) if text else ""
+        kind = {"recv": "upload", "send": "download", "summary": "session"}.get(op)
+        if op == "del.":
+            kind = "rmdir" if name.endswith(b"/") else "delete"
+        if kind is None or (kind != "session" and path in ("", "/")):
+            return
+        with self._lock:
+            rec = self._rec()
+            if rec is not None:
+                rec.transferred(kind, path, count, size if kind != "delete" else None)
 
     # -- files
 
