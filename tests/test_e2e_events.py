@@ -280,3 +280,93 @@ def test_rsync_of_a_tree_gives_one_upload_per_file_and_a_summary(
     assert not any(e["path"].rsplit("/", 1)[-1].startswith(".") for e in events)
     (summary,) = _ops(events, "session")
     assert summary["protocol"] == "rsync" and summary["bytes"] >= sum(files.values())
+
+
+SLEEPER = """import os, sys, time
+with open(sys.argv[1], "w") as f:
+    f.write(str(os.getpid()))
+time.sleep(60)
+"""
+
+RECEIVER = """import sys
+from twisted.internet import reactor
+from twisted.web import resource, server
+
+class Hook(resource.Resource):
+    isLeaf = True
+
+    def render_POST(self, request):
+        with open(sys.argv[1], "ab") as f:
+            f.write(request.content.read().rstrip(b"\\n") + b"\\n")
+        return b"ok"
+
+port = reactor.listenTCP(0, server.Site(Hook()), interface="127.0.0.1")
+print(port.getHost().port, flush=True)
+reactor.run()
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_slow_hook_spares_a_parallel_session_and_is_killed_at_its_timeout(
+    make_server: Any, tmp_path: Path
+) -> None:
+    sleeper = tmp_path / "sleeper.py"
+    sleeper.write_text(SLEEPER)
+    pidfile = tmp_path / "hook.pid"
+    tail = "\n".join(
+        [
+            "[audit]",
+            f"file = {toml_str(str(tmp_path / 'audit.jsonl'))}",
+            "[[hooks]]",
+            'on = ["upload"]',
+            f"command = [{toml_str(sys.executable)}, {toml_str(str(sleeper))}, "
+            f"{toml_str(str(pidfile))}]",
+            "timeout = 4",
+        ]
+    )
+    env: Env = make_server(tail=tail)
+    env.alice.root.mkdir(exist_ok=True)
+    (tmp_path / "x.bin").write_bytes(os.urandom(20_000))
+    env.sftp("put x.bin /first.bin\n")
+    assert wait_for(pidfile.exists, timeout=10)
+    pid = int(pidfile.read_text())
+    # a second session's transfers complete while the hook sleeps
+    env.sftp("put x.bin /second.bin\nget /second.bin x.back\n")
+    assert (tmp_path / "x.back").read_bytes() == (tmp_path / "x.bin").read_bytes()
+    assert _alive(pid)
+    assert wait_for(lambda: not _alive(pid), timeout=20)
+    assert wait_for(lambda: "ran longer than 4" in env.server.log_text(), timeout=10)
+
+
+def test_an_http_hook_receives_the_event_as_json(make_server: Any, tmp_path: Path) -> None:
+    script = tmp_path / "receiver.py"
+    script.write_text(RECEIVER)
+    got = tmp_path / "posted.jsonl"
+    receiver = subprocess.Popen(
+        [sys.executable, str(script), str(got)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert receiver.stdout is not None
+        port = int(receiver.stdout.readline())
+        tail = "\n".join(
+            ["[[hooks]]", 'on = ["upload", "mkdir"]', f'url = "http://127.0.0.1:{port}/hook"']
+        )
+        env: Env = make_server(tail=tail)
+        env.alice.root.mkdir(exist_ok=True)
+        (tmp_path / "h.bin").write_bytes(b"hello hook\n")
+        env.sftp("mkdir /drop\nput h.bin /drop/h.bin\n")
+        assert wait_for(lambda: len(_lines(got)) >= 2, timeout=20)
+        mkdir, up = _lines(got)
+        assert (mkdir["op"], mkdir["path"]) == ("mkdir", "/drop")
+        assert (up["op"], up["path"], up["size"]) == ("upload", "/drop/h.bin", 11)
+        assert up["sha256"] == hashlib.sha256(b"hello hook\n").hexdigest()
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
