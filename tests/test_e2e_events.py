@@ -370,3 +370,17 @@ def test_an_http_hook_receives_the_event_as_json(make_server: Any, tmp_path: Pat
     finally:
         receiver.terminate()
         receiver.wait(10)
+
+
+def test_a_refusal_is_a_denied_event_naming_the_rule(make_server: Any, tmp_path: Path) -> None:
+    tail = f"[audit]\nfile = {toml_str(str(tmp_path / 'audit.jsonl'))}"
+    env: Env = make_server(tail=tail, alice_extra="read_only = true")
+    env.alice.root.mkdir(exist_ok=True)
+    (tmp_path / "d.bin").write_bytes(b"no")
+    res = env.sftp("put d.bin /d.bin\n", check=False)
+    assert res.returncode != 0
+    assert not (env.alice.root / "d.bin").exists()
+    events = _audit(env, 2)
+    (denied,) = _ops(events, "upload")
+    assert denied["outcome"] == "denied" and denied["path"] == "/d.bin"
+    assert denied["reason"] and denied["sha256"] is None
