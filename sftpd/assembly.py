@@ -309,7 +309,11 @@ def serve(
     if config.events.enabled:
         from sftpd.events.service import EventsService
 
-        events = EventsService(reactor, config.events)
+        # With workers > 1 the figures are not summed across workers yet: no worker serves
+        # [metrics] listen (they would all bind it), the audit log and hooks work as usual.
+        events = EventsService(reactor, config.events, serve_metrics=not inherited)
+        if inherited and config.events.metrics_listen is not None:
+            log.warn("[metrics] listen is not served with workers > 1 yet", event="metrics_off")
     # before "listening on": from then on admins may send it
     ignore_hangup(reactor, *([events.reopen] if events is not None else []))
     start_logging(log_format, config.server.log_level)
@@ -346,6 +350,8 @@ def serve(
     def shutdown() -> Any:
         from twisted.internet import defer
 
+        if events is not None:
+            events.set_draining()  # /healthz answers 503 from now on
         waits = [defer.maybeDeferred(p.stopListening) for p in ports]
         for t in list(factory.live):
             t.loseConnection()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Env, have, toml_str, wait_for
+from tests.support import Env, askpass_env, have, toml_str, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -384,3 +384,25 @@ def test_a_refusal_is_a_denied_event_naming_the_rule(make_server: Any, tmp_path:
     (denied,) = _ops(events, "upload")
     assert denied["outcome"] == "denied" and denied["path"] == "/d.bin"
     assert denied["reason"] and denied["sha256"] is None
+
+
+def test_a_failed_login_is_a_login_failed_event(make_server: Any, tmp_path: Path) -> None:
+    env = _events_server(make_server, tmp_path, hook_on='"login_failed"')
+    opts = [*env.ssh_opts(port_flag="-p", key=False), "-o", "PreferredAuthentications=password"]
+    cmd = ["ssh", *opts, "-o", "NumberOfPasswordPrompts=1", "alice@127.0.0.1", "true"]
+    res = subprocess.run(  # (sftp -b would never ask for a password: it sets BatchMode)
+        cmd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=askpass_env(tmp_path, "not the password"),
+    )
+    assert res.returncode != 0
+    events = _audit(env, 1)
+    (failed,) = _ops(events, "login_failed")
+    assert (failed["user"], failed["outcome"], failed["auth"]) == ("alice", "denied", "password")
+    assert "not the password" not in (tmp_path / "audit.jsonl").read_text()
+    hooked = tmp_path / "hooked.jsonl"
+    assert wait_for(lambda: len(_lines(hooked)) >= 1, timeout=10)
+    assert _lines(hooked)[0]["op"] == "login_failed"
