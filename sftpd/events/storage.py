@@ -9,7 +9,8 @@ the default. The sessions metric counts, per login, each protocol that touched a
 
 Storage calls run on worker threads (and the ``*_nowait`` ones on the reactor thread), so
 one lock, shared by the whole server (the per-user upload tracker is shared across a
-user's connections), guards the recorders. Per READ/WRITE only byte counts (and the
+user's connections), guards the recorders; a file's reads and writes (and its hashing)
+take only that file's own lock. Per READ/WRITE only byte counts (and the
 SHA-256 of sequential writes) are kept; the events are built at close.
 """
 
@@ -247,20 +248,23 @@ class EventsFile(DelegatingFile):
     ) -> None:
         super().__init__(inner)
         self._rec = rec
-        self._lock = lock
+        self._lock = lock  # the server's: opening, closing, names
+        # This file's own: its reads and writes (and the hashing) never wait for other
+        # files' (the recorder keeps one record per handle).
+        self._own = threading.Lock()
         self._write = write
         self._done = False
 
     def pread(self, size: int, offset: int) -> bytes:
         data = self.inner.pread(size, offset)
-        with self._lock:
+        with self._own:
             self._rec.read(self, len(data))
         return data
 
     def pread_cached(self, size: int, offset: int, limit: int) -> bytes | memoryview | None:
         data = self.inner.pread_cached(size, offset, limit)
         if data is not None:
-            with self._lock:
+            with self._own:
                 self._rec.read(self, len(data))
         return data
 
@@ -268,16 +272,16 @@ class EventsFile(DelegatingFile):
         try:
             self.inner.pwrite(data, offset)
         except OSError as exc:
-            with self._lock:
+            with self._own:
                 self._rec.failed(self, _text(exc))
             raise
-        with self._lock:
+        with self._own:
             self._rec.wrote(self, offset, data)
 
     def pwrite_nowait(self, data: bytes | bytearray | memoryview, offset: int) -> bool:
         done = self.inner.pwrite_nowait(data, offset)
         if done:
-            with self._lock:
+            with self._own:
                 self._rec.wrote(self, offset, data)
         return done
 
@@ -285,7 +289,7 @@ class EventsFile(DelegatingFile):
         """Bytes arrived by a server-side copy: the content is no longer known here.
 
         An offset that no write can continue from (-1) drops the SHA-256."""
-        with self._lock:
+        with self._own:
             self._rec.wrote(self, -1, b"")
 
     def _closing_size(self) -> int | None:
@@ -297,7 +301,7 @@ class EventsFile(DelegatingFile):
             return None
 
     def _closed(self, size: int | None, error: str = "") -> None:
-        with self._lock:
+        with self._lock, self._own:
             if not self._done:
                 self._done = True
                 self._rec.closed(self, error=error, size=size)

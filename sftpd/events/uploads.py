@@ -105,16 +105,22 @@ class UserUploads:
 
 
 def _hash_in_order(w: _Written, offset: int, data: bytes | bytearray | memoryview) -> None:
-    """Feed ``data`` to the hash in file order; a rewrite or too much held drops the hash."""
+    """Feed ``data`` to the hash in file order; a rewrite or too much held drops the hash.
+
+    Another handle opening the same path may drop the hash meanwhile (``hasher = None``
+    from another thread): the hasher is read once, and a dropped one stays dropped."""
+    hasher = w.hasher
+    if hasher is None:
+        return
     if offset == w.hashed_to:
-        w.hasher.update(data)
+        hasher.update(data)
         w.hashed_to += len(data)
         while w.held:
             piece = w.held.pop(w.hashed_to, None)
             if piece is None:
                 break
             w.held_bytes -= len(piece)
-            w.hasher.update(piece)
+            hasher.update(piece)
             w.hashed_to += len(piece)
         return
     if offset > w.hashed_to and offset not in w.held and w.held_bytes + len(data) <= MAX_HELD:
