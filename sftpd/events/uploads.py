@@ -47,10 +47,9 @@ class TempNames:
         if not name or name in (".", ".."):
             return False
         lower = name.lower()
-        for suffix in TEMP_SUFFIXES:
-            if lower.endswith(suffix) and len(name) > len(suffix):
-                return True
-        if _RSYNC_TEMP.fullmatch(name):
+        if lower.endswith(TEMP_SUFFIXES) and lower not in TEMP_SUFFIXES:
+            return True
+        if name[0] == "." and _RSYNC_TEMP.fullmatch(name):
             return True
         return bool(self._extra and self._extra(path))
 
