@@ -107,3 +107,19 @@ def test_logout_turns_an_open_upload_into_incomplete_once(tmp_path: Path) -> Non
     assert (up.op, up.outcome, up.who.protocol, up.bytes) == ("upload", "incomplete", "scp", 4)
     f.close()  # the late close of a handle after logout adds nothing
     assert len(sink.events) == 1
+
+
+def test_files_an_app_closes_for_a_vanished_client_are_incomplete(tmp_path: Path) -> None:
+    storage, sink = _storage(tmp_path)
+    one, two = storage.for_protocol("sftp"), storage.for_protocol("sftp")
+    left = one.open("/left.bin", WRITE_NEW, 0o644)
+    left.pwrite(b"part", 0)
+    other = two.open("/other.bin", WRITE_NEW, 0o644)
+    other.pwrite(b"whole", 0)
+    one.abandon()  # the first app's channel closed with /left.bin open
+    left.close()  # ... and the app closes it: nothing more
+    other.close()  # the other channel's upload completes normally
+    assert [(e.path, e.outcome, e.bytes) for e in sink.events] == [
+        ("/left.bin", "incomplete", 4),
+        ("/other.bin", "ok", 5),
+    ]

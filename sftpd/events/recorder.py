@@ -124,6 +124,10 @@ class SessionEvents:
     def closed(self, handle: object, *, error: str = "", size: int | None = None) -> None:
         self._hub.emit_all(self._transfers.closed(handle, error=error, size=size))
 
+    def lost(self, handle: object) -> None:
+        """The client went away with ``handle`` open (its app is closing it): incomplete."""
+        self._hub.emit_all(self._transfers.lost(handle))
+
     def renamed(self, old: str, new: str, *, error: str = "") -> None:
         self._hub.emit_all(self._transfers.renamed(old, new, error=error))
 

@@ -88,6 +88,7 @@ class EventsStorage(DelegatingStorage):
         self.protocol = protocol
         self._login = login or _Login(hub, lock, metrics)
         self._lock = lock
+        self._files: set[EventsFile] = set()  # opened through this view and still open
 
     # -- wiring
 
@@ -100,6 +101,14 @@ class EventsStorage(DelegatingStorage):
         return EventsStorage(
             self.inner, self._login.hub, self._lock, protocol=protocol, login=self._login
         )
+
+    def abandon(self) -> None:
+        """The app's client went away (its channel closed): what is still open through
+        this view is incomplete, and the app's closing of it records nothing more."""
+        with self._lock:
+            files, self._files = self._files, set()
+            for file in files:
+                file.lost()
 
     def _rec(self) -> SessionEvents | None:
         return self._login.recorder(self.protocol)
@@ -145,9 +154,10 @@ class EventsStorage(DelegatingStorage):
                 size = file.fstat().st_size
             except OSError:
                 size = 1  # unknown: not a fresh file, no SHA-256
-        wrapped = EventsFile(file, rec, self._lock, write=write)
+        wrapped = EventsFile(file, rec, self._lock, write=write, owner=self._files)
         with self._lock:
             rec.opened(wrapped, path, write=write, truncate=truncate, size=size)
+            self._files.add(wrapped)
         return wrapped
 
     def _open_failed(self, exc: OSError, path: str, flags: int) -> None:
@@ -244,9 +254,16 @@ class EventsFile(DelegatingFile):
     """Counts the bytes through one open file; the recorder builds its event at close."""
 
     def __init__(
-        self, inner: File, rec: SessionEvents, lock: threading.Lock, *, write: bool
+        self,
+        inner: File,
+        rec: SessionEvents,
+        lock: threading.Lock,
+        *,
+        write: bool,
+        owner: set[EventsFile] | None = None,
     ) -> None:
         super().__init__(inner)
+        self._owner = owner
         self._rec = rec
         self._lock = lock  # the server's: opening, closing, names
         # This file's own: its reads and writes (and the hashing) never wait for other
@@ -305,6 +322,15 @@ class EventsFile(DelegatingFile):
             if not self._done:
                 self._done = True
                 self._rec.closed(self, error=error, size=size)
+                if self._owner is not None:
+                    self._owner.discard(self)
+
+    def lost(self) -> None:
+        """Incomplete: the client went away with this file open (the server lock held)."""
+        with self._own:
+            if not self._done:
+                self._done = True
+                self._rec.lost(self)
 
     def close(self) -> None:
         size = self._closing_size()

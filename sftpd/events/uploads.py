@@ -260,6 +260,29 @@ class SessionTransfers:
             self._user.pending.pop(path, None)
         return [self._simple("delete", path, now, outcome="error" if error else "ok", reason=error)]
 
+    def lost(self, handle: object) -> list[Event]:
+        """The client went away with ``handle`` open: its transfer is incomplete."""
+        now = self._clock.seconds()
+        w = self._writes.pop(handle, None)
+        if w is not None:
+            self._release(w)
+            w.hasher = None
+            return [self._upload(w, w.path, now, "incomplete", "")]
+        r = self._reads.pop(handle, None)
+        if r is None:
+            return []
+        return [
+            Event(
+                "download",
+                self.who,
+                r.started,
+                r.path,
+                bytes=r.bytes,
+                duration=now - r.started,
+                outcome="incomplete",
+            )
+        ]
+
     def connection_lost(self) -> list[Event]:
         """The session ended: every open transfer is incomplete."""
         now = self._clock.seconds()
