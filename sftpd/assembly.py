@@ -44,7 +44,7 @@ from sftpd.ssh.policy import TransportPolicy
 from sftpd.ssh.transport import ServerTransport
 from sftpd.ssh.userauth import AuthSettings, UserAuthServer
 from sftpd.ssh.window import WindowBudget, WindowPolicy
-from sftpd.storage.atomic import AtomicStorage, clean_temporaries
+from sftpd.storage.atomic import AtomicStorage, clean_temporaries, is_own_temporary
 from sftpd.storage.base import Storage
 from sftpd.storage.permissions import Table, expand
 from sftpd.storage.quota import Limits, MemoryQuotaUsage, QuotaStorage, UserStates, scan_usage
@@ -72,6 +72,9 @@ class ConnectionTransport(ServerTransport):
             event="connection_open",
             **conn_fields(self),
         )
+        metrics = getattr(self.factory.login_events, "metrics", None)
+        if metrics is not None:
+            metrics.connection_opened()
         super().connectionMade()
 
     # -- dead sessions: idle_timeout and client_alive_interval, once logged in ----------
@@ -122,6 +125,9 @@ class ConnectionTransport(ServerTransport):
         self.factory.live.discard(self)
         if self.factory.on_close is not None:
             self.factory.on_close()
+        metrics = getattr(self.factory.login_events, "metrics", None)
+        if metrics is not None:
+            metrics.connection_closed()
         avatar = getattr(self, "avatar", None)
         user = getattr(getattr(avatar, "ctx", None), "username", None)
         log.info(
@@ -149,6 +155,7 @@ class Factory(ssh_factory.SSHFactory):  # type: ignore[misc]
     """SSHFactory with everything injected; ``buildProtocol`` applies the algorithm policy."""
 
     services = {b"ssh-userauth": UserAuthServer, b"ssh-connection": Connection}
+    login_events: Any = None  # the EventsService (logins, connection metrics), or None
 
     def __init__(
         self,
@@ -279,9 +286,14 @@ def rsync_capability(rules: Rules, user: User, limits: Limits) -> RsyncGrant | R
     return grant
 
 
-def context_maker(config: Config | LiveConfig, *, reactor: Any, blocking: Blocking) -> Any:
+def context_maker(
+    config: Config | LiveConfig, *, reactor: Any, blocking: Blocking, events: Any = None
+) -> Any:
     """A function that opens a user's jail and builds the context every app receives
-    (with the [sftp] and [exec] in force when the user logs in)."""
+    (with the [sftp] and [exec] in force when the user logs in).
+
+    ``events``: the EventsService; its recorder wraps the storage above the rules (so a
+    refusal is recorded with its rule)."""
     from sftpd.storage.local import LocalStorage
 
     counter = itertools.count(1)
@@ -315,10 +327,13 @@ def context_maker(config: Config | LiveConfig, *, reactor: Any, blocking: Blocki
             storage = QuotaStorage(storage, limits, usage)
         if user.upload_mode == "atomic":
             storage = AtomicStorage(storage)
+        top: Any = RulesStorage(storage, rules, denied)
+        if events is not None:
+            top = events.wrap_storage(top)
         return SessionContext(
             username=user.name,
             home=key.home if key is not None and key.home is not None else user.home,
-            storage=RulesStorage(storage, rules, denied),
+            storage=top,
             blocking=blocking,
             rules=rules,
             rsync=rsync_capability(rules, user, limits),
@@ -354,6 +369,7 @@ def build_factory(
     dummy_hash: bytes | None = None,
     store: UserStore | None = None,
     live: LiveConfig | None = None,
+    events: Any = None,
 ) -> Factory:
     """Assemble the SSH factory: portal (realm + checkers), keys, policy, limits.
 
@@ -361,7 +377,7 @@ def build_factory(
     ``live``: the holder SIGHUP updates ([exec], [sftp] for new logins)."""
     users = TomlUserStore.from_config(config.users) if store is None else store
     realm = Realm(
-        context_maker(live or config, reactor=reactor, blocking=blocking),
+        context_maker(live or config, reactor=reactor, blocking=blocking, events=events),
         clock=reactor,
         max_sessions=config.server.max_sessions,
         make_channel=functools.partial(
@@ -388,7 +404,7 @@ def build_factory(
     for checker in parts.checkers:
         portal.registerChecker(checker)
     primes = load_primes(config)
-    return Factory(
+    factory = Factory(
         portal=portal,
         host_keys=host_keys,
         policy=transport_policy(config, have_moduli=primes is not None),
@@ -400,6 +416,8 @@ def build_factory(
         extra_auth_methods=parts.extra_auth_methods,
         edge_config=config.edge,
     )
+    factory.login_events = events  # ssh/userauth.py reports logins to it (None: off)
+    return factory
 
 
 def build_store(config: Config, *, reactor: Any, blocking: Blocking) -> ChainUserStore:
@@ -541,12 +559,16 @@ def reload_config(live: LiveConfig, store: ChainUserStore, *, blocking: Blocking
 
 
 def reload_on_hangup(
-    reactor: Any, live: LiveConfig, store: ChainUserStore, blocking: Blocking
+    reactor: Any, live: LiveConfig, store: ChainUserStore, blocking: Blocking, *also: Any
 ) -> None:
-    """SIGHUP (sent by admins, and by a supervisor to its workers) reloads the file."""
+    """SIGHUP (sent by admins, logrotate, and by a supervisor to its workers) reloads the
+    file; ``also``: callables run on the reactor thread at each SIGHUP (the audit file's
+    reopen)."""
 
     def reload() -> None:
         log.info("SIGHUP received; reloading the configuration", event="sighup")
+        for call in also:
+            call()
         reload_config(live, store, blocking=blocking)
 
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(reload))
@@ -620,9 +642,25 @@ def serve(
             log.info, "SIGHUP received while starting; the file was just read"
         ),
     )
+    events = None
+    if config.events.enabled:
+        from sftpd.events.service import EventsService
+
+        # With workers > 1 the figures are not summed across workers yet: no worker serves
+        # [metrics] listen (they would all bind it), the audit log and hooks work as usual.
+        events = EventsService(
+            reactor, config.events, serve_metrics=not inherited, temp=is_own_temporary
+        )
+        if inherited and config.events.metrics_listen is not None:
+            log.warn("[metrics] listen is not served with workers > 1 yet", event="metrics_off")
     start_logging(log_format, config.server.log_level)
+    if events is not None:
+        events.start()
+        reactor.addSystemEventTrigger("after", "shutdown", events.stop)
     pool = WorkerPool(reactor, max_threads=16, name="sftpd-storage")
     auth_pool = WorkerPool(reactor, max_threads=2, name="sftpd-bcrypt")
+    if events is not None and events.metrics is not None:
+        events.metrics.watch_worker_queue(pool.queued)
     if hasattr(reactor, "busy_poll"):
         reactor.busy_poll(
             config.server.busy_poll_us / 1e6,
@@ -637,7 +675,7 @@ def serve(
         pool.stop()
         auth_pool.stop()
         return 1
-    reload_on_hangup(reactor, live, store, pool)
+    reload_on_hangup(reactor, live, store, pool, *([events.reopen] if events is not None else []))
     if inherited:
         log.info("worker ready: pid={pid}", pid=os.getpid(), event="worker_ready")
     factory = build_factory(
@@ -648,6 +686,7 @@ def serve(
         host_keys=host_keys,
         store=store,
         live=live,
+        events=events,
     )
     if config.users_db is not None:
         watch_sessions(
@@ -670,6 +709,8 @@ def serve(
     def shutdown() -> Any:
         from twisted.internet import defer
 
+        if events is not None:
+            events.set_draining()  # /healthz answers 503 from now on
         waits = [
             defer.maybeDeferred(p.stopListening) for p in ports if getattr(p, "connected", True)
         ]

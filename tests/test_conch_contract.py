@@ -404,6 +404,8 @@ NEEDS: tuple[Need, ...] = (
     Need("Resource", "isLeaf", MT),
     Need("ProcessProtocol", "errReceived", RS, params=("data",)),
     Need("ProcessProtocol", "processEnded", RS, params=("reason",)),
+    Need("ProcessProtocol", "childDataReceived", RS, params=("childFD", "data")),
+    Need("ProcessProtocol", "childConnectionLost", RS, params=("childFD",)),
 )
 
 # ---- real instances, for the attributes Twisted sets in __init__ or at run time --------

@@ -8,7 +8,14 @@ import pytest
 from twisted.internet.task import Clock
 
 from sftpd.events.model import Event, Identity
-from sftpd.events.uploads import MAX_PENDING, PENDING_TTL, SessionTransfers, TempNames, UserUploads
+from sftpd.events.uploads import (
+    MAX_HELD,
+    MAX_PENDING,
+    PENDING_TTL,
+    SessionTransfers,
+    TempNames,
+    UserUploads,
+)
 
 WHO = Identity.of("alice", "SHA256:x", "sftp", "127.0.0.1", 5000, "c1")
 
@@ -125,11 +132,25 @@ def test_temp_deleted_is_not_an_upload() -> None:
     assert only(s.t.renamed("/a.filepart", "/a")).op == "rename"
 
 
-def test_out_of_order_writes_give_no_sha() -> None:
+def test_writes_finished_out_of_order_still_hash_in_file_order() -> None:
+    # several WRITEs in flight complete on different worker threads, in any order
     s = Session()
-    s.put(1, "/a", [(3, b"def"), (0, b"abc")])
+    s.put(1, "/a", [(3, b"def"), (6, b"g"), (0, b"abc")])
     e = only(s.t.closed(1))
-    assert e.sha256 is None and e.size == 6 and e.bytes == 6
+    assert e.sha256 == hashlib.sha256(b"abcdefg").hexdigest() and e.size == 7 and e.bytes == 7
+
+
+def test_a_gap_never_filled_gives_no_sha() -> None:
+    s = Session()
+    s.put(1, "/a", [(0, b"abc"), (6, b"g")])
+    e = only(s.t.closed(1))
+    assert e.sha256 is None and e.size == 7 and e.bytes == 4
+
+
+def test_more_held_than_the_limit_gives_no_sha() -> None:
+    s = Session()
+    s.put(1, "/a", [(1, b"x" * (MAX_HELD + 1)), (0, b"a")])
+    assert only(s.t.closed(1)).sha256 is None
 
 
 def test_rewrite_gives_no_sha() -> None:

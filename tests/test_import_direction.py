@@ -33,6 +33,8 @@ SANS_IO = (
     "sftpd.storage.vpath",
     "sftpd.config",
     "sftpd.config.*",
+    "sftpd.events.config",
+    "sftpd.events.names",
 )
 SHARED = ("sftpd.errors", "sftpd.log")  # every layer may raise our errors and log
 # The edge's config dataclasses and checks: Twisted-free, read by the config loader and
@@ -124,9 +126,15 @@ LAYERS = (
     Layer(
         "config",
         modules=("sftpd.config", "sftpd.config.*"),
-        may_import=("sftpd.config", "sftpd.errors", *EDGE_CONFIG),
-        why="the configuration model depends on nothing else in sftpd (but the edge's "
-        "Twisted-free config checks, which the loader merges in)",
+        may_import=(
+            "sftpd.config",
+            "sftpd.errors",
+            *EDGE_CONFIG,
+            "sftpd.events.config",
+            "sftpd.events.names",
+        ),
+        why="the configuration model depends on nothing else in sftpd but the Twisted-free "
+        "config checks of the edge and the events sections, which the loader merges in",
     ),
 )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from twisted.logger import Logger
@@ -93,6 +94,7 @@ def make_exec_app(
     if not argv:
         return _not_allowed(io, "(empty command)")
     name = argv[0]
+    ctx = _as_protocol(ctx, name)
     if name == b"scp" and ctx.exec.allow_scp:
         return _scp(argv, ctx, io)
     if name in ALGORITHMS and ctx.exec.allow_hashes:
@@ -110,6 +112,21 @@ def make_exec_app(
         return app
     log.info("refused exec {command}: not allowed", command=command)
     return _not_allowed(io, display(name))
+
+
+def _as_protocol(ctx: SessionContext, name: bytes) -> SessionContext:
+    """The context whose storage records events under this command's protocol (when the
+    assembly wrapped it in a recorder: ``for_protocol``); sftp is the recorder's default."""
+    view = getattr(ctx.storage, "for_protocol", None)
+    if view is None:
+        return ctx
+    if name == b"scp":
+        return replace(ctx, storage=view("scp"))
+    if name in ALGORITHMS:
+        return replace(ctx, storage=view("hashes"))
+    if name == b"rsync":
+        return replace(ctx, storage=view("rsync"))
+    return ctx
 
 
 def _scp(argv: list[bytes], ctx: SessionContext, io: ChannelIO) -> ChannelApp:

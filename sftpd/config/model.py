@@ -34,6 +34,8 @@ from sftpd.edge.config import (
     user_checks,
 )
 from sftpd.errors import ConfigError
+from sftpd.events.config import SECTIONS as EVENT_SECTIONS
+from sftpd.events.config import EventsConfig, parse_events
 
 # Algorithm presets, chosen by [server] algorithms; explicit lists in [server] win.
 # "compat": OpenSSH's own default offer (NIST ECDH and ECDSA, encrypt-and-MAC HMACs).
@@ -228,6 +230,7 @@ class Config:
     users_db: UsersDbConfig | None = None
     # [server]'s connection limits, timeouts and PROXY keys, and [defender]
     edge: EdgeConfig = field(default_factory=EdgeConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)  # [audit] [metrics] [[hooks]]
 
 
 class ConfigErrors(ConfigError):
@@ -273,6 +276,8 @@ class _Loader(AuthValues, AccessValues):
         self.has_ca = isinstance(server_data, dict) and any(
             k in server_data for k in ("trusted_user_ca_keys", "trusted_user_ca_keys_file")
         )
+        for name in EVENT_SECTIONS:  # checked by parse_events below
+            sections[name] = lambda where, value: value
         got = self.table(data, "", sections)
         if "users" not in data and "users_db" not in data:
             self.errors.append(self.err("users", "missing; expected at least one [[users]] entry"))
@@ -296,6 +301,7 @@ class _Loader(AuthValues, AccessValues):
             users=tuple(u for u, _ in users),
             users_db=got.get("users_db"),
             edge=edge,
+            events=parse_events(data, self),
         )
 
     def users_db_check(self, where: str, value: Any) -> UsersDbConfig:

@@ -112,7 +112,7 @@ class SessionEvents:
     def opened(self, handle: object, path: str, *, write: bool, truncate: bool, size: int) -> None:
         self._transfers.opened(handle, path, write=write, truncate=truncate, size=size)
 
-    def wrote(self, handle: object, offset: int, data: bytes | memoryview) -> None:
+    def wrote(self, handle: object, offset: int, data: bytes | bytearray | memoryview) -> None:
         self._transfers.wrote(handle, offset, data)
 
     def read(self, handle: object, count: int) -> None:
@@ -123,6 +123,10 @@ class SessionEvents:
 
     def closed(self, handle: object, *, error: str = "", size: int | None = None) -> None:
         self._hub.emit_all(self._transfers.closed(handle, error=error, size=size))
+
+    def lost(self, handle: object) -> None:
+        """The client went away with ``handle`` open (its app is closing it): incomplete."""
+        self._hub.emit_all(self._transfers.lost(handle))
 
     def renamed(self, old: str, new: str, *, error: str = "") -> None:
         self._hub.emit_all(self._transfers.renamed(old, new, error=error))
@@ -140,6 +144,11 @@ class SessionEvents:
         """``op`` on ``path`` was refused by ``rule`` (e.g. "read_only", "quota")."""
         now = self._clock.seconds()
         self._hub.emit(Event(op, self.who, now, path, target, outcome="denied", reason=rule))
+
+    def transferred(self, op: str, path: str, count: int, size: int | None) -> None:
+        """A completed transfer someone else did (rsync's own log): one event, no tracking."""
+        now = self._clock.seconds()
+        self._hub.emit(Event(op, self.who, now, path, bytes=count, size=size))
 
     def connection_lost(self) -> None:
         """The session ended; call once (later calls do nothing)."""

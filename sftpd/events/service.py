@@ -17,6 +17,7 @@ supervisor builds ``EventsService(reactor, config.events, summed_from=snapshot_d
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,11 @@ from sftpd.events.audit import AuditFile, AuditToLog
 from sftpd.events.config import EventsConfig
 from sftpd.events.hooks import Hooks
 from sftpd.events.metrics import LoopLag, Metrics, MetricsServer, SnapshotWriter, SummedCollector
+from sftpd.events.model import Event, Identity
 from sftpd.events.recorder import Events, EventSink
+from sftpd.events.storage import EventsStorage
 from sftpd.log import hostport
+from sftpd.storage.base import Storage
 
 _log = Logger(namespace="sftpd.events")
 
@@ -65,8 +69,9 @@ class EventsService:
         self.hooks: Hooks | None = None
         if config.hooks:
             self.hooks = Hooks(reactor, config.hooks, config.hook_limits, stats=self.metrics)
-            sinks.append(self.hooks)
+            sinks.append(_OnReactor(reactor, self.hooks))
         self.events = Events(sinks, reactor, temp, hash_uploads=hash_uploads)
+        self._lock = threading.Lock()  # the recorders of every login (storage threads)
         self._lag = LoopLag(reactor, self.metrics.loop_lag) if self.metrics else None
         self._snapshots = (
             SnapshotWriter(reactor, self.metrics.registry, snapshot_dir, os.getpid())
@@ -81,6 +86,26 @@ class EventsService:
                 registry.register(SummedCollector(summed_from))
             assert registry is not None
             self.web = MetricsServer(reactor, registry)
+
+    def wrap_storage(self, storage: Storage) -> EventsStorage:
+        """One login's storage, recording its operations (see :mod:`sftpd.events.storage`)."""
+        return EventsStorage(storage, self.events, self._lock, metrics=self.metrics)
+
+    def login_succeeded(self, fields: dict[str, Any], result: Any) -> None:
+        """The ssh-userauth success path: a login event, and the login's storage learns
+        who it serves. ``fields``: the auth log line's (user, method, conn, peer, key)."""
+        who = _login_identity(fields)
+        with self._lock:
+            self.events.login(who)
+        avatar = result[1] if isinstance(result, tuple) and len(result) > 1 else None
+        storage = getattr(getattr(avatar, "ctx", None), "storage", None)
+        identify = getattr(storage, "identify", None)
+        if identify is not None:
+            identify(who.user, who.auth, who.client, who.session)
+
+    def login_failed(self, fields: dict[str, Any], reason: str) -> None:
+        with self._lock:
+            self.events.login_failed(_login_identity(fields), reason)
 
     def start(self) -> None:
         if self.audit is not None:
@@ -116,3 +141,39 @@ class EventsService:
             self.web.stop()
         if self.audit is not None:
             self.audit.stop()
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return str(value)
+
+
+def _login_identity(fields: dict[str, Any]) -> Identity:
+    method = _text(fields.get("method", ""))
+    auth = str(fields.get("key_fingerprint") or "")
+    if not auth and method in ("password", "keyboard-interactive"):
+        auth = "password"
+    return Identity(
+        _text(fields.get("user", "")),
+        auth,
+        "ssh",
+        str(fields.get("peer", "")),
+        str(fields.get("conn", "")),
+    )
+
+
+class _OnReactor:
+    """A sink that must run on the reactor thread (the hooks spawn processes, set timers),
+    fed from the storage threads too. Built on the reactor thread."""
+
+    def __init__(self, reactor: Any, sink: EventSink) -> None:
+        self._reactor = reactor
+        self._sink = sink
+        self._thread = threading.get_ident()  # built on the reactor thread
+
+    def emit(self, event: Event) -> None:
+        if threading.get_ident() == self._thread:
+            self._sink.emit(event)
+        else:
+            self._reactor.callFromThread(self._sink.emit, event)

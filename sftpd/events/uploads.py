@@ -26,6 +26,9 @@ _RSYNC_TEMP = re.compile(r"\.(.+)\.[A-Za-z0-9]{6}")
 # How many closed-but-not-renamed temporaries a user may have before the oldest is forgotten,
 # and how long (seconds) one is remembered.
 MAX_PENDING = 1000
+# Writes that complete out of order (several in flight, finished by different worker
+# threads) are held, up to this many bytes per file, until the gap before them is filled.
+MAX_HELD = 8 << 20
 PENDING_TTL = 24 * 3600.0
 
 
@@ -44,10 +47,9 @@ class TempNames:
         if not name or name in (".", ".."):
             return False
         lower = name.lower()
-        for suffix in TEMP_SUFFIXES:
-            if lower.endswith(suffix) and len(name) > len(suffix):
-                return True
-        if _RSYNC_TEMP.fullmatch(name):
+        if lower.endswith(TEMP_SUFFIXES) and lower not in TEMP_SUFFIXES:
+            return True
+        if name[0] == "." and _RSYNC_TEMP.fullmatch(name):
             return True
         return bool(self._extra and self._extra(path))
 
@@ -60,6 +62,9 @@ class _Written:
     started: float
     hasher: Any  # hashlib sha256 object, or None once the writes stop being sequential
     next_offset: int = 0
+    hashed_to: int = 0  # the hash covers [0, hashed_to)
+    held: dict[int, bytes] = field(default_factory=dict)  # offset -> data ahead of hashed_to
+    held_bytes: int = 0
     bytes: int = 0
     size: int = 0
     error: str = ""
@@ -96,6 +101,34 @@ class UserUploads:
             if now - first.ended <= PENDING_TTL:
                 break
             self.pending.popitem(last=False)
+
+
+def _hash_in_order(w: _Written, offset: int, data: bytes | bytearray | memoryview) -> None:
+    """Feed ``data`` to the hash in file order; a rewrite or too much held drops the hash.
+
+    Another handle opening the same path may drop the hash meanwhile (``hasher = None``
+    from another thread): the hasher is read once, and a dropped one stays dropped."""
+    hasher = w.hasher
+    if hasher is None:
+        return
+    if offset == w.hashed_to:
+        hasher.update(data)
+        w.hashed_to += len(data)
+        while w.held:
+            piece = w.held.pop(w.hashed_to, None)
+            if piece is None:
+                break
+            w.held_bytes -= len(piece)
+            hasher.update(piece)
+            w.hashed_to += len(piece)
+        return
+    if offset > w.hashed_to and offset not in w.held and w.held_bytes + len(data) <= MAX_HELD:
+        w.held[offset] = bytes(data)
+        w.held_bytes += len(data)
+        return
+    w.hasher = None
+    w.held.clear()
+    w.held_bytes = 0
 
 
 class SessionTransfers:
@@ -137,16 +170,13 @@ class SessionTransfers:
                 each.hasher = None
         self._user.pending.pop(path, None)
 
-    def wrote(self, handle: object, offset: int, data: bytes | memoryview) -> None:
+    def wrote(self, handle: object, offset: int, data: bytes | bytearray | memoryview) -> None:
         """``data`` was written at ``offset`` through ``handle``."""
         w = self._writes.get(handle)
         if w is None:
             return
         if w.hasher is not None:
-            if offset == w.next_offset:
-                w.hasher.update(data)
-            else:
-                w.hasher = None
+            _hash_in_order(w, offset, data)
         end = offset + len(data)
         w.next_offset = end
         w.bytes += len(data)
@@ -190,9 +220,12 @@ class SessionTransfers:
             return []
         self._release(w)
         if size is not None:
-            if size != w.next_offset:
+            if size != w.hashed_to:
                 w.hasher = None
             w.size = size
+        if w.held:  # a gap never filled: the hash does not cover the content
+            w.hasher = None
+            w.held.clear()
         w.error = w.error or error
         if not w.error and self._temp(w.path):
             self._remember(w, now)
@@ -226,6 +259,29 @@ class SessionTransfers:
         if not error:
             self._user.pending.pop(path, None)
         return [self._simple("delete", path, now, outcome="error" if error else "ok", reason=error)]
+
+    def lost(self, handle: object) -> list[Event]:
+        """The client went away with ``handle`` open: its transfer is incomplete."""
+        now = self._clock.seconds()
+        w = self._writes.pop(handle, None)
+        if w is not None:
+            self._release(w)
+            w.hasher = None
+            return [self._upload(w, w.path, now, "incomplete", "")]
+        r = self._reads.pop(handle, None)
+        if r is None:
+            return []
+        return [
+            Event(
+                "download",
+                self.who,
+                r.started,
+                r.path,
+                bytes=r.bytes,
+                duration=now - r.started,
+                outcome="incomplete",
+            )
+        ]
 
     def connection_lost(self) -> list[Event]:
         """The session ended: every open transfer is incomplete."""

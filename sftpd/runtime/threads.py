@@ -142,6 +142,10 @@ class WorkerPool:
         self.call(done, fn, *args, **kwargs)
         return d
 
+    def queued(self) -> int:
+        """Jobs waiting for a worker thread (the worker-queue metric)."""
+        return self._jobs.qsize()
+
     def idle(self) -> bool:
         """Whether no job is queued, running, or waiting to be delivered."""
         return not self._outstanding

@@ -373,10 +373,15 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
         if edge is not None:
             d.addCallback(self._edge_login, edge, head, fields)
 
+        # The assembly's events service, if any (duck-typed: the SSH layer imports no events)
+        events = getattr(getattr(self.transport, "factory", None), "login_events", None)
+
         def success(result: Any) -> Any:
             log.info("auth ok: " + head, event="auth_success", invalid_user=False, **fields)
             if edge is not None:
                 edge.auth_succeeded(kind.decode("ascii", "replace"))
+            if events is not None:
+                events.login_succeeded(fields, result)
             return result
 
         def failure(reason: Failure) -> Failure:
@@ -407,6 +412,8 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
                 log.info("auth failed: " + head + tail, event="auth_failure", **fields)
                 if edge is not None:
                     edge.auth_failed(invalid_user=invalid)  # the defender's score
+                if events is not None:
+                    events.login_failed(fields, "unknown user" if invalid else "refused")
             return reason
 
         d.addCallbacks(success, failure)

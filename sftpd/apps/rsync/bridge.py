@@ -12,6 +12,7 @@ goes away, rsync_stop ends the sandbox as OpenSSH's server would.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import replace
 from typing import Any, Protocol
@@ -47,7 +48,9 @@ from sftpd.apps.rsync.opening import daemon_arguments as opening_arguments
 from sftpd.apps.rsync.sandbox import (
     CONFIG_FD,
     JAIL,
+    LOG_FD,
     MODULE,
+    TRANSFER_MARK,
     Runtime,
     RuntimeCache,
     daemon_config,
@@ -75,6 +78,8 @@ log = Logger()
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 _MAX_LOGGED = 4096
+# The daemon's closing log line: "sent 1,234 bytes  received 56 bytes  total size 7,890"
+_SUMMARY = re.compile(rb"sent ([\d,]+) bytes\s+received ([\d,]+) bytes\s+total size ([\d,]+)")
 UNAVAILABLE = b"sftpd: rsync is not available on this server\n"
 RERR_STREAMIO = 12  # rsync's "error in rsync protocol data stream"
 EARLY_EOF = (
@@ -168,6 +173,10 @@ class RsyncApp:
         self._process: _ProcessHandle | None = None
         self._pending: Deferred[Runtime] | None = None
         self._stop: GracefulStop | None = None
+        # The recorder (the events storage's rsync view), if the assembly wired one: it
+        # gets the daemon's per-file transfer log lines.
+        self._transfer = getattr(ctx.storage, "rsync_transferred", None)
+        self._logbuf = bytearray()
         if not ctx.exec.allow_rsync:
             self._finish(127, b"sftpd: command not allowed: rsync\n")
             return
@@ -315,6 +324,7 @@ class RsyncApp:
             os.fsencode(grant.host_root),
             grant.sender_only,
             as_root=as_root,
+            proc=self._transfer is not None,
         )
         log.info(
             "rsync conn={session_id} user={username} {mode} {paths}",
@@ -331,7 +341,8 @@ class RsyncApp:
                 argv,
                 env={},
                 path="/",
-                childFDs={0: "w", 1: "r", 2: "r", CONFIG_FD: "w"},
+                childFDs={0: "w", 1: "r", 2: "r", CONFIG_FD: "w"}
+                | ({LOG_FD: "r"} if self._transfer is not None else {}),
             )
         except OSError as e:
             self._unavailable(f"spawning bwrap failed: {e}")
@@ -340,7 +351,12 @@ class RsyncApp:
         process.registerProducer(_ClientInput(self._io), True)
         process.writeToChild(
             CONFIG_FD,
-            daemon_config(grant.sender_only, as_root=as_root, incoming_chmod=grant.incoming_chmod),
+            daemon_config(
+                grant.sender_only,
+                as_root=as_root,
+                incoming_chmod=grant.incoming_chmod,
+                transfer_log=self._transfer is not None,
+            ),
         )
         process.closeChildFD(CONFIG_FD)
 
@@ -354,6 +370,29 @@ class RsyncApp:
                     self._process.pauseProducing()
         elif self._state == "handshake" and self._opening is not None:
             self._apply(self._opening.feed_daemon(data))
+
+    def _daemon_log(self, data: bytes) -> None:
+        """The daemon's log: hand each transfer line (``TRANSFER_FORMAT``) to the recorder."""
+        self._logbuf += data
+        *lines, rest = bytes(self._logbuf).split(b"\n")
+        self._logbuf = bytearray(rest[-_MAX_LOGGED:])
+        for line in lines:
+            self._log_line(line)
+
+    def _log_line(self, line: bytes) -> None:
+        if self._transfer is None:
+            return
+        at = line.find(TRANSFER_MARK)
+        if at >= 0:
+            parts = line[at + len(TRANSFER_MARK) :].split(b"|", 3)
+            if len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit():
+                op, size, count, name = parts
+                self._transfer(op.decode("ascii", "replace"), name, int(size), int(count))
+            return
+        summary = _SUMMARY.search(line)
+        if summary is not None:
+            sent, received, total = (int(g.replace(b",", b"")) for g in summary.groups())
+            self._transfer("summary", b"", total, sent + received)
 
     def _daemon_stderr(self, data: bytes) -> None:
         if self._state == "running":
@@ -495,6 +534,18 @@ class _RsyncProcess(ProcessProtocol):
 
     def errReceived(self, data: bytes) -> None:
         self._app._daemon_stderr(data)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == LOG_FD:
+            self._app._daemon_log(data)
+        else:
+            super().childDataReceived(childFD, data)
+
+    def childConnectionLost(self, childFD: int) -> None:
+        if childFD == LOG_FD:
+            self._app._daemon_log(b"\n")  # a last line without its newline
+        else:
+            super().childConnectionLost(childFD)
 
     def processEnded(self, reason: Failure) -> None:
         value: Any = reason.value

@@ -53,6 +53,11 @@ JAIL = "/jail"
 RSYNC = "/usr/bin/rsync"
 CONFIG = "/etc/rsyncd.conf"
 CONFIG_FD = 3
+# The daemon's transfer log (one line per file, see TRANSFER_FORMAT) goes to this pipe,
+# opened by rsync through /proc before it chroots into the jail.
+LOG_FD = 4
+TRANSFER_MARK = b"SFTPD|"
+TRANSFER_FORMAT = "SFTPD|%o|%l|%b|%f"
 # A receiver under a root server runs as this uid inside its user namespace (mapped to root
 # outside): as uid 0 it would chown to the client's ids and need capabilities to do so.
 _ID_WHEN_ROOT = 1000
@@ -75,23 +80,29 @@ _REFUSE = (
 )
 
 
-def daemon_config(read_only: bool, *, as_root: bool = False, incoming_chmod: str = "") -> bytes:
+def daemon_config(
+    read_only: bool, *, as_root: bool = False, incoming_chmod: str = "", transfer_log: bool = False
+) -> bytes:
     """The rsyncd.conf given to the sandboxed single-use daemon.
 
     ``incoming_chmod`` (the rules' :func:`~sftpd.storage.rules.incoming_chmod`) is applied by
     the daemon to every file and directory it receives, after rsync's own mode handling
     (``-p`` or not): the umask and the setuid/setgid/sticky drop that SFTP and scp get from
-    the storage's rules."""
+    the storage's rules. ``transfer_log``: one line per file transferred (and the
+    session's summary) to :data:`LOG_FD` (the sandbox then needs ``proc=True``)."""
+    logging = (
+        f"log file = /proc/self/fd/{LOG_FD}\ntransfer logging = yes\n"
+        f"log format = {TRANSFER_FORMAT}\n"
+        if transfer_log
+        else "log file = /dev/null\ntransfer logging = no\n"
+    )
     # A daemon started as root switches to "nobody" unless told otherwise: stay root.
     ids = "uid = 0\ngid = 0\n" if as_root else ""
     return (
         ids + "use chroot = yes\n"
         "numeric ids = yes\n"
         "munge symlinks = no\n"
-        "reverse lookup = no\n"
-        "log file = /dev/null\n"
-        "transfer logging = no\n"
-        f"[{MODULE.decode()}]\n"
+        "reverse lookup = no\n" + logging + f"[{MODULE.decode()}]\n"
         f"path = {JAIL}\n"
         f"read only = {'yes' if read_only else 'no'}\n"
         "list = no\n"
@@ -171,6 +182,7 @@ def sandbox_argv(
     read_only: bool,
     *,
     as_root: bool = False,
+    proc: bool = False,
 ) -> list[bytes]:
     """The bwrap command line that starts the single-use rsync daemon (see module docstring)."""
     if as_root:
@@ -188,6 +200,8 @@ def sandbox_argv(
         argv += ["--cap-add", cap]
     argv += ["--clearenv", "--setenv", "TZ", "UTC0"]
     argv += ["--dev", "/dev"]
+    if proc:  # the transfer log's /proc/self/fd/N (the jail, after chroot, has no /proc)
+        argv += ["--proc", "/proc"]
     for path in runtime.files:
         argv += ["--ro-bind", path, path]
     argv += ["--ro-bind", rsync, RSYNC, "--ro-bind-data", str(CONFIG_FD), CONFIG]

@@ -179,6 +179,9 @@ class ScpDriver:
 
     def connection_lost(self) -> None:
         self._lost = True
+        abandon = getattr(self._ctx.storage, "abandon", None)  # an events recorder's
+        if abandon is not None:
+            abandon()  # a file still open is incomplete, whatever closes it next
         self._wake_input()
         self.output_drained()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import replace
 from typing import Any
 
 from twisted.logger import Logger
@@ -147,6 +148,9 @@ class SftpApp:
         self._slots.clear()
         self._queue.clear()
         self._queued_bytes = 0
+        abandon = getattr(self._ctx.storage, "abandon", None)  # an events recorder's
+        if abandon is not None:
+            abandon()  # what the client left open is incomplete, not uploaded
         self._handler.close_all()
 
     # ---- dispatch --------------------------------------------------------------------
@@ -329,4 +333,7 @@ def _type_name(kind: int | None) -> str:
 
 def make_sftp_app(ctx: SessionContext, io: ChannelIO) -> SftpApp:
     """The app the session channel runs for the 'sftp' subsystem."""
+    view = getattr(ctx.storage, "for_protocol", None)  # an events recorder: one per app
+    if view is not None:
+        ctx = replace(ctx, storage=view("sftp"))
     return SftpApp(ctx, io)
