@@ -144,11 +144,13 @@ def test_an_upload_cut_off_is_incomplete_and_no_ok_hook_runs(
     f = sftp.open("/cut.bin", "wb")
     f.write(os.urandom(100_000))
     f.flush()
-    assert wait_for(lambda: (env.alice.root / "cut.bin").stat().st_size == 100_000)
+    # atomic uploads (the default): the bytes land in sftpd's own hidden temporary
+    assert wait_for(lambda: [p.stat().st_size for p in env.alice.root.iterdir()] == [100_000])
     transport.sock.close()  # the connection drops: no CLOSE ever arrives
     events = _audit(env, 2)
     (up,) = _ops(events, "upload")
-    assert up["path"] == "/cut.bin" and up["outcome"] == "incomplete"
+    assert up["path"] == "/cut.bin" and up["outcome"] == "incomplete"  # never the temporary
+    assert wait_for(lambda: list(env.alice.root.iterdir()) == []), env.server.log_text()[-3000:]
     assert up["bytes"] == 100_000 and up["sha256"] is None
     # a later upload's hook runs: had the cut one fired, it would be there first
     env.sftp(f"put {tmp_path / 'hook.py'} /later.py\n")

@@ -8,6 +8,7 @@ from typing import Any
 from twisted.conch.avatar import ConchUser
 from twisted.conch.error import ConchError
 from twisted.conch.ssh import connection
+from twisted.internet import defer
 
 from sftpd.apps.contract import SessionContext
 
@@ -38,6 +39,7 @@ class Avatar(ConchUser):  # type: ignore[misc]
         self._make_channel = make_channel
         self._sessions: set[Any] = set()
         self._on_logout = on_logout
+        self.pending: list[defer.Deferred[Any]] = []  # apps still closing their files
         self.channelLookup = {}
         self.subsystemLookup = {}
 
@@ -70,11 +72,21 @@ class Avatar(ConchUser):  # type: ignore[misc]
         return 0  # no port forwarding, no keepalive replies beyond failure
 
     def logout(self) -> None:
+        # Conch stops the channels first: an app may still be closing its files on a
+        # worker (``pending``); the storage (the jail's root) closes after them.
+        waiting = [d for d in self.pending if not d.called]
+        self.pending = []
+        if waiting:
+            defer.DeferredList(waiting).addBoth(lambda _: self._close_storage())
+        else:
+            self._close_storage()
+        if self._on_logout is not None:
+            self._on_logout()
+
+    def _close_storage(self) -> None:
         close = getattr(self.ctx.storage, "close", None)
         if close is not None:
             try:
                 close()
             except OSError:
                 pass
-        if self._on_logout is not None:
-            self._on_logout()

@@ -359,6 +359,13 @@ class SessionChannel(channel.SSHChannel):  # type: ignore[misc]
                 app.connection_lost()
             except Exception:
                 log.failure("error while closing {kind}", kind=self.kind)
+            # An app whose files are still being closed (SFTP's handles go to a worker)
+            # says so: the avatar's logout waits for it before it closes the storage, or an
+            # atomic upload's temporary could not be removed through a closed jail.
+            closing = getattr(app, "closing", None)
+            pending = getattr(self.avatar, "pending", None)
+            if closing is not None and pending is not None:
+                pending.append(closing)
         log.info(
             "session closed: conn={conn} peer={peer} user={user} kind={kind} "
             "bytes_in={bytes_in} bytes_out={bytes_out} duration={duration:.3f} "

@@ -151,7 +151,7 @@ class SftpApp:
         abandon = getattr(self._ctx.storage, "abandon", None)  # an events recorder's
         if abandon is not None:
             abandon()  # what the client left open is incomplete, not uploaded
-        self._handler.close_all()
+        self.closing = self._handler.close_all()  # the channel hands this to the logout
 
     # ---- dispatch --------------------------------------------------------------------
     def _pump(self) -> None:
