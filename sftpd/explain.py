@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sftpd.assembly import rules_for
 from sftpd.auth.users import AuthorizedKey, user_from_config
 from sftpd.config.model import load_config
 from sftpd.config.values import parse_authorized_key
+from sftpd.contexts import rules_for
 from sftpd.errors import ConfigError
 from sftpd.ssh.hostkeys import fingerprint
 from sftpd.storage import vpath

@@ -23,11 +23,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 
-from sftpd.assembly import ConnectionTransport, Factory
 from sftpd.auth.checkers import PasswordChecker, PublicKeyChecker
 from sftpd.auth.users import TomlUserStore
 from sftpd.config.model import UserConfig
 from sftpd.runtime.threads import InlineBlocking
+from sftpd.ssh.factory import ConnectionTransport, Factory
 from sftpd.ssh.transport import MAX_PACKET_BEFORE_KEYS
 from sftpd.ssh.userauth import AuthSettings, UserAuthServer
 from tests.test_ssh_transport import (

@@ -93,7 +93,7 @@ T, S, R, C, A = (
     "sftpd/ssh/ciphers.py",
     "sftpd/ssh/connection.py",
 )
-SRV, UA, SW = "sftpd/assembly.py", "sftpd/ssh/userauth.py", "sftpd/ssh/sockwrite.py"
+SRV, UA, SW = "sftpd/ssh/factory.py", "sftpd/ssh/userauth.py", "sftpd/ssh/sockwrite.py"
 CHK = "sftpd/auth/checkers.py"
 AV = "sftpd/auth/avatar.py"
 EP, EG = "sftpd/edge/proxy.py", "sftpd/edge/gate.py"
@@ -113,7 +113,7 @@ GUARDED = (
 )
 
 NEEDS: tuple[Need, ...] = (
-    # -- the transport (sftpd/ssh/transport.py, sftpd/assembly.py) -------------------------
+    # -- the transport (sftpd/ssh/transport.py, sftpd/ssh/factory.py) ----------------------
     # private key exchange state, read and written by ServerTransport
     Need("SSHTransportBase", "_keyExchangeState", T),
     Need("SSHTransportBase", "_KEY_EXCHANGE_NONE", T),

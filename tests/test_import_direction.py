@@ -116,6 +116,8 @@ LAYERS = (
             "sftpd.apps.contract",
             "sftpd.apps.dispatch",
             "sftpd.apps.sftp.protocol",
+            "sftpd.edge.alive",
+            "sftpd.edge.config",
             "sftpd.runtime",
             "sftpd.config",
             *SHARED,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sftpd.assembly import rules_for
 from sftpd.auth.users import AuthorizedKey, User
 from sftpd.config.model import load_config
+from sftpd.contexts import rules_for
 from sftpd.errors import ConfigError
 from sftpd.storage.local import LocalStorage
 from sftpd.storage.permissions import SINGLE, Table, expand, matching

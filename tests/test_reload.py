@@ -7,10 +7,11 @@ from pathlib import Path
 import bcrypt
 from twisted.logger import capturedLogs, formatEvent
 
-from sftpd.assembly import LiveConfig, reload_config
 from sftpd.auth.stores.store import ChainUserStore
 from sftpd.auth.users import TomlUserStore, User
 from sftpd.config.model import load_config
+from sftpd.contexts import LiveConfig
+from sftpd.reload import reload_config
 from sftpd.runtime.threads import InlineBlocking
 
 HASH = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()

@@ -1,0 +1,157 @@
+"""What a login gets: its rules, its storage stack (rules, atomic, quota, jail), its context."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from twisted.logger import Logger
+
+from sftpd.apps.contract import SessionContext
+from sftpd.auth.users import AuthorizedKey, User
+from sftpd.config.model import Config, ExecConfig
+from sftpd.runtime.threads import Blocking
+from sftpd.ssh.hostkeys import fingerprint
+from sftpd.storage.atomic import AtomicStorage, clean_temporaries
+from sftpd.storage.base import Storage
+from sftpd.storage.permissions import Table, expand
+from sftpd.storage.quota import Limits, MemoryQuotaUsage, QuotaStorage, UserStates, scan_usage
+from sftpd.storage.rules import RsyncGrant, RsyncRefusal, RuleDenied, Rules, RulesStorage
+
+log = Logger(namespace="sftpd.assembly")
+
+
+def exec_settings(base: ExecConfig, user: User, key: AuthorizedKey | None = None) -> ExecConfig:
+    """The exec settings in force for ``user`` logged in with ``key`` (per-user switches
+    override the server's; a key's ``protocols`` only switch off)."""
+    cfg = base
+    if key is not None and key.protocols is not None:
+        cfg = replace(
+            cfg,
+            allow_scp=cfg.allow_scp and "scp" in key.protocols,
+            allow_hashes=cfg.allow_hashes and "hashes" in key.protocols,
+            allow_rsync=cfg.allow_rsync and "rsync" in key.protocols,
+        )
+    if user.allow_rsync is not None:
+        cfg = replace(cfg, allow_rsync=user.allow_rsync)
+    if user.allow_exec is False:
+        cfg = replace(cfg, allow_scp=False, allow_hashes=False, allow_rsync=False)
+    return cfg
+
+
+class LiveConfig:
+    """The configuration new logins get: SIGHUP replaces ``config`` after it checks."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+
+def rules_for(user: User, key: AuthorizedKey | None, *, umask: int) -> Rules:
+    """The rules of ``user`` logged in with ``key`` (None: a password)."""
+    narrowed = key.permissions if key is not None else None
+    return Rules(
+        read_only=user.read_only,
+        umask=umask,
+        table=Table.build(user.permissions),
+        key_permissions=None if narrowed is None else expand(narrowed),
+        deny_files=user.deny_files,
+        hide_files=user.hide_files,
+    )
+
+
+def first_login(root: Path, limits: Limits, usage: MemoryQuotaUsage) -> None:
+    """A user's first login in this process (a worker thread): remove the upload
+    temporaries a crash left, and scan the usage when a quota is set. Sessions wait for it
+    in their worker calls; it was queued before any of them (the pool is first in, first
+    out), so it never waits behind them."""
+    from sftpd.storage.local import LocalStorage
+
+    nbytes = files = 0
+    try:
+        jail = LocalStorage(root)
+        try:
+            clean_temporaries(jail)
+            if limits.counted:
+                nbytes, files = scan_usage(jail)
+        finally:
+            jail.close()
+    except OSError as exc:
+        log.warn("first-login scan failed: {error}", error=exc.strerror, event="quota_scan")
+    finally:
+        usage.scanned(nbytes, files)
+
+
+def rsync_capability(rules: Rules, user: User, limits: Limits) -> RsyncGrant | RsyncRefusal:
+    """The rules' rsync grant, refused where a quota applies (rsync writes past storage)."""
+    grant = rules.rsync(user.root)
+    if isinstance(grant, RsyncGrant) and grant.receive and limits.counted:
+        which = "quota_size" if limits.quota_size else "quota_files"
+        return RsyncRefusal(f"rsync uploads are refused: {which} cannot be enforced on rsync")
+    if isinstance(grant, RsyncGrant) and limits.max_upload_size:
+        grant = replace(grant, max_size=limits.max_upload_size)
+    return grant
+
+
+def context_maker(
+    config: Config | LiveConfig, *, reactor: Any, blocking: Blocking, events: Any = None
+) -> Any:
+    """A function that opens a user's jail and builds the context every app receives
+    (with the [sftp] and [exec] in force when the user logs in).
+
+    ``events``: the EventsService; its recorder wraps the storage above the rules (so a
+    refusal is recorded with its rule)."""
+    from sftpd.storage.local import LocalStorage
+
+    counter = itertools.count(1)
+    live = config if isinstance(config, LiveConfig) else LiveConfig(config)
+    states = UserStates()  # this process's usage per user, shared by their sessions
+
+    def make(user: User, key: AuthorizedKey | None = None) -> SessionContext:
+        config = live.config
+        rules = rules_for(user, key, umask=config.sftp.umask)
+        key_id = fingerprint(key.blob) if key is not None else "password"
+
+        def denied(e: RuleDenied) -> None:
+            log.info(
+                "denied: user={user} key={key} op={op} path={path} rule={rule}",
+                user=user.name,
+                key=key_id,
+                op=e.op.value,
+                path=e.path,
+                rule=e.rule,
+            )
+
+        limits = Limits(user.quota_size, user.quota_files, user.max_upload_size)
+        usage = states.first_login(
+            user.name, lambda usage: blocking.run(first_login, user.root, limits, usage)
+        )
+        # Rules judge the names the client asked for (never an upload's temporary); the
+        # atomic layer turns uploads into temporaries; the quota layer, next to the jail,
+        # counts what lands on disk (a temporary's bytes, the rename, the clean-up).
+        storage: Storage = LocalStorage(user.root)
+        if limits.active:
+            storage = QuotaStorage(storage, limits, usage)
+        if user.upload_mode == "atomic":
+            storage = AtomicStorage(storage)
+        top: Any = RulesStorage(storage, rules, denied)
+        if events is not None:
+            top = events.wrap_storage(top)
+        return SessionContext(
+            username=user.name,
+            home=key.home if key is not None and key.home is not None else user.home,
+            storage=top,
+            blocking=blocking,
+            rules=rules,
+            rsync=rsync_capability(rules, user, limits),
+            sftp=config.sftp,
+            exec=exec_settings(config.exec, user, key),
+            reactor=reactor,
+            session_id=f"{os.getpid()}-{next(counter)}",
+            allow_sftp=key is None or key.protocols is None or "sftp" in key.protocols,
+            key_fingerprint=fingerprint(key.blob) if key is not None else "",
+        )
+
+    return make

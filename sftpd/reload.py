@@ -1,0 +1,173 @@
+"""Users and configuration that change while the server runs: the user store, SIGHUP reloads."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import replace
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sftpd.auth.stores.store import ChainUserStore, DbUserStore
+from sftpd.auth.users import StoreUnavailable, TomlUserStore
+from sftpd.config.model import Config
+from sftpd.contexts import LiveConfig
+from sftpd.runtime.threads import Blocking
+from sftpd.ssh.factory import Factory
+
+log = Logger(namespace="sftpd.reload")
+
+
+def build_store(config: Config, *, reactor: Any, blocking: Blocking) -> ChainUserStore:
+    """The file's ``[[users]]`` then, with ``[users_db]``, the database (migrated here, at
+    start; StoreUnavailable or ValueError if it cannot be opened or is too new)."""
+    file_users = TomlUserStore.from_config(config.users)
+    if config.users_db is None:
+        return ChainUserStore(file_users)
+    from sftpd.auth.stores.store import open_user_db
+
+    db = open_user_db(config.users_db.resolved_url(), config.users_db.base)
+    before, after = db.upgrade()
+    if before != after:
+        log.info(
+            "user database schema upgraded from version {before} to {after}",
+            before=before,
+            after=after,
+            event="db_upgraded",
+        )
+    both = sorted(file_users.names() & set(db.names()))
+    for name in both:
+        log.warn(
+            "user {user} is in the config file and the database; the file's entry is used",
+            user=name,
+            event="user_in_both",
+        )
+    cached = DbUserStore(db, blocking, clock=reactor, cache_seconds=config.users_db.cache_seconds)
+    return ChainUserStore(file_users, cached)
+
+
+def watch_sessions(factory: Factory, store: ChainUserStore, *, reactor: Any, every: float) -> Any:
+    """Every ``every`` seconds, close the connections of users that were disabled or removed
+    since they logged in (one query for all logged-in names). A store that cannot answer
+    closes nothing: its users keep their sessions until it answers again."""
+    from twisted.internet.task import LoopingCall
+
+    def username(t: Any) -> str | None:
+        return getattr(getattr(getattr(t, "avatar", None), "ctx", None), "username", None)
+
+    state = {"down": False}
+
+    def check() -> Any:
+        names = sorted({n for t in factory.live if (n := username(t)) is not None})
+        if not names:
+            return None
+
+        def close_gone(found: set[str]) -> None:
+            for t in list(factory.live):
+                name = username(t)
+                if name is not None and name not in found:
+                    log.info(
+                        "user {user} was disabled or removed: closing conn={conn}",
+                        user=name,
+                        conn=t.conn_id,
+                        event="session_revoked",
+                    )
+                    t.sendDisconnect(11, b"account disabled or removed")  # BY_APPLICATION
+
+        def answered(found: set[str]) -> None:
+            if state["down"]:
+                log.info("session check: the user store answers again", event="store_up")
+            state["down"] = False
+            close_gone(found)
+
+        def unavailable(reason: Failure) -> None:
+            reason.trap(StoreUnavailable)
+            if not state["down"]:  # once per outage, not every period
+                log.warn(
+                    "session check skipped until the store answers: {error}",
+                    error=str(reason.value),
+                    event="store_down",
+                )
+            state["down"] = True
+
+        return store.still_enabled(names).addCallbacks(answered, unavailable)
+
+    loop = LoopingCall(check)
+    loop.clock = reactor
+    loop.start(every, now=False).addErrback(lambda f: log.failure("session check", f))
+    return loop
+
+
+RESTART_SECTIONS = ("server", "users_db")  # a change here is only read at start
+
+
+def reload_config(live: LiveConfig, store: ChainUserStore, *, blocking: Blocking) -> Any:
+    """SIGHUP: re-read the file; if it checks, new logins get its users, keys and [exec];
+    otherwise log why and keep the running configuration. Returns a Deferred (for tests)."""
+    from twisted.internet import defer
+
+    from sftpd.config.model import load_config
+    from sftpd.errors import ConfigError
+    from sftpd.preflight import prepare
+
+    old = live.config
+    if old.source is None:
+        log.warn("SIGHUP received; no configuration file to reload", event="sighup")
+        return defer.succeed(False)
+    source = old.source
+
+    def read() -> tuple[Config | None, list[str], list[str]]:
+        # In a worker thread: the file, the disk checks, the roots to create, the database.
+        try:
+            new = load_config(source)
+            prepare(new)  # check as serve does, then create missing user roots
+        except ConfigError as e:
+            return None, str(e).splitlines(), []
+        db_names = store.db.db.names() if store.db is not None else []
+        return new, [], db_names
+
+    d = blocking.run(read)
+
+    def apply(found: tuple[Config | None, list[str], list[str]]) -> bool:
+        new, problems, db_names = found
+        both = sorted({u.name for u in new.users} & set(db_names)) if new is not None else []
+        errors = problems + [f"user {n!r} is in the file and in [users_db]" for n in both]
+        if errors or new is None:
+            for line in errors:
+                log.error("reload refused: {problem}", problem=line, event="reload_refused")
+            log.error("reload refused; the running configuration is kept", event="reload_refused")
+            return False
+        for section in RESTART_SECTIONS:
+            if getattr(new, section) != getattr(old, section):
+                log.warn(
+                    "reload: [{section}] changed; it takes effect at the next restart",
+                    section=section,
+                    event="reload_needs_restart",
+                )
+        live.config = replace(new, server=old.server, users_db=old.users_db)
+        store.replace_file_users(TomlUserStore.from_config(new.users))
+        log.info("reloaded: {count} user(s) from the file", count=len(new.users), event="reloaded")
+        return True
+
+    def failed(reason: Failure) -> bool:
+        log.error("reload refused: {error}", error=str(reason.value), event="reload_refused")
+        return False
+
+    return d.addCallback(apply).addErrback(failed)
+
+
+def reload_on_hangup(
+    reactor: Any, live: LiveConfig, store: ChainUserStore, blocking: Blocking, *also: Any
+) -> None:
+    """SIGHUP (sent by admins, logrotate, and by a supervisor to its workers) reloads the
+    file; ``also``: callables run on the reactor thread at each SIGHUP (the audit file's
+    reopen)."""
+
+    def reload() -> None:
+        log.info("SIGHUP received; reloading the configuration", event="sighup")
+        for call in also:
+            call()
+        reload_config(live, store, blocking=blocking)
+
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(reload))
