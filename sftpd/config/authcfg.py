@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sftpd.config.keyopts import KeyLine, KeyLineError, parse_key_line
-from sftpd.config.values import Values, got, parse_authorized_key, read_authorized_keys_lines
+from sftpd.config.values import Values, got, read_authorized_keys_lines
 from sftpd.errors import ConfigError
 
 METHODS = ("publickey", "password", "keyboard-interactive")
@@ -118,30 +118,10 @@ class AuthValues(Values):
         return tuple(names)
 
     def ca_keys(self, where: str, value: Any) -> tuple[bytes, ...]:
-        lines = self.strings(where, value, "OpenSSH public keys of user CAs")
-        out = []
-        for i, line in enumerate(lines):
-            try:
-                out.append(parse_authorized_key(line))
-            except ValueError as e:
-                raise self.err(f"{where}[{i}]", str(e)) from None
-        return tuple(out)
+        return self.key_blobs(where, value, "OpenSSH public keys of user CAs")
 
     def ca_keys_file(self, where: str, value: Any) -> tuple[bytes, ...]:
-        path = self.path(where, value)
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace")
-        except OSError as e:
-            raise self.err(
-                where, f"cannot read {path}: {e.strerror}; expected a file of CA public keys"
-            ) from None
-        out = []
-        for number, line in read_authorized_keys_lines(text):
-            try:
-                out.append(parse_authorized_key(line))
-            except ValueError as e:
-                raise self.err(where, f"{path} line {number}: {e}") from None
-        return tuple(out)
+        return self.key_blobs_file(where, value, "a file of CA public keys")
 
     def revoked_file(self, where: str, value: Any) -> Path:
         path = self.path(where, value)

@@ -355,7 +355,14 @@ class Values:
         return text.encode("ascii")
 
     def keys(self, where: str, value: Any) -> tuple[bytes, ...]:
-        lines = self.strings(where, value, "OpenSSH public key lines")
+        return self.key_blobs(where, value, "OpenSSH public key lines")
+
+    def keys_file(self, where: str, value: Any) -> tuple[bytes, ...]:
+        return self.key_blobs_file(where, value, "a readable authorized_keys file")
+
+    def key_blobs(self, where: str, value: Any, what: str) -> tuple[bytes, ...]:
+        """A list of OpenSSH public key lines (``what`` they are) as wire blobs."""
+        lines = self.strings(where, value, what)
         out: list[bytes] = []
         for i, line in enumerate(lines):
             try:
@@ -364,14 +371,13 @@ class Values:
                 raise self.err(f"{where}[{i}]", str(e)) from None
         return tuple(out)
 
-    def keys_file(self, where: str, value: Any) -> tuple[bytes, ...]:
+    def key_blobs_file(self, where: str, value: Any, what: str) -> tuple[bytes, ...]:
+        """The public keys in the file named by ``value`` (``what`` it should be)."""
         path = self.path(where, value)
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError as e:
-            raise self.err(
-                where, f"cannot read {path}: {e.strerror}; expected a readable authorized_keys file"
-            ) from None
+            raise self.err(where, f"cannot read {path}: {e.strerror}; expected {what}") from None
         out: list[bytes] = []
         for number, line in read_authorized_keys_lines(text):
             try:
