@@ -66,6 +66,10 @@ def _refused(port: int) -> bool:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        # With workers, each has its own SO_REUSEPORT socket: a SYN queued on one that
+        # closes is reset. The listener is going; ask again until it is gone.
+        return False
     return False
 
 
