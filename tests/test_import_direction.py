@@ -29,6 +29,7 @@ SANS_IO = (
     "sftpd.apps.scp.proto",
     "sftpd.apps.rsync.args",
     "sftpd.apps.rsync.opening",
+    "sftpd.apps.rsync.daemonlog",
     "sftpd.apps.cmdline",
     "sftpd.storage.vpath",
     "sftpd.config",

@@ -1,25 +1,23 @@
 """rsync over ssh: the bridge between a session channel and the sandboxed rsync daemon.
 
-The sandbox (rsync_sandbox) runs rsync's single-use daemon chrooted into the user's root.
+The sandbox (sandbox.py) runs rsync's single-use daemon chrooted into the user's root.
 The client speaks the remote-shell flavour of the protocol, which differs from the daemon
 flavour only in its opening: this module answers the client's 4-byte protocol version
 itself, performs the daemon's text greeting on the client's behalf, and hands over the
-client's arguments -- re-serialised from the validated allow-list (see rsync_args), never
+client's arguments -- re-serialised from the validated allow-list (see args.py), never
 the client's raw words. After ``@RSYNCD: OK`` bytes pass through untouched. When the client
-goes away, rsync_stop ends the sandbox as OpenSSH's server would.
+goes away, stop.py ends the sandbox as OpenSSH's server would. The pipes are routed by
+pipes.py; the daemon's transfer log is read by daemonlog.py.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from dataclasses import replace
-from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -34,6 +32,7 @@ from sftpd.apps.rsync.args import (
     restrict,
     validate,
 )
+from sftpd.apps.rsync.daemonlog import DaemonLog
 from sftpd.apps.rsync.opening import (
     MAX_PREAMBLE,
     ClientError,
@@ -45,12 +44,12 @@ from sftpd.apps.rsync.opening import (
     ToDaemon,
 )
 from sftpd.apps.rsync.opening import daemon_arguments as opening_arguments
+from sftpd.apps.rsync.pipes import ClientInput, ProcessHandle, RsyncProcess
 from sftpd.apps.rsync.sandbox import (
     CONFIG_FD,
     JAIL,
     LOG_FD,
     MODULE,
-    TRANSFER_MARK,
     Runtime,
     RuntimeCache,
     daemon_config,
@@ -78,49 +77,12 @@ log = Logger()
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 _MAX_LOGGED = 4096
-# The daemon's closing log line: "sent 1,234 bytes  received 56 bytes  total size 7,890"
-_SUMMARY = re.compile(rb"sent ([\d,]+) bytes\s+received ([\d,]+) bytes\s+total size ([\d,]+)")
 UNAVAILABLE = b"sftpd: rsync is not available on this server\n"
 RERR_STREAMIO = 12  # rsync's "error in rsync protocol data stream"
 EARLY_EOF = (
     b"rsync: connection unexpectedly closed (0 bytes received so far) [server]\n"
     b"rsync error: error in rsync protocol data stream (code 12) [server]\n"
 )
-
-
-class _ProcessHandle(Protocol):
-    """What this module uses of Twisted's process transport (a Process is also a producer)."""
-
-    pid: int | None
-
-    def write(self, data: bytes) -> None: ...
-    def writeToChild(self, childFD: int, data: bytes) -> None: ...
-    def closeChildFD(self, childFD: int) -> None: ...
-    def closeStdin(self) -> None: ...
-    def closeStdout(self) -> None: ...
-    def closeStderr(self) -> None: ...
-    def signalProcess(self, signalID: str | int) -> None: ...
-    def pauseProducing(self) -> None: ...
-    def resumeProducing(self) -> None: ...
-    def registerProducer(self, producer: object, streaming: bool) -> None: ...
-    def unregisterProducer(self) -> None: ...
-
-
-class _ClientInput:
-    """Registered on rsync's stdin pipe: when the pipe's buffer fills (rsync reads slower
-    than the client sends), the channel stops granting window; it resumes when drained."""
-
-    def __init__(self, io: ChannelIO) -> None:
-        self._io = io
-
-    def pauseProducing(self) -> None:
-        self._io.pause_reading()
-
-    def resumeProducing(self) -> None:
-        self._io.resume_reading()
-
-    def stopProducing(self) -> None:
-        pass
 
 
 def make_rsync_app(
@@ -170,13 +132,13 @@ class RsyncApp:
         self._words: tuple[bytes, ...] = ()
         self._grant: RsyncGrant | None = None  # the rules' grant, once the arguments are in
         self._args: ServerArgs | None = None
-        self._process: _ProcessHandle | None = None
+        self._process: ProcessHandle | None = None
         self._pending: Deferred[Runtime] | None = None
         self._stop: GracefulStop | None = None
         # The recorder (the events storage's rsync view), if the assembly wired one: it
         # gets the daemon's per-file transfer log lines.
         self._transfer = getattr(ctx.storage, "rsync_transferred", None)
-        self._logbuf = bytearray()
+        self._log = DaemonLog(self._transfer) if self._transfer is not None else None
         if not ctx.exec.allow_rsync:
             self._finish(127, b"sftpd: command not allowed: rsync\n")
             return
@@ -336,7 +298,7 @@ class RsyncApp:
         self._state = "handshake"
         try:
             process = self._ctx.reactor.spawnProcess(
-                _RsyncProcess(self),
+                RsyncProcess(self, LOG_FD),
                 os.fsencode(bwrap),
                 argv,
                 env={},
@@ -348,7 +310,7 @@ class RsyncApp:
             self._unavailable(f"spawning bwrap failed: {e}")
             return
         self._process = process
-        process.registerProducer(_ClientInput(self._io), True)
+        process.registerProducer(ClientInput(self._io), True)
         process.writeToChild(
             CONFIG_FD,
             daemon_config(
@@ -361,7 +323,7 @@ class RsyncApp:
         process.closeChildFD(CONFIG_FD)
 
     # -- the opening: client (remote-shell flavour) <-> daemon (daemon flavour) -------
-    def _daemon_stdout(self, data: bytes) -> None:
+    def daemon_stdout(self, data: bytes) -> None:
         if self._state == "running":
             self._io.write(data)
             if not self._paused and self._io.pending_output() > _HIGH_WATER:
@@ -371,30 +333,16 @@ class RsyncApp:
         elif self._state == "handshake" and self._opening is not None:
             self._apply(self._opening.feed_daemon(data))
 
-    def _daemon_log(self, data: bytes) -> None:
-        """The daemon's log: hand each transfer line (``TRANSFER_FORMAT``) to the recorder."""
-        self._logbuf += data
-        *lines, rest = bytes(self._logbuf).split(b"\n")
-        self._logbuf = bytearray(rest[-_MAX_LOGGED:])
-        for line in lines:
-            self._log_line(line)
+    def daemon_log(self, data: bytes) -> None:
+        """The daemon's log pipe: each transfer line goes to the recorder."""
+        if self._log is not None:
+            self._log.feed(data)
 
-    def _log_line(self, line: bytes) -> None:
-        if self._transfer is None:
-            return
-        at = line.find(TRANSFER_MARK)
-        if at >= 0:
-            parts = line[at + len(TRANSFER_MARK) :].split(b"|", 3)
-            if len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit():
-                op, size, count, name = parts
-                self._transfer(op.decode("ascii", "replace"), name, int(size), int(count))
-            return
-        summary = _SUMMARY.search(line)
-        if summary is not None:
-            sent, received, total = (int(g.replace(b",", b"")) for g in summary.groups())
-            self._transfer("summary", b"", total, sent + received)
+    def daemon_log_closed(self) -> None:
+        if self._log is not None:
+            self._log.close()
 
-    def _daemon_stderr(self, data: bytes) -> None:
+    def daemon_stderr(self, data: bytes) -> None:
         if self._state == "running":
             self._io.write_stderr(data)
         elif len(self._errlog) < _MAX_LOGGED:
@@ -421,13 +369,13 @@ class RsyncApp:
         self._state = "running"
         self._opening = None
         if running.daemon_rest:
-            self._daemon_stdout(running.daemon_rest)
+            self.daemon_stdout(running.daemon_rest)
         if running.client_rest:
             self._to_rsync(running.client_rest)
         if self._eof and self._process is not None:
             self._close_stdin(self._process)
 
-    def _close_stdin(self, process: _ProcessHandle) -> None:
+    def _close_stdin(self, process: ProcessHandle) -> None:
         # Twisted does not finish closing a pipe that has a producer registered (a paused
         # one is resumed instead), so rsync would never see EOF: unregister it first.
         process.unregisterProducer()
@@ -438,7 +386,7 @@ class RsyncApp:
             self._process.write(data)
 
     # -- endings ---------------------------------------------------------------------
-    def _process_ended(self, status: int) -> None:
+    def process_ended(self, status: int) -> None:
         self._process = None
         stop, self._stop = self._stop, None
         if stop is not None:
@@ -521,36 +469,3 @@ class RsyncApp:
             except ProcessExitedAlready:
                 pass
             self._process = None
-
-
-class _RsyncProcess(ProcessProtocol):
-    """Routes the sandbox's pipes and exit status to the app."""
-
-    def __init__(self, app: RsyncApp) -> None:
-        self._app = app
-
-    def outReceived(self, data: bytes) -> None:
-        self._app._daemon_stdout(data)
-
-    def errReceived(self, data: bytes) -> None:
-        self._app._daemon_stderr(data)
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD == LOG_FD:
-            self._app._daemon_log(data)
-        else:
-            super().childDataReceived(childFD, data)
-
-    def childConnectionLost(self, childFD: int) -> None:
-        if childFD == LOG_FD:
-            self._app._daemon_log(b"\n")  # a last line without its newline
-        else:
-            super().childConnectionLost(childFD)
-
-    def processEnded(self, reason: Failure) -> None:
-        value: Any = reason.value
-        code = getattr(value, "exitCode", None)
-        signal = getattr(value, "signal", None)
-        if code is None:
-            code = 128 + signal if isinstance(signal, int) else 1
-        self._app._process_ended(code)
