@@ -83,6 +83,7 @@ def params(args):
     small_n, ls_n, sessions, idle = (200, 1000, 10, 10) if args.quick else (2000, 10000, 30, 50)
     p = dict(size=size, par_n=8, par=max(1, size // 8), ls_rep=3)
     p["w9_size"] = args.w9_size_mib or (16 if args.quick else 256)
+    idle = args.idle or idle
     return p | dict(small_n=small_n, ls_n=ls_n, sessions=sessions, idle=idle)
 
 
@@ -372,6 +373,7 @@ def parse_args():
     add("--rounds", type=int, help="interleaved rounds (default 3; 1 with --quick)")
     add("--size-mib", type=int, help="W1/W2 size (default 512; 64 with --quick); W7: 8 x size/8")
     add("--rtts", default="0,20,50,100", help="W9 round-trip times in ms (default 0,20,50,100)")
+    add("--idle", type=int, help="W8 idle sessions (default 50; 10 with --quick)")
     add("--w9-size-mib", type=int, help="W9 file size (default 256; 16 with --quick)")
     add("--workdir", help="parent of the temporary dir (default /dev/shm if room, else /tmp)")
     add("--sftpd-cmd", default="python3 -m sftpd", help="started from the repository root")

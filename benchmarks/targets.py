@@ -207,6 +207,10 @@ class Sftpd(Target):
     def command(self):
         cfg = os.path.join(self.state, "sftpd.toml")
         extra = "".join(f"{s}\n" for s in self.ctx.args.sftpd_set)
+        if _knows(self.checkout, "max_connections_per_source"):
+            # Every client here comes from 127.0.0.1, and OpenSSH's side has no per-source
+            # limit by default: W7/W8 open more than sftpd's default 20 per source.
+            extra = "max_connections_per_source = 0\n" + extra
         with open(cfg, "w") as f:
             f.write(
                 f'[server]\nlisten = ["127.0.0.1:0"]\nhost_keys_dir = "{self.state}/keys"\n'
@@ -225,6 +229,17 @@ class Sftpd(Target):
         except FileNotFoundError:
             m = None
         self.port = int(m.group(1)) if m else None
+
+
+def _knows(checkout, key):
+    """Whether the sftpd at ``checkout`` has the config key (a --baseline may predate it)."""
+    for dirpath, _dirs, files in os.walk(os.path.join(checkout, "sftpd")):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(dirpath, name), errors="replace") as f:
+                    if key in f.read():
+                        return True
+    return False
 
 
 class OpenSSH(Target):
