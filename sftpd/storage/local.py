@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from sftpd.errors import JailError
 from sftpd.storage import vpath
 from sftpd.storage.base import File
+from sftpd.storage.beside import Beside
 from sftpd.storage.files import (
     LocalDirectory,
     LocalFile,
@@ -32,6 +33,7 @@ _OPEN_EXTRA = os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _CREATE_EXTRA = os.O_NOCTTY | os.O_CLOEXEC  # a file O_EXCL creates is never a FIFO
 _PROC_FD = "/proc/self/fd/"  # the server's own magic links, never built from client input
 _WRITE_ACCESS = os.O_WRONLY | os.O_RDWR
+_DIRECTORY = os.O_PATH | os.O_DIRECTORY
 
 
 class LocalStorage:
@@ -207,6 +209,38 @@ class LocalStorage:
                 return os.open(_PROC_FD + str(ref), reopen)
             finally:
                 os.close(ref)
+
+    @_scrubbed
+    def beside(self, path: str, *, nowait: bool = False) -> Beside | None:
+        """The directory holding ``path``, resolved once, for an atomic upload's calls
+        beside its name (see storage.beside); None for the root. With ``nowait``, only
+        where nothing can wait for a device (as ``open_nowait`` creating a file: a root in
+        memory, the lookup kept on its file system), else None."""
+        parent, name = vpath.split(vpath.normalize(path))
+        if not name:
+            return None
+        if nowait:
+            if self._resolver.openat2_nr is None or not self._root_in_memory:
+                return None
+            try:
+                fd = self._open_beneath(parent, _DIRECTORY, resolve=RESOLVE_NO_XDEV)
+            except OSError as exc:
+                if exc.errno == errno.EXDEV:
+                    return None  # another mount: a worker does it
+                raise
+        else:
+            fd = self._open_beneath(parent, _DIRECTORY)
+        try:
+            if nowait:
+                in_memory = local = True
+            else:  # (the root's own file system, as nearly always, needs no fstatfs)
+                same = os.fstat(fd).st_dev == self._root_key[0]
+                kind = self._root_fs if same else fs_type(self._libc, fd)
+                in_memory, local = self._memory_files and kind == TMPFS_MAGIC, kind in LOCAL_FS
+            return Beside(fd, name, self._rename_at, in_memory=in_memory, local=local)
+        except BaseException:
+            os.close(fd)
+            raise
 
     @_scrubbed
     def opendir(self, path: str) -> LocalDirectory:
