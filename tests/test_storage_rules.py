@@ -16,6 +16,7 @@ from sftpd.apps.rsync.bridge import make_rsync_app
 from sftpd.storage.base import File, Storage
 from sftpd.storage.delegate import DelegatingFile, DelegatingStorage
 from sftpd.storage.local import LocalStorage
+from sftpd.storage.permissions import Table, expand
 from sftpd.storage.rules import (
     READ_OPS,
     WRITE_OPS,
@@ -334,3 +335,28 @@ def test_a_session_without_a_grant_runs_no_rsync(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path)
     ctx = type(ctx)(**{k: v for k, v in vars(ctx).items() if k != "rsync"})
     assert isinstance(ctx.rsync, RsyncRefusal)
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        Rules(),
+        Rules(read_only=True),
+        Rules(table=Table.build([("/", ["*"])])),
+        Rules(table=Table.build([("/", ["*"]), ("/in", ["list", "upload"])])),
+        Rules(table=Table.build([("/", ["list", "download", "upload"])])),
+        Rules(key_permissions=expand(["*"])),
+        Rules(key_permissions=expand(["list", "upload"])),
+        Rules(deny_files=("*.exe",)),
+        Rules(hide_files=(".*",)),
+    ],
+)
+def test_unrestricted_rules_skip_the_lookup_and_mean_it(rules: Rules) -> None:
+    """The default rules answer without a lookup per request; the shortcut holds only
+    where every operation is allowed at every path."""
+    paths = ["/", "/a", "/in/x", "/x.exe", "/.hidden"]
+    rules.__dict__["unrestricted"] = False  # the full lookup, for what it decides
+    everything = all(rules.decide(op, path) is None for op in Op for path in paths)
+    del rules.__dict__["unrestricted"]
+    assert rules.unrestricted == everything
+    assert Rules().unrestricted

@@ -229,21 +229,30 @@ def _sftp_packet(ptype: int, rid: int, body: bytes) -> bytes:
     return struct.pack(">I", len(packet)) + packet
 
 
+# The two ways to start SFTP: the subsystem, and an exec of the server's binary (what
+# `sftp -s /usr/lib/openssh/sftp-server` and some GUI clients send).
+SFTP_REQUESTS = {
+    "subsystem": NS(b"subsystem") + b"\x01" + NS(b"sftp"),
+    "exec": NS(b"exec") + b"\x01" + NS(b"/usr/lib/openssh/sftp-server"),
+}
+
+
+@pytest.mark.parametrize("start", sorted(SFTP_REQUESTS))
 def test_a_client_that_ignores_the_window_is_dropped_at_the_grown_window(
-    tmp_path: Path,
+    tmp_path: Path, start: str
 ) -> None:
     """An sftp session whose window grew to 32 MiB, then whose disk stops answering: the
     app pauses, and the client still sends everything it was granted. All of that is
     taken (the app's guard scales with the window: it used to drop the session at 16 MiB
-    of queued input, an honest client inside its window); a packet past the window
-    closes the channel."""
+    of queued input, an honest client inside its window, and the exec path still did);
+    a packet past the window closes the channel."""
     clock = Clock()
     policy = WindowPolicy(32 * MiB, WindowBudget(256 * MiB))
     disk = StuckDisk()
     link = Link(clock, _avatar(tmp_path, clock, policy, blocking=disk), 0.05)
     ch = link.open()
     conn = link.conn
-    conn.ssh_CHANNEL_REQUEST(struct.pack(">L", 0) + NS(b"subsystem") + b"\x01" + NS(b"sftp"))
+    conn.ssh_CHANNEL_REQUEST(struct.pack(">L", 0) + SFTP_REQUESTS[start])
     clock.advance(0)
     init = _sftp_packet(PacketType.INIT, 3, b"")
     conn.ssh_CHANNEL_DATA(struct.pack(">L", 0) + NS(init))

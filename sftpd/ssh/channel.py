@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from sftpd.apps.contract import ChannelApp, SessionContext
 from sftpd.apps.dispatch import make_exec_app
-from sftpd.apps.sftp.protocol import MAX_BUFFERED_INPUT, PAUSE_INPUT_AT, SftpApp
+from sftpd.apps.sftp.protocol import CHANNEL_MAX_PACKET, SftpApp, input_guard
 from sftpd.log import conn_fields
 from sftpd.ssh.window import ReceiveWindow, WindowBudget, WindowPolicy
 
@@ -24,7 +24,7 @@ SFTP_ONLY = b"This service allows SFTP connections only.\r\n"
 # 32 KiB writes (OpenSSH's default) never wait for a window adjust. It grows from there
 # on long round trips (ssh/window.py), up to the configured max_window.
 LOCAL_WINDOW = 4 * 1024 * 1024
-LOCAL_MAX_PACKET = 256 * 1024
+LOCAL_MAX_PACKET = CHANNEL_MAX_PACKET  # 256 KiB; the sftp app's input guard counts it
 
 log = Logger(namespace="sftpd.ssh.channel")
 
@@ -32,12 +32,8 @@ AppFactory = Callable[[SessionContext, "SessionChannel"], ChannelApp]
 
 
 def _sftp_app(ctx: SessionContext, io: SessionChannel) -> ChannelApp:
-    # The app drops a client whose unprocessed input passes this: what it holds when it
-    # pauses, plus all the window the client may still have been granted, plus a packet.
-    # An honest client never gets there; the connection closes the channel of one that
-    # sends past its window before that.
-    guard = max(MAX_BUFFERED_INPUT, PAUSE_INPUT_AT + io.window_maximum + 2 * LOCAL_MAX_PACKET)
-    app: ChannelApp = SftpApp(ctx, io, max_buffered_input=guard)
+    # The input guard scales with this channel's window (the same for exec sftp-server).
+    app: ChannelApp = SftpApp(ctx, io, max_buffered_input=input_guard(io))
     return app
 
 

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import secrets
 import stat
+from collections.abc import Callable
 
 from sftpd.storage import vpath
 from sftpd.storage.base import Directory, File, Storage
+from sftpd.storage.beside import Beside
 from sftpd.storage.delegate import DelegatingFile, DelegatingStorage
 
 TEMP_PREFIX = ".sftpd-upload."
@@ -36,6 +39,20 @@ def is_own_temporary(name: str) -> bool:
 
 def temporary_name(pid: int) -> str:
     return f"{TEMP_PREFIX}{pid}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+
+
+class _TempNames:
+    """Temporary names of one storage: the same form as ``temporary_name``, from a random
+    start and a counter (no getrandom call per upload; O_EXCL refuses a clash anyway)."""
+
+    def __init__(self, pid: int) -> None:
+        self._prefix = f"{TEMP_PREFIX}{pid}."
+        self._start = secrets.randbits(64)
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        serial = (self._start + next(self._count)) & 0xFFFFFFFFFFFFFFFF
+        return f"{self._prefix}{serial:016x}{TEMP_SUFFIX}"
 
 
 def _owner_pid(name: str) -> int | None:
@@ -75,16 +92,24 @@ class AtomicFile(DelegatingFile):
         *,
         overwrite: bool,
         inflight: dict[str, AtomicFile] | None = None,
+        beside: Beside | None = None,
     ) -> None:
         super().__init__(inner)
         self.storage, self.temp, self.target, self.overwrite = storage, temp, target, overwrite
         self.failed = self.landed = False
         self.inflight = {} if inflight is None else inflight
         self.inflight[target] = self
+        # The directory the jail resolved for this upload (its calls then need no lookup
+        # of their own), while the target stays the name it was opened for.
+        self.beside = beside
+        self._opened_as = target
 
     def _forget(self) -> None:
         if self.inflight.get(self.target) is self:
             del self.inflight[self.target]
+        if self.beside is not None:
+            self.beside.close()
+            self.beside = None
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         try:
@@ -133,7 +158,10 @@ class AtomicFile(DelegatingFile):
 
     def _land(self) -> None:
         try:
-            self.storage.rename(self.temp, self.target, overwrite=self.overwrite)
+            if self.beside is not None and self.target == self._opened_as:
+                self.beside.land(self.temp.rpartition("/")[2], overwrite=self.overwrite)
+            else:  # renamed while being written (perhaps elsewhere): by path
+                self.storage.rename(self.temp, self.target, overwrite=self.overwrite)
         except BaseException:
             self._discard()
             raise
@@ -160,7 +188,10 @@ class AtomicFile(DelegatingFile):
 
     def _discard(self) -> None:
         with contextlib.suppress(OSError):
-            self.storage.remove(self.temp)
+            if self.beside is not None:
+                self.beside.remove(self.temp.rpartition("/")[2])
+            else:
+                self.storage.remove(self.temp)
 
 
 class _HidingDirectory:
@@ -202,6 +233,10 @@ class AtomicStorage(DelegatingStorage):
     def __init__(self, inner: Storage, *, pid: int | None = None) -> None:
         super().__init__(inner)
         self.pid = os.getpid() if pid is None else pid
+        self._names = _TempNames(self.pid)
+        # The jail itself beneath (no quota layer between): an upload's lstat, create and
+        # rename share one lookup of its directory (storage.beside).
+        self._beside: Callable[..., Beside | None] | None = getattr(inner, "beside", None)
         # This session's uploads not closed yet, by target: the session itself (sshfs
         # stats, reopens and setstats what it is writing) sees the temporary there; other
         # sessions see the old file until the clean close.
@@ -242,13 +277,17 @@ class AtomicStorage(DelegatingStorage):
 
     def _temp_path(self, path: str) -> str:
         parent, _ = vpath.split(path)
-        return vpath.normalize(temporary_name(self.pid), parent)
+        return vpath.normalize(self._names.next(), parent)
 
     def _plan(self, path: str, flags: int) -> bool | None:
         """After an lstat of ``path``: True to upload through a temporary (replacing an
         existing file), False for a new file through a temporary, None to open in place."""
+        return self._decide(lambda: self.inner.stat(path, follow=False), flags)
+
+    @staticmethod
+    def _decide(lstat: Callable[[], os.stat_result], flags: int) -> bool | None:
         try:
-            st = self.inner.stat(path, follow=False)
+            st = lstat()
         except FileNotFoundError:
             if not flags & os.O_CREAT:
                 raise
@@ -265,12 +304,55 @@ class AtomicStorage(DelegatingStorage):
     def _temp_flags(flags: int) -> int:
         return (flags & ~(os.O_TRUNC | os.O_APPEND)) | os.O_CREAT | os.O_EXCL
 
+    def _directory(self, path: str, nowait: bool) -> Beside | None:
+        """The jail's directory of ``path`` for an upload beside it; None: the general way
+        (no jail beneath, the root, or a lookup error, which the general way reports)."""
+        if self._beside is None:
+            return None
+        try:
+            return self._beside(path, nowait=nowait)
+        except OSError:
+            return None
+
+    def _open_beside(
+        self, beside: Beside, path: str, flags: int, mode: int, nowait: bool
+    ) -> File | None:
+        """``open`` (or ``open_nowait``) through the directory the jail resolved."""
+        try:
+            replacing = self._decide(beside.lstat, flags)
+            if replacing is not None:
+                name = self._names.next()
+                file = beside.create(name, self._temp_flags(flags), mode)
+        except BaseException:
+            beside.close()
+            raise
+        if replacing is None:  # in place
+            beside.close()
+            if nowait:
+                return self.inner.open_nowait(path, flags, mode)
+            return self.inner.open(path, flags, mode)
+        temp = vpath.normalize(name, vpath.split(path)[0])
+        return AtomicFile(
+            file,
+            self.inner,
+            temp,
+            path,
+            overwrite=not flags & os.O_EXCL,
+            inflight=self.inflight,
+            beside=beside,
+        )
+
     def open(self, path: str, flags: int, mode: int) -> File:
         self._refused(path) if flags & os.O_CREAT else self._hidden(path)
         if (again := self._reopen_flags(path, flags)) is not None:
             return self.inner.open(self._live(path), again, mode)
         if not self._replaces(flags):
             return self.inner.open(path, flags, mode)
+        beside = self._directory(path, nowait=False)
+        if beside is not None:
+            opened = self._open_beside(beside, path, flags, mode, nowait=False)
+            assert opened is not None
+            return opened
         replacing = self._plan(path, flags)
         if replacing is None:
             return self.inner.open(path, flags, mode)
@@ -288,6 +370,9 @@ class AtomicStorage(DelegatingStorage):
             return self.inner.open_nowait(self._live(path), again, mode)
         if not self._replaces(flags):
             return self.inner.open_nowait(path, flags, mode)
+        beside = self._directory(path, nowait=True)
+        if beside is not None:
+            return self._open_beside(beside, path, flags, mode, nowait=True)
         temp = self._temp_path(path)
         # Where the jail can create a file without waiting for a device (a root in
         # memory), its lstat cannot wait either: the whole decision is made inline.

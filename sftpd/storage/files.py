@@ -31,14 +31,38 @@ def _error(code: int, message: str | None = None) -> OSError:
     return OSError(code, message or os.strerror(code))
 
 
+# The classes OSError(errno, text) builds: one of these without a file name or a chain
+# is already what _scrubbed would make of it.
+_CLEAN = frozenset(
+    (
+        OSError,
+        BlockingIOError,
+        ChildProcessError,
+        FileExistsError,
+        FileNotFoundError,
+        InterruptedError,
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,
+        ProcessLookupError,
+        TimeoutError,
+    )
+)
+
+
 def _scrubbed(fn: Callable[P, T]) -> Callable[P, T]:
-    """Re-raise every OSError as a fresh one with the same errno, no file name, no chain."""
+    """Re-raise every OSError as a fresh one with the same errno, no file name, no chain
+    (one that already is such, as ``_error`` makes them, goes on as it is)."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return fn(*args, **kwargs)
         except OSError as exc:
+            if type(exc) in _CLEAN and exc.filename is None and exc.filename2 is None:
+                if exc.__context__ is None and exc.__cause__ is None and exc.errno:
+                    if exc.strerror:
+                        raise  # already one of ours (_error): no second exception per miss
             code = exc.errno or errno.EIO
             message = exc.strerror or os.strerror(code)
         raise _error(code, message)  # raised outside the handler: no __context__ either

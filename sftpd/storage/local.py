@@ -6,14 +6,13 @@ import contextlib
 import ctypes
 import errno
 import os
-import platform
 import stat
 from collections.abc import Iterator
-from typing import ParamSpec, TypeVar
 
 from sftpd.errors import JailError
 from sftpd.storage import vpath
 from sftpd.storage.base import File
+from sftpd.storage.beside import Beside
 from sftpd.storage.files import (
     LocalDirectory,
     LocalFile,
@@ -26,48 +25,15 @@ from sftpd.storage.files import (
     _scrubbed,
 )
 from sftpd.storage.fsinfo import LOCAL_FS, TMPFS_MAGIC, fs_type, swap_configured
+from sftpd.storage.resolve import RESOLVE_CACHED, RESOLVE_NO_XDEV, Resolver
 
-P = ParamSpec("P")
-T = TypeVar("T")
-
-_RESOLVE_NO_XDEV = 0x01
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_IN_ROOT = 0x10
-_RESOLVE_CACHED = 0x20  # Linux 5.12: EAGAIN unless every step is in the dentry cache
 _RENAME_NOREPLACE = 1
-_MAX_SYMLINKS = 40  # the kernel's MAXSYMLINKS, so both resolvers agree
-_EAGAIN_RETRIES = 64  # openat2 answers EAGAIN when a rename races a '..' step
-_MAX_READ = 1 << 24  # one pread never allocates more than 16 MiB (short reads are legal)
-_COPY_CHUNK = 1 << 30
-_BUFFER_CHUNK = 1 << 18
 _OPEN_FLAGS = os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_APPEND
 _OPEN_EXTRA = os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-_PATH = os.O_PATH | os.O_CLOEXEC
+_CREATE_EXTRA = os.O_NOCTTY | os.O_CLOEXEC  # a file O_EXCL creates is never a FIFO
 _PROC_FD = "/proc/self/fd/"  # the server's own magic links, never built from client input
-
-
-# (openat2, renameat2) system call numbers per CPU; elsewhere we use the portable paths
-_SYSCALLS = (("x86_64", (437, 316)), ("aarch64", (437, 276)), ("riscv64", (437, 276)))
-
-
-class _OpenHow(ctypes.Structure):
-    """``struct open_how`` of openat2(2)."""
-
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
 _WRITE_ACCESS = os.O_WRONLY | os.O_RDWR
-
-_OPEN_HOW_SIZE = ctypes.sizeof(_OpenHow)
-_SYSCALL_OPENAT2 = ctypes.CFUNCTYPE(
-    ctypes.c_long,
-    ctypes.c_long,  # number
-    ctypes.c_int,  # dirfd
-    ctypes.c_char_p,  # path
-    ctypes.POINTER(_OpenHow),  # how
-    ctypes.c_size_t,  # size
-    use_errno=True,
-)
+_DIRECTORY = os.O_PATH | os.O_DIRECTORY
 
 
 class LocalStorage:
@@ -95,33 +61,23 @@ class LocalStorage:
         root_stat = os.fstat(fd)
         self._root_key = (root_stat.st_dev, root_stat.st_ino)
         self._libc = ctypes.CDLL(None, use_errno=True)
-        # syscall(2) with openat2's argument types declared once: no conversion objects
-        # built per call (x86-64/aarch64/riscv64 pass these in registers either way).
-        self._openat2_call = _SYSCALL_OPENAT2(("syscall", self._libc))
-        self._hows: dict[tuple[int, int, int], _OpenHow] = {}
         # tmpfs pages cannot be swapped out when there is no swap: reading them never
         # waits for a device (checked once: an admin adding swap later should restart)
         self._memory_files = not swap_configured()
         root_fs = fs_type(self._libc, fd)
+        self._root_fs = root_fs
         self._root_in_memory = self._memory_files and root_fs == TMPFS_MAGIC
         self._root_local = root_fs in LOCAL_FS
-        openat2_nr, renameat2_nr = dict(_SYSCALLS).get(platform.machine(), (None, None))
-        self._renameat2_nr: int | None = renameat2_nr
-        self._openat2_nr: int | None = None
-        if use_openat2 is not False and openat2_nr is not None:
-            self._openat2_nr = openat2_nr
-            try:
-                os.close(self._openat2(openat2_nr, fd, ".", os.O_PATH | os.O_DIRECTORY, 0))
-            except OSError:  # ENOSYS, or EPERM from a seccomp filter
-                self._openat2_nr = None
-        if use_openat2 and self._openat2_nr is None:
+        self._resolver = Resolver(self._root, self._libc, use_openat2)
+        self._renameat2_nr: int | None = self._resolver.renameat2_nr
+        if use_openat2 and not self.uses_openat2:
             self.close()
             raise JailError("openat2(2) is not available on this system")
 
     @property
     def uses_openat2(self) -> bool:
         """Whether paths are resolved by openat2 (else by the O_NOFOLLOW walk)."""
-        return self._openat2_nr is not None
+        return self._resolver.openat2_nr is not None
 
     def close(self) -> None:
         """Release the root fd (idempotent); later calls fail with EBADF."""
@@ -129,114 +85,10 @@ class LocalStorage:
 
     # --- resolution -------------------------------------------------------------------
 
-    def _openat2(
-        self, nr: int, dirfd: int, rel: str, flags: int, mode: int, resolve: int = 0
-    ) -> int:
-        key = (flags, mode & 0o7777 if flags & os.O_CREAT else 0, resolve)
-        how = self._hows.get(key)
-        if how is None:  # one read-only struct per (flags, mode, resolve), shared by all threads
-            if len(self._hows) > 256:
-                self._hows.clear()
-            how = _OpenHow(
-                key[0] | os.O_CLOEXEC, key[1], _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS | resolve
-            )
-            self._hows[key] = how
-        path = os.fsencode(rel)
-        call = self._openat2_call
-        for _ in range(_EAGAIN_RETRIES):
-            result: int = call(nr, dirfd, path, how, _OPEN_HOW_SIZE)
-            if result >= 0:
-                return result
-            code = ctypes.get_errno()
-            if code != errno.EAGAIN or resolve & _RESOLVE_CACHED:
-                raise _error(code)  # (else a rename raced a '..' step: try again)
-        raise _error(errno.EAGAIN)
-
-    def _syscall(self, nr: int, *args: object) -> int:
-        result = int(self._libc.syscall(ctypes.c_long(nr), *args))
-        if result < 0:
-            raise _error(ctypes.get_errno())
-        return result
-
     def _open_beneath(
         self, path: str, flags: int, mode: int = 0, *, follow: bool = True, resolve: int = 0
     ) -> int:
-        """An fd for virtual ``path`` opened with ``flags``, resolved inside the root
-        (``resolve``: more RESOLVE_* flags, for openat2 only)."""
-        with self._root as root_fd:
-            nr = self._openat2_nr
-            if nr is not None:
-                if not follow:
-                    flags |= os.O_NOFOLLOW
-                return self._openat2(nr, root_fd, path.lstrip("/") or ".", flags, mode, resolve)
-            return self._walk(root_fd, path, flags, mode & 0o7777, follow)
-
-    @staticmethod
-    def _link_text(dirfd: int, name: str, otherwise: OSError) -> str:
-        """The target of symlink ``name`` in ``dirfd``; ``otherwise`` if it is no symlink."""
-        try:
-            target = os.readlink(name, dir_fd=dirfd)
-        except OSError:
-            raise otherwise from None
-        if not target:
-            raise _error(errno.ENOENT)
-        return target
-
-    def _walk(self, root_fd: int, path: str, flags: int, mode: int, follow: bool) -> int:
-        """The fallback resolver: the kernel never follows a symlink (O_NOFOLLOW on every
-        step) and never sees '..'; we read links and pop our own stack of directory fds,
-        which never goes above the root."""
-        flags |= os.O_CLOEXEC | os.O_NOFOLLOW
-        pending = path.split("/")[::-1]
-        stack: list[int] = []  # fds of the directories below the root we are in
-        links = 0
-        try:
-            while True:
-                here = stack[-1] if stack else root_fd
-                while pending and pending[-1] in ("", "."):
-                    pending.pop()
-                if not pending:
-                    return os.open(".", flags, mode, dir_fd=here)
-                name = pending.pop()
-                if name == "..":
-                    if stack:
-                        os.close(stack.pop())
-                    continue
-                if pending:  # an intermediate component: a directory, or a link to one
-                    stack.append(os.open(name, _PATH | os.O_NOFOLLOW, dir_fd=here))
-                    if stat.S_ISDIR(os.fstat(stack[-1]).st_mode):
-                        continue
-                    os.close(stack.pop())
-                    target = self._link_text(here, name, _error(errno.ENOTDIR))
-                elif not follow:
-                    return os.open(name, flags, mode, dir_fd=here)
-                else:
-                    try:
-                        fd = os.open(name, flags, mode, dir_fd=here)
-                    except OSError as exc:
-                        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                            raise
-                        target = self._link_text(here, name, _error(exc.errno))
-                    else:
-                        try:
-                            is_link = flags & os.O_PATH and stat.S_ISLNK(os.fstat(fd).st_mode)
-                        except OSError:
-                            os.close(fd)
-                            raise
-                        if not is_link:
-                            return fd
-                        os.close(fd)
-                        target = self._link_text(here, name, _error(errno.ENOENT))
-                links += 1
-                if links > _MAX_SYMLINKS:
-                    raise _error(errno.ELOOP)
-                if target.startswith("/"):  # absolute targets restart at the user's root
-                    while stack:
-                        os.close(stack.pop())
-                pending.extend(target.split("/")[::-1])
-        finally:
-            for fd in stack:
-                os.close(fd)
+        return self._resolver.open_beneath(path, flags, mode, follow=follow, resolve=resolve)
 
     @contextlib.contextmanager
     def _resolved(self, path: str, *, follow: bool = True) -> Iterator[int]:
@@ -249,14 +101,18 @@ class LocalStorage:
     @contextlib.contextmanager
     def _at(self, path: str, root_errno: int) -> Iterator[tuple[int, str]]:
         """(parent directory fd, last name); ``root_errno`` when ``path`` is the root."""
-        parent, name = vpath.split(vpath.normalize(path))
-        if not name:
-            raise _error(root_errno)
-        fd = self._open_beneath(parent, os.O_PATH | os.O_DIRECTORY)
+        fd, name = self._parent(path, root_errno)
         try:
             yield fd, name
         finally:
             os.close(fd)
+
+    def _parent(self, path: str, root_errno: int) -> tuple[int, str]:
+        """``_at`` for the hot callers, without a generator: the caller closes the fd."""
+        parent, name = vpath.split(vpath.normalize(path))
+        if not name:
+            raise _error(root_errno)
+        return self._open_beneath(parent, os.O_PATH | os.O_DIRECTORY), name
 
     def _virtual(self, fd: int) -> str:
         """The virtual path of resolved ``fd``, read back from /proc; "/" if not below root."""
@@ -292,12 +148,12 @@ class LocalStorage:
         lives in memory (tmpfs without swap) or the file is only read and every step of
         its path is in the dentry cache (RESOLVE_CACHED). Else None."""
         flags &= _OPEN_FLAGS
-        if self._openat2_nr is None:
+        if self._resolver.openat2_nr is None:
             return None
         if self._root_in_memory:
-            resolve = _RESOLVE_NO_XDEV
+            resolve = RESOLVE_NO_XDEV
         elif self._root_local and not flags & (os.O_CREAT | os.O_TRUNC | _WRITE_ACCESS):
-            resolve = _RESOLVE_NO_XDEV | _RESOLVE_CACHED
+            resolve = RESOLVE_NO_XDEV | RESOLVE_CACHED
         else:
             return None
         try:
@@ -315,18 +171,19 @@ class LocalStorage:
         )
 
     def _open_fd(self, path: str, flags: int, mode: int, resolve: int) -> int:
-        fd = -1
         if flags & os.O_CREAT:
             # An upload usually creates a new file: try exactly that first (one system
-            # call; O_EXCL only ever creates a regular file and never follows a link).
-            with contextlib.suppress(FileExistsError):
-                fd = self._open_beneath(
-                    path, flags | os.O_EXCL | _OPEN_EXTRA, mode, resolve=resolve
+            # call; O_EXCL only ever creates a regular file and never follows a link, so
+            # the new fd needs neither O_NONBLOCK nor a check of what it is).
+            try:
+                return self._open_beneath(
+                    path, flags | os.O_EXCL | _CREATE_EXTRA, mode, resolve=resolve
                 )
-            if fd < 0 and flags & os.O_EXCL:
+            except FileExistsError:
+                pass
+            if flags & os.O_EXCL:
                 raise _error(errno.EEXIST)
-        if fd < 0:
-            fd = self._open_existing(path, flags, mode, resolve)
+        fd = self._open_existing(path, flags, mode, resolve)
         try:
             _require_regular(os.fstat(fd))  # also catches a node swapped in meanwhile
             os.set_blocking(fd, True)
@@ -352,6 +209,38 @@ class LocalStorage:
                 return os.open(_PROC_FD + str(ref), reopen)
             finally:
                 os.close(ref)
+
+    @_scrubbed
+    def beside(self, path: str, *, nowait: bool = False) -> Beside | None:
+        """The directory holding ``path``, resolved once, for an atomic upload's calls
+        beside its name (see storage.beside); None for the root. With ``nowait``, only
+        where nothing can wait for a device (as ``open_nowait`` creating a file: a root in
+        memory, the lookup kept on its file system), else None."""
+        parent, name = vpath.split(vpath.normalize(path))
+        if not name:
+            return None
+        if nowait:
+            if self._resolver.openat2_nr is None or not self._root_in_memory:
+                return None
+            try:
+                fd = self._open_beneath(parent, _DIRECTORY, resolve=RESOLVE_NO_XDEV)
+            except OSError as exc:
+                if exc.errno == errno.EXDEV:
+                    return None  # another mount: a worker does it
+                raise
+        else:
+            fd = self._open_beneath(parent, _DIRECTORY)
+        try:
+            if nowait:
+                in_memory = local = True
+            else:  # (the root's own file system, as nearly always, needs no fstatfs)
+                same = os.fstat(fd).st_dev == self._root_key[0]
+                kind = self._root_fs if same else fs_type(self._libc, fd)
+                in_memory, local = self._memory_files and kind == TMPFS_MAGIC, kind in LOCAL_FS
+            return Beside(fd, name, self._rename_at, in_memory=in_memory, local=local)
+        except BaseException:
+            os.close(fd)
+            raise
 
     @_scrubbed
     def opendir(self, path: str) -> LocalDirectory:
@@ -395,8 +284,11 @@ class LocalStorage:
 
     @_scrubbed
     def remove(self, path: str) -> None:
-        with self._at(path, errno.EPERM) as (dirfd, name):
+        dirfd, name = self._parent(path, errno.EPERM)
+        try:
             os.unlink(name, dir_fd=dirfd)
+        finally:
+            os.close(dirfd)
 
     @_scrubbed
     def mkdir(self, path: str, mode: int) -> None:
@@ -414,8 +306,11 @@ class LocalStorage:
         new_parent, new_base = vpath.split(vpath.normalize(new))
         if old_parent == new_parent and old_base and new_base:
             # One directory (an atomic upload landing): resolve it once.
-            with self._at(old, errno.EPERM) as (fd, _):
+            fd = self._open_beneath(old_parent, os.O_PATH | os.O_DIRECTORY)
+            try:
                 self._rename_at(fd, old_base, fd, new_base, overwrite)
+            finally:
+                os.close(fd)
             return
         with self._at(old, errno.EPERM) as (old_fd, old_name):
             with self._at(new, errno.EPERM) as (new_fd, new_name):
@@ -434,7 +329,8 @@ class LocalStorage:
             old_b, new_b = ctypes.c_char_p(os.fsencode(old)), ctypes.c_char_p(os.fsencode(new))
             try:
                 nr, flag = self._renameat2_nr, ctypes.c_uint(_RENAME_NOREPLACE)
-                self._syscall(nr, ctypes.c_int(old_fd), old_b, ctypes.c_int(new_fd), new_b, flag)
+                fds = ctypes.c_int(old_fd), ctypes.c_int(new_fd)
+                self._resolver.syscall(nr, fds[0], old_b, fds[1], new_b, flag)
                 return
             except OSError as exc:
                 if exc.errno not in (errno.ENOSYS, errno.EINVAL):

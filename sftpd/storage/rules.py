@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
 import os
 import stat
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from pathlib import Path
 from sftpd.storage import vpath
 from sftpd.storage.base import Directory, File, Storage
 from sftpd.storage.delegate import DelegatingFile, DelegatingStorage
-from sftpd.storage.permissions import Table, matching
+from sftpd.storage.permissions import SINGLE, Table, matching
 
 # Only the permission bits are ever applied: setuid, setgid and sticky are dropped.
 PERMISSION_BITS = 0o777
@@ -129,6 +130,8 @@ class Rules:
     def decide(self, op: Op, path: str) -> str | None:
         """The name of the rule that refuses ``op`` at the canonical virtual ``path``, or
         None when it is allowed."""
+        if self.unrestricted:
+            return None  # the default: no rule to look up, per request or per entry
         hidden = self.hidden(path)
         if hidden is not None:
             return hidden
@@ -143,6 +146,19 @@ class Rules:
         if self.key_permissions is not None and op.value not in self.key_permissions:
             return "the key's permissions"
         return None
+
+    @functools.cached_property
+    def unrestricted(self) -> bool:
+        """Whether every operation is allowed everywhere (no rule refuses anything; only
+        the creation and chmod modes apply)."""
+        return (
+            not self.read_only
+            and not self.deny_files
+            and not self.hide_files
+            and not self.table.per_directory
+            and self.table.everywhere == frozenset(SINGLE)
+            and (self.key_permissions is None or self.key_permissions >= frozenset(SINGLE))
+        )
 
     def hidden(self, path: str) -> str | None:
         """The ``hide_files`` rule that hides ``path`` (it looks absent), or None."""

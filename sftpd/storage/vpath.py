@@ -14,6 +14,8 @@ def normalize(path: str, base: str = "/") -> str:
     """
     if "\x00" in path or "\x00" in base:
         raise OSError(errno.EINVAL, "Invalid argument")
+    if path.startswith("/") and "//" not in path and "/." not in path and path[-1:] != "/":
+        return path  # already normal: every layer normalises, most paths arrive so
     if path.startswith("/"):
         joined = path
     else:

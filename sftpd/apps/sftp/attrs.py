@@ -115,8 +115,9 @@ def encode_attrs(attrs: Attrs) -> bytes:
 
 def attrs_from_stat(st: os.stat_result) -> Attrs:
     """The attributes v3 can carry, taken from a stat result."""
-    # positional: a listing builds one per entry
-    return Attrs(st.st_size, st.st_uid, st.st_gid, st.st_mode, int(st.st_atime), int(st.st_mtime))
+    # positional, and by index (stat_result[7], [8] are the whole-second times as ints):
+    # a listing builds one per entry
+    return Attrs(st[6], st[4], st[5], st[0], st[7], st[8])  # type: ignore[arg-type]
 
 
 class IdNames:
@@ -130,21 +131,32 @@ class IdNames:
         self._dates: dict[tuple[int, bool], str] = {}
         self._modes: dict[int, str] = {}
         self._owner_group: dict[tuple[int, int], str] = {}
+        self._heads: dict[tuple[int, int, int, int], str] = {}
 
     def longname(self, name: str, st: os.stat_result, now: float) -> str:
         """``longname`` with every column but size, links and name from a cache."""
-        ids = (st.st_uid, st.st_gid)
+        # mode, links, owner and group recur across a listing: one lookup for all four
+        key = (st[0], st[3], st[4], st[5])  # st_mode, st_nlink, st_uid, st_gid
+        head = self._heads.get(key)
+        if head is None:
+            if len(self._heads) > 4096:
+                self._heads.clear()
+            head = self._heads[key] = self._head(*key)
+        mtime: int = st[8]  # type: ignore[assignment]  # the whole seconds, an int
+        date = self.date(mtime, abs(now - mtime) < _SIX_MONTHS)
+        return f"{head} {st[6]:>8} {date} {name}"
+
+    def _head(self, st_mode: int, nlink: int, uid: int, gid: int) -> str:
+        """The columns before the size: mode, links, owner, group."""
+        ids = (uid, gid)
         owner_group = self._owner_group.get(ids)
         if owner_group is None:
             if len(self._owner_group) > 4096:
                 self._owner_group.clear()
-            owner = self.user(ids[0]) or str(ids[0])
-            group = self.group(ids[1]) or str(ids[1])
+            owner = self.user(uid) or str(uid)
+            group = self.group(gid) or str(gid)
             owner_group = self._owner_group[ids] = f"{owner:<8} {group:<8}"
-        mtime = int(st.st_mtime)
-        date = self.date(mtime, abs(now - mtime) < _SIX_MONTHS)
-        mode = self._modes.get(st.st_mode) or self.mode(st.st_mode)
-        return f"{mode} {st.st_nlink:>4} {owner_group} {st.st_size:>8} {date} {name}"
+        return f"{self.mode(st_mode)} {nlink:>4} {owner_group}"
 
     def date(self, mtime: int, recent: bool) -> str:
         """The ``ls -l`` date column for ``mtime``."""

@@ -331,9 +331,24 @@ def _type_name(kind: int | None) -> str:
     return PacketType(kind).name if kind in _PACKET_TYPES else f"type {kind}"
 
 
+# The largest CHANNEL_DATA the session channel accepts (ssh/channel.LOCAL_MAX_PACKET).
+CHANNEL_MAX_PACKET = 256 * 1024
+
+
+def input_guard(io: ChannelIO) -> int:
+    """The unprocessed input past which the app drops its client: what it holds when it
+    pauses, plus all the window the client may still have been granted (the channel's
+    ``window_maximum``, which grows with the adaptive window; none on a channel without
+    one), plus a packet. An honest client never gets there; the connection closes the
+    channel of one that sends past its window before that. The same for the subsystem
+    and for ``exec sftp-server``."""
+    window = int(getattr(io, "window_maximum", 0))
+    return max(MAX_BUFFERED_INPUT, PAUSE_INPUT_AT + window + 2 * CHANNEL_MAX_PACKET)
+
+
 def make_sftp_app(ctx: SessionContext, io: ChannelIO) -> SftpApp:
-    """The app the session channel runs for the 'sftp' subsystem."""
+    """The app the session channel runs for ``exec sftp-server`` (and internal-sftp)."""
     view = getattr(ctx.storage, "for_protocol", None)  # an events recorder: one per app
     if view is not None:
         ctx = replace(ctx, storage=view("sftp"))
-    return SftpApp(ctx, io)
+    return SftpApp(ctx, io, max_buffered_input=input_guard(io))
