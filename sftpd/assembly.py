@@ -19,6 +19,7 @@ from sftpd.apps.rsync.sandbox import RuntimeCache
 from sftpd.auth.checkers import SERVER_SIG_ALGS
 from sftpd.auth.realm import Realm
 from sftpd.auth.setup import auth_parts
+from sftpd.auth.totpstate import shared_totp_state
 from sftpd.auth.users import StoreUnavailable, TomlUserStore, UserStore
 from sftpd.config.model import Config
 from sftpd.contexts import LiveConfig, context_maker
@@ -28,6 +29,7 @@ from sftpd.reload import build_store, reload_on_hangup, watch_sessions
 from sftpd.runtime.drain import Drain
 from sftpd.runtime.listening import ListenError, bind_all
 from sftpd.runtime.notify import sd_notify
+from sftpd.runtime.processes import RUNTIME_DIR_ENV
 from sftpd.runtime.threads import Blocking, WorkerPool
 from sftpd.ssh.channel import SessionChannel
 from sftpd.ssh.factory import Factory
@@ -106,6 +108,8 @@ def build_factory(
         any_totp=any(u.totp_secret for u in config.users),
         dummy_hash=dummy_hash,
         now=time.time,
+        # a code once per server: across worker processes, and nodes sharing [users_db]
+        totp_state=shared_totp_state(users, blocking, os.environ.get(RUNTIME_DIR_ENV)),
     )
     for checker in parts.checkers:
         portal.registerChecker(checker)

@@ -11,6 +11,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from sftpd.apps.contract import SessionContext
+from sftpd.auth.forced import forced_directory
 from sftpd.auth.users import AuthorizedKey, User
 from sftpd.config.model import Config, ExecConfig
 from sftpd.runtime.threads import Blocking
@@ -139,13 +140,17 @@ def context_maker(
         top: Any = RulesStorage(storage, rules, denied)
         if events is not None:
             top = events.wrap_storage(top)
+        rsync = rsync_capability(rules, user, limits)
+        directory = forced_directory(key)  # rrsync DIR: rsync's sandbox is rooted there
+        if directory is not None and isinstance(rsync, RsyncGrant):
+            rsync = replace(rsync, directory=directory)
         return SessionContext(
             username=user.name,
             home=key.home if key is not None and key.home is not None else user.home,
             storage=top,
             blocking=blocking,
             rules=rules,
-            rsync=rsync_capability(rules, user, limits),
+            rsync=rsync,
             sftp=config.sftp,
             exec=exec_settings(config.exec, user, key),
             reactor=reactor,

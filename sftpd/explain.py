@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sftpd.auth.forced import with_key_options
 from sftpd.auth.users import AuthorizedKey, user_from_config
 from sftpd.config.model import load_config
 from sftpd.config.values import parse_authorized_key
@@ -59,6 +60,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             "explain", "PATH", f"{args.path!r} is not absolute; expected e.g. /incoming"
         )
     path = vpath.normalize(args.path)
+    user, key = with_key_options(user, key)  # a forced command (rrsync) narrows the key
     rules = rules_for(user, key, umask=config.sftp.umask)
     status = EXIT_ALLOWED
     for name in GROUPS.get(args.op, (args.op,)) if args.op != "*" else SINGLE:

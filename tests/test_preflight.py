@@ -157,7 +157,7 @@ def test_embedded_default_data_not_creatable(tmp_path: Path) -> None:
 def test_check_config_names_auth_problems(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Key options (file, line, option), rrsync keys, require and a bad revocation file."""
+    """Key options (file, line, option), rrsync options, require and a bad revocation file."""
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOvWr2ZxPoEUi/8s3WIQ9gvfK4z2ylZ7qW7hS+KqfS0C"
     (tmp_path / "keys.txt").write_text(f'# alice\n{key}\nfrom="10.0.0.1",bogus {key}\n')
     (tmp_path / "r").mkdir()
@@ -165,14 +165,14 @@ def test_check_config_names_auth_problems(
         tmp_path,
         config_text(
             'root = "r"\nauthorized_keys_file = "keys.txt"',
-            f'root = "r"\nauthorized_keys = [\'command="rrsync -ro /backup" {key}\']',
+            f'root = "r"\nauthorized_keys = [\'command="rrsync -munge /backup" {key}\']',
             'root = "r"\nrequire = [["publickey", "password"]]',
         ).replace("[server]\n", '[server]\nauthentication_methods = ["publickey"]\n'),
     )
     assert main(["check-config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert f"users[0].authorized_keys_file: {tmp_path / 'keys.txt'}:3: option 'bogus': " in err
-    assert "users[1].authorized_keys[0]: option 'command': rrsync keys need per-key rules" in err
+    assert "users[1].authorized_keys[0]: option 'command': rrsync option '-munge'" in err
     assert "users[2].require[0]: 'password' is not in [server] authentication_methods" in err
     (tmp_path / "revoked").write_bytes(b"SSHKRL\n\0garbage")
     cfg = write(

@@ -51,7 +51,7 @@ def test_migration_from_version_1_keeps_users(tmp_path: Path) -> None:
             "INSERT INTO users (name, root, created, updated) VALUES (?, ?, 0, 0)",
             ("old", "/srv/old"),
         )
-    assert db.upgrade() == (1, 2)
+    assert db.upgrade() == (1, schema.LATEST)
     rec = db.get("old")
     assert rec is not None and rec.root == Path("/srv/old")
     db.add_usage("old", 10, 1)

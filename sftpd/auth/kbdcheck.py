@@ -7,6 +7,8 @@ from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sftpd.auth import totp
@@ -16,7 +18,16 @@ from sftpd.auth.kbdint import (
     IKeyboardInteractiveCredentials,
     KeyboardInteractiveCredentials,
 )
-from sftpd.auth.users import User, UserStore
+from sftpd.auth.totpstate import SharedTotpState
+from sftpd.auth.users import StoreUnavailable, User, UserStore
+
+log = Logger(namespace="sftpd.auth")
+
+
+def _state_unavailable(reason: Failure) -> bool:
+    reason.trap(StoreUnavailable)
+    log.error("TOTP state unavailable: {error}", error=str(reason.value), event="totp_state_down")
+    raise LoginRefused("verification code store unavailable", user_known=True)
 
 
 class ConversationStarter:
@@ -44,7 +55,8 @@ class ConversationStarter:
 class KeyboardInteractiveChecker:
     """The password as the password method checks it (bcrypt in a thread, the dummy hash
     for unknown users), then the TOTP code for a user with a secret (RFC 6238, one step
-    of skew, each code once: ``state`` remembers the last step accepted per user)."""
+    of skew, each code once: ``state`` remembers the last step accepted per user, shared
+    by the server's processes)."""
 
     credentialInterfaces = (IKeyboardInteractiveCredentials,)
 
@@ -52,7 +64,7 @@ class KeyboardInteractiveChecker:
         self,
         store: UserStore,
         passwords: PasswordChecker,
-        state: totp.TotpState,
+        state: SharedTotpState,
         now: Callable[[], float],
     ) -> None:
         self._store = store
@@ -69,14 +81,27 @@ class KeyboardInteractiveChecker:
         return d.addCallback(self._check, creds)
 
     def _check(self, user: User | None, creds: KeyboardInteractiveCredentials) -> Any:
-        def decide(ok: bool) -> LoggedIn:
+        def decide(ok: bool) -> Any:
             if not ok or user is None:
                 raise LoginRefused("wrong password or unknown user", user_known=user is not None)
-            if user.totp_secret:
-                code = (creds.code or b"").decode("ascii", "replace")
-                key = totp.decode_secret(user.totp_secret)
-                if not totp.verify(key, code, user.name, self._now(), self._state):
-                    raise LoginRefused("wrong or reused verification code", user_known=True)
+            if not user.totp_secret:
+                return LoggedIn(creds.username, user)
+            code = (creds.code or b"").decode("ascii", "replace")
+            key = totp.decode_secret(user.totp_secret)
+            steps = totp.candidate_steps(key, code, self._now())
+            return self._claim(user.name, steps).addCallback(coded)
+
+        def coded(accepted: bool) -> LoggedIn:
+            if not accepted or user is None:
+                raise LoginRefused("wrong or reused verification code", user_known=True)
             return LoggedIn(creds.username, user)
 
         return self._passwords.verify(user, creds.password).addCallback(decide)
+
+    def _claim(self, name: str, steps: list[int]) -> defer.Deferred[bool]:
+        """Claim the earliest matching step not yet used (shared by the server's processes)."""
+        if not steps:
+            return defer.succeed(False)
+        d = self._state.claim(name, steps[0])
+        d.addErrback(_state_unavailable)
+        return d.addCallback(lambda won: True if won else self._claim(name, steps[1:]))

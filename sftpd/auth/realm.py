@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from twisted.conch.error import NotEnoughAuthentication
@@ -15,6 +14,7 @@ from sftpd.apps.contract import SessionContext
 from sftpd.auth.avatar import Avatar, ChannelFactory
 from sftpd.auth.chains import Chains
 from sftpd.auth.checkers import LoggedIn, LoginRefused
+from sftpd.auth.forced import with_key_options
 from sftpd.auth.users import AuthorizedKey, User
 from sftpd.config.authcfg import DEFAULT_METHODS
 
@@ -26,22 +26,6 @@ class PartialSuccess(NotEnoughAuthentication):  # type: ignore[misc]
     def __init__(self, remaining: tuple[str, ...]) -> None:
         super().__init__("partial success")
         self.remaining = remaining
-
-
-def with_key_options(user: User, key: AuthorizedKey | None) -> User:
-    """The user as the key's forced command (``command=`` or a certificate's
-    force-command) allows: ``internal-sftp`` serves SFTP only (no exec commands),
-    ``internal-sftp -R`` read-only too."""
-    command = key.options.command if key is not None else None
-    if command is None:
-        return user
-    if command.protocols != frozenset({"sftp"}) or command.directory is not None:
-        # rrsync profiles are refused when the config is loaded; a certificate's
-        # force-command asking for one is refused here rather than widened
-        raise LoginRefused("forced command cannot be enforced (rrsync)", user_known=True)
-    return replace(
-        user, allow_exec=False, allow_rsync=False, read_only=user.read_only or command.read_only
-    )
 
 
 @implementer(IRealm)
@@ -89,7 +73,7 @@ class Realm:
                         user_known=True,
                     )
                 raise PartialSuccess(remaining)
-        ctx = self._make_context(with_key_options(user, avatarId.key), avatarId.key)
+        ctx = self._make_context(*with_key_options(user, avatarId.key))
         avatar = Avatar(
             ctx,
             clock=self._clock,

@@ -13,7 +13,7 @@ from sftpd.auth.checkers import PasswordChecker, PublicKeyChecker
 from sftpd.auth.kbdcheck import ConversationStarter, KeyboardInteractiveChecker
 from sftpd.auth.kbdint import METHOD, IKeyboardInteractiveCredentials
 from sftpd.auth.krl import RevocationFile
-from sftpd.auth.totp import MemoryTotpState
+from sftpd.auth.totpstate import ProcessTotpState, SharedTotpState
 from sftpd.auth.users import UserStore
 from sftpd.runtime.threads import Blocking
 
@@ -38,16 +38,21 @@ def auth_parts(
     any_totp: bool,
     dummy_hash: bytes | None,
     now: Callable[[], float],
+    totp_state: SharedTotpState | None = None,
 ) -> AuthParts:
     """Checkers for the methods offered ([server] authentication_methods, in order), user
     CAs and revocations ([server]); ``any_totp``: some user has a TOTP secret.
-    Raises KrlError for a revoked_keys_file that cannot be used."""
+    ``totp_state``: where accepted TOTP steps are kept (``totpstate.shared_totp_state``;
+    None: this process's memory). Raises KrlError for a revoked_keys_file that cannot be
+    used."""
     # The unknown-user dummy hash costs what the store's hashes cost: the TOML store reads
     # that from its hashes once, here; a database store from its setting.
     passwords = PasswordChecker(users, blocking, dummy_hash, rounds=users.password_cost)
     revoked = RevocationFile(revoked_keys_file) if revoked_keys_file is not None else None
     keys = PublicKeyChecker(users, trusted_cas=trusted_cas, revocations=revoked, now=now)
-    kbd = KeyboardInteractiveChecker(users, passwords, MemoryTotpState(), now)
+    kbd = KeyboardInteractiveChecker(
+        users, passwords, totp_state if totp_state is not None else ProcessTotpState(), now
+    )
     chosen: list[ICredentialsChecker] = []
     for method, checker in (
         ("publickey", keys),

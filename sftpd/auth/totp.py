@@ -60,22 +60,38 @@ def otpauth_url(name: str, secret: str, issuer: str = "sftpd") -> str:
 class TotpState(Protocol):
     """Remembers, per user, the last time step whose code was accepted."""
 
-    def last_step(self, user: str) -> int | None: ...
-
-    def accept_step(self, user: str, step: int) -> None: ...
+    def claim(self, user: str, step: int) -> bool:
+        """Record ``step`` as the user's last accepted one if it is later than the last;
+        whether it was (a code works once, and after a later code the earlier ones are
+        gone too). Atomic: of two claims of the same step, one wins."""
+        ...
 
 
 class MemoryTotpState:
-    """TotpState in memory: one process's view (workers each need a shared store)."""
+    """TotpState in memory: one process's view (``auth.totpstate`` shares it between the
+    worker processes of a server, and between servers through the user database)."""
 
     def __init__(self) -> None:
         self._last: dict[str, int] = {}
 
-    def last_step(self, user: str) -> int | None:
-        return self._last.get(user)
+    def claim(self, user: str, step: int) -> bool:
+        last = self._last.get(user)
+        if last is not None and step <= last:
+            return False
+        self._last[user] = step
+        return True
 
-    def accept_step(self, user: str, step: int) -> None:
-        self._last[user] = max(step, self._last.get(user, step))
+
+def candidate_steps(key: bytes, code: str, now: float, skew: int = SKEW_STEPS) -> list[int]:
+    """The time steps, from up to ``skew`` before to ``skew`` after the current one, whose
+    code is ``code`` (earliest first; usually none or one). Every candidate is compared,
+    so the timing does not tell which step matched."""
+    code = code.replace(" ", "")
+    if len(code) != DIGITS or not code.isascii() or not code.isdigit():
+        return []
+    current = time_step(now)
+    steps = range(current - skew, current + skew + 1)
+    return [step for step in steps if hmac.compare_digest(hotp(key, step), code)]
 
 
 def verify(
@@ -92,17 +108,4 @@ def verify(
     never one of a step at or before the last step accepted for the user: a code
     works once, and after a later code the earlier ones are gone too.
     """
-    code = code.replace(" ", "")
-    if len(code) != DIGITS or not code.isascii() or not code.isdigit():
-        return False
-    current = time_step(now)
-    last = state.last_step(user)
-    matched = None
-    for step in range(current - skew, current + skew + 1):
-        # compare every candidate, so the timing does not tell which step matched
-        if hmac.compare_digest(hotp(key, step), code) and (last is None or step > last):
-            matched = step if matched is None else matched
-    if matched is None:
-        return False
-    state.accept_step(user, matched)
-    return True
+    return any(state.claim(user, step) for step in candidate_steps(key, code, now, skew))

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sftpd.config.values import Check, Values, got, parse_authorized_key
+from sftpd.config.keyopts import (
+    KeyLineError,
+    KeyOptions,
+    OptionError,
+    parse_key_line,
+    parse_options,
+    split_options,
+)
+from sftpd.config.values import Check, Values, got
 from sftpd.storage.permissions import PROTOCOLS, expand, pattern_problem
 
 # (absolute virtual directory, permission names as written), one entry per directory.
@@ -16,13 +24,16 @@ PermissionTable = tuple[tuple[str, tuple[str, ...]], ...]
 class KeyProfileConfig:
     """One ``[[users.keys]]`` entry: a key with its own profile.
 
-    ``permissions`` None: the user's; ``protocols`` None: all; ``home`` None: the user's."""
+    ``permissions`` None: the user's; ``protocols`` None: all; ``home`` None: the user's.
+    ``options``: the key's OpenSSH options (``options = "..."``, or written before the key
+    type in ``key`` as in an authorized_keys line)."""
 
     blob: bytes
     comment: str = ""
     permissions: tuple[str, ...] | None = None
     protocols: tuple[str, ...] | None = None
     home: str | None = None
+    options: KeyOptions = field(default_factory=KeyOptions)
 
 
 class AccessValues(Values):
@@ -90,6 +101,7 @@ class AccessValues(Values):
             before = len(self.errors)
             checks: dict[str, Check] = {
                 "key": self.key_line,
+                "options": self.key_options,
                 "permissions": self.permission_names,
                 "protocols": self.protocols,
                 "home": self.home,
@@ -98,15 +110,54 @@ class AccessValues(Values):
             if "key" not in data:
                 self.errors.append(self.err(f"{prefix}.key", "missing; expected a public key line"))
             if len(self.errors) == before:
-                blob, comment = got_.pop("key")
-                out.append(KeyProfileConfig(blob, comment, **got_))
+                blob, comment, in_line = got_.pop("key")
+                options = got_.pop("options", None)
+                if options is not None and in_line is not None:
+                    self.errors.append(
+                        self.err(
+                            f"{prefix}.options",
+                            "the key line has options of its own; give them in one place",
+                        )
+                    )
+                    continue
+                options = options or in_line or KeyOptions()
+                at = f"{prefix}.options" if "options" in data else f"{prefix}.key"
+                if options.cert_authority:
+                    self.errors.append(
+                        self.err(
+                            at,
+                            "option 'cert-authority': a CA's certificates do not get a "
+                            "[[users.keys]] profile; list the CA in authorized_keys",
+                        )
+                    )
+                    continue
+                out.append(KeyProfileConfig(blob, comment, options=options, **got_))
         return tuple(out)
 
-    def key_line(self, where: str, value: Any) -> tuple[bytes, str]:
+    def key_line(self, where: str, value: Any) -> tuple[bytes, str, KeyOptions | None]:
+        """A key line, OpenSSH options allowed before the key type (None: it has none)."""
         line = self.string(where, value)
         try:
-            blob = parse_authorized_key(line)
-        except ValueError as e:
-            raise self.err(where, str(e)) from None
-        fields = line.split(None, 2)
-        return blob, fields[2] if len(fields) > 2 else ""
+            parsed = parse_key_line(line, where)
+        except KeyLineError as e:
+            what = f"option {e.option!r}: " if e.option else ""
+            raise self.err(where, what + e.reason) from None
+        opts_text, key_text = split_options(line)
+        fields = key_text.split(None, 2)
+        comment = fields[2] if len(fields) > 2 else ""
+        return parsed.blob, comment, parsed.options if opts_text else None
+
+    def key_options(self, where: str, value: Any) -> KeyOptions:
+        """``options``: one OpenSSH option list, as written before a key in authorized_keys."""
+        text = self.string(where, value).strip(" \t")
+        head, rest = split_options(text)
+        if rest:
+            raise self.err(
+                where,
+                "unexpected text after the options (a space ends them, as in authorized_keys; "
+                "put the key in key)",
+            )
+        try:
+            return parse_options(head)
+        except OptionError as e:
+            raise self.err(where, f"option {e.option!r}: {e.reason}") from None

@@ -14,21 +14,6 @@ METHODS = ("publickey", "password", "keyboard-interactive")
 DEFAULT_METHODS = METHODS
 
 
-def _usable(line: KeyLine, label: str, number: int | None) -> KeyLine:
-    """Refuse options sftpd parses but cannot enforce yet, rather than ignore them."""
-    cmd = line.options.command
-    if cmd is not None and "rsync" in cmd.protocols:
-        raise KeyLineError(
-            label,
-            number or 1,
-            "command",
-            "rrsync keys need per-key rules (a rooted, rsync-only profile), which sftpd "
-            "cannot apply yet: such a key is refused rather than given full access; "
-            "use command=\"internal-sftp\" or 'internal-sftp -R', or no command",
-        )
-    return line
-
-
 class AuthValues(Values):
     """The authentication part of the loader (a mixin of config.model's _Loader)."""
 
@@ -39,7 +24,7 @@ class AuthValues(Values):
         out: list[KeyLine] = []
         for i, text in enumerate(lines):
             try:
-                out.append(_usable(parse_key_line(text, f"{where}[{i}]", 1), f"{where}[{i}]", None))
+                out.append(parse_key_line(text, f"{where}[{i}]", 1))
             except KeyLineError as e:
                 what = f"option {e.option!r}: " if e.option else ""
                 raise self.err(f"{where}[{i}]", what + e.reason) from None
@@ -56,7 +41,7 @@ class AuthValues(Values):
         out: list[KeyLine] = []
         for number, line in read_authorized_keys_lines(text):
             try:
-                out.append(_usable(parse_key_line(line, str(path), number), str(path), number))
+                out.append(parse_key_line(line, str(path), number))
             except KeyLineError as e:
                 raise self.err(where, str(e)) from None
         return tuple(out)

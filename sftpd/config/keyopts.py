@@ -13,8 +13,9 @@ Meaning for sftpd, which runs no shell, no forwarding and no user rc:
 - ``expiry-time="YYYYMMDD[HHMM[SS]][Z]"``: local (system) time unless suffixed by ``Z``,
   which means UTC (as OpenSSH 8.6+ documents); the key is refused after that instant.
 - ``command="internal-sftp [-R]"``: SFTP only (``-R``: read-only);
-  ``command="rrsync [-ro|-wo] DIR"``: rsync only, rooted at DIR (as the user sees it);
-  any other command is refused.
+  ``command="rrsync [-ro|-wo] [-no-del] [-no-overwrite] DIR"``: rsync only, rooted at DIR
+  (as the user sees it; auth.forced maps it onto the key's profile); any other command
+  is refused.
 - ``restrict``, ``no-pty``, ``no-port-forwarding``, ``no-agent-forwarding``,
   ``no-X11-forwarding``, ``no-user-rc`` and their re-enabling forms (``pty``...),
   ``permitopen``, ``permitlisten`` and ``tunnel`` are accepted: sftpd offers none of
@@ -73,6 +74,8 @@ class ForcedCommand:
     read_only: bool = False
     write_only: bool = False
     directory: str | None = None  # a virtual path the protocol is rooted at
+    no_delete: bool = False  # rrsync -no-del
+    no_overwrite: bool = False  # rrsync -no-overwrite
 
 
 @dataclass(frozen=True)
@@ -277,36 +280,47 @@ def parse_command(value: str, option: str = "command") -> ForcedCommand:
             option, f"internal-sftp {' '.join(args)!r}: only 'internal-sftp' or 'internal-sftp -R'"
         )
     if prog == "rrsync":
-        args = words[1:]
-        read_only = write_only = False
-        while args and args[0].startswith("-"):
-            flag = args.pop(0)
-            if flag == "-ro":
-                read_only = True
-            elif flag == "-wo":
-                write_only = True
-            else:
-                raise OptionError(option, f"rrsync option {flag!r} is not supported (-ro, -wo)")
-        if read_only and write_only:
-            raise OptionError(option, "rrsync -ro and -wo together allow nothing")
-        if len(args) != 1:
-            raise OptionError(option, "expected 'rrsync [-ro|-wo] DIR' with one directory")
-        directory = args[0]
-        if not directory.startswith("/") or ".." in directory.split("/"):
-            raise OptionError(
-                option, f"rrsync directory {directory!r} must be absolute (as the user sees it)"
-            )
-        return ForcedCommand(
-            frozenset({"rsync"}),
-            read_only=read_only,
-            write_only=write_only,
-            directory=posixpath.normpath(directory).replace("//", "/"),
-        )
+        return _rrsync(words[1:], option)
     shown = value if len(value) <= 60 else value[:57] + "..."
     raise OptionError(
         option,
         f"{shown!r} cannot be enforced: sftpd runs no shell; use "
         "'internal-sftp', 'internal-sftp -R' or 'rrsync [-ro|-wo] DIR'",
+    )
+
+
+# rrsync's options (rsync 3.2's rrsync) and what sftpd makes of them; -no-lock (rrsync's
+# lock for -ro) is accepted without effect: sftpd runs one rsync per session anyway.
+_RRSYNC_FLAGS = ("-ro", "-wo", "-no-del", "-no-overwrite", "-no-lock")
+
+
+def _rrsync(args: list[str], option: str) -> ForcedCommand:
+    """``rrsync [-ro|-wo] [-no-del] [-no-overwrite] DIR``: rsync only, rooted at DIR."""
+    flags: set[str] = set()
+    while args and args[0].startswith("-"):
+        flag = args.pop(0)
+        if flag not in _RRSYNC_FLAGS:
+            raise OptionError(
+                option,
+                f"rrsync option {flag!r} is not supported ({', '.join(_RRSYNC_FLAGS)})",
+            )
+        flags.add(flag)
+    if {"-ro", "-wo"} <= flags:
+        raise OptionError(option, "rrsync -ro and -wo together allow nothing")
+    if len(args) != 1:
+        raise OptionError(option, "expected 'rrsync [-ro|-wo] [-no-del] DIR' with one directory")
+    directory = args[0]
+    if not directory.startswith("/") or ".." in directory.split("/"):
+        raise OptionError(
+            option, f"rrsync directory {directory!r} must be absolute (as the user sees it)"
+        )
+    return ForcedCommand(
+        frozenset({"rsync"}),
+        read_only="-ro" in flags,
+        write_only="-wo" in flags,
+        directory=posixpath.normpath(directory).replace("//", "/"),
+        no_delete="-no-del" in flags,
+        no_overwrite="-no-overwrite" in flags,
     )
 
 

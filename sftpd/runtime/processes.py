@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +19,9 @@ from sftpd.runtime.listening import ListenError, bind_all
 from sftpd.runtime.notify import NOTIFY_ENV, sd_notify
 
 WORKER_FDS_ENV = "SFTPD_WORKER_FDS"
+# A private directory (mode 0700) the supervisor makes for what its workers share (the
+# TOTP steps accepted, auth/totpstate.py); removed when the supervisor exits.
+RUNTIME_DIR_ENV = "SFTPD_RUNTIME_DIR"
 
 
 def bind_sockets(listen: Sequence[tuple[str, int]], copies: int) -> list[list[socket.socket]]:
@@ -64,6 +69,19 @@ def supervise(
             print(f"sftpd: {exc}", file=sys.stderr)
             return 1
 
+    runtime_dir = tempfile.mkdtemp(prefix="sftpd-run-")  # private: mode 0700
+    try:
+        return _supervise(config, log_format, sockets, runtime_dir)
+    finally:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+def _supervise(
+    config: Config,
+    log_format: str | None,
+    sockets: list[list[socket.socket]],
+    runtime_dir: str,
+) -> int:
     children: dict[int, subprocess.Popen[bytes]] = {}
 
     def hangup(signum: int, frame: Any) -> None:
@@ -84,7 +102,7 @@ def supervise(
 
     def spawn(slot: int) -> None:
         socks = sockets[slot]
-        env = dict(os.environ, **{WORKER_FDS_ENV: encode_fds(socks)})
+        env = dict(os.environ, **{WORKER_FDS_ENV: encode_fds(socks), RUNTIME_DIR_ENV: runtime_dir})
         env.pop(NOTIFY_ENV, None)  # only the supervisor tells systemd
         fds = [s.fileno() for s in socks]
         # A worker ignores SIGHUP (inherited through exec) until its reload handler is set:

@@ -388,6 +388,11 @@ class LocalStorage:
             os.close(fd)
 
     @_scrubbed
+    def open_directory(self, path: str) -> int:
+        """An O_PATH fd of the directory at ``path`` (for a sandbox to bind); caller closes."""
+        return self._open_beneath(vpath.normalize(path), os.O_PATH | os.O_DIRECTORY)
+
+    @_scrubbed
     def statvfs(self, path: str) -> os.statvfs_result:
         with self._resolved(path) as fd:
             return os.fstatvfs(fd)
@@ -406,3 +411,12 @@ class LocalStorage:
                 if src_offset < dst_offset + (end - src_offset) and dst_offset < end:
                     raise _error(errno.EINVAL)
             _copy(src_fd, src_offset, length, dst_fd, dst_offset)
+
+
+def open_directory(root: str | os.PathLike[str], path: str) -> int:
+    """:meth:`LocalStorage.open_directory` of a jail at ``root`` opened for this one call."""
+    jail = LocalStorage(root)
+    try:
+        return jail.open_directory(path)
+    finally:
+        jail.close()

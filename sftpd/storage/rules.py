@@ -81,10 +81,23 @@ class RsyncGrant:
     overwrite: bool = True
     symlinks: bool = True
     max_size: int = 0  # the receiver's --max-size (max_upload_size); 0 = none
+    # rrsync DIR: the sandbox is rooted at this directory (as the user sees it) instead of
+    # the user's root; the jail resolves it when rsync starts (see open_root).
+    directory: str | None = None
 
     @property
     def sender_only(self) -> bool:
         return not self.receive
+
+    def open_root(self) -> int | None:
+        """An O_PATH fd of ``directory`` resolved by the jail beneath ``host_root`` (symlinks
+        followed inside it, never out), for the sandbox to bind: None without a directory.
+        The caller closes it. Blocking; OSError (ENOENT, ENOTDIR) when it is missing."""
+        if self.directory is None:
+            return None
+        from sftpd.storage.local import open_directory
+
+        return open_directory(self.host_root, self.directory)
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,19 @@ from sftpd.apps.rsync.opening import (
 )
 from sftpd.apps.rsync.opening import daemon_arguments as opening_arguments
 from sftpd.apps.rsync.pipes import ClientInput, ProcessHandle, RsyncProcess
+from sftpd.apps.rsync.rooted import (
+    Prepared,
+    RootMissing,
+    in_directory,
+    prepare,
+    temporaries_in_directory,
+)
 from sftpd.apps.rsync.sandbox import (
     CONFIG_FD,
     JAIL,
     LOG_FD,
     MODULE,
+    ROOT_FD,
     Runtime,
     RuntimeCache,
     daemon_config,
@@ -133,12 +141,12 @@ class RsyncApp:
         self._grant: RsyncGrant | None = None  # the rules' grant, once the arguments are in
         self._args: ServerArgs | None = None
         self._process: ProcessHandle | None = None
-        self._pending: Deferred[Runtime] | None = None
+        self._pending: Deferred[Prepared] | None = None
         self._stop: GracefulStop | None = None
         # The recorder (the events storage's rsync view), if the assembly wired one: it
         # gets the daemon's per-file transfer log lines.
         self._transfer = getattr(ctx.storage, "rsync_transferred", None)
-        self._log = DaemonLog(self._transfer) if self._transfer is not None else None
+        self._log = DaemonLog(self._transferred) if self._transfer is not None else None
         if not ctx.exec.allow_rsync:
             self._finish(127, b"sftpd: command not allowed: rsync\n")
             return
@@ -263,18 +271,27 @@ class RsyncApp:
         self._apply(self._opening.feed_client(leftover))
         if self._state != "starting":
             return
-        pending = self._ctx.blocking.run(self._runtimes.probe, bwrap, rsync)
+        pending = self._ctx.blocking.run(prepare, self._runtimes, self._grant, bwrap, rsync)
         self._pending = pending  # may already have fired (and been cleared) just below
         pending.addCallback(self._spawn, bwrap, rsync)
         pending.addErrback(self._start_failed)
 
     def _start_failed(self, failure: Failure) -> None:
         self._pending = None
+        if isinstance(failure.value, RootMissing) and self._state in ("starting", "handshake"):
+            self._finish(1, f"sftpd: rsync refused: {failure.value}\n".encode())
+            return
         if self._state in ("starting", "handshake"):
             self._unavailable(f"starting the sandbox failed: {failure.getErrorMessage()}")
 
-    def _spawn(self, runtime: Runtime, bwrap: str, rsync: str) -> None:
+    def _spawn(self, prepared: Prepared, bwrap: str, rsync: str) -> None:
         self._pending = None
+        try:
+            self._spawn_with(prepared.runtime, prepared.root_fd, bwrap, rsync)
+        finally:
+            prepared.close()
+
+    def _spawn_with(self, runtime: Runtime, root_fd: int | None, bwrap: str, rsync: str) -> None:
         grant = self._grant
         if self._state != "starting" or grant is None:
             return
@@ -287,6 +304,7 @@ class RsyncApp:
             grant.sender_only,
             as_root=as_root,
             proc=self._transfer is not None,
+            root_fd=None if root_fd is None else ROOT_FD,
         )
         log.info(
             "rsync conn={session_id} user={username} {mode} {paths}",
@@ -304,7 +322,8 @@ class RsyncApp:
                 env={},
                 path="/",
                 childFDs={0: "w", 1: "r", 2: "r", CONFIG_FD: "w"}
-                | ({LOG_FD: "r"} if self._transfer is not None else {}),
+                | ({LOG_FD: "r"} if self._transfer is not None else {})
+                | ({ROOT_FD: root_fd} if root_fd is not None else {}),
             )
         except OSError as e:
             self._unavailable(f"spawning bwrap failed: {e}")
@@ -341,6 +360,11 @@ class RsyncApp:
     def daemon_log_closed(self) -> None:
         if self._log is not None:
             self._log.close()
+
+    def _transferred(self, op: str, name: bytes, size: int, count: int) -> None:
+        # rsync names files from its own root: for a key rooted at DIR, below DIR.
+        if self._transfer is not None:
+            self._transfer(op, in_directory(self._grant, name) if name else name, size, count)
 
     def daemon_stderr(self, data: bytes) -> None:
         if self._state == "running":
@@ -412,6 +436,7 @@ class RsyncApp:
         if storage is None:
             log.warn("rsync conn={session_id} temporaries left", session_id=self._ctx.session_id)
             return
+        temporaries = temporaries_in_directory(self._grant, temporaries)
         done = self._ctx.blocking.run(remove_temporaries, storage, temporaries)
         done.addCallback(removal_logger(self._ctx.session_id))
         done.addErrback(lambda f: log.failure("removing rsync temporaries", f))

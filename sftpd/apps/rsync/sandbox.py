@@ -56,6 +56,8 @@ CONFIG_FD = 3
 # The daemon's transfer log (one line per file, see TRANSFER_FORMAT) goes to this pipe,
 # opened by rsync through /proc before it chroots into the jail.
 LOG_FD = 4
+# rrsync DIR: the directory the jail resolved, passed as an fd for bwrap to bind at JAIL.
+ROOT_FD = 5
 TRANSFER_MARK = b"SFTPD|"
 TRANSFER_FORMAT = "SFTPD|%o|%l|%b|%f"
 # A receiver under a root server runs as this uid inside its user namespace (mapped to root
@@ -183,8 +185,12 @@ def sandbox_argv(
     *,
     as_root: bool = False,
     proc: bool = False,
+    root_fd: int | None = None,
 ) -> list[bytes]:
-    """The bwrap command line that starts the single-use rsync daemon (see module docstring)."""
+    """The bwrap command line that starts the single-use rsync daemon (see module docstring).
+
+    ``root_fd``: the child's fd of the directory to bind at JAIL instead of ``host_root``
+    (an rrsync key's DIR, opened by the jail: no host path is followed again)."""
     if as_root:
         argv = [bwrap, *_NAMESPACES_BUT_USER]
         caps = _ROOT_SENDER_CAPS
@@ -206,7 +212,11 @@ def sandbox_argv(
         argv += ["--ro-bind", path, path]
     argv += ["--ro-bind", rsync, RSYNC, "--ro-bind-data", str(CONFIG_FD), CONFIG]
     encoded = [os.fsencode(a) for a in argv]
-    encoded += [b"--ro-bind" if read_only else b"--bind", host_root, JAIL.encode()]
+    if root_fd is not None:
+        bind = b"--ro-bind-fd" if read_only else b"--bind-fd"
+        encoded += [bind, str(root_fd).encode(), JAIL.encode()]
+    else:
+        encoded += [b"--ro-bind" if read_only else b"--bind", host_root, JAIL.encode()]
     tail = ["--remount-ro", "/", "--chdir", "/", "--", RSYNC, "--server", "--daemon"]
     tail += [f"--config={CONFIG}", "."]
     return encoded + [a.encode() for a in tail]

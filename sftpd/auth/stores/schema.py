@@ -43,6 +43,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             files BIGINT NOT NULL DEFAULT 0
         )""",
     ),
+    (  # 3: the last TOTP time step accepted per user (file users too: no reference), so
+        # a code is accepted once across worker processes and nodes (auth/totpstate.py)
+        """CREATE TABLE totp_steps (
+            user_name TEXT PRIMARY KEY,
+            step BIGINT NOT NULL
+        )""",
+    ),
 )
 LATEST = len(MIGRATIONS)
 
