@@ -12,58 +12,59 @@ from typing import Any
 import bcrypt
 
 from sftpd.auth.stores.records import KeyRecord
-from sftpd.config.values import parse_authorized_key, read_authorized_keys_lines
-
-# As SFTPGo's (issue 13 gives them meaning); refused here when misspelt.
-PERMISSIONS = (
-    "*",
-    "list",
-    "download",
-    "upload",
-    "overwrite",
-    "delete",
-    "delete_files",
-    "delete_dirs",
-    "rename",
-    "rename_files",
-    "rename_dirs",
-    "create_dirs",
-    "create_symlinks",
-    "chmod",
-    "chtimes",
-)
-PROTOCOLS = ("sftp", "scp", "rsync", "hashes")
+from sftpd.config.values import parse_authorized_key, parse_size, read_authorized_keys_lines
 
 
 class UsageError(Exception):
     """A precise message for stderr; the command exits 2."""
 
 
-def name_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    bad = [n for n in names if n not in allowed]
-    if not names or bad:
-        shown = ", ".join(repr(n) for n in bad) if bad else "nothing"
-        raise UsageError(f"--{what}: {shown} is not one of: {', '.join(allowed)}")
-    return names
+def name_list(text: str) -> list[str]:
+    """``a,b,c`` as a list (the names are checked with the record, as the config checks them)."""
+    return [n.strip() for n in text.split(",") if n.strip()]
 
 
-def parse_permissions(text: str) -> Any:
-    """``list,upload`` (the whole root) or a JSON table ``{"/": [...], "/in": [...]}``."""
-    if not text.lstrip().startswith("{"):
-        return name_list(text, PERMISSIONS, "permissions")
-    try:
-        table = json.loads(text)
-    except ValueError as e:
-        raise UsageError(f"--permissions: not a JSON table ({e})") from None
-    out: dict[str, list[str]] = {}
-    for directory, names in table.items():
-        if not isinstance(directory, str) or not directory.startswith("/"):
-            raise UsageError(f"--permissions: {directory!r} is not an absolute directory")
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise UsageError(f"--permissions: {directory!r} needs a list of permission names")
-        out[directory] = name_list(",".join(names), PERMISSIONS, "permissions")
+def parse_permissions(values: list[str]) -> Any:
+    """``--permissions``: one list ``list,download`` for the whole root; or, repeatable,
+    ``DIR=LIST`` per directory (``/=list --permissions /in=list,upload``); or a JSON table
+    ``{"/": [...], "/in": [...]}``. The names and directories are checked with the record."""
+    if len(values) == 1 and values[0].lstrip().startswith("{"):
+        try:
+            table = json.loads(values[0])
+        except ValueError as e:
+            raise UsageError(f"--permissions: not a JSON table ({e})") from None
+        if not isinstance(table, dict):
+            raise UsageError("--permissions: expected a JSON table of directory -> list")
+        return table
+    if not any("=" in v for v in values):
+        if len(values) > 1:
+            raise UsageError(
+                "--permissions: give one list for the whole root, or DIR=LIST for each directory"
+            )
+        return name_list(values[0])
+    out: dict[str, Any] = {}
+    for value in values:
+        directory, sep, names = value.partition("=")
+        if not sep or value.lstrip().startswith("{"):
+            raise UsageError(
+                f"--permissions: {value!r} is not DIR=LIST; with one DIR=LIST, every "
+                "--permissions must be one (like /=list,download)"
+            )
+        if directory.strip() in out:
+            raise UsageError(f"--permissions: {directory.strip()!r} is given twice")
+        out[directory.strip()] = name_list(names)
     return out
+
+
+def size(text: str) -> int:
+    """A byte count: ``1000``, ``512KiB``, ``10MiB``, ``1GiB``; 0 = unlimited."""
+    value = parse_size(text)
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of bytes >= 0, optionally with KiB, MiB or GiB (0: unlimited), "
+            f"got {text!r}"
+        )
+    return value
 
 
 def count(text: str) -> int:
