@@ -20,15 +20,26 @@ log = Logger(namespace="sftpd.reload")
 
 
 def build_store(config: Config, *, reactor: Any, blocking: Blocking) -> ChainUserStore:
-    """The file's ``[[users]]`` then, with ``[users_db]``, the database (migrated here, at
-    start; StoreUnavailable or ValueError if it cannot be opened or is too new)."""
+    """The file's ``[[users]]`` then, with ``[users_db]``, the database, migrated here at
+    start. ValueError for a bad URL or a schema newer than this sftpd. A database that
+    cannot be reached does not stop the server: its logins are refused (the log says why)
+    until it answers, and the schema is migrated then."""
     file_users = TomlUserStore.from_config(config.users)
     if config.users_db is None:
         return ChainUserStore(file_users)
     from sftpd.auth.stores.store import open_user_db
 
     db = open_user_db(config.users_db.resolved_url(), config.users_db.base)
-    before, after = db.upgrade()
+    try:
+        before, after = db.upgrade()
+        names = set(db.names())
+    except StoreUnavailable as e:
+        cached = DbUserStore(
+            db, blocking, clock=reactor, cache_seconds=config.users_db.cache_seconds,
+            migrated=False,
+        )  # fmt: skip
+        cached.start_retrying(str(e))
+        return ChainUserStore(file_users, cached)
     if before != after:
         log.info(
             "user database schema upgraded from version {before} to {after}",
@@ -36,8 +47,7 @@ def build_store(config: Config, *, reactor: Any, blocking: Blocking) -> ChainUse
             after=after,
             event="db_upgraded",
         )
-    both = sorted(file_users.names() & set(db.names()))
-    for name in both:
+    for name in sorted(file_users.names() & names):
         log.warn(
             "user {user} is in the config file and the database; the file's entry is used",
             user=name,
