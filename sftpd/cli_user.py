@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -13,15 +12,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sftpd.auth.stores.records import SETTINGS, InvalidRecord, UserDb, UserRecord
+from sftpd.auth.stores.records import InvalidRecord, UserDb, UserRecord
 from sftpd.auth.users import DEFAULT_PASSWORD_COST, StoreUnavailable
 from sftpd.cli_user_values import (
     UsageError,
+    checked,
     count,
+    given_options,
     name_list,
     parse_permissions,
     read_keys,
     read_password,
+    settings_of,
     size,
     tristate,
 )
@@ -243,79 +245,13 @@ def _changes(args: argparse.Namespace, old: UserRecord | None) -> dict[str, Any]
         if getattr(args, field) is not ...:
             out[field] = getattr(args, field)
     settings = dict(old.settings) if old is not None else {}
-    for field, value in _settings(args).items():
+    for field, value in settings_of(args).items():
         if value in (None, 0, [], ""):  # the default: nothing stored
             settings.pop(field, None)
         else:
             settings[field] = value
     if settings != (old.settings if old is not None else {}):
         out["settings"] = settings
-    return out
-
-
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    # The options kept in the settings JSON, as the [[users]] keys they stand for.
-    out: dict[str, Any] = {}
-    for field in ("max_upload_size", "upload_mode", "max_sessions"):
-        if getattr(args, field) is not None:
-            out[field] = getattr(args, field)
-    for field in ("allowed_sources", "principals"):
-        if getattr(args, field) is not None:
-            out[field] = name_list(getattr(args, field))
-    for field in ("deny_files", "hide_files"):
-        if getattr(args, field) is not None:
-            out[field] = [p for p in getattr(args, field) if p]
-    if args.require is not None:
-        out["require"] = [name_list(c) for c in args.require if name_list(c)]
-    return out
-
-
-# The option that sets each field of a record (for the messages of `check`).
-OPTIONS = {
-    "root": "--root",
-    "home": "--home",
-    "password_hash": "--password",
-    "read_only": "--read-only",
-    "allow_rsync": "--allow-rsync",
-    "allow_exec": "--allow-exec",
-    "permissions": "--permissions",
-    "protocols": "--protocols",
-    **{f: "--" + f.replace("_", "-") for f in (*SETTINGS, "quota_size", "quota_files")},
-}
-
-
-def checked(rec: UserRecord, given: set[str]) -> UserRecord:
-    """``rec`` if it checks as a ``[[users]]`` table (what a login will check); otherwise
-    UsageError naming the option (or, for a value stored before, the field)."""
-    try:
-        rec.check()
-    except InvalidRecord as e:
-        field, message = e.problems[0]
-        if field.startswith("key "):  # a key's profile: "permissions[0]: ..."
-            head, _, rest = message.partition(": ")
-            option = OPTIONS.get(head.split("[")[0].split(".")[0])
-            if option in given and rest:
-                raise UsageError(f"{option}: {rest}") from None
-            raise UsageError(f"{field}: {message}") from None
-        root = field.split("[")[0].split(".")[0]
-        option = OPTIONS.get(root)
-        rest = re.sub(r"\[\d+\]$", "", field[len(root) :].lstrip("."))  # the value says it
-        detail = f"{rest}: {message}" if rest else message
-        if option is not None and option in given:
-            raise UsageError(f"{option}: {detail}") from None
-        hint = f"; set it again with {option}" if option else ""
-        raise UsageError(f"user {rec.name!r}: the stored {field}: {message}{hint}") from None
-    return rec
-
-
-def _given(args: argparse.Namespace) -> set[str]:
-    out = set()
-    for field, option in OPTIONS.items():
-        value = getattr(args, field, None)
-        if value is not None and value is not ... and value is not False:
-            out.add(option)
-    if getattr(args, "password", False) or getattr(args, "password_stdin", False):
-        out.add("--password")
     return out
 
 
@@ -339,7 +275,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         raise UsageError(f"user {name!r} exists already; change it with `sftpd user set`")
     rec = replace(UserRecord(name=name, root=Path("/")), **_changes(args, None))
     _check_way_in(rec)
-    checked(rec, _given(args))
+    checked(rec, given_options(args))
     try:
         make_root(rec.root)
     except OSError as e:
@@ -354,7 +290,7 @@ def cmd_set(args: argparse.Namespace) -> int:
     old = _existing(db, args.name)
     new = replace(old, **_changes(args, old))
     _check_way_in(new)
-    checked(new, _given(args))
+    checked(new, given_options(args))
     db.put(new)
     print(f"changed user {args.name!r}")
     return EXIT_OK

@@ -1,17 +1,18 @@
-"""Values of the ``sftpd user`` options: permission and protocol names, keys, passwords."""
+"""Values of the ``sftpd user`` options: names, sizes, keys, passwords, and their checks."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import bcrypt
 
-from sftpd.auth.stores.records import KeyRecord
+from sftpd.auth.stores.records import SETTINGS, InvalidRecord, KeyRecord, UserRecord
 from sftpd.config.values import parse_authorized_key, parse_size, read_authorized_keys_lines
 
 
@@ -128,3 +129,69 @@ def read_password(args: argparse.Namespace) -> bytes:
     if len(raw) > 72:
         raise UsageError("bcrypt uses at most 72 bytes; expected a shorter password")
     return bcrypt.hashpw(raw, bcrypt.gensalt(args.rounds))
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    # The options kept in the settings JSON, as the [[users]] keys they stand for.
+    out: dict[str, Any] = {}
+    for field in ("max_upload_size", "upload_mode", "max_sessions"):
+        if getattr(args, field) is not None:
+            out[field] = getattr(args, field)
+    for field in ("allowed_sources", "principals"):
+        if getattr(args, field) is not None:
+            out[field] = name_list(getattr(args, field))
+    for field in ("deny_files", "hide_files"):
+        if getattr(args, field) is not None:
+            out[field] = [p for p in getattr(args, field) if p]
+    if args.require is not None:
+        out["require"] = [name_list(c) for c in args.require if name_list(c)]
+    return out
+
+
+# The option that sets each field of a record (for the messages of `check`).
+OPTIONS = {
+    "root": "--root",
+    "home": "--home",
+    "password_hash": "--password",
+    "read_only": "--read-only",
+    "allow_rsync": "--allow-rsync",
+    "allow_exec": "--allow-exec",
+    "permissions": "--permissions",
+    "protocols": "--protocols",
+    **{f: "--" + f.replace("_", "-") for f in (*SETTINGS, "quota_size", "quota_files")},
+}
+
+
+def checked(rec: UserRecord, given: set[str]) -> UserRecord:
+    """``rec`` if it checks as a ``[[users]]`` table (what a login will check); otherwise
+    UsageError naming the option (or, for a value stored before, the field)."""
+    try:
+        rec.check()
+    except InvalidRecord as e:
+        field, message = e.problems[0]
+        if field.startswith("key "):  # a key's profile: "permissions[0]: ..."
+            head, _, rest = message.partition(": ")
+            option = OPTIONS.get(head.split("[")[0].split(".")[0])
+            if option in given and rest:
+                raise UsageError(f"{option}: {rest}") from None
+            raise UsageError(f"{field}: {message}") from None
+        root = field.split("[")[0].split(".")[0]
+        option = OPTIONS.get(root)
+        rest = re.sub(r"\[\d+\]$", "", field[len(root) :].lstrip("."))  # the value says it
+        detail = f"{rest}: {message}" if rest else message
+        if option is not None and option in given:
+            raise UsageError(f"{option}: {detail}") from None
+        hint = f"; set it again with {option}" if option else ""
+        raise UsageError(f"user {rec.name!r}: the stored {field}: {message}{hint}") from None
+    return rec
+
+
+def given_options(args: argparse.Namespace) -> set[str]:
+    out = set()
+    for field, option in OPTIONS.items():
+        value = getattr(args, field, None)
+        if value is not None and value is not ... and value is not False:
+            out.add(option)
+    if getattr(args, "password", False) or getattr(args, "password_stdin", False):
+        out.add("--password")
+    return out

@@ -126,8 +126,8 @@ class DbUserStore:
             d = self._blocking.run(self._prepare)
 
             def failed(reason: Failure) -> None:
-                reason.trap(StoreUnavailable)
-                self.start_retrying(str(reason.value), every)
+                # StoreUnavailable, or anything else the engine raised: keep trying.
+                self.start_retrying(str(reason.value) or type(reason.value).__name__, every)
 
             d.addCallbacks(lambda _: self._announce(), failed)
 
