@@ -195,3 +195,19 @@ def test_a_login_may_be_the_first_to_reach_a_late_database(tmp_path: Path, event
     assert [e.get("event") for e in events].count("db_ready") == 1
     assert not clock.getDelayedCalls()
     result(store.close())
+
+
+def test_a_profiled_key_keeps_its_authorized_keys_options(tmp_path: Path) -> None:
+    from sftpd.auth.users import user_from_config
+    from sftpd.config.model import load_config
+
+    cfg = tmp_path / "sftpd.toml"
+    cfg.write_text(
+        '[[users]]\nname = "alice"\nroot = "a"\n'
+        f"authorized_keys = ['from=\"10.0.0.0/8\" {KEY}']\n"
+        f'[[users.keys]]\nkey = "{KEY} backup"\npermissions = ["list", "upload"]\n'
+    )
+    user = user_from_config(load_config(cfg).users[0])
+    entry = user.key(full().keys[0].blob)
+    assert entry is not None and entry.permissions == ("list", "upload")
+    assert entry.options.from_patterns == ("10.0.0.0/8",)  # not widened by the profile
