@@ -127,20 +127,30 @@ def reload_config(live: LiveConfig, store: ChainUserStore, *, blocking: Blocking
         return defer.succeed(False)
     source = old.source
 
-    def read() -> tuple[Config | None, list[str], list[str]]:
+    def read() -> tuple[Config | None, list[str], list[str], str | None]:
         # In a worker thread: the file, the disk checks, the roots to create, the database.
         try:
             new = load_config(source)
             prepare(new)  # check as serve does, then create missing user roots
         except ConfigError as e:
-            return None, str(e).splitlines(), []
-        db_names = store.db.db.names() if store.db is not None else []
-        return new, [], db_names
+            return None, str(e).splitlines(), [], None
+        try:
+            db_names = store.db.db.names() if store.db is not None else []
+        except StoreUnavailable as e:  # the file's users win in the chain anyway
+            return new, [], [], str(e)
+        return new, [], db_names, None
 
     d = blocking.run(read)
 
-    def apply(found: tuple[Config | None, list[str], list[str]]) -> bool:
-        new, problems, db_names = found
+    def apply(found: tuple[Config | None, list[str], list[str], str | None]) -> bool:
+        new, problems, db_names, unreachable = found
+        if unreachable is not None and new is not None:
+            log.warn(
+                "reload: the user database is unreachable ({error}); names in both it and "
+                "the file were not checked (the file's entry is used)",
+                error=unreachable,
+                event="reload_db_unreachable",
+            )
         both = sorted({u.name for u in new.users} & set(db_names)) if new is not None else []
         errors = problems + [f"user {n!r} is in the file and in [users_db]" for n in both]
         if errors or new is None:
