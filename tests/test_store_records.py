@@ -211,3 +211,9 @@ def test_a_profiled_key_keeps_its_authorized_keys_options(tmp_path: Path) -> Non
     entry = user.key(full().keys[0].blob)
     assert entry is not None and entry.permissions == ("list", "upload")
     assert entry.options.from_patterns == ("10.0.0.0/8",)  # not widened by the profile
+
+
+def test_public_view_hides_the_credentials() -> None:
+    shown = full().public()
+    assert shown["password"] is True and shown["settings"]["totp_secret"] is True
+    assert HASH.decode() not in str(shown) and TOTP not in str(shown)

@@ -196,7 +196,7 @@ class UserRecord:
             "permissions": self.permissions,
             "quota_size": self.quota_size,
             "quota_files": self.quota_files,
-            **({"settings": self.settings} if self.settings else {}),
+            **({"settings": _shown(self.settings)} if self.settings else {}),
             "keys": [
                 {
                     "fingerprint": k.fingerprint,
@@ -213,6 +213,11 @@ _COLUMNS = (
     "name, root, home, password_hash, read_only, allow_rsync, allow_exec, disabled, "
     "permissions, quota_size, quota_files, settings"
 )
+
+
+def _shown(settings: dict[str, Any]) -> dict[str, Any]:
+    # The TOTP secret is a credential, like the password hash: only whether there is one.
+    return {k: (True if k == "totp_secret" else v) for k, v in settings.items()}
 
 
 _COLUMN_NAMES = frozenset(c.strip() for c in _COLUMNS.split(","))
