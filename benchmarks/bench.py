@@ -37,12 +37,14 @@ from targets import (
     USER,
     OpenSSH,
     Sftpd,
+    SftpdDb,
     client_cpu_s,
     keygen,
     say,
     settled,
     sftpd_version,
     sshd_version,
+    start_postgres,
     tree,
     tree_cpu_s,
 )
@@ -396,6 +398,22 @@ def parse_args():
         default="default",
         help="default: each side's preference; forced: -c aes128-ctr -o MACs=hmac-sha2-256",
     )
+    add(
+        "--users-db",
+        default="",
+        metavar="sqlite,postgres",
+        help="also run sftpd with the user in [users_db] (added by `sftpd user add`) as\n"
+        "targets sftpd-sqlite and sftpd-postgres; postgres starts a throwaway cluster\n"
+        "(tests/pgcluster.py: needs PostgreSQL, psycopg and pytest, so run with the venv)",
+    )
+    add(
+        "--users-db-cache",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="[users_db] cache_seconds for those targets (default 5, as sftpd's;\n"
+        "0: every login queries the database)",
+    )
     add("--quick", action="store_true", help="small sizes, 1 round: a smoke run")
     add("--max-minutes", type=float, default=90, help="start no new run after this (default 90)")
     add("--markdown", metavar="FILE", help="also write the summary there")
@@ -447,6 +465,9 @@ def main():
     wl = WORKLOADS | latency.workloads(rtts)
     if set(args.targets.split(",")) - {"sftpd", "openssh"}:
         raise SystemExit("--targets: a comma list of sftpd and openssh")
+    dbs = [k for k in args.users_db.split(",") if k]
+    if set(dbs) - {"sqlite", "postgres"}:
+        raise SystemExit("--users-db: a comma list of sqlite and postgres")
     cmdline = shlex.join(["python3", *sys.argv])
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     opts = " ".join(MODES[args.mode]) or "(no options)"
@@ -458,6 +479,12 @@ def main():
         servers += f"; baseline sftpd@{args.baseline} at git {rev or '?'}"
     header += [f"Machine: {machine()}", "", f"Servers: {servers}", ""]
     header += [f"Mode: {args.mode} (`sftp {opts}`), {rounds} interleaved round(s)"]
+    if dbs:
+        header += [
+            "",
+            f"sftpd-{'/sftpd-'.join(dbs)}: the user in [users_db] ({', '.join(dbs)}), added "
+            f"by `sftpd user add`, cache_seconds = {args.users_db_cache:g}",
+        ]
     say(f"command: {cmdline}\n" + "\n".join(header[4:]))
 
     def on_term(*_):
@@ -472,6 +499,7 @@ def main():
     work = tempfile.mkdtemp(prefix="sftpd-bench-", dir=parent)
     say(f"workdir: {work} (about {need // MiB} MiB of data)")
     made, live, skipped, results, algos = [], [], [], {}, {}
+    pg_stop = None
     try:
         b = Bench(args, work)
         b.make_data()
@@ -482,10 +510,16 @@ def main():
         if args.baseline:
             base = baseline_checkout(args.baseline, work)
             names.append(f"sftpd@{args.baseline}")
+        names += [f"sftpd-{k}" for k in dbs]
         for name in names:
             try:
                 if name.startswith("sftpd@"):
                     made.append(Sftpd(b, base, name))
+                elif name == "sftpd-sqlite":
+                    made.append(SftpdDb(b, "sqlite"))
+                elif name == "sftpd-postgres":
+                    url, pg_stop = start_postgres()
+                    made.append(SftpdDb(b, "postgres", url))
                 else:
                     made.append({"sftpd": Sftpd, "openssh": OpenSSH}[name](b))
                 made[-1].start()
@@ -514,6 +548,8 @@ def main():
     finally:
         for t in made:
             t.stop()
+        if pg_stop is not None:
+            pg_stop()
         if args.baseline:
             subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", f"{work}/base"])
         shutil.rmtree(work, ignore_errors=True)

@@ -242,6 +242,62 @@ def _knows(checkout, key):
     return False
 
 
+class SftpdDb(Sftpd):
+    """sftpd with the benchmark user in ``[users_db]`` (SQLite or PostgreSQL) instead of
+    ``[[users]]``, added with ``sftpd user add`` before the first start.
+
+    ``url`` None: a SQLite file in the target's state directory; otherwise a PostgreSQL
+    URL (``bench.py`` starts a throwaway cluster with the tests' fixture code)."""
+
+    def __init__(self, ctx, kind, url=None):
+        self.kind, self.url = kind, url
+        super().__init__(ctx, REPO, f"sftpd-{kind}")
+        self.added = False
+
+    def command(self):
+        cfg = os.path.join(self.state, "sftpd.toml")
+        extra = "".join(f"{s}\n" for s in self.ctx.args.sftpd_set)
+        extra = "max_connections_per_source = 0\n" + extra  # as Sftpd.command says
+        url = self.url or f"sqlite:///{self.state}/users.db"
+        with open(cfg, "w") as f:
+            f.write(
+                f'[server]\nlisten = ["127.0.0.1:0"]\nhost_keys_dir = "{self.state}/keys"\n'
+                f'{extra}\n[users_db]\nurl = "{url}"\n'
+                f"cache_seconds = {self.ctx.args.users_db_cache:g}\n"
+            )
+        super_command = self._serve(cfg)
+        env = super_command[1]
+        if not self.added:
+            add = [*shlex.split(self.ctx.args.sftpd_cmd), "user", "add", USER, "--config", cfg]
+            add += ["--root", self.ctx.root, "--key", f"{self.ctx.key}.pub"]
+            r = subprocess.run(add, cwd=self.checkout, env=env, capture_output=True, text=True)
+            if r.returncode:
+                raise Skip(f"sftpd user add failed: {r.stderr.strip()[-300:]}")
+            self.added = True
+        return super_command
+
+    def _serve(self, cfg):
+        path = self.checkout + os.pathsep + os.environ.get("PYTHONPATH", "")
+        env = dict(os.environ, PYTHONPATH=path)
+        return [*shlex.split(self.ctx.args.sftpd_cmd), "serve", "--config", cfg], env
+
+
+def start_postgres():
+    """A throwaway PostgreSQL cluster and a fresh database in it, with the tests' fixture
+    code (tests/pgcluster.py): (URL, stop function). Skip if it cannot be started."""
+    sys.path.insert(0, REPO)
+    try:
+        from tests.pgcluster import start_cluster
+    except ImportError as e:
+        raise Skip(f"tests/pgcluster.py needs pytest: {e}") from None
+    gen = start_cluster()
+    try:
+        cluster = next(gen)
+    except BaseException as e:  # pytest.skip's exception is a BaseException
+        raise Skip(f"PostgreSQL: {e}") from None
+    return cluster.new_database(), gen.close
+
+
 class OpenSSH(Target):
     name = "openssh"
     SSHD = "/usr/sbin/sshd"

@@ -308,7 +308,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if config.users_db is not None:
         from sftpd.cli_user import users_db_problems
 
-        found.errors.extend(users_db_problems(config))
+        errors, warnings = users_db_problems(config)
+        found.errors.extend(errors)
+        found.warnings.extend(warnings)
     for warning in found.warnings:
         _error(f"warning: {warning}")
     for problem in found.errors:

@@ -12,22 +12,25 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sftpd.auth.stores.records import UserDb, UserRecord
+from sftpd.auth.stores.records import InvalidRecord, UserDb, UserRecord
 from sftpd.auth.users import DEFAULT_PASSWORD_COST, StoreUnavailable
 from sftpd.cli_user_values import (
-    PERMISSIONS,
-    PROTOCOLS,
     UsageError,
+    checked,
     count,
+    given_options,
     name_list,
     parse_permissions,
     read_keys,
     read_password,
+    settings_of,
+    size,
     tristate,
 )
 from sftpd.config.model import Config, load_config, make_root
 from sftpd.config.values import Values
 from sftpd.errors import ConfigError
+from sftpd.storage.permissions import PROTOCOLS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -55,9 +58,35 @@ def _user_options(p: argparse.ArgumentParser, *, adding: bool) -> None:
     ro.add_argument("--read-only", action="store_true", default=None, help="list and download only")
     if not adding:
         ro.add_argument("--read-write", action="store_true", help="undo --read-only")
-    p.add_argument("--permissions", metavar="LIST|JSON", type=str, help="e.g. list,download,upload")
-    p.add_argument("--quota-size", metavar="BYTES", type=count, help="0: unlimited")
+    p.add_argument(
+        "--permissions",
+        metavar="LIST|DIR=LIST|JSON",
+        action="append",
+        help="list,download,upload for the whole root; or DIR=LIST per directory, repeatable "
+        '(/=list,download --permissions /in=list,upload); or a JSON table {"/": [...]}',
+    )
+    p.add_argument("--quota-size", metavar="BYTES", type=size, help="e.g. 10GiB; 0: unlimited")
     p.add_argument("--quota-files", metavar="N", type=count, help="0: unlimited")
+    p.add_argument("--max-upload-size", metavar="BYTES", type=size, help="per file; 0: unlimited")
+    p.add_argument("--upload-mode", metavar="atomic|direct", help="how uploads land")
+    p.add_argument("--max-sessions", metavar="N", type=count, help="0: no limit")
+    p.add_argument(
+        "--allowed-sources", metavar="NETS", help='10.0.0.0/8,192.0.2.7 ("": any source)'
+    )
+    for flag in ("deny", "hide"):
+        p.add_argument(
+            f"--{flag}-files",
+            metavar="GLOB",
+            action="append",
+            help=f'{flag} names matching it; repeatable (replaces the list; "": none)',
+        )
+    p.add_argument("--principals", metavar="NAMES", help='certificate principals ("": the name)')
+    p.add_argument(
+        "--require",
+        metavar="METHODS",
+        action="append",
+        help='methods that must all succeed, like publickey,password; repeatable ("": any)',
+    )
     p.add_argument("--allow-rsync", metavar="yes|no|default", type=tristate, default=...)
     p.add_argument("--allow-exec", metavar="yes|no|default", type=tristate, default=...)
 
@@ -102,7 +131,9 @@ def add_commands(sub: Any, formatter: Callable[[str], argparse.HelpFormatter]) -
     kadd = keys.add_parser("add", parents=[common], help="add a key (with its own profile)")
     kadd.add_argument("name", metavar="NAME")
     kadd.add_argument("key", metavar="FILE|LINE")
-    kadd.add_argument("--permissions", metavar="LIST", help="narrows the user's for this key")
+    kadd.add_argument(
+        "--permissions", metavar="LIST", help="e.g. list,upload: narrows the user's for this key"
+    )
     kadd.add_argument("--protocols", metavar="LIST", help=f"of {', '.join(PROTOCOLS)}")
     kadd.add_argument("--home", metavar="PATH", help="start directory for this key")
     kadd.set_defaults(func=_wrap(cmd_key_add))
@@ -213,6 +244,14 @@ def _changes(args: argparse.Namespace, old: UserRecord | None) -> dict[str, Any]
     for field in ("allow_rsync", "allow_exec"):
         if getattr(args, field) is not ...:
             out[field] = getattr(args, field)
+    settings = dict(old.settings) if old is not None else {}
+    for field, value in settings_of(args).items():
+        if value in (None, 0, [], ""):  # the default: nothing stored
+            settings.pop(field, None)
+        else:
+            settings[field] = value
+    if settings != (old.settings if old is not None else {}):
+        out["settings"] = settings
     return out
 
 
@@ -236,6 +275,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         raise UsageError(f"user {name!r} exists already; change it with `sftpd user set`")
     rec = replace(UserRecord(name=name, root=Path("/")), **_changes(args, None))
     _check_way_in(rec)
+    checked(rec, given_options(args))
     try:
         make_root(rec.root)
     except OSError as e:
@@ -250,6 +290,7 @@ def cmd_set(args: argparse.Namespace) -> int:
     old = _existing(db, args.name)
     new = replace(old, **_changes(args, old))
     _check_way_in(new)
+    checked(new, given_options(args))
     db.put(new)
     print(f"changed user {args.name!r}")
     return EXIT_OK
@@ -301,22 +342,21 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_key_add(args: argparse.Namespace) -> int:
     profile: dict[str, Any] = {}
     if args.permissions is not None:
-        profile["permissions"] = name_list(args.permissions, PERMISSIONS, "permissions")
+        profile["permissions"] = name_list(args.permissions)
     if args.protocols is not None:
-        profile["protocols"] = name_list(args.protocols, PROTOCOLS, "protocols")
+        profile["protocols"] = name_list(args.protocols)
     if args.home is not None:
-        try:
-            profile["home"] = Values("command line", Path.cwd()).home("--home", args.home)
-        except ConfigError as e:
-            raise UsageError(e.message) from None
+        profile["home"] = args.home
     added = read_keys(args.key, profile=profile)
     _, db = open_db(args)
     old = _existing(db, args.name)
+    given = {f"--{k}" for k in profile}
+    checked(replace(old, keys=tuple(added)), given)  # the new key's profile first
     have = {k.fingerprint for k in old.keys}
     dup = [k.fingerprint for k in added if k.fingerprint in have]
     if dup:
         raise UsageError(f"user {args.name!r} has the key {dup[0]} already")
-    db.update(args.name, keys=old.keys + tuple(added))
+    db.put(checked(replace(old, keys=old.keys + tuple(added)), given))
     for k in added:
         print(f"added key {k.fingerprint} to {args.name!r}")
     return EXIT_OK
@@ -359,27 +399,43 @@ def cmd_del(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def users_db_problems(config: Config) -> list[ConfigError]:
-    """check-config: names in both [[users]] and the database (read only, nothing created)."""
+def users_db_problems(config: Config) -> tuple[list[ConfigError], list[ConfigError]]:
+    """check-config on [users_db], read only (nothing created): errors for names in both
+    [[users]] and the database and for a URL that cannot work; warnings for what serve
+    starts with anyway (a database it cannot reach yet, rows whose logins it refuses)."""
     from sftpd.auth.stores.store import open_user_db
 
     assert config.users_db is not None
     source = str(config.source)
     try:
         url = config.users_db.resolved_url()
-        if url.startswith("sqlite:"):
-            db = open_user_db(url, config.users_db.base)
-            if not db.db.path.exists():  # type: ignore[attr-defined]
-                return []  # created at the first start; no users yet
-        else:
-            db = open_user_db(url, config.users_db.base)
-        names = set(db.names()) if db.version() > 0 else set()
+        db = open_user_db(url, config.users_db.base)
+        if url.startswith("sqlite:") and not db.db.path.exists():  # type: ignore[attr-defined]
+            return [], []  # created at the first start; no users yet
+        records = list(db.all()) if db.version() > 0 else []
         db.close()
     except ValueError as e:
-        return [ConfigError(source, "users_db", str(e))]
+        return [ConfigError(source, "users_db", str(e))], []
     except StoreUnavailable as e:
-        return [ConfigError(source, "users_db", f"cannot read the database: {e}")]
-    return [
+        return [], [
+            ConfigError(
+                source,
+                "users_db",
+                f"cannot reach the database ({e}); serve starts anyway and refuses its "
+                "users' logins until it answers; its rows and the names in both it and "
+                "[[users]] were not checked",
+            )
+        ]
+    names = {r.name for r in records}
+    warnings = []
+    for rec in records:
+        try:
+            rec.check()
+        except InvalidRecord as e:
+            warnings.append(
+                ConfigError(source, "users_db", f"user {rec.name!r}: {e}; its logins are refused")
+            )
+    errors = [
         ConfigError(
             source,
             f"users[{i}].name",
@@ -389,6 +445,7 @@ def users_db_problems(config: Config) -> list[ConfigError]:
         for i, u in enumerate(config.users)
         if u.name in names
     ]
+    return errors, warnings
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

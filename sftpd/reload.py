@@ -20,15 +20,26 @@ log = Logger(namespace="sftpd.reload")
 
 
 def build_store(config: Config, *, reactor: Any, blocking: Blocking) -> ChainUserStore:
-    """The file's ``[[users]]`` then, with ``[users_db]``, the database (migrated here, at
-    start; StoreUnavailable or ValueError if it cannot be opened or is too new)."""
+    """The file's ``[[users]]`` then, with ``[users_db]``, the database, migrated here at
+    start. ValueError for a bad URL or a schema newer than this sftpd. A database that
+    cannot be reached does not stop the server: its logins are refused (the log says why)
+    until it answers, and the schema is migrated then."""
     file_users = TomlUserStore.from_config(config.users)
     if config.users_db is None:
         return ChainUserStore(file_users)
     from sftpd.auth.stores.store import open_user_db
 
     db = open_user_db(config.users_db.resolved_url(), config.users_db.base)
-    before, after = db.upgrade()
+    try:
+        before, after = db.upgrade()
+        names = set(db.names())
+    except StoreUnavailable as e:
+        cached = DbUserStore(
+            db, blocking, clock=reactor, cache_seconds=config.users_db.cache_seconds,
+            migrated=False,
+        )  # fmt: skip
+        cached.start_retrying(str(e))
+        return ChainUserStore(file_users, cached)
     if before != after:
         log.info(
             "user database schema upgraded from version {before} to {after}",
@@ -36,8 +47,7 @@ def build_store(config: Config, *, reactor: Any, blocking: Blocking) -> ChainUse
             after=after,
             event="db_upgraded",
         )
-    both = sorted(file_users.names() & set(db.names()))
-    for name in both:
+    for name in sorted(file_users.names() & names):
         log.warn(
             "user {user} is in the config file and the database; the file's entry is used",
             user=name,
@@ -117,20 +127,30 @@ def reload_config(live: LiveConfig, store: ChainUserStore, *, blocking: Blocking
         return defer.succeed(False)
     source = old.source
 
-    def read() -> tuple[Config | None, list[str], list[str]]:
+    def read() -> tuple[Config | None, list[str], list[str], str | None]:
         # In a worker thread: the file, the disk checks, the roots to create, the database.
         try:
             new = load_config(source)
             prepare(new)  # check as serve does, then create missing user roots
         except ConfigError as e:
-            return None, str(e).splitlines(), []
-        db_names = store.db.db.names() if store.db is not None else []
-        return new, [], db_names
+            return None, str(e).splitlines(), [], None
+        try:
+            db_names = store.db.db.names() if store.db is not None else []
+        except StoreUnavailable as e:  # the file's users win in the chain anyway
+            return new, [], [], str(e)
+        return new, [], db_names, None
 
     d = blocking.run(read)
 
-    def apply(found: tuple[Config | None, list[str], list[str]]) -> bool:
-        new, problems, db_names = found
+    def apply(found: tuple[Config | None, list[str], list[str], str | None]) -> bool:
+        new, problems, db_names, unreachable = found
+        if unreachable is not None and new is not None:
+            log.warn(
+                "reload: the user database is unreachable ({error}); names in both it and "
+                "the file were not checked (the file's entry is used)",
+                error=unreachable,
+                event="reload_db_unreachable",
+            )
         both = sorted({u.name for u in new.users} & set(db_names)) if new is not None else []
         errors = problems + [f"user {n!r} is in the file and in [users_db]" for n in both]
         if errors or new is None:

@@ -92,3 +92,53 @@ def test_database_restart_fails_logins_cleanly_then_recovers(
         cluster.start()
     assert wait_for(lambda: sftp(a, "pguser", "pwd\n").returncode == 0, timeout=30)
     assert a.server.proc.poll() is None
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_database_down_at_start_then_up_serves_without_restart(
+    cluster: Cluster,
+    tmp_path: Path,
+    client_key: tuple[Path, str],
+    host_keys_dir: Path,
+    workers: int,
+) -> None:
+    url = cluster.new_database()  # empty: the server migrates it once it answers
+    u = TomlUser("file0", tmp_path / "file0", client_key[1])
+    cfg = tmp_path / "late.toml"
+    tail = f'[users_db]\nurl = "{url}"\ncache_seconds = 1\n'
+    write_config(cfg, [u], host_keys_dir, f"workers = {workers}", tail)
+    cluster.stop()
+    try:
+        check = subprocess.run(
+            [sys.executable, "-m", "sftpd", "check-config", str(cfg)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert check.returncode == 0, check.stderr
+        assert "cannot reach the database" in check.stderr
+        proc = start_sftpd(cfg)  # listens, instead of exiting 1
+    except BaseException:
+        cluster.start()
+        raise
+    env = Env(proc, u, client_key[0], tmp_path)
+    try:
+        assert wait_for(lambda: proc.log_text().count("user database unreachable") == workers)
+        started = time.monotonic()
+        res = sftp(env, "pguser", "pwd\n")
+        assert res.returncode != 0 and "Permission denied" in res.stderr
+        assert time.monotonic() - started < 60  # bounded by the pool timeout per attempt
+        assert sftp(env, "file0", "pwd\n").returncode == 0  # file users are served
+        cluster.start()
+        reachable = "user database reachable"
+        assert wait_for(lambda: proc.log_text().count(reachable) == workers, timeout=30)
+        assert "schema version" in proc.log_text()
+        res = user_cmd(env, "add", "pguser", "--root", str(tmp_path / "pg"), "--key", client_key[1])
+        assert res.returncode == 0, res.stderr
+        (tmp_path / "late.bin").write_bytes(b"\x01late\xfe" * 999)
+        for _ in range(2 * workers):  # whichever worker accepts
+            res = sftp(env, "pguser", "put late.bin\n")
+            assert res.returncode == 0, res.stderr + proc.log_text()[-2000:]
+            assert (tmp_path / "pg" / "late.bin").read_bytes() == b"\x01late\xfe" * 999
+        assert proc.proc.poll() is None
+        assert "exited with" not in proc.log_text()  # no worker restarted
+    finally:
+        proc.stop()

@@ -69,3 +69,19 @@ def test_a_broken_file_is_refused_and_the_old_users_kept(tmp_path: Path) -> None
     assert any("reload refused:" in x and "bogus" in x for x in lines)
     assert any("the running configuration is kept" in x for x in lines)
     assert not (tmp_path / "b").exists()
+
+
+def test_a_database_down_does_not_refuse_the_file(tmp_path: Path) -> None:
+    from twisted.internet import task
+
+    from sftpd.auth.stores.records import UserDb
+    from sftpd.auth.stores.sqlite import SqliteDatabase
+    from sftpd.auth.stores.store import DbUserStore
+
+    cfg, live, store = setup(tmp_path)
+    db = UserDb(SqliteDatabase(tmp_path / "missing-dir" / "users.db"))  # cannot be opened
+    store.db = DbUserStore(db, InlineBlocking(), clock=task.Clock(), migrated=False)
+    cfg.write_text(cfg.read_text() + user("bob", tmp_path / "b"))
+    ok, lines = reload(live, store)
+    assert ok and lookup(store, "bob") is not None
+    assert any("the user database is unreachable" in x and "not checked" in x for x in lines)

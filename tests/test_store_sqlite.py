@@ -16,6 +16,7 @@ from sftpd.auth.users import MemoryUserStore, StoreUnavailable, User
 from sftpd.config.model import UsersDbConfig
 from sftpd.runtime.threads import InlineBlocking
 
+HASH = b"$2b$04$3n1a2oxP7bIYJt/eQTWRbOW3VAwP7YeMwzK8.7yCG7xKXj1M2H2oi"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
 
@@ -73,7 +74,7 @@ def test_record_round_trip(tmp_path: Path) -> None:
         name="alice",
         root=Path("/srv/alice"),
         home="/in",
-        password_hash=b"$2b$04$abc",
+        password_hash=HASH,
         keys=(KeyRecord(KEY, "laptop", profile={"permissions": ["list", "upload"]}),),
         read_only=True,
         allow_rsync=False,

@@ -169,14 +169,16 @@ def user_from_config(cfg: UserConfig) -> User:
 
 
 def _keys(cfg: UserConfig) -> tuple[AuthorizedKey, ...]:
-    # Keys with a profile first: a key also listed in authorized_keys gets its profile.
+    # Keys with a profile first: a key also listed in authorized_keys gets its profile and
+    # keeps that line's options (from=, expiry-time...: a profile narrows, never widens).
     # key_lines carries the options of authorized_keys lines; a UserConfig built without
     # them (the embedded default, tests) has only blobs.
+    line_options = {line.blob: line.options for line in reversed(cfg.key_lines)}
     profiled = tuple(
         AuthorizedKey(
             k.blob,
             k.comment,
-            options=getattr(k, "options", None) or KeyOptions(),
+            options=line_options.get(k.blob) or getattr(k, "options", None) or KeyOptions(),
             permissions=k.permissions,
             protocols=k.protocols,
             home=k.home,

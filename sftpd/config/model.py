@@ -434,6 +434,23 @@ class _Loader(AuthValues, AccessValues):
         return UserConfig(**got)
 
 
+def check_user_table(data: dict[str, Any], source: str) -> UserConfig:
+    """One ``[[users]]`` table checked exactly as ``load_config`` checks the file's (for
+    users kept elsewhere: the database's rows). ConfigError (ConfigErrors for several
+    problems) with keys relative to the table, like ``permissions."/in"[0]``.
+
+    A table without password or key is not refused here: certificates may log it in, and
+    whoever writes the table (``sftpd user``) says when it has no way in."""
+    loader = _Loader(source, Path("/"))
+    loader.has_ca = True
+    user = loader.user("", data)
+    if len(loader.errors) == 1:
+        raise loader.errors[0]
+    if loader.errors or user is None:
+        raise ConfigErrors(loader.errors)
+    return user
+
+
 def make_root(root: Path) -> None:
     """Create a user's root directory (mode 0o750) if missing; OSError or NotADirectoryError."""
     root.mkdir(mode=0o750, parents=True, exist_ok=True)

@@ -14,8 +14,9 @@ from typing import Any, Protocol
 
 from sftpd.auth.stores import schema
 from sftpd.auth.stores.schema import Cursor
-from sftpd.auth.users import AuthorizedKey, User
-from sftpd.config.keyopts import KeyOptions, OptionError, parse_options
+from sftpd.auth.users import User, user_from_config
+from sftpd.config.model import ConfigErrors, UserConfig, check_user_table
+from sftpd.errors import ConfigError
 
 
 class Database(Protocol):
@@ -59,19 +60,41 @@ class KeyRecord:
         return fingerprint(self.blob)
 
 
-def key_options(pairs: tuple[tuple[str, str | None], ...]) -> KeyOptions | None:
-    """The stored (name, value) option pairs as parsed OpenSSH key options; None when they
-    no longer parse (such a key grants nothing, rather than a login without its options)."""
-    if not pairs:
-        return KeyOptions()
-    text = ",".join(
+def options_text(pairs: tuple[tuple[str, str | None], ...]) -> str:
+    """The stored (name, value) option pairs as an authorized_keys options field."""
+    return ",".join(
         name if value is None else f'{name}="{value.replace(chr(34), chr(92) + chr(34))}"'
         for name, value in pairs
     )
-    try:
-        return parse_options(text)
-    except (OptionError, ValueError):
-        return None
+
+
+# What ``users.settings`` (JSON) may hold: the ``[[users]]`` keys without a column.
+SETTINGS = (
+    "max_upload_size",
+    "upload_mode",
+    "deny_files",
+    "hide_files",
+    "principals",
+    "totp_secret",
+    "require",
+    "max_sessions",
+    "allowed_sources",
+)
+# What ``user_keys.profile`` (JSON) may hold: the ``[[users.keys]]`` keys.
+PROFILE = ("permissions", "protocols", "home")
+
+
+class InvalidRecord(ValueError):
+    """A stored user that does not check as a ``[[users]]`` table would.
+
+    ``problems`` are (field, message) pairs; a field is a column or setting
+    (``permissions."/in"[0]``, ``max_upload_size``) or ``key SHA256:...`` for one key. The
+    text never holds a password hash or a host path."""
+
+    def __init__(self, name: str, problems: list[tuple[str, str]]) -> None:
+        self.name = name
+        self.problems = problems
+        super().__init__("; ".join(f"{f}: {m}" for f, m in problems))
 
 
 @dataclass(frozen=True)
@@ -95,22 +118,69 @@ class UserRecord:
     quota_files: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
 
+    def table(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """The row as the ``[[users]]`` table it stands for, and the names of its keys'
+        entries (``authorized_keys[0]``, ``keys[0]``) -> ``key SHA256:...``."""
+        data: dict[str, Any] = {
+            "name": self.name,
+            "root": str(self.root),
+            "home": self.home,
+            "read_only": self.read_only,
+            "quota_size": self.quota_size,
+            "quota_files": self.quota_files,
+        }
+        if self.password_hash is not None:
+            data["password_hash"] = self.password_hash.decode("ascii", "replace")
+        for column in ("allow_rsync", "allow_exec", "permissions"):
+            if getattr(self, column) is not None:
+                data[column] = getattr(self, column)
+        data.update(self.settings)
+        lines: list[str] = []
+        profiled: list[dict[str, Any]] = []
+        names: dict[str, str] = {}
+        for k in self.keys:
+            line = f"{k.key_line} {k.comment}".strip()
+            names[f"authorized_keys[{len(lines)}]"] = f"key {k.fingerprint}"
+            lines.append(f"{options_text(k.options)} {line}" if k.options else line)
+            if k.profile:
+                names[f"keys[{len(profiled)}]"] = f"key {k.fingerprint}"
+                profiled.append({"key": line, **k.profile})
+        if lines:
+            data["authorized_keys"] = lines
+        if profiled:
+            data["keys"] = profiled
+        return data, names
+
+    def check(self) -> UserConfig:
+        """The row checked as the file's ``[[users]]`` are (the same parsers); InvalidRecord
+        naming each bad field."""
+        problems: list[tuple[str, str]] = []
+        if not self.root.is_absolute():
+            problems.append(("root", "not an absolute path; expected the directory seen as /"))
+        for key in self.settings:
+            if key in _COLUMN_NAMES or key not in SETTINGS:
+                known = ", ".join(SETTINGS)
+                problems.append((f"settings.{key}", f"unknown; expected some of: {known}"))
+        for k in self.keys:
+            for key in k.profile:
+                if key not in PROFILE:
+                    known = ", ".join(PROFILE)
+                    problems.append(
+                        (f"key {k.fingerprint}", f"profile.{key}: unknown; expected: {known}")
+                    )
+        if problems:
+            raise InvalidRecord(self.name, problems)
+        data, names = self.table()
+        try:
+            return check_user_table(data, "users_db")
+        except ConfigError as e:
+            errors = e.errors if isinstance(e, ConfigErrors) else (e,)
+            raise InvalidRecord(self.name, [_field(x, names) for x in errors]) from None
+
     def to_user(self) -> User:
-        """The User the checkers and the realm see."""
-        return User(
-            name=self.name,
-            root=self.root,
-            home=self.home,
-            password_hash=self.password_hash,
-            keys=tuple(
-                AuthorizedKey(k.blob, k.comment, opts)
-                for k in self.keys
-                if (opts := key_options(k.options)) is not None
-            ),
-            read_only=self.read_only,
-            allow_rsync=self.allow_rsync,
-            allow_exec=self.allow_exec,
-        )
+        """The User the checkers and the realm see, with everything the row says (as
+        ``user_from_config`` makes the file's); InvalidRecord if the row does not check."""
+        return user_from_config(self.check())
 
     def public(self) -> dict[str, Any]:
         """A JSON-ready view for ``sftpd user show/list --json`` (never the hash)."""
@@ -126,7 +196,7 @@ class UserRecord:
             "permissions": self.permissions,
             "quota_size": self.quota_size,
             "quota_files": self.quota_files,
-            **({"settings": self.settings} if self.settings else {}),
+            **({"settings": _shown(self.settings)} if self.settings else {}),
             "keys": [
                 {
                     "fingerprint": k.fingerprint,
@@ -143,6 +213,24 @@ _COLUMNS = (
     "name, root, home, password_hash, read_only, allow_rsync, allow_exec, disabled, "
     "permissions, quota_size, quota_files, settings"
 )
+
+
+def _shown(settings: dict[str, Any]) -> dict[str, Any]:
+    # The TOTP secret is a credential, like the password hash: only whether there is one.
+    return {k: (True if k == "totp_secret" else v) for k, v in settings.items()}
+
+
+_COLUMN_NAMES = frozenset(c.strip() for c in _COLUMNS.split(","))
+
+
+def _field(error: ConfigError, names: dict[str, str]) -> tuple[str, str]:
+    # "keys[0].permissions[1]" -> ("key SHA256:...", "permissions[1]: ...")
+    key = error.key.lstrip(".")
+    for prefix, name in names.items():
+        if key == prefix or key.startswith((prefix + ".", prefix + "[")):
+            rest = key[len(prefix) :].lstrip(".")
+            return name, f"{rest}: {error.message}" if rest else error.message
+    return key, error.message
 
 
 def _tri(value: Any) -> bool | None:

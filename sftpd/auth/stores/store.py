@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from sftpd.auth.stores.records import UserDb
-from sftpd.auth.users import DEFAULT_PASSWORD_COST, MemoryUserStore, User
+from sftpd.auth.stores.records import InvalidRecord, UserDb
+from sftpd.auth.users import DEFAULT_PASSWORD_COST, MemoryUserStore, StoreUnavailable, User
 from sftpd.runtime.threads import Blocking
 
 log = Logger(namespace="sftpd.auth.stores")
+RETRY_SECONDS = 5.0  # how often a database unreachable at start is tried again
 
 
 def open_user_db(url: str, base: Path) -> UserDb:
@@ -49,6 +52,7 @@ class DbUserStore:
         clock: Any,
         cache_seconds: float = 5.0,
         password_cost: int = DEFAULT_PASSWORD_COST,
+        migrated: bool = True,
     ) -> None:
         self.db = db
         self._blocking = blocking
@@ -56,14 +60,88 @@ class DbUserStore:
         self.cache_seconds = cache_seconds
         self._cost = password_cost
         self._cache: dict[str, tuple[float, User | None]] = {}
+        # The schema is migrated once, by the first call that reaches the database: at
+        # start, or (a database down then) by a retry or a login once it answers.
+        self._migrated = migrated
+        self._schema_lock = threading.Lock()
+        self._upgraded: tuple[int, int] | None = None  # to log, on the reactor thread
+        self._retry: Any = None
+        self._down: str | None = None  # the outage logged (None: none since the last up)
 
     @property
     def password_cost(self) -> int:
         return self._cost
 
-    def _fetch(self, name: str) -> User | None:
+    @property
+    def ready(self) -> bool:
+        """Whether the schema is migrated (the database answered once since start)."""
+        return self._migrated
+
+    def _prepare(self) -> None:
+        # In a worker thread: migrate the schema once; StoreUnavailable while unreachable.
+        if self._migrated:
+            return
+        with self._schema_lock:
+            if self._migrated:
+                return
+            try:
+                self._upgraded = self.db.upgrade()
+            except ValueError as e:  # a schema newer than this sftpd: nothing is read
+                raise StoreUnavailable(str(e)) from None
+            self._migrated = True
+
+    def _announce(self) -> None:
+        # On the reactor thread: say once that the database answers (and was migrated).
+        if self._upgraded is None:
+            return
+        before, after = self._upgraded
+        self._upgraded = None
+        self._down = None
+        log.info(
+            "user database reachable: schema version {after} (was {before}); "
+            "database logins are served",
+            before=before,
+            after=after,
+            event="db_ready",
+        )
+
+    def start_retrying(self, reason: str, every: float = RETRY_SECONDS) -> None:
+        """The database could not be reached at start: log it, and try again every
+        ``every`` seconds until the schema is migrated (a login may get there first)."""
+        if self._down is None:  # once per outage, not at every try
+            log.warn(
+                "user database unreachable: {error}; database logins are refused until it "
+                "answers, then its schema is migrated (trying every {every:g} s)",
+                error=reason,
+                every=every,
+                event="db_unreachable",
+            )
+            self._down = reason
+
+        def attempt() -> None:
+            self._retry = None
+            if self._migrated:
+                self._announce()
+                return
+            d = self._blocking.run(self._prepare)
+
+            def failed(reason: Failure) -> None:
+                # StoreUnavailable, or anything else the engine raised: keep trying.
+                self.start_retrying(str(reason.value) or type(reason.value).__name__, every)
+
+            d.addCallbacks(lambda _: self._announce(), failed)
+
+        self._retry = self._clock.callLater(every, attempt)
+
+    def _fetch(self, name: str) -> User | InvalidRecord | None:
+        self._prepare()
         rec = self.db.get(name)
-        return None if rec is None or rec.disabled else rec.to_user()
+        if rec is None or rec.disabled:
+            return None
+        try:
+            return rec.to_user()
+        except InvalidRecord as e:
+            return e
 
     def lookup(self, name: str) -> defer.Deferred[User | None]:
         now = self._clock.seconds()
@@ -71,7 +149,17 @@ class DbUserStore:
         if hit is not None and now - hit[0] < self.cache_seconds:
             return defer.succeed(hit[1])
 
-        def keep(user: User | None) -> User | None:
+        def keep(found: User | InvalidRecord | None) -> User | None:
+            self._announce()
+            user = None if isinstance(found, InvalidRecord) else found
+            if isinstance(found, InvalidRecord):
+                # Refused, not served with fewer rules; logged once per cache period.
+                log.error(
+                    "user {user} in the user database does not check, login refused: {problems}",
+                    user=name,
+                    problems=str(found),
+                    event="user_invalid",
+                )
             if self.cache_seconds > 0:
                 self._cache[name] = (now, user)
             return user
@@ -88,7 +176,11 @@ class DbUserStore:
                     self._cache.pop(name, None)
             return found
 
-        return self._blocking.run(self.db.enabled, names).addCallback(forget)
+        return self._blocking.run(self._enabled, names).addCallback(forget)
+
+    def _enabled(self, names: list[str]) -> set[str]:
+        self._prepare()
+        return self.db.enabled(names)
 
     def add_usage(self, name: str, size: int, files: int) -> defer.Deferred[None]:
         """Add quota usage deltas (bytes, files) for ``name``, atomically in the database,
@@ -101,6 +193,9 @@ class DbUserStore:
 
     def close(self) -> defer.Deferred[None]:
         self._cache.clear()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
         return self._blocking.run(self.db.close)
 
 
