@@ -10,6 +10,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
+from sftpd.auth.stores import schema
 from sftpd.auth.stores.records import UserDb
 from sftpd.auth.stores.sqlite import SqliteDatabase
 from sftpd.cli import main
@@ -174,6 +175,6 @@ def test_check_config_names_a_user_in_both(conf: Path, capsys: pytest.CaptureFix
 
 def test_db_upgrade(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["db", "upgrade"], conf, capsys)
-    assert code == 0 and "schema version 0 -> 2" in out
+    assert code == 0 and f"schema version 0 -> {schema.LATEST}" in out
     code, out, _ = run(["db", "upgrade"], conf, capsys)
     assert "up to date" in out
