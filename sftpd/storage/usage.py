@@ -6,9 +6,11 @@ process's changes not yet sent; a limit is judged against them without a query (
 on the reactor thread never waits for the database). Changes go to the store as deltas
 (one atomic ``UPDATE ... SET bytes = bytes + ?``, which returns the new totals) when a
 worker-thread operation ends (``settle``: before the client hears the reply) and from a
-periodic ``sync`` for writes made on the reactor thread. The totals are read again when
-they are older than ``max_age`` at the next worker-thread operation, so what another node
-wrote is seen within ``max_age`` plus one query.
+periodic ``sync`` (every 0.5 s, sftpd.contexts) for writes made on the reactor thread.
+The totals are read again before a new write (``admit``) when they are older than
+``fresh`` (0.1 s), and at any other worker-thread operation when older than ``max_age``
+(1 s): a new upload at one node is judged with what another node finished more than
+``fresh`` ago; an upload in progress sees the other nodes' within ``max_age``.
 
 The store down: changes are kept and sent when it answers again (``sync``, retried every
 ``retry`` seconds by the caller's timer); writes already open go on, judged by the last
@@ -76,11 +78,12 @@ class StoreQuotaUsage:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_age: float = 1.0,
+        fresh: float = 0.1,
         retry: float = 5.0,
         report: Callable[[bool, str], None] | None = None,
     ) -> None:
         self.name = name
-        self.max_age, self.retry = max_age, retry
+        self.max_age, self.fresh, self.retry = max_age, fresh, retry
         self._store, self._clock, self._report = store, clock, report
         self._lock = threading.Lock()  # the numbers
         self._io = threading.Lock()  # one store exchange at a time
@@ -183,7 +186,10 @@ class StoreQuotaUsage:
             self.sync()
 
     def admit(self) -> None:
-        """Refuse a new write while the store cannot say what the other nodes wrote."""
+        """Before a new write: read the totals again unless they are ``fresh``; refuse
+        while the store cannot say what the other nodes wrote."""
+        if self.down is None and self._clock() - self._read_at >= self.fresh:
+            self.sync()
         if self.down is not None or self._base is None:
             raise usage_unavailable()
 
