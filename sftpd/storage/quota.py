@@ -210,9 +210,12 @@ class UserStates(Generic[U]):
 class QuotaFile(DelegatingFile):
     """A file open for writing: growth is checked and counted before it reaches the disk."""
 
-    def __init__(self, inner: File, storage: QuotaStorage, size: int, *, append: bool) -> None:
+    def __init__(
+        self, inner: File, storage: QuotaStorage, size: int, *, append: bool, temporary: bool
+    ) -> None:
         super().__init__(inner)
         self.storage, self.size, self.append = storage, size, append
+        self.temporary = temporary  # an upload's: its rename or removal settles next
         self._lock = threading.Lock()
 
     def _grow(self, end: int) -> int:
@@ -274,7 +277,8 @@ class QuotaFile(DelegatingFile):
         try:
             self.inner.close()
         finally:
-            self.storage.usage.settle()
+            if not self.temporary:
+                self.storage.usage.settle()
 
     def close_nowait(self) -> bool:
         if self.storage.usage.shared:
@@ -361,7 +365,9 @@ class QuotaStorage(DelegatingStorage):
             before = size
         self.usage.change(size - (before or 0), 0)
         self.usage.settle()
-        return QuotaFile(file, self, size, append=bool(flags & os.O_APPEND))
+        return QuotaFile(
+            file, self, size, append=bool(flags & os.O_APPEND), temporary=is_own_temporary(path)
+        )
 
     def open(self, path: str, flags: int, mode: int) -> File:
         file = self._opened(path, flags, mode, nowait=False)
