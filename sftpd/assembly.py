@@ -84,8 +84,15 @@ def build_factory(
     ``store``: where users come from; the configuration's ``[[users]]`` when None.
     ``live``: the holder SIGHUP updates ([exec], [sftp] for new logins)."""
     users = TomlUserStore.from_config(config.users) if store is None else store
+    shared = getattr(users, "usage_store", None)  # quota usage in the user database
     realm = Realm(
-        context_maker(live or config, reactor=reactor, blocking=blocking, events=events),
+        context_maker(
+            live or config,
+            reactor=reactor,
+            blocking=blocking,
+            events=events,
+            usage_store=shared() if shared is not None else None,
+        ),
         clock=reactor,
         max_sessions=config.server.max_sessions,
         make_channel=functools.partial(

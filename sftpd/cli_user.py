@@ -29,7 +29,7 @@ from sftpd.cli_user_values import (
 )
 from sftpd.config.model import Config, load_config, make_root
 from sftpd.config.values import Values
-from sftpd.errors import ConfigError
+from sftpd.errors import ConfigError, JailError
 from sftpd.storage.permissions import PROTOCOLS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -149,6 +149,16 @@ def add_commands(sub: Any, formatter: Callable[[str], argparse.HelpFormatter]) -
     rm.add_argument("name", metavar="NAME")
     rm.add_argument("--keep-files", action="store_true", help="leave the root directory alone")
     rm.set_defaults(func=_wrap(cmd_del))
+    rs = cmds.add_parser(
+        "rescan",
+        parents=[common],
+        help="count a user's root again and store it as its quota usage",
+        description="Count the regular files under a user's root (a [[users]] or a "
+        "database user) and store the count as its quota usage in [users_db]; running "
+        "servers use it within a second. Needed when files changed behind sftpd's back.",
+    )
+    rs.add_argument("name", metavar="NAME")
+    rs.set_defaults(func=_wrap(cmd_rescan))
 
     db = sub.add_parser("db", help="maintain the [users_db] database")
     dbs = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
@@ -396,6 +406,38 @@ def cmd_del(args: argparse.Namespace) -> int:
         shutil.rmtree(rec.root, ignore_errors=True)
         removed = " and its files"
     print(f"deleted user {args.name!r}{removed}")
+    return EXIT_OK
+
+
+def cmd_rescan(args: argparse.Namespace) -> int:
+    from sftpd.storage.local import LocalStorage
+    from sftpd.storage.quota import human_size, scan_usage
+
+    if load_config(args.config).users_db is None:
+        raise UsageError(
+            f"{args.config} has no [users_db]: without a database each server counts "
+            "usage at its start, there is nothing stored to rescan"
+        )
+    config, db = open_db(args)
+    in_file = [u.root for u in config.users if u.name == args.name]
+    rec = None if in_file else db.get(args.name)
+    if not in_file and rec is None:
+        raise UsageError(f"no user {args.name!r} in the config file or the database")
+    root = in_file[0] if in_file else rec.root  # type: ignore[union-attr]
+    try:
+        jail = LocalStorage(root)
+        try:
+            nbytes, files = scan_usage(jail)
+        finally:
+            jail.close()
+    except JailError as e:  # the root itself: "cannot open the storage root: ..."
+        raise UsageError(f"cannot count the files of {args.name!r}: {e}") from None
+    except OSError as e:
+        raise UsageError(f"cannot count the files of {args.name!r}: {e.strerror or e}") from None
+    before = db.usage(args.name)
+    db.set_usage(args.name, str(root), nbytes, files)
+    was = "never counted" if before is None else f"was {human_size(before[0])} in {before[1]} files"
+    print(f"{args.name}: {human_size(nbytes)} in {files} files ({was})")
     return EXIT_OK
 
 

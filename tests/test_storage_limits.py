@@ -185,7 +185,7 @@ def test_max_upload_size(tmp_path: Path) -> None:
 
 
 def test_user_states_share_one_usage_and_start_once(tmp_path: Path) -> None:
-    states = UserStates()
+    states: UserStates[MemoryQuotaUsage] = UserStates(lambda _: MemoryQuotaUsage())
     started: list[MemoryQuotaUsage] = []
     a = states.first_login("alice", started.append)
     b = states.first_login("alice", started.append)

@@ -40,9 +40,12 @@ def test_schema_created_and_migrated_forward(db: UserDb) -> None:
     assert db.upgrade() == (1, schema.LATEST)
     assert db.upgrade() == (schema.LATEST, schema.LATEST)
     assert db.get("old") is not None
-    db.add_usage("old", 7, 1)
-    db.add_usage("old", -2, 0)
-    assert db.usage("old") == (5, 1)
+    assert db.add_usage("old", 7, 1) is None  # never counted: nothing to add to
+    assert db.set_usage("old", "/srv/old", 7, 1) == (7, 1)
+    assert db.add_usage("old", -2, 0) == (5, 1)
+    assert db.usage_row("old") == ("/srv/old", 5, 1)
+    db.set_usage("file-user", "/srv/f", 1, 1)  # no foreign key: file users are counted too
+    assert db.usage("file-user") == (1, 1)
 
 
 def test_records_round_trip(db: UserDb) -> None:

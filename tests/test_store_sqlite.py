@@ -52,11 +52,14 @@ def test_migration_from_version_1_keeps_users(tmp_path: Path) -> None:
             "INSERT INTO users (name, root, created, updated) VALUES (?, ?, 0, 0)",
             ("old", "/srv/old"),
         )
-    assert db.upgrade() == (1, schema.LATEST)
+    with sdb.transaction() as cur:
+        schema.upgrade(cur, sdb.has_table, target=2)
+        cur.execute("INSERT INTO usage (user_name, bytes, files) VALUES ('old', 10, 1)")
+    assert db.upgrade() == (2, schema.LATEST)
     rec = db.get("old")
     assert rec is not None and rec.root == Path("/srv/old")
-    db.add_usage("old", 10, 1)
-    db.add_usage("old", 5, 1)
+    assert db.usage_row("old") == ("/srv/old", 10, 1)  # kept by the usage table's move
+    assert db.add_usage("old", 5, 1) == (15, 2)
     assert db.usage("old") == (15, 2)
 
 
@@ -145,7 +148,13 @@ def test_usage_deltas_through_the_store(tmp_path: Path) -> None:
     db.add(UserRecord(name="alice", root=Path("/srv/a")))
     store = DbUserStore(db, InlineBlocking(), clock=task.Clock())
     assert result(store.usage("alice")) is None  # never counted: the caller scans
-    result(store.add_usage("alice", 100, 2))
-    result(store.add_usage("alice", -40, -1))
+    assert result(store.add_usage("alice", 100, 2)) is None  # nothing to add to
+    assert db.set_usage("alice", "/srv/a", 100, 2, replace=False) == (100, 2)
+    assert db.set_usage("alice", "/srv/a", 7, 7, replace=False) == (100, 2)  # kept
+    assert result(store.add_usage("alice", -40, -1)) == (60, 1)
     assert result(store.usage("alice")) == (60, 1)
+    assert db.set_usage("alice", "/srv/a", 5, 1) == (5, 1)  # a rescan replaces
     assert db.delete("alice") and db.usage("alice") is None
+    db.set_usage("bob", "/srv/b", 1, 1)  # a file user of that name, counted before
+    db.add(UserRecord(name="bob", root=Path("/srv/b2")))
+    assert db.usage("bob") is None  # not the new user's

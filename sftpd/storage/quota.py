@@ -5,8 +5,10 @@ byte that reaches the disk (a temporary's writes, the rename over a target, the 
 an abandoned one). Usage lives in a :class:`QuotaUsage` shared by every session of the user
 in this process (:class:`UserStates`); it is scanned once, at the user's first login after
 start, and waited for (in the worker threads, never on the reactor) before a change is
-judged. A write that would pass ``quota_size`` or ``max_upload_size`` fails with a
-:class:`LimitExceeded` (an OSError whose strerror is the client's message).
+judged. With a user database, :mod:`sftpd.storage.usage` keeps it in the database
+instead, shared by every node and worker process. A write that would pass ``quota_size``
+or ``max_upload_size`` fails with a :class:`LimitExceeded` (an OSError whose strerror is
+the client's message).
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from sftpd.storage.atomic import is_own_temporary
 from sftpd.storage.base import File, Storage
 from sftpd.storage.delegate import DelegatingFile, DelegatingStorage
+
+U = TypeVar("U")
 
 
 def human_size(n: int) -> str:
@@ -77,13 +81,22 @@ class QuotaUsage(Protocol):
     until the first scan is in; ``ready`` says whether it is, without blocking.
     ``reserve`` adds a growth atomically with the check against ``limits`` (raising
     :class:`LimitExceeded`, having added nothing); ``change`` adds without a check (a
-    shrink, or undoing a reservation). A store-backed usage implements the same five
-    calls against its usage table (``reserve`` as one conditional UPDATE)."""
+    shrink, or undoing a reservation); neither blocks, both may run on the reactor thread.
+    ``admit`` (worker threads) refuses a new write when the usage cannot be known;
+    ``settle`` (worker threads) ends an operation: a shared usage sends its changes.
+    ``shared``: the usage lives in a store (sftpd.storage.usage), so a file's close must
+    run in a worker thread, where the rename it lands and ``settle`` may query."""
+
+    shared: bool
 
     @property
     def ready(self) -> bool: ...
 
     def wait(self) -> None: ...
+
+    def admit(self) -> None: ...
+
+    def settle(self) -> None: ...
 
     def used(self) -> tuple[int, int]: ...
 
@@ -94,6 +107,8 @@ class QuotaUsage(Protocol):
 
 class MemoryQuotaUsage:
     """Usage held in this process, behind a lock; ``scanned`` delivers the first scan."""
+
+    shared = False
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -106,6 +121,12 @@ class MemoryQuotaUsage:
 
     def wait(self) -> None:
         self._ready.wait()
+
+    def admit(self) -> None:
+        pass
+
+    def settle(self) -> None:
+        pass
 
     def scanned(self, nbytes: int, files: int) -> None:
         with self._lock:
@@ -160,32 +181,41 @@ def scan_usage(storage: Storage, path: str = "/") -> tuple[int, int]:
     return nbytes, files
 
 
-class UserStates:
+class UserStates(Generic[U]):
     """Per process: each user's shared usage, and the work of their first login.
 
-    ``first_login(name, start)`` returns the user's usage, calling ``start(usage)`` (which
-    schedules the scan on the worker pool) only the first time the name is seen."""
+    ``first_login(name, start)`` returns the user's usage (made by ``make(name)``), calling
+    ``start(usage)`` (which schedules the scan on the worker pool) only the first time the
+    name is seen."""
 
-    def __init__(self) -> None:
-        self._users: dict[str, MemoryQuotaUsage] = {}
+    def __init__(self, make: Callable[[str], U]) -> None:
+        self._make = make
+        self._users: dict[str, U] = {}
         self._lock = threading.Lock()
 
-    def first_login(self, name: str, start: Callable[[MemoryQuotaUsage], object]) -> QuotaUsage:
+    def first_login(self, name: str, start: Callable[[U], object]) -> U:
         with self._lock:
             usage = self._users.get(name)
             if usage is not None:
                 return usage
-            usage = self._users[name] = MemoryQuotaUsage()
+            usage = self._users[name] = self._make(name)
         start(usage)
         return usage
+
+    def all(self) -> list[U]:
+        with self._lock:
+            return list(self._users.values())
 
 
 class QuotaFile(DelegatingFile):
     """A file open for writing: growth is checked and counted before it reaches the disk."""
 
-    def __init__(self, inner: File, storage: QuotaStorage, size: int, *, append: bool) -> None:
+    def __init__(
+        self, inner: File, storage: QuotaStorage, size: int, *, append: bool, temporary: bool
+    ) -> None:
         super().__init__(inner)
         self.storage, self.size, self.append = storage, size, append
+        self.temporary = temporary  # an upload's: its rename or removal settles next
         self._lock = threading.Lock()
 
     def _grow(self, end: int) -> int:
@@ -241,6 +271,19 @@ class QuotaFile(DelegatingFile):
             shrink, self.size = self.size - size, size
         if shrink > 0:
             self.storage.usage.change(-shrink, 0)
+        self.storage.usage.settle()
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            if not self.temporary:
+                self.storage.usage.settle()
+
+    def close_nowait(self) -> bool:
+        if self.storage.usage.shared:
+            return False  # settle (and a rename above) may query the store: a worker's work
+        return self.inner.close_nowait()
 
     def statvfs(self) -> os.statvfs_result:
         return self.storage.report(self.inner.statvfs())
@@ -291,6 +334,7 @@ class QuotaStorage(DelegatingStorage):
         if self.limits.max_upload_size and size > self.limits.max_upload_size:
             raise too_large(self.limits.max_upload_size)
         self.usage.wait()
+        self.usage.admit()
         used, _ = self.usage.used()
         if self.limits.quota_size and used + size > self.limits.quota_size:
             raise quota_exceeded(used, self.limits.quota_size)
@@ -306,6 +350,7 @@ class QuotaStorage(DelegatingStorage):
         if nowait:
             return None  # the lookups below are blocking calls
         self.usage.wait()
+        self.usage.admit()
         before = _regular_size(self._stat(path, follow=True))
         new = before is None and bool(flags & os.O_CREAT)
         files = self._file_count(path) if new else 0
@@ -319,7 +364,10 @@ class QuotaStorage(DelegatingStorage):
         if before is None and not new:
             before = size
         self.usage.change(size - (before or 0), 0)
-        return QuotaFile(file, self, size, append=bool(flags & os.O_APPEND))
+        self.usage.settle()
+        return QuotaFile(
+            file, self, size, append=bool(flags & os.O_APPEND), temporary=is_own_temporary(path)
+        )
 
     def open(self, path: str, flags: int, mode: int) -> File:
         file = self._opened(path, flags, mode, nowait=False)
@@ -334,6 +382,8 @@ class QuotaStorage(DelegatingStorage):
         before = _regular_size(self._stat(path, follow=True)) or 0
         if self.limits.max_upload_size and size > self.limits.max_upload_size:
             raise too_large(self.limits.max_upload_size)
+        if size > before:
+            self.usage.admit()
         self.usage.reserve(max(0, size - before), 0, self.limits)
         try:
             self.inner.truncate(path, size)
@@ -341,6 +391,7 @@ class QuotaStorage(DelegatingStorage):
             self.usage.change(-max(0, size - before), 0)
             raise
         self.usage.change(min(0, size - before), 0)
+        self.usage.settle()
 
     def remove(self, path: str) -> None:
         self.usage.wait()
@@ -348,6 +399,7 @@ class QuotaStorage(DelegatingStorage):
         self.inner.remove(path)
         if size is not None:
             self.usage.change(-size, -self._file_count(path))
+            self.usage.settle()
 
     def rename(self, old: str, new: str, *, overwrite: bool) -> None:
         self.usage.wait()
@@ -365,9 +417,11 @@ class QuotaStorage(DelegatingStorage):
             self.usage.change(0, -max(0, files))
             raise
         self.usage.change(-(replaced or 0), min(0, files))
+        self.usage.settle()
 
     def link(self, old: str, new: str) -> None:
         self.usage.wait()
+        self.usage.admit()
         size = _regular_size(self._stat(old, follow=True)) or 0
         self.usage.reserve(size, self._file_count(new), self.limits)
         try:
@@ -375,6 +429,7 @@ class QuotaStorage(DelegatingStorage):
         except BaseException:
             self.usage.change(-size, -self._file_count(new))
             raise
+        self.usage.settle()
 
     def copy_range(
         self, src: File, src_offset: int, length: int, dst: File, dst_offset: int
@@ -392,6 +447,9 @@ class QuotaStorage(DelegatingStorage):
             if target is not None:
                 target._undo(growth)
             raise
+        finally:
+            if target is not None:
+                self.usage.settle()
 
 
 def _quota_file(file: File) -> QuotaFile | None:

@@ -327,6 +327,8 @@ class UserDb:
             if cur.fetchone() is not None:
                 raise ValueError(f"user {rec.name!r} exists already")
             now = time.time()
+            # a count left by a file user of that name is not this user's
+            cur.execute("DELETE FROM quota_usage WHERE user_name = ?", (rec.name,))
             cur.execute(
                 f"INSERT INTO users ({_COLUMNS}, created, updated) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -363,31 +365,57 @@ class UserDb:
     def delete(self, name: str) -> bool:
         with self.db.transaction() as cur:
             cur.execute("DELETE FROM user_keys WHERE user_name = ?", (name,))
-            cur.execute("DELETE FROM usage WHERE user_name = ?", (name,))
+            cur.execute("DELETE FROM quota_usage WHERE user_name = ?", (name,))
             cur.execute("DELETE FROM users WHERE name = ?", (name,))
             cur.execute("SELECT 1 FROM users WHERE name = ?", (name,))
             return cur.fetchone() is None
 
-    def add_usage(self, name: str, size: int, files: int) -> None:
-        """Add deltas to a user's quota usage (atomic in the database, so nodes agree)."""
+    # Quota usage: one row per user name (file users too), with the root it was counted
+    # in; changes arrive as deltas so every node's and worker's changes add up.
+
+    def add_usage(self, name: str, size: int, files: int) -> tuple[int, int] | None:
+        """Add deltas to a user's usage in one atomic UPDATE; the new totals, or None when
+        the store holds none for ``name`` (nothing is added: the caller counts)."""
         with self.db.transaction() as cur:
             cur.execute(
-                "UPDATE usage SET bytes = bytes + ?, files = files + ? WHERE user_name = ?",
+                "UPDATE quota_usage SET bytes = bytes + ?, files = files + ? "
+                "WHERE user_name = ? RETURNING bytes, files",
                 (size, files, name),
             )
-            cur.execute("SELECT 1 FROM usage WHERE user_name = ?", (name,))
-            if cur.fetchone() is None:
-                cur.execute(
-                    "INSERT INTO usage (user_name, bytes, files) VALUES (?, ?, ?)",
-                    (name, size, files),
-                )
+            row = cur.fetchone()
+            return None if row is None else (int(row[0]), int(row[1]))
 
     def usage(self, name: str) -> tuple[int, int] | None:
         """(bytes, files) the store knows of, or None if it was never counted."""
+        row = self.usage_row(name)
+        return None if row is None else (row[1], row[2])
+
+    def usage_row(self, name: str) -> tuple[str, int, int] | None:
+        """(root counted in, bytes, files), or None if the user was never counted."""
         with self.db.transaction() as cur:
-            cur.execute("SELECT bytes, files FROM usage WHERE user_name = ?", (name,))
+            cur.execute("SELECT root, bytes, files FROM quota_usage WHERE user_name = ?", (name,))
             row = cur.fetchone()
-            return None if row is None else (int(row[0]), int(row[1]))
+            return None if row is None else (str(row[0]), int(row[1]), int(row[2]))
+
+    def set_usage(
+        self, name: str, root: str, size: int, files: int, *, replace: bool = True
+    ) -> tuple[int, int]:
+        """Store a count of ``root`` (a scan); the totals now stored. ``replace=False``
+        keeps a row another node stored meanwhile (both counted the same files)."""
+        conflict = (
+            "DO UPDATE SET root = excluded.root, bytes = excluded.bytes, files = excluded.files"
+            if replace
+            else "DO NOTHING"
+        )
+        with self.db.transaction() as cur:
+            cur.execute(
+                "INSERT INTO quota_usage (user_name, root, bytes, files) VALUES (?, ?, ?, ?) "
+                f"ON CONFLICT (user_name) {conflict}",
+                (name, root, size, files),
+            )
+            cur.execute("SELECT bytes, files FROM quota_usage WHERE user_name = ?", (name,))
+            row = cur.fetchone()
+            return int(row[0]), int(row[1])
 
     def close(self) -> None:
         self.db.close()

@@ -50,6 +50,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             step BIGINT NOT NULL
         )""",
     ),
+    (  # 4: usage for file users too (no foreign key), with the root it was counted in
+        """CREATE TABLE quota_usage (
+            user_name TEXT PRIMARY KEY,
+            root TEXT NOT NULL,
+            bytes BIGINT NOT NULL DEFAULT 0,
+            files BIGINT NOT NULL DEFAULT 0
+        )""",
+        """INSERT INTO quota_usage (user_name, root, bytes, files)
+            SELECT usage.user_name, users.root, usage.bytes, usage.files
+            FROM usage JOIN users ON users.name = usage.user_name""",
+        "DROP TABLE usage",
+    ),
 )
 LATEST = len(MIGRATIONS)
 

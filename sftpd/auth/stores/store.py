@@ -182,9 +182,10 @@ class DbUserStore:
         self._prepare()
         return self.db.enabled(names)
 
-    def add_usage(self, name: str, size: int, files: int) -> defer.Deferred[None]:
+    def add_usage(self, name: str, size: int, files: int) -> defer.Deferred[tuple[int, int] | None]:
         """Add quota usage deltas (bytes, files) for ``name``, atomically in the database,
-        so every node and worker process sees the same total."""
+        so every node and worker process sees the same total; the new totals (None: never
+        counted, nothing added)."""
         return self._blocking.run(self.db.add_usage, name, size, files)
 
     def usage(self, name: str) -> defer.Deferred[tuple[int, int] | None]:
@@ -197,6 +198,25 @@ class DbUserStore:
             self._retry.cancel()
         self._retry = None
         return self._blocking.run(self.db.close)
+
+
+class DbUsageStore:
+    """The usage seam of sftpd.storage.usage on the user database (blocking calls, worker
+    threads only); the usage of file users is kept there too, under their names."""
+
+    def __init__(self, db: UserDb) -> None:
+        self._db = db
+
+    def load(self, name: str) -> tuple[str, int, int] | None:
+        return self._db.usage_row(name)
+
+    def add(self, name: str, nbytes: int, files: int) -> tuple[int, int] | None:
+        return self._db.add_usage(name, nbytes, files)
+
+    def store(
+        self, name: str, root: str, nbytes: int, files: int, *, replace: bool
+    ) -> tuple[int, int]:
+        return self._db.set_usage(name, root, nbytes, files, replace=replace)
 
 
 class ChainUserStore:
@@ -218,6 +238,10 @@ class ChainUserStore:
 
     def file_names(self) -> frozenset[str]:
         return self._file.names()
+
+    def usage_store(self) -> DbUsageStore | None:
+        """Where quota usage is shared (the database), or None: each process counts its own."""
+        return None if self.db is None else DbUsageStore(self.db.db)
 
     def lookup(self, name: str) -> defer.Deferred[User | None]:
         d = self._file.lookup(name)
