@@ -19,6 +19,7 @@ from sftpd.apps.rsync.sandbox import RuntimeCache
 from sftpd.auth.checkers import SERVER_SIG_ALGS
 from sftpd.auth.realm import Realm
 from sftpd.auth.setup import auth_parts
+from sftpd.auth.stores.bans import ban_store_of
 from sftpd.auth.totpstate import shared_totp_state
 from sftpd.auth.users import StoreUnavailable, TomlUserStore, UserStore
 from sftpd.config.model import Config
@@ -256,7 +257,15 @@ def serve(
         watch_sessions(
             factory, store, reactor=reactor, every=max(config.users_db.cache_seconds, 0.5)
         )
-    edge = make_edge(config.edge, clock=reactor)
+    # Bans live in [users_db] when there is one (every node and worker shares them; each
+    # defender reloads them every TICK seconds), else in this process. The edge's events
+    # flow out to the sinks and metrics; nothing flows back into the edge.
+    edge = make_edge(
+        config.edge,
+        clock=reactor,
+        store=ban_store_of(store, pool),
+        on_event=events.edge_event if events is not None else None,
+    )
     front = EdgeFactory(factory, edge)  # bans, limits, PROXY header: before any SSH byte
     if inherited:
         ports = adopt(front, inherited, reactor)

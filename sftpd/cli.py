@@ -1,4 +1,4 @@
-"""Command line: sftpd serve | check-config | hash-password | keygen | user | db."""
+"""Command line: sftpd serve | check-config | hash-password | keygen | user | db | ban."""
 
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ examples:
   sftpd totp-secret alice              prints a new totp_secret and its otpauth:// URL
   sftpd user add bob --root /srv/bob --key bob.pub --config sftpd.toml
                                        adds a user to [users_db], live (see sftpd user -h)
+  sftpd ban add 192.0.2.7 --minutes 60 --config sftpd.toml
+                                       bans a source on every server sharing [users_db]
 """
 
 
@@ -159,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sftpd.cli_user import add_commands
 
     add_commands(sub, raw)
+    from sftpd.cli_ban import add_commands as add_ban_commands
+
+    add_ban_commands(sub, raw)
     from sftpd.explain import add_parser as add_explain
 
     add_explain(sub)

@@ -45,7 +45,8 @@ def test_threshold_bans_and_not_before() -> None:
     d.auth_failed(A, invalid_user=False)
     assert d.is_banned(A)
     assert d.refusal(A) == "banned"
-    assert [n for n, _ in events] == ["source_banned"]
+    assert d.refusal(A) == "banned"
+    assert [n for n, _ in events] == ["source_banned", "source_refused"]  # once per ban
     assert not d.is_banned("192.0.2.8")
 
 

@@ -39,8 +39,10 @@ SANS_IO = (
 )
 SHARED = ("sftpd.errors", "sftpd.log")  # every layer may raise our errors and log
 # The edge's config dataclasses and checks: Twisted-free, read by the config loader and
-# carried by the User record (per-user max_sessions, allowed_sources).
+# carried by the User record (per-user max_sessions, allowed_sources); and what a ban is,
+# which the database ban store keeps.
 EDGE_CONFIG = (
+    "sftpd.edge.bans",
     "sftpd.edge.config",
     "sftpd.edge.limits",
     "sftpd.edge.networks",
@@ -125,6 +127,21 @@ LAYERS = (
         ),
         why="the SSH layer routes a session to an app by its contract; it never reaches "
         "into an app's internals, storage or the user store",
+    ),
+    Layer(
+        "edge",
+        modules=("sftpd.edge", "sftpd.edge.*"),
+        may_import=("sftpd.edge", "sftpd.config", *SHARED),
+        why="the edge decides at accept; its bans and refusals flow out through on_event "
+        "(the assembly wires it to the events) and its bans to a BanStore it is given: it "
+        "imports neither the events, the user store nor the SSH layer",
+    ),
+    Layer(
+        "events",
+        modules=("sftpd.events", "sftpd.events.*"),
+        may_import=("sftpd.events", "sftpd.storage", "sftpd.config", *SHARED),
+        why="events flow into the sinks from the layers that report them; nothing flows "
+        "back: the events import no edge, SSH, auth or app module",
     ),
     Layer(
         "config",

@@ -4,30 +4,23 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from sftpd.edge.bans import MINUTE, Ban, ban_key, check_minutes, remembered, repeat_minutes
 from sftpd.edge.config import DefenderConfig
-from sftpd.edge.networks import Networks, parse_address, source_key
+from sftpd.edge.networks import Networks, source_key
+
+__all__ = ["TICK", "Ban", "BanStore", "Defender", "EventSink", "MemoryBanStore", "ban_key"]
 
 log = Logger(namespace="sftpd.edge")
 
 EventSink = Callable[[str, Mapping[str, Any]], None]
-MINUTE = 60.0
-
-
-@dataclass(frozen=True)
-class Ban:
-    """One ban: ``source`` is a source key (IPv4 address or IPv6 /64); ``until`` wall-clock."""
-
-    source: str
-    until: float
-    count: int = 1  # 1 for a first ban, 2 for the next one while the first is remembered...
-    reason: str = "score"  # "score" or "manual"
+TICK = 5.0  # seconds between reloads of the store: a ban made elsewhere is refused within it
 
 
 class BanStore(Protocol):
@@ -35,7 +28,7 @@ class BanStore(Protocol):
 
     Every method returns a Deferred so that a database store fits; ``all`` returns every
     remembered ban, expired ones included (they carry the repeat count), and the defender
-    asks ``forget`` for the ones it no longer needs.
+    asks ``remove`` for the ones it no longer needs.
     """
 
     def put(self, ban: Ban) -> defer.Deferred[None]: ...
@@ -60,21 +53,6 @@ class MemoryBanStore:
         return defer.succeed(list(self._bans.values()))
 
 
-def ban_key(text: str) -> str:
-    """The source key for an address (or an IPv6 /64 written as a network) an admin gives."""
-    if parse_address(text) is not None:
-        return source_key(text)
-    if "/" in text:
-        host, _, bits = text.partition("/")
-        addr = parse_address(host)
-        if addr is not None and bits == ("32" if addr.version == 4 else "64"):
-            return source_key(str(addr))
-    raise ValueError(
-        f"{text!r} is not a source; expected an IP address (IPv6 counts per /64, e.g. "
-        '"2001:db8::/64"); for whole networks use [defender] block_list'
-    )
-
-
 class Defender:
     """Scores failed logins per source and bans a source whose score reaches the threshold.
 
@@ -83,9 +61,17 @@ class Defender:
     longer than ``ban_time_max``. Sources in ``safe_list`` or ``exempt`` (the PROXY
     senders: banning one would ban everyone behind it) are never scored; ``block_list``
     is always refused. A successful login clears the source's score and history, so a key
-    login is never banned by its own earlier typos. ``is_banned`` answers from a local
-    mirror of the store; ``tick`` (every few seconds, ``start``) reloads it, so bans made
-    at other nodes arrive within one tick.
+    login is never banned by its own earlier typos. ``refusal`` answers from a local
+    mirror of the store; ``tick`` (every ``TICK`` seconds, ``start``) reloads it, so bans
+    made at other nodes (or by ``sftpd ban add``) are refused within one tick.
+
+    A store that fails (a database that is down) stops nothing: bans go on in the
+    mirror, the failure is logged once, and the writes it missed are retried at every
+    tick until it answers again.
+
+    Events (``on_event``): ``source_banned`` when this process bans a source,
+    ``source_refused`` at the first refused connection of each ban (also of a ban made
+    elsewhere), ``source_unbanned`` when a ban this process made ends or an admin lifts it.
     """
 
     def __init__(
@@ -111,22 +97,58 @@ class Defender:
             collections.OrderedDict()
         )
         self._bans: dict[str, Ban] = {}  # mirror of the store
-        self._writing: set[str] = set()  # puts/removes in flight: a reload must not undo them
+        # Writes the store has not confirmed (in flight, or failed and to be retried):
+        # key -> (generation, the ban to put or None to remove). A reload must not undo them.
+        self._pending: dict[str, tuple[int, Ban | None]] = {}
+        self._sending: set[str] = set()  # keys with a write in flight (one at a time each)
+        # Writes confirmed while a read is in flight: that read's rows may predate them.
+        self._recent: dict[str, Ban | None] = {}
+        self._generation = 0
+        self._down = False  # the store failed; logged once until it answers again
+        self._mine: dict[str, float] = {}  # bans this process made: key -> until
+        self._refused: set[tuple[str, float]] = set()  # (key, until): refusal logged
         self._loop: task.LoopingCall | None = None
 
     # Questions asked at accept.
 
-    def refusal(self, host: str) -> str | None:
-        """Why a connection from ``host`` is refused ("blocked", "banned"), or None."""
+    def _why(self, host: str) -> tuple[str, Ban | None] | None:
         if self.config.block_list.contains(host):
-            return "blocked"
+            return "blocked", None
         ban = self._bans.get(source_key(host))
         if ban is not None and ban.until > self.clock.seconds():
-            return "banned"
+            return "banned", ban
         return None
 
+    def refusal(self, host: str) -> str | None:
+        """Why a connection from ``host`` is refused ("blocked", "banned"), or None.
+
+        The first refusal of each ban is logged and is a ``source_refused`` event."""
+        why = self._why(host)
+        if why is None:
+            return None
+        reason, ban = why
+        if ban is not None and (ban.source, ban.until) not in self._refused:
+            self._refused.add((ban.source, ban.until))
+            log.info(
+                "banned source refused: source={source} peer={peer} for {left:g} s more "
+                "(once per ban)",
+                source=ban.source,
+                peer=host,
+                left=round(ban.until - self.clock.seconds()),
+                event="source_refused",
+            )
+            self._emit(
+                "source_refused",
+                source=ban.source,
+                peer=host,
+                until=ban.until,
+                count=ban.count,
+                reason=ban.reason,
+            )
+        return reason
+
     def is_banned(self, host: str) -> bool:
-        return self.refusal(host) is not None
+        return self._why(host) is not None
 
     # What happened on a connection.
 
@@ -171,11 +193,17 @@ class Defender:
             del self._scores[key]
             self._ban(key, now, total, why)
 
+    def _count(self, key: str, now: float) -> int:
+        """The repeat count a new ban of ``key`` gets (the store's history, any node's)."""
+        before = self._bans.get(key)
+        if before is None or not remembered(before, now, self.config.ban_time_max):
+            return 1
+        return before.count + 1
+
     def _ban(self, key: str, now: float, score: int, why: str) -> Ban:
         c = self.config
-        before = self._bans.get(key)
-        count = before.count + 1 if before is not None else 1
-        minutes = min(c.ban_time * 2 ** min(count - 1, 62), c.ban_time_max)
+        count = self._count(key, now)
+        minutes = repeat_minutes(count, c.ban_time, c.ban_time_max)
         ban = Ban(source=key, until=now + minutes * MINUTE, count=count, reason="score")
         self._put(ban)
         log.warn(
@@ -188,67 +216,147 @@ class Defender:
             last=why,
             event="source_banned",
         )
-        self._emit("source_banned", source=key, until=ban.until, count=count, reason="score")
+        self._emit(
+            "source_banned", source=key, until=ban.until, count=count, reason="score", score=score
+        )
         return ban
 
     def _emit(self, name: str, **fields: Any) -> None:
         if self._on_event is not None:
-            self._on_event(name, fields)
+            try:
+                self._on_event(name, fields)
+            except Exception:
+                log.failure("defender event sink failed: {name}", name=name)
 
     # The store.
 
     def _put(self, ban: Ban) -> None:
         self._bans[ban.source] = ban
-        self._write(ban.source, self.store.put(ban))
+        self._mine[ban.source] = ban.until
+        self._write(ban.source, ban)
 
-    def _forget(self, key: str) -> defer.Deferred[bool]:
+    def _forget(self, key: str) -> defer.Deferred[Any]:
         self._bans.pop(key, None)
-        return self._write(key, self.store.remove(key))
+        self._mine.pop(key, None)
+        return self._write(key, None)
 
-    def _write(self, key: str, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
-        self._writing.add(key)
+    def _write(self, key: str, ban: Ban | None) -> defer.Deferred[Any]:
+        self._generation += 1
+        self._pending[key] = (self._generation, ban)
+        return self._send(key)
+
+    def _send(self, key: str) -> defer.Deferred[Any]:
+        """Write ``key``'s pending value; one write per key at a time, so they land in order.
+
+        While the store is down nothing is sent (each attempt could hold a worker thread
+        for the database's timeouts, and the threads serve file transfers too): the
+        tick's read is the one probe, and the writes follow once it answers."""
+        if self._down or key in self._sending or key not in self._pending:
+            return defer.succeed(None)  # the write in flight sends the newest value after it
+        generation, ban = self._pending[key]
+        self._sending.add(key)
+        d: defer.Deferred[Any] = (
+            defer.maybeDeferred(self.store.put, ban)
+            if ban is not None
+            else defer.maybeDeferred(self.store.remove, key)
+        )
 
         def done(result: Any) -> Any:
-            self._writing.discard(key)
+            self._sending.discard(key)
+            self._store_up()
+            if self._pending.get(key, (None,))[0] == generation:
+                del self._pending[key]
+                self._recent[key] = ban
+            elif key in self._pending:
+                self._send(key)
             return result
 
-        def failed(reason: Any) -> None:
-            log.failure("ban store write failed: source={source}", reason, source=key)
+        def failed(reason: Failure) -> None:
+            self._sending.discard(key)
+            self._store_down(reason, f"writing the ban of {key}")
 
-        d.addBoth(done)
-        d.addErrback(failed)
+        d.addCallbacks(done, failed)
         return d
 
+    def _store_down(self, reason: Failure, what: str) -> None:
+        if self._down:
+            return
+        self._down = True
+        expected = reason.type is not None and reason.type.__name__ == "StoreUnavailable"
+        error = reason.getErrorMessage() if expected else f"{reason.type}: {reason.value}"
+        log.warn(
+            "ban store unavailable ({what}): {error}; bans go on in this process and are "
+            "written when it answers (logged once)",
+            what=what,
+            error=error,
+            event="ban_store_down",
+        )
+        if not expected:
+            log.failure("ban store failure", reason)
+
+    def _store_up(self) -> None:
+        if self._down:
+            self._down = False
+            log.info(
+                "ban store answers again; {pending} ban change(s) to write",
+                pending=len(self._pending),
+                event="ban_store_up",
+            )
+
     def tick(self) -> defer.Deferred[None]:
-        """Reload the mirror from the store and drop what is no longer needed."""
+        """Retry missed writes, reload the mirror from the store, drop what is not needed."""
         now = self.clock.seconds()
         while self._scores:
             key, events = next(iter(self._scores.items()))
             if events and events[-1][0] > now - self._observe:
                 break
             del self._scores[key]
-        d = self.store.all()
+        for key, until in list(self._mine.items()):
+            if until <= now:
+                del self._mine[key]
+                log.info("ban ended: source={source}", source=key, event="source_unbanned")
+                self._emit("source_unbanned", source=key, reason="expired")
+        self._refused = {r for r in self._refused if r[1] > now}
+        for key in list(self._pending):
+            self._send(key)  # none while the store is down
+        self._recent = {}  # what was confirmed before this read, it sees
+        d = defer.maybeDeferred(self.store.all)
 
         def load(bans: list[Ban]) -> None:
+            self._store_up()
             horizon = now - self.config.ban_time_max * MINUTE
             fresh = {b.source: b for b in bans}
-            for key in self._writing:
-                mine = self._bans.get(key)
+            local = {**self._recent, **{k: b for k, (_, b) in self._pending.items()}}
+            self._recent = {}
+            for key, mine in local.items():
                 fresh.pop(key, None)
                 if mine is not None:
                     fresh[key] = mine
             for key, ban in list(fresh.items()):
                 if ban.until <= horizon:
                     del fresh[key]
-                    self._forget(key)
+                    self._bans.pop(key, None)
+                    self._write(key, None)
+            for key in list(self._mine):
+                if fresh.get(key) is None or fresh[key].until != self._mine[key]:
+                    del self._mine[key]  # lifted by an admin, or another node's ban now
+                    if key not in fresh:
+                        log.info(
+                            "ban lifted: source={source} (elsewhere)",
+                            source=key,
+                            event="source_unbanned",
+                        )
+                        self._emit("source_unbanned", source=key, reason="removed")
             self._bans = fresh
+            for key in list(self._pending):
+                self._send(key)  # what the store missed while it was down
 
-        def failed(reason: Any) -> None:
-            log.failure("ban store read failed", reason)
+        def failed(reason: Failure) -> None:
+            self._store_down(reason, "reading the bans")
 
-        return d.addCallback(load).addErrback(failed)
+        return d.addCallbacks(load, failed)
 
-    def start(self, interval: float = 5.0) -> None:
+    def start(self, interval: float = TICK) -> None:
         self._loop = task.LoopingCall(self.tick)
         self._loop.clock = self.clock
         self._loop.start(interval, now=True)
@@ -258,7 +366,7 @@ class Defender:
             self._loop.stop()
         self._loop = None
 
-    # Administration (`sftpd ban list|add|remove`).
+    # Administration (the running server's own; `sftpd ban` writes the database).
 
     def list(self) -> list[Ban]:
         """The bans in force now, soonest to end first."""
@@ -268,11 +376,10 @@ class Defender:
     def add(self, source: str, minutes: float | None = None) -> Ban:
         """Ban ``source`` (an address; IPv6 per /64) for ``minutes`` (default: ban_time)."""
         key = ban_key(source)
-        if minutes is not None and not 0 < minutes <= 525600:
-            raise ValueError(f"{minutes!r} minutes; expected more than 0, up to 525600 (a year)")
+        if minutes is not None:
+            check_minutes(minutes)
         now = self.clock.seconds()
-        before = self._bans.get(key)
-        count = before.count + 1 if before is not None else 1
+        count = self._count(key, now)
         span = (self.config.ban_time if minutes is None else minutes) * MINUTE
         ban = Ban(source=key, until=now + span, count=count, reason="manual")
         self._put(ban)
@@ -294,5 +401,5 @@ class Defender:
         d = self._forget(key)
         if had:
             log.info("ban lifted: source={source} by=admin", source=key, event="source_unbanned")
-            self._emit("source_unbanned", source=key)
+            self._emit("source_unbanned", source=key, reason="admin")
         return d.addCallback(lambda removed: bool(removed) or had)

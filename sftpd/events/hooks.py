@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from sftpd.events.config import HookConfig, HookLimits
 from sftpd.events.model import Event
+from sftpd.events.names import EDGE_OPERATIONS
 from sftpd.events.webhook import agent_post
 from sftpd.log import clip
 
@@ -34,6 +35,7 @@ _log = Logger(namespace="sftpd.hooks")
 RETRY_DELAYS = (1.0, 2.0, 4.0)
 _STDERR_KEEP = 2000
 _FIND = object()
+_ALWAYS = ("login_failed", *EDGE_OPERATIONS)
 
 # (url, body, timeout) -> Deferred firing with the HTTP status code.
 Post = Callable[[str, bytes, float], "defer.Deferred[int]"]
@@ -57,11 +59,12 @@ class _NoStats:
 
 def matches(hook: HookConfig, event: Event) -> bool:
     """Whether ``event`` fires ``hook``: its operation is in ``on``, its outcome in
-    ``outcomes`` (login_failed always matches: failing is what it reports) and, when
+    ``outcomes`` (login_failed and the edge's ban and refused always match: being
+    refused is what they report) and, when
     ``paths`` is set, its final path matches a glob (``*`` also matches ``/``)."""
     if event.op not in hook.on:
         return False
-    if event.outcome not in hook.outcomes and event.op != "login_failed":
+    if event.outcome not in hook.outcomes and event.op not in _ALWAYS:
         return False
     if hook.paths:
         path = event.final_path()

@@ -75,6 +75,19 @@ class Metrics:
             ["kind", "reason"],
             registry=r,
         )
+        self.bans = Counter(
+            "sftpd_bans",
+            "Sources banned by this process, by reason (score, manual)",
+            ["reason"],
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "sftpd_connections_refused",
+            "Connections closed at accept, by reason (banned, blocked, max_connections, "
+            "max_connections_per_source, max_startups, proxy_*)",
+            ["reason"],
+            registry=r,
+        )
         self.worker_queue = Gauge(
             "sftpd_worker_queue_length", "Blocking calls waiting for a worker thread", registry=r
         )
@@ -97,6 +110,8 @@ class Metrics:
             if not event.who.auth:
                 method = "none"
             self.authentications.labels(method, "ok" if event.op == "login" else "failed").inc()
+        if event.op == "ban":
+            self.bans.labels(event.reason).inc()
         if event.outcome == "denied" and event.reason.startswith("quota"):
             self.quota_denials.inc()
 
@@ -116,6 +131,9 @@ class Metrics:
 
     def connection_closed(self) -> None:
         self.connections_open.dec()
+
+    def connection_refused(self, reason: str) -> None:
+        self.connections_refused.labels(reason).inc()
 
     def session_started(self, protocol: str) -> None:
         self.sessions.labels(protocol).inc()

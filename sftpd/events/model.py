@@ -3,7 +3,9 @@
 JSON keys (stable; a consumer may rely on them, new keys may be added):
 
 ``time``      ISO-8601 UTC start of the operation, milliseconds (``2026-12-03T17:16:10.123Z``)
-``op``        upload, download, delete, rename, mkdir, rmdir, login, login_failed, session
+``op``        upload, download, delete, rename, mkdir, rmdir, login, login_failed, session;
+              ban, refused, unban (the network edge: ``client`` is the source, an address or
+              an IPv6 /64, ``duration`` of a ban its length in seconds)
 ``user``      the login name (for login_failed: the name the client tried)
 ``auth``      ``SHA256:...`` fingerprint of the key used, ``password``, or ``""`` (not known)
 ``protocol``  ssh (logins), sftp, scp, rsync or hashes

@@ -16,7 +16,14 @@ OPERATIONS = (
     "login",
     "login_failed",
     "session",
+    # The network edge (client = the source; user, session and path empty): a source
+    # banned (denied, reason score or manual), its first refused connection per ban
+    # (denied, reason banned), the ban's end (ok).
+    "ban",
+    "refused",
+    "unban",
 )
+EDGE_OPERATIONS = ("ban", "refused", "unban")
 PROTOCOLS = ("ssh", "sftp", "scp", "rsync", "hashes")
 OUTCOMES = ("ok", "denied", "error", "incomplete")
 # The order of the JSON keys (and the names of the SFTPD_* variables, upper-cased).

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,31 @@ class EventsService:
     def login_failed(self, fields: dict[str, Any], reason: str) -> None:
         with self._lock:
             self.events.login_failed(_login_identity(fields), reason)
+
+    def edge_event(self, name: str, fields: Mapping[str, Any]) -> None:
+        """The network edge's ``on_event`` (the defender's bans, the gate's refusals): bans,
+        their ends and each ban's first refused connection become events for the sinks;
+        every refused connection is counted (a flood is a number, not a flood of lines).
+        The edge calls this; nothing here calls back into the edge."""
+        now = self._reactor.seconds()
+        source = str(fields.get("source", ""))
+        event: Event | None = None
+        if name == "connection_refused":
+            if self.metrics is not None:
+                self.metrics.connection_refused(str(fields.get("reason", "")))
+        elif name == "source_banned":
+            length = max(0.0, float(fields.get("until", now)) - now)
+            who = Identity("", "", "ssh", source, "")
+            reason = str(fields.get("reason", "")) or "score"
+            event = Event("ban", who, now, duration=length, outcome="denied", reason=reason)
+        elif name == "source_refused":
+            who = Identity("", "", "ssh", str(fields.get("peer", source)), "")
+            event = Event("refused", who, now, outcome="denied", reason="banned")
+        elif name == "source_unbanned":
+            event = Event("unban", Identity("", "", "ssh", source, ""), now)
+        if event is not None:
+            with self._lock:
+                self.events.emit(event)
 
     def start(self) -> None:
         if self.audit is not None:

@@ -62,6 +62,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             FROM usage JOIN users ON users.name = usage.user_name""",
         "DROP TABLE usage",
     ),
+    (  # 5: the defender's bans, shared by every node and worker process
+        """CREATE TABLE bans (
+            source TEXT PRIMARY KEY,
+            banned_until DOUBLE PRECISION NOT NULL,
+            ban_count INTEGER NOT NULL DEFAULT 1,
+            reason TEXT NOT NULL DEFAULT 'score',
+            created DOUBLE PRECISION NOT NULL
+        )""",
+    ),
 )
 LATEST = len(MIGRATIONS)
 
