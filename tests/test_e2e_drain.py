@@ -84,13 +84,14 @@ def test_sigterm_lets_a_64_mib_download_finish(make_server: Any, workers: int) -
     th.start()
     assert started.wait(60)
     env.server.proc.send_signal(signal.SIGTERM)
+    if workers == 1:  # the download is the one connection open (probe only after this)
+        draining = "draining: no new connections; 1 open"
+        assert wait_for(lambda: draining in env.server.log_text(), timeout=20)
     assert wait_for(lambda: _refused(env.port), timeout=20)  # no longer accepting
     th.join(120)
     assert out.get("sha") == want and out.get("size") == SIZE, out
     t.close()
     assert env.server.proc.wait(30) == 0
-    if workers == 1:
-        assert wait_for(lambda: "draining: no new connections; 1 open" in env.server.log_text())
 
 
 def test_second_sigterm_closes_at_once(make_server: Any) -> None:

@@ -6,10 +6,13 @@ database stopped in the middle of an upload."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,6 +99,14 @@ def _connect(env: Env) -> tuple[Any, Any]:
     return transport, paramiko.SFTPClient.from_transport(transport)
 
 
+def _stored_sqlite(path: Path) -> tuple[int, int] | None:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        found = conn.execute(
+            "SELECT bytes, files FROM quota_usage WHERE user_name = 'alice'"
+        ).fetchone()
+    return None if found is None else (int(found[0]), int(found[1]))
+
+
 def test_two_workers_share_the_usage(make_server: Any, tmp_path: Path) -> None:
     tail = f'[users_db]\nurl = "sqlite:{tmp_path}/users.db"\n'
     env: Env = make_server(server_extra="workers = 2", tail=tail, alice_extra=QUOTA)
@@ -118,6 +129,10 @@ def test_two_workers_share_the_usage(make_server: Any, tmp_path: Path) -> None:
         two.listdir("/")
         with one.open("/six.bin", "wb") as f:
             f.write(b"6" * (6 * MB))
+        # A new write is judged with totals at most `fresh` (0.1 s) old: let what the
+        # other worker finished become older than that (sftpd.storage.usage).
+        assert wait_for(lambda: _stored_sqlite(tmp_path / "users.db") == (6 * MB, 1))
+        time.sleep(0.2)
         with pytest.raises(OSError, match=r"quota exceeded: 10\.0 MB of 10\.0 MB used"):
             with two.open("/six-more.bin", "wb") as f:
                 f.set_pipelined(False)
