@@ -38,6 +38,7 @@ from targets import (
     OpenSSH,
     Sftpd,
     SftpdDb,
+    SftpdRules,
     client_cpu_s,
     keygen,
     say,
@@ -370,7 +371,12 @@ def machine():
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add = ap.add_argument
-    add("--targets", default="openssh,sftpd", help="comma list (default openssh,sftpd)")
+    add(
+        "--targets",
+        default="openssh,sftpd",
+        help="comma list of openssh, sftpd, sftpd-rules (a user with per-directory\n"
+        "permissions and a quota) (default openssh,sftpd)",
+    )
     add("--workloads", default=",".join(WORKLOADS), help="comma list of W1..W9 (default W1..W8)")
     add("--rounds", type=int, help="interleaved rounds (default 3; 1 with --quick)")
     add("--size-mib", type=int, help="W1/W2 size (default 512; 64 with --quick); W7: 8 x size/8")
@@ -463,8 +469,8 @@ def main():
     w9 = latency.ids(rtts) if "W9" in wls else {}
     wls = [x for w in wls for x in (w9 if w == "W9" else [w])]
     wl = WORKLOADS | latency.workloads(rtts)
-    if set(args.targets.split(",")) - {"sftpd", "openssh"}:
-        raise SystemExit("--targets: a comma list of sftpd and openssh")
+    if set(args.targets.split(",")) - {"sftpd", "openssh", "sftpd-rules"}:
+        raise SystemExit("--targets: a comma list of sftpd, openssh and sftpd-rules")
     dbs = [k for k in args.users_db.split(",") if k]
     if set(dbs) - {"sqlite", "postgres"}:
         raise SystemExit("--users-db: a comma list of sqlite and postgres")
@@ -521,7 +527,8 @@ def main():
                     url, pg_stop = start_postgres()
                     made.append(SftpdDb(b, "postgres", url))
                 else:
-                    made.append({"sftpd": Sftpd, "openssh": OpenSSH}[name](b))
+                    kinds = {"sftpd": Sftpd, "openssh": OpenSSH, "sftpd-rules": SftpdRules}
+                    made.append(kinds[name](b))
                 made[-1].start()
                 algos[name] = negotiated(b, made[-1])
                 say(f"started {name} on port {made[-1].port}: {algos[name]}")

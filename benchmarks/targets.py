@@ -199,6 +199,7 @@ class Sftpd(Target):
     """sftpd from this checkout, or (``checkout``, ``name``) from another one."""
 
     name = "sftpd"
+    user_extra = ""  # more lines for the benchmark user's [[users]] table
 
     def __init__(self, ctx, checkout=REPO, name="sftpd"):
         self.checkout, self.name = checkout, name
@@ -215,7 +216,7 @@ class Sftpd(Target):
             f.write(
                 f'[server]\nlisten = ["127.0.0.1:0"]\nhost_keys_dir = "{self.state}/keys"\n'
                 f'{extra}\n[[users]]\nname = "{USER}"\nroot = "{self.ctx.root}"\n'
-                f'authorized_keys_file = "{self.ctx.key}.pub"\n'
+                f'authorized_keys_file = "{self.ctx.key}.pub"\n{self.user_extra}'
             )
         path = self.checkout + os.pathsep + os.environ.get("PYTHONPATH", "")
         env = dict(os.environ, PYTHONPATH=path)
@@ -229,6 +230,20 @@ class Sftpd(Target):
         except FileNotFoundError:
             m = None
         self.port = int(m.group(1)) if m else None
+
+
+class SftpdRules(Sftpd):
+    """sftpd with a user who has per-directory permissions and a quota: what rules cost
+    (the permissions table is looked up for every path; every write is counted)."""
+
+    user_extra = (
+        'permissions = { "/" = ["*"], "/archive" = ["list", "download"], '
+        '"/incoming" = ["list", "upload", "create_dirs"] }\n'
+        "quota_size = 100000000000\nquota_files = 10000000\n"
+    )
+
+    def __init__(self, ctx):
+        super().__init__(ctx, REPO, "sftpd-rules")
 
 
 def _knows(checkout, key):
