@@ -109,7 +109,14 @@ def watch_sessions(factory: Factory, store: ChainUserStore, *, reactor: Any, eve
     return loop
 
 
-RESTART_SECTIONS = ("server", "users_db")  # a change here is only read at start
+# A change here is only read at start (the field of Config, what the admin wrote). The
+# edge (listening limits, timeouts, PROXY, defender) and the event sinks are built once.
+RESTART_SECTIONS = {
+    "server": "[server]",
+    "users_db": "[users_db]",
+    "edge": "[server]'s limits, timeouts and PROXY keys, or [defender],",
+    "events": "[audit], [metrics] or [[hooks]]",
+}
 
 
 def reload_config(live: LiveConfig, store: ChainUserStore, *, blocking: Blocking) -> Any:
@@ -158,14 +165,15 @@ def reload_config(live: LiveConfig, store: ChainUserStore, *, blocking: Blocking
                 log.error("reload refused: {problem}", problem=line, event="reload_refused")
             log.error("reload refused; the running configuration is kept", event="reload_refused")
             return False
-        for section in RESTART_SECTIONS:
+        for section, shown in RESTART_SECTIONS.items():
             if getattr(new, section) != getattr(old, section):
                 log.warn(
-                    "reload: [{section}] changed; it takes effect at the next restart",
-                    section=section,
+                    "reload: {section} changed; it takes effect at the next restart",
+                    section=shown,
                     event="reload_needs_restart",
                 )
-        live.config = replace(new, server=old.server, users_db=old.users_db)
+        kept = {section: getattr(old, section) for section in RESTART_SECTIONS}
+        live.config = replace(new, **kept)
         store.replace_file_users(TomlUserStore.from_config(new.users))
         log.info("reloaded: {count} user(s) from the file", count=len(new.users), event="reloaded")
         return True

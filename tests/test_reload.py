@@ -59,6 +59,24 @@ def test_new_user_and_exec_apply_listen_needs_a_restart(tmp_path: Path) -> None:
     assert any("reloaded: 2 user(s)" in x for x in lines)
 
 
+def test_edge_and_event_changes_say_they_need_a_restart(tmp_path: Path) -> None:
+    cfg, live, store = setup(tmp_path)
+    before = live.config
+    cfg.write_text(
+        '[server]\nlisten = ["127.0.0.1:2222"]\nhost_keys_dir = "keys"\nidle_timeout = 60\n'
+        "[defender]\nthreshold = 3\n"
+        f'[audit]\nfile = "{tmp_path}/audit.jsonl"\n'
+        + user("alice", tmp_path / "a")
+    )
+    ok, lines = reload(live, store)
+    assert ok
+    assert not any("[server] changed" in x for x in lines)  # listen and keys are the same
+    restart = [x for x in lines if "it takes effect at the next restart" in x]
+    assert any("[defender]" in x for x in restart), lines
+    assert any("[audit]" in x for x in restart), lines
+    assert live.config.edge == before.edge and live.config.events == before.events  # running
+
+
 def test_a_broken_file_is_refused_and_the_old_users_kept(tmp_path: Path) -> None:
     cfg, live, store = setup(tmp_path)
     before = live.config
