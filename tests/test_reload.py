@@ -65,8 +65,7 @@ def test_edge_and_event_changes_say_they_need_a_restart(tmp_path: Path) -> None:
     cfg.write_text(
         '[server]\nlisten = ["127.0.0.1:2222"]\nhost_keys_dir = "keys"\nidle_timeout = 60\n'
         "[defender]\nthreshold = 3\n"
-        f'[audit]\nfile = "{tmp_path}/audit.jsonl"\n'
-        + user("alice", tmp_path / "a")
+        f'[audit]\nfile = "{tmp_path}/audit.jsonl"\n' + user("alice", tmp_path / "a")
     )
     ok, lines = reload(live, store)
     assert ok
