@@ -6,7 +6,9 @@ second client."""
 from __future__ import annotations
 
 import os
+import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +44,9 @@ def _packet(ptype: int, rid: int, body: bytes) -> bytes:
 class RawSftp:
     """An SFTP subsystem channel driven byte by byte (no client library in the way)."""
 
-    def __init__(self, env: Env, transport: Any | None = None) -> None:
+    def __init__(
+        self, env: Env, transport: Any | None = None, *, window: int | None = None
+    ) -> None:
         if transport is None:
             transport = paramiko.Transport(("127.0.0.1", env.port))
             transport.connect(
@@ -50,7 +54,7 @@ class RawSftp:
                 pkey=paramiko.Ed25519Key.from_private_key_file(str(env.key_path)),
             )
         self.transport = transport
-        self.chan = transport.open_session()
+        self.chan = transport.open_session(window_size=window)
         self.chan.settimeout(60)  # deadlock guard, never a timing assertion
         self.chan.invoke_subsystem("sftp")
         self._buf = bytearray()
@@ -389,6 +393,95 @@ def test_slow_reader_keeps_server_memory_bounded(server: Env, raw: RawSftp) -> N
     ptype, reply = raw.call(CLOSE, 5000, _string(handle))
     assert ptype == STATUS and _status(reply)[1] == FX_OK
     sparse.unlink()
+
+
+class _StallingRelay:
+    """A TCP relay between a client and the server that can stop reading from the server:
+    to the server, a client that stopped reading its socket (whatever its SSH window)."""
+
+    def __init__(self, port: int) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._server_port = port
+        self.flowing = threading.Event()
+        self.flowing.set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        client, _ = self._listener.accept()
+        upstream = socket.create_connection(("127.0.0.1", self._server_port))
+        threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
+        self._pump(upstream, client, self.flowing)
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, gate: threading.Event | None) -> None:
+        try:
+            while True:
+                if gate is not None:
+                    gate.wait()
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            dst.close()
+
+    def close(self) -> None:
+        self.flowing.set()
+        self._listener.close()
+
+
+def test_a_client_that_stops_reading_its_socket_with_a_4_gib_window(server: Env) -> None:
+    """Issue 11's attack as a real connection: a session window of 2^32-1, 1,000 READs of
+    255 KiB, and the socket not read at all (the relay stops): the channel window never
+    stops the server, so only the transport's own bound does; memory stays bounded, a
+    second client is served, and every reply arrives once the client reads again."""
+    count = 1000
+    sparse = server.alice.root / "abuse-stalled.bin"
+    with open(sparse, "wb") as f:
+        f.truncate(count * READ_MAX)
+    relay = _StallingRelay(server.port)
+    transport = paramiko.Transport(("127.0.0.1", relay.port))
+    transport.connect(
+        username="alice", pkey=paramiko.Ed25519Key.from_private_key_file(str(server.key_path))
+    )
+    raw = RawSftp(server, transport, window=2**32 - 1)
+    try:
+        raw.init()
+        handle = raw.open_handle(1, "/abuse-stalled.bin")
+        pid = server.server.proc.pid
+        rss_before = _rss_kib(pid)
+        relay.flowing.clear()
+        raw.send(
+            b"".join(
+                _packet(READ, 10 + i, _string(handle) + struct.pack(">QI", i * READ_MAX, READ_MAX))
+                for i in range(count)
+            )
+        )
+        peak = rss_before
+        for _ in range(30):  # a few seconds of not reading, sampling the server's memory
+            time.sleep(0.1)
+            peak = max(peak, _rss_kib(pid))
+        _second_client_is_served(server, "abuse-during-stall.bin")
+        peak = max(peak, _rss_kib(pid))
+        assert peak - rss_before < 100 * 1024, (
+            f"server RSS grew by {(peak - rss_before) // 1024} MiB"
+        )
+        relay.flowing.set()
+        seen = set()
+        for _ in range(count):
+            ptype, reply = raw.expect()
+            assert ptype == DATA
+            seen.add(struct.unpack(">I", reply[:4])[0])
+            data, rest = _unstring(reply[4:])
+            assert len(data) == READ_MAX and data.count(0) == READ_MAX and rest == b""
+        assert seen == set(range(10, 10 + count))
+    finally:
+        raw.close()
+        relay.close()
+        sparse.unlink()
 
 
 def test_many_channels_on_one_connection_are_independent(server: Env) -> None:
