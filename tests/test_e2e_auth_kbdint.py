@@ -114,10 +114,16 @@ def test_paramiko_password_and_totp_code_once(
     t, _ = _interactive(env, "bob", answers)
     assert not t.is_authenticated()
     t.close()
-    # a wrong password with a fresh code, and the password method alone: refused
-    t, _ = _interactive(env, "bob", {**answers, "Password: ": "nope"})
+    # a wrong password with a fresh code (the next step's, never used): refused, and the
+    # code is not spent by it: the right password with that code then logs in
+    fresh = {**answers, "Verification code: ": totp(key, time.time() + 30)}
+    t, _ = _interactive(env, "bob", {**fresh, "Password: ": "nope"})
     assert not t.is_authenticated()
     t.close()
+    t, _ = _interactive(env, "bob", fresh)
+    assert t.is_authenticated(), env.server.log_text()[-2000:]
+    t.close()
+    # the password method alone: refused
     t = paramiko.Transport(("127.0.0.1", env.port))
     try:
         t.start_client(timeout=20)
