@@ -749,4 +749,15 @@ def test_rclone_copy_uploads_files_above_32_kib(server: Env, tmp_path: Path) -> 
     for name, size in sizes.items():
         assert (remote / name).stat().st_size == size, name
         assert hashlib.sha256((remote / name).read_bytes()).hexdigest() == digests[name], name
+    # `rclone sync` (changed and deleted files) and `rclone test info` take the same path
+    changed = os.urandom(100_000)
+    (local / "f100000.bin").write_bytes(changed)
+    (local / "f40k.bin").unlink()
+    res = _rclone(server, tmp_path, "sync", str(local), "SRV:rclone-up")
+    assert res.returncode == 0, res.stderr + server.server.log_text()[-3000:]
+    assert (remote / "f100000.bin").read_bytes() == changed
+    assert not (remote / "f40k.bin").exists()
+    res = _rclone(server, tmp_path, "test", "info", "--check-streaming", "SRV:rclone-info")
+    assert res.returncode == 0, res.stderr + server.server.log_text()[-3000:]
+    assert "canStream = true" in res.stdout + res.stderr, res.stdout + res.stderr
     assert "BAD_MESSAGE" not in server.server.log_text()
