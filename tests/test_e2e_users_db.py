@@ -95,7 +95,8 @@ def closed(env: Env) -> bool:
     return any("connection closed" in line and "user=bob" in line for line in env.server.lines)
 
 
-def test_disable_closes_an_open_session(make_server, bob_key: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("how", [("disable",), ("del", "--keep-files")])
+def test_disable_or_del_closes_an_open_session(make_server, bob_key: Path, how) -> None:  # type: ignore[no-untyped-def]
     env = make_server(tail=DB_TAIL)
     root = env.tmp / "bob-root"
     assert (
@@ -113,7 +114,8 @@ def test_disable_closes_an_open_session(make_server, bob_key: Path) -> None:  # 
         proc.stdin.write(f"put {env.tmp / 'm.txt'} marker\n")
         proc.stdin.flush()
         assert wait_for(lambda: (root / "marker").exists(), timeout=20)  # logged in
-        assert user_cmd(env, "disable", "bob").returncode == 0
+        res = user_cmd(env, *how[:1], "bob", *how[1:])
+        assert res.returncode == 0, res.stderr
         # sftp reads its next command before it notices; the server closed it by then.
         assert wait_for(lambda: closed(env), timeout=20)
         proc.stdin.write("ls\n")
@@ -124,6 +126,9 @@ def test_disable_closes_an_open_session(make_server, bob_key: Path) -> None:  # 
         proc.wait()
     assert "user bob was disabled or removed: closing conn=" in env.server.log_text()
     assert sftp_as(env, "bob", bob_key, "pwd\n").returncode != 0
+    if how[0] == "del":
+        assert (root / "marker").read_text() == "m"  # --keep-files
+        return
     assert user_cmd(env, "enable", "bob").returncode == 0
     assert wait_for(lambda: sftp_as(env, "bob", bob_key, "pwd\n").returncode == 0, timeout=20)
 
