@@ -15,7 +15,8 @@ from typing import TextIO
 import bcrypt
 
 from sftpd import __version__
-from sftpd.config.model import Config, embedded_default, load_config
+from sftpd.config.loader import embedded_default, load_config
+from sftpd.config.model import Config
 from sftpd.config.values import Values
 from sftpd.errors import ConfigError
 from sftpd.log import hostport

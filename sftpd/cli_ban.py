@@ -12,7 +12,8 @@ from typing import Any
 
 from sftpd.auth.stores.bans import BanDb
 from sftpd.auth.users import StoreUnavailable
-from sftpd.config.model import Config, load_config
+from sftpd.config.loader import load_config
+from sftpd.config.model import Config
 from sftpd.edge.bans import MINUTE, Ban, ban_key, check_minutes, remembered
 from sftpd.errors import ConfigError
 

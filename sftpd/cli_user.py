@@ -27,7 +27,8 @@ from sftpd.cli_user_values import (
     size,
     tristate,
 )
-from sftpd.config.model import Config, load_config, make_root
+from sftpd.config.loader import load_config, make_root
+from sftpd.config.model import Config
 from sftpd.config.values import Values
 from sftpd.errors import ConfigError, JailError
 from sftpd.storage.permissions import PROTOCOLS

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sftpd.auth.users import AuthorizedKey, User
-from sftpd.config.model import load_config
+from sftpd.config.loader import load_config
 from sftpd.contexts import rules_for
 from sftpd.errors import ConfigError
 from sftpd.storage.local import LocalStorage
