@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from sftpd.storage import vpath
 from sftpd.storage.base import Directory, File, Storage
-from sftpd.storage.delegate import DelegatingFile, DelegatingStorage
+from sftpd.storage.delegate import DelegatingFile, OpeningStorage
 from sftpd.storage.rules import Op, RuleDenied, Rules
 
 _WRITE_FLAGS = os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -97,7 +97,7 @@ class HidingDirectory:
         self.inner.close()
 
 
-class RulesStorage(DelegatingStorage):
+class RulesStorage(OpeningStorage):
     """The storage a login's protocols see: ``rules`` asked before every change or read."""
 
     def __init__(self, inner: Storage, rules: Rules, on_denied: OnDenied | None = None) -> None:
@@ -181,14 +181,6 @@ class RulesStorage(DelegatingStorage):
         return RulesFile(
             file, self.rules, judged, writable=writable, created=created, on_denied=self.on_denied
         )
-
-    def open(self, path: str, flags: int, mode: int) -> File:
-        file = self._opened(path, flags, mode, nowait=False)
-        assert file is not None
-        return file
-
-    def open_nowait(self, path: str, flags: int, mode: int) -> File | None:
-        return self._opened(path, flags, mode, nowait=True)
 
     def copy_range(
         self, src: File, src_offset: int, length: int, dst: File, dst_offset: int
