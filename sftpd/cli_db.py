@@ -18,14 +18,18 @@ from sftpd.errors import ConfigError
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
-def common_options() -> argparse.ArgumentParser:
-    """The options every user and db command takes (a parent parser)."""
+def common_options(*, rounds: bool = True) -> argparse.ArgumentParser:
+    """The options every user, db and ban command takes (a parent parser); ``rounds``: the
+    hidden bcrypt cost, for the commands that may hash a password."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "-c", "--config", metavar="FILE", type=Path, required=True,
         help="the configuration file with [users_db]",
     )  # fmt: skip
-    common.add_argument("--rounds", type=int, default=DEFAULT_PASSWORD_COST, help=argparse.SUPPRESS)
+    if rounds:
+        common.add_argument(
+            "--rounds", type=int, default=DEFAULT_PASSWORD_COST, help=argparse.SUPPRESS
+        )
     return common
 
 
@@ -53,7 +57,7 @@ def wrap(command: Command) -> Command:
 
 
 def run_command(args: argparse.Namespace, command: Command) -> int:
-    """Run a user/db command: usage problems exit 2, an unreachable database 1."""
+    """Run a user/db/ban command: usage problems exit 2, an unreachable database 1."""
     prog = " ".join(["sftpd", *_command_words(args)])
     try:
         return command(args)
@@ -70,20 +74,22 @@ def run_command(args: argparse.Namespace, command: Command) -> int:
 
 def _command_words(args: argparse.Namespace) -> list[str]:
     words = [args.command]
-    for attr in ("user_command", "key_command", "db_command"):
+    for attr in ("user_command", "key_command", "db_command", "ban_command"):
         value = getattr(args, attr, None)
         if value:
             words.append(value)
     return words
 
 
-def open_db(args: argparse.Namespace) -> tuple[Config, UserDb]:
-    """The configuration and its migrated database; UsageError without [users_db]."""
+def open_db(args: argparse.Namespace, without: str = "") -> tuple[Config, UserDb]:
+    """The configuration and its migrated database; UsageError without [users_db] (its
+    message: what ``without`` says follows the config file's name)."""
     from sftpd.auth.stores.store import open_user_db
 
     config = load_config(args.config)
     if config.users_db is None:
-        raise UsageError(f'{args.config} has no [users_db]; expected a url = "sqlite:..."')
+        why = without or '; expected a url = "sqlite:..."'
+        raise UsageError(f"{args.config} has no [users_db]{why}")
     try:
         db = open_user_db(config.users_db.resolved_url(), config.users_db.base)
         db.upgrade()
