@@ -15,7 +15,8 @@ from typing import TextIO
 import bcrypt
 
 from sftpd import __version__
-from sftpd.config.model import Config, embedded_default, load_config
+from sftpd.config.loader import embedded_default, load_config
+from sftpd.config.model import Config
 from sftpd.config.values import Values
 from sftpd.errors import ConfigError
 from sftpd.log import hostport
@@ -158,9 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--issuer", default="sftpd", help="the service name shown in the app (default: sftpd)"
     )
     totp_cmd.set_defaults(func=cmd_totp_secret)
+    from sftpd.cli_db import add_commands as add_db_commands
     from sftpd.cli_user import add_commands
 
     add_commands(sub, raw)
+    add_db_commands(sub, raw)
     from sftpd.cli_ban import add_commands as add_ban_commands
 
     add_ban_commands(sub, raw)
@@ -311,7 +314,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     found = check(config)
     if config.users_db is not None:
-        from sftpd.cli_user import users_db_problems
+        from sftpd.cli_db import users_db_problems
 
         errors, warnings = users_db_problems(config)
         found.errors.extend(errors)

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sftpd.auth.stores.bans import BanDb
-from sftpd.auth.users import StoreUnavailable
-from sftpd.config.model import Config, load_config
+from sftpd.cli_db import EXIT_OK, common_options, open_db, wrap
+from sftpd.cli_user_values import UsageError
+from sftpd.config.model import Config
 from sftpd.edge.bans import MINUTE, Ban, ban_key, check_minutes, remembered
-from sftpd.errors import ConfigError
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 TICK_SECONDS = 5  # sftpd.edge.defender.TICK (not imported: it would pull in Twisted)
-
-
-class BanUsage(Exception):
-    """A problem with what was asked (exit 2); the message says what was expected."""
 
 
 def _minutes(text: str) -> float:
@@ -37,11 +30,7 @@ def _minutes(text: str) -> float:
 
 def add_commands(sub: Any, formatter: Callable[[str], argparse.HelpFormatter]) -> None:
     """Add ``ban`` to the top-level subparsers."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-c", "--config", metavar="FILE", type=Path, required=True,
-        help="the configuration file with [users_db]",
-    )  # fmt: skip
+    common = common_options(rounds=False)
     ban = sub.add_parser(
         "ban",
         help="list, add and remove the defender's bans in [users_db]",
@@ -58,57 +47,27 @@ def add_commands(sub: Any, formatter: Callable[[str], argparse.HelpFormatter]) -
     cmds = ban.add_subparsers(dest="ban_command", metavar="ACTION", required=True)
     lst = cmds.add_parser("list", parents=[common], help="the bans in force, soonest end first")
     lst.add_argument("--json", action="store_true", help="one JSON array instead of a table")
-    lst.set_defaults(func=_wrap(cmd_list))
+    lst.set_defaults(func=wrap(cmd_list))
     add = cmds.add_parser("add", parents=[common], help="ban a source")
     add.add_argument("source", metavar="SOURCE", help="an IP address (IPv6: its /64)")
     add.add_argument(
         "--minutes", metavar="N", type=_minutes,
         help="how long (fractions allowed; default: [defender] ban_time)",
     )  # fmt: skip
-    add.set_defaults(func=_wrap(cmd_add))
+    add.set_defaults(func=wrap(cmd_add))
     rm = cmds.add_parser("remove", parents=[common], help="lift a ban and forget its history")
     rm.add_argument("source", metavar="SOURCE", help="as given to add, or as list shows it")
-    rm.set_defaults(func=_wrap(cmd_remove))
-
-
-Command = Callable[[argparse.Namespace], int]
-
-
-def _wrap(command: Command) -> Command:
-    def run(args: argparse.Namespace) -> int:
-        prog = f"sftpd ban {args.ban_command}"
-        try:
-            return command(args)
-        except BanUsage as e:
-            print(f"{prog}: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        except ConfigError as e:
-            print(str(e), file=sys.stderr)
-            return EXIT_USAGE
-        except StoreUnavailable as e:
-            print(f"{prog}: the user database is unavailable: {e}", file=sys.stderr)
-            return EXIT_FAILURE
-
-    return run
+    rm.set_defaults(func=wrap(cmd_remove))
 
 
 def open_bans(args: argparse.Namespace) -> tuple[Config, BanDb]:
     """The configuration and the bans table of its (migrated) database."""
-    from sftpd.auth.stores.store import open_user_db
-
-    config = load_config(args.config)
-    if config.users_db is None:
-        raise BanUsage(
-            f"{args.config} has no [users_db]: the bans live in the running server's memory "
-            "only (each worker process its own), which this command cannot reach; add "
-            '[users_db] (url = "sqlite:..." or "postgresql://...") to keep them in the '
-            "database, shared by every node and worker"
-        )
-    try:
-        db = open_user_db(config.users_db.resolved_url(), config.users_db.base)
-        db.upgrade()
-    except ValueError as e:
-        raise BanUsage(f"[users_db]: {e}") from None
+    config, db = open_db(
+        args,
+        without=": the bans live in the running server's memory only (each worker process "
+        'its own), which this command cannot reach; add [users_db] (url = "sqlite:..." or '
+        '"postgresql://...") to keep them in the database, shared by every node and worker',
+    )
     return config, BanDb(db.db)
 
 
@@ -116,7 +75,7 @@ def _source(text: str) -> str:
     try:
         return ban_key(text)
     except ValueError as e:
-        raise BanUsage(str(e)) from None
+        raise UsageError(str(e)) from None
 
 
 def _when(epoch: float) -> str:
@@ -164,7 +123,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     config, bans = open_bans(args)
     d = config.edge.defender
     if not d.enabled:
-        raise BanUsage(
+        raise UsageError(
             f"[defender] enabled = false in {args.config}: the servers refuse no banned "
             "source; remove that line first"
         )
@@ -187,7 +146,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     _, bans = open_bans(args)
     before = bans.get(key)
     if before is None:
-        raise BanUsage(f"no ban on {key} (see `sftpd ban list`)")
+        raise UsageError(f"no ban on {key} (see `sftpd ban list`)")
     bans.remove(key)
     if before.until > time.time():
         print(f"lifted the ban on {key}; every server lets it in within {TICK_SECONDS} s")

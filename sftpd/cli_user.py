@@ -1,4 +1,4 @@
-"""Command line: ``sftpd user ...`` and ``sftpd db upgrade`` on the ``[users_db]`` database."""
+"""Command line: ``sftpd user ...``, the users of the ``[users_db]`` database."""
 
 from __future__ import annotations
 
@@ -6,14 +6,13 @@ import argparse
 import json
 import os
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sftpd.auth.stores.records import InvalidRecord, UserDb, UserRecord
-from sftpd.auth.users import DEFAULT_PASSWORD_COST, StoreUnavailable
+from sftpd.auth.stores.records import UserDb, UserRecord
+from sftpd.cli_db import EXIT_OK, common_options, open_db, wrap
 from sftpd.cli_user_values import (
     UsageError,
     checked,
@@ -27,12 +26,10 @@ from sftpd.cli_user_values import (
     size,
     tristate,
 )
-from sftpd.config.model import Config, load_config, make_root
+from sftpd.config.loader import load_config, make_root
 from sftpd.config.values import Values
 from sftpd.errors import ConfigError, JailError
 from sftpd.storage.permissions import PROTOCOLS
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def _user_options(p: argparse.ArgumentParser, *, adding: bool) -> None:
@@ -92,13 +89,8 @@ def _user_options(p: argparse.ArgumentParser, *, adding: bool) -> None:
 
 
 def add_commands(sub: Any, formatter: Callable[[str], argparse.HelpFormatter]) -> None:
-    """Add ``user`` and ``db`` to the top-level subparsers."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-c", "--config", metavar="FILE", type=Path, required=True,
-        help="the configuration file with [users_db]",
-    )  # fmt: skip
-    common.add_argument("--rounds", type=int, default=DEFAULT_PASSWORD_COST, help=argparse.SUPPRESS)
+    """Add ``user`` to the top-level subparsers."""
+    common = common_options()
     user = sub.add_parser(
         "user",
         help="manage the users in [users_db]",
@@ -112,20 +104,20 @@ def add_commands(sub: Any, formatter: Callable[[str], argparse.HelpFormatter]) -
     cmds = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
     add = cmds.add_parser("add", parents=[common], help="add a user (creates its root)")
     _user_options(add, adding=True)
-    add.set_defaults(func=_wrap(cmd_add))
+    add.set_defaults(func=wrap(cmd_add))
     lst = cmds.add_parser("list", parents=[common], help="list the users")
     lst.add_argument("--json", action="store_true", help="one JSON array instead of a table")
-    lst.set_defaults(func=_wrap(cmd_list))
+    lst.set_defaults(func=wrap(cmd_list))
     show = cmds.add_parser("show", parents=[common], help="show one user (JSON)")
     show.add_argument("name", metavar="NAME")
-    show.set_defaults(func=_wrap(cmd_show))
+    show.set_defaults(func=wrap(cmd_show))
     st = cmds.add_parser("set", parents=[common], help="change a user")
     _user_options(st, adding=False)
-    st.set_defaults(func=_wrap(cmd_set))
+    st.set_defaults(func=wrap(cmd_set))
     pw = cmds.add_parser("passwd", parents=[common], help="set a user's password")
     pw.add_argument("name", metavar="NAME")
     pw.add_argument("--password-stdin", action="store_true", help="read it from stdin")
-    pw.set_defaults(func=_wrap(cmd_passwd))
+    pw.set_defaults(func=wrap(cmd_passwd))
     key = cmds.add_parser("key", help="add or remove one key")
     keys = key.add_subparsers(dest="key_command", metavar="ACTION", required=True)
     kadd = keys.add_parser("add", parents=[common], help="add a key (with its own profile)")
@@ -136,19 +128,19 @@ def add_commands(sub: Any, formatter: Callable[[str], argparse.HelpFormatter]) -
     )
     kadd.add_argument("--protocols", metavar="LIST", help=f"of {', '.join(PROTOCOLS)}")
     kadd.add_argument("--home", metavar="PATH", help="start directory for this key")
-    kadd.set_defaults(func=_wrap(cmd_key_add))
+    kadd.set_defaults(func=wrap(cmd_key_add))
     krm = keys.add_parser("remove", parents=[common], help="remove a key by fingerprint")
     krm.add_argument("name", metavar="NAME")
     krm.add_argument("fingerprint", metavar="FINGERPRINT", help="SHA256:... as ssh-keygen -l")
-    krm.set_defaults(func=_wrap(cmd_key_remove))
+    krm.set_defaults(func=wrap(cmd_key_remove))
     for action, flag in (("disable", True), ("enable", False)):
         p = cmds.add_parser(action, parents=[common], help=f"{action} logins of a user")
         p.add_argument("name", metavar="NAME")
-        p.set_defaults(func=_wrap(cmd_disable), disabled=flag)
+        p.set_defaults(func=wrap(cmd_disable), disabled=flag)
     rm = cmds.add_parser("del", parents=[common], help="delete a user and its root's files")
     rm.add_argument("name", metavar="NAME")
     rm.add_argument("--keep-files", action="store_true", help="leave the root directory alone")
-    rm.set_defaults(func=_wrap(cmd_del))
+    rm.set_defaults(func=wrap(cmd_del))
     rs = cmds.add_parser(
         "rescan",
         parents=[common],
@@ -158,64 +150,7 @@ def add_commands(sub: Any, formatter: Callable[[str], argparse.HelpFormatter]) -
         "servers use it within a second. Needed when files changed behind sftpd's back.",
     )
     rs.add_argument("name", metavar="NAME")
-    rs.set_defaults(func=_wrap(cmd_rescan))
-
-    db = sub.add_parser("db", help="maintain the [users_db] database")
-    dbs = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
-    up = dbs.add_parser(
-        "upgrade", parents=[common], help="create or migrate the schema (serve does it too)"
-    )
-    up.set_defaults(func=_wrap(cmd_db_upgrade))
-
-
-Command = Callable[[argparse.Namespace], int]
-
-
-def _wrap(command: Command) -> Command:
-    def run(args: argparse.Namespace) -> int:
-        return run_command(args, command)
-
-    return run
-
-
-def run_command(args: argparse.Namespace, command: Command) -> int:
-    """Run a user/db command: usage problems exit 2, an unreachable database 1."""
-    prog = " ".join(["sftpd", *_command_words(args)])
-    try:
-        return command(args)
-    except UsageError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
-        return EXIT_USAGE
-    except StoreUnavailable as e:
-        print(f"{prog}: the user database is unavailable: {e}", file=sys.stderr)
-        return EXIT_FAILURE
-
-
-def _command_words(args: argparse.Namespace) -> list[str]:
-    words = [args.command]
-    for attr in ("user_command", "key_command", "db_command"):
-        value = getattr(args, attr, None)
-        if value:
-            words.append(value)
-    return words
-
-
-def open_db(args: argparse.Namespace) -> tuple[Config, UserDb]:
-    """The configuration and its migrated database; UsageError without [users_db]."""
-    from sftpd.auth.stores.store import open_user_db
-
-    config = load_config(args.config)
-    if config.users_db is None:
-        raise UsageError(f'{args.config} has no [users_db]; expected a url = "sqlite:..."')
-    try:
-        db = open_user_db(config.users_db.resolved_url(), config.users_db.base)
-        db.upgrade()
-    except ValueError as e:
-        raise UsageError(f"[users_db]: {e}") from None
-    return config, db
+    rs.set_defaults(func=wrap(cmd_rescan))
 
 
 def _existing(db: UserDb, name: str) -> UserRecord:
@@ -438,72 +373,4 @@ def cmd_rescan(args: argparse.Namespace) -> int:
     db.set_usage(args.name, str(root), nbytes, files)
     was = "never counted" if before is None else f"was {human_size(before[0])} in {before[1]} files"
     print(f"{args.name}: {human_size(nbytes)} in {files} files ({was})")
-    return EXIT_OK
-
-
-def users_db_problems(config: Config) -> tuple[list[ConfigError], list[ConfigError]]:
-    """check-config on [users_db], read only (nothing created): errors for names in both
-    [[users]] and the database and for a URL that cannot work; warnings for what serve
-    starts with anyway (a database it cannot reach yet, rows whose logins it refuses)."""
-    from sftpd.auth.stores.store import open_user_db
-
-    assert config.users_db is not None
-    source = str(config.source)
-    try:
-        url = config.users_db.resolved_url()
-        db = open_user_db(url, config.users_db.base)
-        if url.startswith("sqlite:") and not db.db.path.exists():  # type: ignore[attr-defined]
-            return [], []  # created at the first start; no users yet
-        records = list(db.all()) if db.version() > 0 else []
-        db.close()
-    except ValueError as e:
-        return [ConfigError(source, "users_db", str(e))], []
-    except StoreUnavailable as e:
-        return [], [
-            ConfigError(
-                source,
-                "users_db",
-                f"cannot reach the database ({e}); serve starts anyway and refuses its "
-                "users' logins until it answers; its rows and the names in both it and "
-                "[[users]] were not checked",
-            )
-        ]
-    names = {r.name for r in records}
-    warnings = []
-    for rec in records:
-        try:
-            rec.check()
-        except InvalidRecord as e:
-            warnings.append(
-                ConfigError(source, "users_db", f"user {rec.name!r}: {e}; its logins are refused")
-            )
-    errors = [
-        ConfigError(
-            source,
-            f"users[{i}].name",
-            f"user {u.name!r} is also in [users_db]; expected each name in one place "
-            "(remove it from the file or `sftpd user del --keep-files` it)",
-        )
-        for i, u in enumerate(config.users)
-        if u.name in names
-    ]
-    return errors, warnings
-
-
-def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from sftpd.auth.stores.store import open_user_db
-
-    config = load_config(args.config)
-    if config.users_db is None:
-        raise UsageError(f"{args.config} has no [users_db]")
-    try:
-        db = open_user_db(config.users_db.resolved_url(), config.users_db.base)
-        before, after = db.upgrade()
-    except ValueError as e:
-        raise UsageError(f"[users_db]: {e}") from None
-    print(
-        f"schema version {before} -> {after}"
-        if before != after
-        else f"schema version {after}, up to date"
-    )
     return EXIT_OK

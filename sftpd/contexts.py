@@ -18,6 +18,7 @@ from sftpd.runtime.threads import Blocking
 from sftpd.ssh.hostkeys import fingerprint
 from sftpd.storage.atomic import AtomicStorage, clean_temporaries
 from sftpd.storage.base import Storage
+from sftpd.storage.enforce import RulesStorage
 from sftpd.storage.permissions import Table, expand
 from sftpd.storage.quota import (
     Limits,
@@ -27,7 +28,7 @@ from sftpd.storage.quota import (
     UserStates,
     scan_usage,
 )
-from sftpd.storage.rules import RsyncGrant, RsyncRefusal, RuleDenied, Rules, RulesStorage
+from sftpd.storage.rules import RsyncGrant, RsyncRefusal, RuleDenied, Rules
 from sftpd.storage.usage import StoreQuotaUsage, UsageStore
 
 SYNC_EVERY = 0.5  # seconds between sends of changes made on the reactor thread

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sftpd.auth.forced import with_key_options
 from sftpd.auth.users import AuthorizedKey, user_from_config
-from sftpd.config.model import load_config
+from sftpd.config.loader import load_config
 from sftpd.config.values import parse_authorized_key
 from sftpd.contexts import rules_for
 from sftpd.errors import ConfigError

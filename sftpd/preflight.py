@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftpd.auth.krl import KrlError, RevocationFile
-from sftpd.config.model import EMBEDDED_SOURCE, Config, ConfigErrors, UserConfig, make_root
+from sftpd.config.loader import ConfigErrors, make_root
+from sftpd.config.model import EMBEDDED_SOURCE, Config, UserConfig
 from sftpd.errors import ConfigError
 from sftpd.ssh.hostkeys import creatable, host_keys_problems
 

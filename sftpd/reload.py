@@ -124,7 +124,7 @@ def reload_config(live: LiveConfig, store: ChainUserStore, *, blocking: Blocking
     otherwise log why and keep the running configuration. Returns a Deferred (for tests)."""
     from twisted.internet import defer
 
-    from sftpd.config.model import load_config
+    from sftpd.config.loader import load_config
     from sftpd.errors import ConfigError
     from sftpd.preflight import prepare
 

@@ -24,8 +24,9 @@ from sftpd.apps.scp.proto import (
 )
 from sftpd.config.model import ExecConfig, SftpConfig
 from sftpd.runtime.threads import InlineBlocking
+from sftpd.storage.enforce import RulesStorage
 from sftpd.storage.local import LocalStorage
-from sftpd.storage.rules import Rules, RulesStorage
+from sftpd.storage.rules import Rules
 
 
 @dataclass

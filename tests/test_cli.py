@@ -352,7 +352,7 @@ def test_totp_secret_prints_a_config_line_and_its_url(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     from sftpd.auth.totp import decode_secret
-    from sftpd.config.model import load_config
+    from sftpd.config.loader import load_config
 
     assert main(["totp-secret", "alice"]) == 0
     line, url = capsys.readouterr().out.splitlines()

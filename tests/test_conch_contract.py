@@ -86,8 +86,9 @@ class Need:
         return f"{self.owner}.{self.name}"
 
 
-T, S, R, C, A = (
+T, K, S, R, C, A = (
     "sftpd/ssh/transport.py",
+    "sftpd/ssh/keyexchange.py",
     "sftpd/ssh/channel.py",
     "sftpd/runtime/reactor.py",
     "sftpd/ssh/ciphers.py",
@@ -113,35 +114,37 @@ GUARDED = (
 )
 
 NEEDS: tuple[Need, ...] = (
-    # -- the transport (sftpd/ssh/transport.py, sftpd/ssh/factory.py) ----------------------
-    # private key exchange state, read and written by ServerTransport
-    Need("SSHTransportBase", "_keyExchangeState", T),
-    Need("SSHTransportBase", "_KEY_EXCHANGE_NONE", T),
-    Need("SSHTransportBase", "_KEY_EXCHANGE_REQUESTED", T),
-    Need("SSHTransportBase", "_KEY_EXCHANGE_PROGRESSING", T),
-    Need("SSHTransportBase", "_blockedByKeyExchange", T),
-    Need("SSHTransportBase", "_peerSupportsExtensions", T),
+    # -- the transport (sftpd/ssh/transport.py, its key exchange sftpd/ssh/keyexchange.py,
+    # sftpd/ssh/factory.py) -------------------------------------------------------------
+    # private key exchange state, read and written by ServerTransport and its KeyExchange
+    Need("SSHTransportBase", "_keyExchangeState", K),
+    Need("SSHTransportBase", "_KEY_EXCHANGE_NONE", K),
+    Need("SSHTransportBase", "_KEY_EXCHANGE_REQUESTED", K),
+    Need("SSHTransportBase", "_KEY_EXCHANGE_PROGRESSING", K),
+    Need("SSHTransportBase", "_blockedByKeyExchange", K),
+    Need("SSHTransportBase", "_peerSupportsExtensions", K),
     Need("SSHTransportBase", "_allowedKeyExchangeMessageType", T, params=("messageType",)),
     Need("SSHTransportBase", "_unsupportedVersionReceived", T, params=("remoteVersion",)),
-    Need("SSHTransportBase", "_newKeys", T, params=()),
-    Need("SSHTransportBase", "_keyExchangeState", T, kind="instance"),
+    Need("SSHTransportBase", "_newKeys", K, params=()),
+    Need("SSHTransportBase", "_keyExchangeState", T, kind="instance"),  # sendPacket queues
     Need("SSHTransportBase", "_blockedByKeyExchange", T, kind="instance"),
-    Need("SSHTransportBase", "currentEncryptions", T, kind="instance"),
+    Need("SSHTransportBase", "currentEncryptions", K, kind="instance"),
     # the private KEX helper module
     Need("_kex", "getSupportedKeyExchanges", "sftpd/ssh/policy.py"),
-    Need("_kex", "isDynamicPrimesGroup", T),
+    Need("_kex", "isDynamicPrimesGroup", T),  # apply_policy
+    Need("_kex", "isDynamicPrimesGroup", K),  # which KEX message is legal
     # methods ServerTransport overrides (Conch calls them with these parameters)
     Need("SSHTransportBase", "connectionMade", T, params=()),
     Need("SSHTransportBase", "connectionLost", T, params=("reason",)),
     Need("SSHTransportBase", "dataReceived", T, params=("data",)),
     Need("SSHTransportBase", "dispatchMessage", T, params=("messageNum", "payload")),
     Need("SSHTransportBase", "sendPacket", T, params=("messageType", "payload")),
-    Need("SSHTransportBase", "sendKexInit", T, params=()),
+    Need("SSHTransportBase", "sendKexInit", K, params=()),
     Need("SSHTransportBase", "sendDisconnect", T, params=("reason", "desc")),
     Need("SSHTransportBase", "sendUnimplemented", T, params=()),
     Need("SSHTransportBase", "receiveError", T, params=("reasonCode", "description")),
     Need("SSHTransportBase", "ssh_DISCONNECT", T, params=("packet",)),
-    Need("SSHServerTransport", "ssh_KEXINIT", T, params=("packet",)),
+    Need("SSHServerTransport", "ssh_KEXINIT", K, params=("packet",)),
     Need("SSHTransportBase", "sendExtInfo", SRV, params=("extensions",)),
     Need("SSHTransportBase", "loseConnection", SRV, params=()),  # shutdown closes sessions
     # idle timers start once userauth hands over to ssh-connection
@@ -159,33 +162,33 @@ NEEDS: tuple[Need, ...] = (
     Need("SSHTransportBase", "incomingPacketSequence", T),
     Need("SSHTransportBase", "outgoingPacketSequence", T),
     Need("SSHTransportBase", "service", T),
-    Need("SSHTransportBase", "kexAlg", T),  # a property with a setter
-    Need("SSHServerTransport", "ignoreNextPacket", T),
+    Need("SSHTransportBase", "kexAlg", K),  # a property with a setter
+    Need("SSHServerTransport", "ignoreNextPacket", K),
     Need("SSHTransportBase", "isEncrypted", UA, params=("direction",)),
     # what Conch's own code does with what we set or override
-    Need("SSHTransportBase", "_keySetup", T, "source", pattern=r"self\.nextEncryptions\.setKeys\("),
+    Need("SSHTransportBase", "_keySetup", K, "source", pattern=r"self\.nextEncryptions\.setKeys\("),
     Need("SSHTransportBase", "_keySetup", T, "source", pattern=r"self\.sendPacket\(MSG_NEWKEYS"),
     Need("SSHServerTransport", "_keySetup", SRV, "source", pattern=r"self\.sendExtInfo\("),
-    Need("SSHServerTransport", "ssh_NEWKEYS", T, "source", pattern=r"self\._newKeys\(\)"),
+    Need("SSHServerTransport", "ssh_NEWKEYS", K, "source", pattern=r"self\._newKeys\(\)"),
     Need(
         "SSHTransportBase",
         "_newKeys",
-        T,
+        K,
         "source",
         pattern=r"self\.currentEncryptions = self\.nextEncryptions",
     ),
-    Need("SSHTransportBase", "_newKeys", T, "source", pattern=r"self\._blockedByKeyExchange"),
+    Need("SSHTransportBase", "_newKeys", K, "source", pattern=r"self\._blockedByKeyExchange"),
     Need("SSHTransportBase", "isEncrypted", UA, "source", pattern=r"currentEncryptions\.inCipType"),
     Need("SSHTransportBase", "connectionLost", T, "source", pattern=r"self\.logoutFunction\(\)"),
     Need(
         "SSHServerTransport",
         "ssh_KEX_DH_GEX_INIT",
-        T,
+        K,
         "source",
         pattern=r"self\.otherKexInitPayload",
     ),
     Need(
-        "SSHServerTransport", "ssh_KEX_DH_GEX_INIT", T, "source", pattern=r"self\.ourKexInitPayload"
+        "SSHServerTransport", "ssh_KEX_DH_GEX_INIT", K, "source", pattern=r"self\.ourKexInitPayload"
     ),
     Need(
         "SSHServerTransport",
@@ -194,29 +197,29 @@ NEEDS: tuple[Need, ...] = (
         "source",
         pattern=r"self\.otherVersionString",
     ),
-    Need("SSHServerTransport", "ssh_KEX_DH_GEX_INIT", T, "source", pattern=r"self\.keyAlg"),
+    Need("SSHServerTransport", "ssh_KEX_DH_GEX_INIT", K, "source", pattern=r"self\.keyAlg"),
     Need(
         "SSHServerTransport",
         "ssh_KEX_DH_GEX_REQUEST_OLD",
-        T,
+        K,
         "source",
         pattern=r"_ssh_KEXDH_INIT|_ssh_KEX_ECDH_INIT",
     ),
-    Need("SSHServerTransport", "ssh_KEX_DH_GEX_REQUEST", T),
-    # ServerTransport._expected: "the group was sent" is hasattr(self, "dhSecretKey")
-    Need("SSHTransportBase", "_startEphemeralDH", T, "source", pattern=r"self\.dhSecretKey = "),
-    Need("SSHTransportBase", "_finishEphemeralDH", T, "source", pattern=r"del self\.dhSecretKey"),
-    Need("SSHTransportBase", "dhSecretKey", T, kind="instance"),
+    Need("SSHServerTransport", "ssh_KEX_DH_GEX_REQUEST", K),
+    # KeyExchange._expected: "the group was sent" is hasattr(self, "dhSecretKey")
+    Need("SSHTransportBase", "_startEphemeralDH", K, "source", pattern=r"self\.dhSecretKey = "),
+    Need("SSHTransportBase", "_finishEphemeralDH", K, "source", pattern=r"del self\.dhSecretKey"),
+    Need("SSHTransportBase", "dhSecretKey", K, kind="instance"),
     # the pending-keys object (_NextKeys subclasses it)
-    Need("SSHCiphers", "__init__", T, params=("outCip", "inCip", "outMac", "inMac")),
+    Need("SSHCiphers", "__init__", K, params=("outCip", "inCip", "outMac", "inMac")),
     Need(
         "SSHCiphers",
         "setKeys",
-        T,
+        K,
         params=("outIV", "outKey", "inIV", "inKey", "outInteg", "inInteg"),
     ),
-    Need("SSHCiphers", "outCipType", T, kind="instance"),
-    Need("SSHCiphers", "inCipType", T, kind="instance"),
+    Need("SSHCiphers", "outCipType", K, kind="instance"),
+    Need("SSHCiphers", "inCipType", K, kind="instance"),
     # the factory (server.Factory replaces __init__ and buildProtocol without super())
     Need("SSHFactory", "buildProtocol", SRV, params=("addr",)),
     Need("SSHFactory", "services", SRV),

@@ -15,16 +15,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from sftpd.config.keyopts import KeyLine
+from sftpd.config.loader import ConfigErrors, embedded_default, load_config
 from sftpd.config.model import (
     DEFAULT_CIPHERS,
     Config,
-    ConfigErrors,
     ExecConfig,
     ServerConfig,
     SftpConfig,
     UserConfig,
-    embedded_default,
-    load_config,
 )
 from sftpd.config.values import parse_authorized_key
 from sftpd.edge.config import SERVER_KEYS as EDGE_SERVER_KEYS
@@ -641,7 +639,7 @@ def test_embedded_default_without_ssh_dir(tmp_path: Path) -> None:
 
 def test_config_modules_do_not_import_twisted() -> None:
     code = (
-        "import sys, sftpd.config.model, sftpd.config.values\n"
+        "import sys, sftpd.config.model, sftpd.config.loader, sftpd.config.values\n"
         "assert not [m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope')]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

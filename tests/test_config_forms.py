@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sftpd.config.model import load_config
+from sftpd.config.loader import load_config
 from tests.test_config import HASH, load_error, user, write
 
 

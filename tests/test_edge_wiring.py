@@ -11,7 +11,8 @@ from twisted.conch.ssh import userauth
 from twisted.internet import task
 
 from sftpd.auth.users import user_from_config
-from sftpd.config.model import Config, load_config
+from sftpd.config.loader import load_config
+from sftpd.config.model import Config
 from sftpd.edge.config import DefenderConfig, EdgeConfig, UserEdge
 from sftpd.edge.gate import Edge, EdgeConnection, make_edge
 from sftpd.edge.limits import Startups

@@ -13,8 +13,9 @@ from twisted.internet.task import Clock
 from sftpd.events.model import Event
 from sftpd.events.recorder import Events
 from sftpd.events.storage import EventsStorage
+from sftpd.storage.enforce import RulesStorage
 from sftpd.storage.local import LocalStorage
-from sftpd.storage.rules import Rules, RulesStorage
+from sftpd.storage.rules import Rules
 from tests.test_storage_nowait import shm_root  # noqa: F401  (fixture)
 
 WRITE_NEW = os.O_WRONLY | os.O_CREAT | os.O_TRUNC

@@ -14,7 +14,7 @@ from twisted.cred.error import UnauthorizedLogin
 
 from sftpd.auth.checkers import PublicKeyChecker
 from sftpd.auth.users import TomlUserStore
-from sftpd.config.model import load_config
+from sftpd.config.loader import load_config
 from sftpd.errors import ConfigError
 
 PRIV = ed25519.Ed25519PrivateKey.generate()

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 from sftpd.auth.users import AuthorizedKey, User
-from sftpd.config.model import load_config
+from sftpd.config.loader import load_config
 from sftpd.contexts import rules_for
 from sftpd.errors import ConfigError
+from sftpd.storage.enforce import RulesStorage
 from sftpd.storage.local import LocalStorage
 from sftpd.storage.permissions import SINGLE, Table, expand, matching
-from sftpd.storage.rules import Op, RsyncGrant, RsyncRefusal, RuleDenied, Rules, RulesStorage
+from sftpd.storage.rules import Op, RsyncGrant, RsyncRefusal, RuleDenied, Rules
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl backup@nas"
 

@@ -13,7 +13,7 @@ import bcrypt
 import pytest
 
 from sftpd.cli import main
-from sftpd.config.model import load_config
+from sftpd.config.loader import load_config
 from sftpd.errors import ConfigError
 from sftpd.preflight import check, prepare
 
@@ -142,7 +142,7 @@ def test_root_slash_is_a_warning_not_an_error(
 
 
 def test_embedded_default_data_not_creatable(tmp_path: Path) -> None:
-    from sftpd.config.model import embedded_default
+    from sftpd.config.loader import embedded_default
 
     (tmp_path / "data").write_text("")
     config, _ = embedded_default(tmp_path, tmp_path, "bob")

@@ -9,7 +9,7 @@ from twisted.logger import capturedLogs, formatEvent
 
 from sftpd.auth.stores.store import ChainUserStore
 from sftpd.auth.users import TomlUserStore, User
-from sftpd.config.model import load_config
+from sftpd.config.loader import load_config
 from sftpd.contexts import LiveConfig
 from sftpd.reload import reload_config
 from sftpd.runtime.threads import InlineBlocking

@@ -42,7 +42,8 @@ from sftpd.config.model import ExecConfig
 from sftpd.apps.rsync.bridge import make_rsync_app
 from sftpd.apps.contract import SessionContext
 from sftpd.storage.local import LocalStorage
-from sftpd.storage.rules import Rules, RulesStorage
+from sftpd.storage.rules import Rules
+from sftpd.storage.enforce import RulesStorage
 
 CUT_AFTER = int(os.environ.get("SFTPD_CUT_AFTER", "0"))
 LOSE_AFTER = int(os.environ.get("SFTPD_LOSE_AFTER", "0"))

@@ -28,7 +28,8 @@ from sftpd.config.model import SftpConfig
 from sftpd.runtime.threads import Blocking, CallViaRun, InlineBlocking
 from sftpd.storage import vpath
 from sftpd.storage.base import File, Storage
-from sftpd.storage.rules import Rules, RulesStorage
+from sftpd.storage.enforce import RulesStorage
+from sftpd.storage.rules import Rules
 
 # ---- a small real-file-system Storage for tests (used when LocalStorage is missing) ----
 

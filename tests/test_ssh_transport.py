@@ -27,9 +27,9 @@ from twisted.test import iosim
 from zope.interface import implementer
 
 from sftpd.config import model as config
-from sftpd.ssh import transport as transport_module
 from sftpd.ssh.ciphers import make_opener, make_sealer
 from sftpd.ssh.kexinit import STRICT_C, STRICT_S, KexInit
+from sftpd.ssh.keyexchange import KeyExchange
 from sftpd.ssh.packets import PacketReader
 from sftpd.ssh.policy import TransportPolicy
 from sftpd.ssh.transport import ServerTransport
@@ -468,7 +468,7 @@ def test_client_initiated_rekey_and_no_timer_after_disconnect() -> None:
 def test_rekey_by_packet_count_even_with_volume_rekey_off(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(transport_module, "MAX_PACKETS_PER_KEY", 50)
+    monkeypatch.setattr(KeyExchange, "_rekey_packets", 50)  # MAX_PACKETS_PER_KEY
     server, client, clock, pump = connected(rekey_bytes=0)
     for _ in range(120):
         server.sendPacket(94, b"tiny")

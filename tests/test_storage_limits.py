@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sftpd.config.model import load_config
+from sftpd.config.loader import load_config
 from sftpd.errors import ConfigError
 from sftpd.storage.atomic import AtomicStorage, abandon, clean_temporaries, is_own_temporary
 from sftpd.storage.local import LocalStorage

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from sftpd.apps.sftp.constants import OpenFlag, PacketType, Status
+from sftpd.storage.enforce import RulesStorage
 from sftpd.storage.local import LocalStorage
-from sftpd.storage.rules import Rules, RulesStorage
+from sftpd.storage.rules import Rules
 from tests.test_sftp_handler import Client, s, u32, u64
 from tests.test_sftp_protocol import QueuedBlocking, read_packet
 

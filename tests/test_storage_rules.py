@@ -15,6 +15,7 @@ import pytest
 from sftpd.apps.rsync.bridge import make_rsync_app
 from sftpd.storage.base import File, Storage
 from sftpd.storage.delegate import DelegatingFile, DelegatingStorage
+from sftpd.storage.enforce import RulesFile, RulesStorage
 from sftpd.storage.local import LocalStorage
 from sftpd.storage.permissions import Table, expand
 from sftpd.storage.rules import (
@@ -25,8 +26,6 @@ from sftpd.storage.rules import (
     RsyncRefusal,
     RuleDenied,
     Rules,
-    RulesFile,
-    RulesStorage,
     incoming_chmod,
 )
 from tests.exec_fs import RecordingIO, make_ctx

@@ -199,7 +199,7 @@ def test_a_login_may_be_the_first_to_reach_a_late_database(tmp_path: Path, event
 
 def test_a_profiled_key_keeps_its_authorized_keys_options(tmp_path: Path) -> None:
     from sftpd.auth.users import user_from_config
-    from sftpd.config.model import load_config
+    from sftpd.config.loader import load_config
 
     cfg = tmp_path / "sftpd.toml"
     cfg.write_text(

@@ -311,7 +311,7 @@ def test_only_the_toml_store_reads_the_config_model() -> None:
     for path in sorted(auth.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
-                "sftpd.config.model"
+                ("sftpd.config.model", "sftpd.config.loader")
             ):
                 readers.append(path.name)
     assert readers == ["users.py"], readers

@@ -15,7 +15,8 @@ from twisted.internet.task import Clock
 from sftpd.apps.contract import SessionContext
 from sftpd.apps.sftp.constants import PacketType
 from sftpd.auth.avatar import Avatar
-from sftpd.config.model import ConfigError, load_config
+from sftpd.config.loader import load_config
+from sftpd.errors import ConfigError
 from sftpd.runtime.threads import CallViaRun, InlineBlocking
 from sftpd.ssh.channel import LOCAL_WINDOW, SessionChannel
 from sftpd.ssh.connection import Connection

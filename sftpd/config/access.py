@@ -48,13 +48,7 @@ class AccessValues(Values):
         }
 
     def permission_names(self, where: str, value: Any) -> tuple[str, ...]:
-        names = self.strings(where, value, "permission names")
-        for i, name in enumerate(names):
-            try:
-                expand([name])
-            except ValueError as e:
-                raise self.err(f"{where}[{i}]", str(e)) from None
-        return tuple(names)
+        return tuple(self.each(where, value, "permission names", _permission_name))
 
     def permissions(self, where: str, value: Any) -> PermissionTable:
         if isinstance(value, list):
@@ -161,3 +155,8 @@ class AccessValues(Values):
             return parse_options(head)
         except OptionError as e:
             raise self.err(where, f"option {e.option!r}: {e.reason}") from None
+
+
+def _permission_name(name: str) -> str:
+    expand([name])  # ValueError for a name that is not one
+    return name

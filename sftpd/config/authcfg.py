@@ -15,7 +15,7 @@ DEFAULT_METHODS = METHODS
 
 
 class AuthValues(Values):
-    """The authentication part of the loader (a mixin of config.model's _Loader)."""
+    """The authentication part of the loader (a mixin of config.loader's _Loader)."""
 
     # [[users]] keys
 

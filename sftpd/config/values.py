@@ -9,7 +9,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -122,6 +122,7 @@ def show_size(n: int) -> str:
 
 
 Check = Callable[[str, Any], Any]
+T = TypeVar("T")
 
 
 class Values:
@@ -223,6 +224,17 @@ class Values:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.err(where, f"expected an array of strings ({what}), {got(value)}")
         return value
+
+    def each(self, where: str, value: Any, what: str, parse: Callable[[str], T]) -> list[T]:
+        """An array of strings (``what`` they are), each through ``parse``; its ValueError
+        becomes the error of that item (``where[i]``)."""
+        out: list[T] = []
+        for i, item in enumerate(self.strings(where, value, what)):
+            try:
+                out.append(parse(item))
+            except ValueError as e:
+                raise self.err(f"{where}[{i}]", str(e)) from None
+        return out
 
     def banner(self, where: str, value: Any) -> str:
         text = self.string(where, value)
@@ -362,14 +374,7 @@ class Values:
 
     def key_blobs(self, where: str, value: Any, what: str) -> tuple[bytes, ...]:
         """A list of OpenSSH public key lines (``what`` they are) as wire blobs."""
-        lines = self.strings(where, value, what)
-        out: list[bytes] = []
-        for i, line in enumerate(lines):
-            try:
-                out.append(parse_authorized_key(line))
-            except ValueError as e:
-                raise self.err(f"{where}[{i}]", str(e)) from None
-        return tuple(out)
+        return tuple(self.each(where, value, what, parse_authorized_key))
 
     def key_blobs_file(self, where: str, value: Any, what: str) -> tuple[bytes, ...]:
         """The public keys in the file named by ``value`` (``what`` it should be)."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from sftpd.config.values import Check, Values, got
 from sftpd.edge.limits import LimitsConfig, Startups
-from sftpd.edge.networks import Network, Networks, parse_network
+from sftpd.edge.networks import Networks, parse_network
 
 BIG = 1 << 31
 MODES = ("off", "optional", "required")
@@ -110,14 +110,8 @@ def _count(v: Values, what: str) -> Check:
 
 def _networks(v: Values) -> Check:
     def check(where: str, value: Any) -> Networks:
-        items = v.strings(where, value, 'addresses or networks like "10.0.0.0/8"')
-        nets: list[Network] = []
-        for i, item in enumerate(items):
-            try:
-                nets.append(parse_network(item))
-            except ValueError as e:
-                raise v.err(f"{where}[{i}]", str(e)) from None
-        return Networks(nets)
+        what = 'addresses or networks like "10.0.0.0/8"'
+        return Networks(v.each(where, value, what, parse_network))
 
     return check
 

@@ -25,6 +25,7 @@ from sftpd.storage import vpath
 from sftpd.storage.base import Directory, File, Storage
 from sftpd.storage.beside import Beside
 from sftpd.storage.delegate import DelegatingFile, DelegatingStorage
+from sftpd.storage.walk import non_directories
 
 TEMP_PREFIX = ".sftpd-upload."
 TEMP_SUFFIX = ".tmp"
@@ -467,28 +468,12 @@ def clean_temporaries(storage: Storage, path: str = "/") -> int:
     kill left them); a living process's (another worker's upload) stays. Returns how many
     were removed. ``storage`` is the jail itself (beneath AtomicStorage)."""
     removed = 0
-    pending = [path]
-    while pending:
-        directory = pending.pop()
-        try:
-            listing = storage.opendir(directory)
-        except OSError:
-            continue
-        try:
-            while batch := listing.read(256):
-                for name, st in batch:
-                    if name in (".", ".."):
-                        continue
-                    child = vpath.normalize(name, directory)
-                    if stat.S_ISDIR(st.st_mode):
-                        pending.append(child)
-                    elif name.startswith(TEMP_PREFIX):
-                        owner = _owner_pid(name)
-                        if owner is not None and _alive(owner):
-                            continue
-                        with contextlib.suppress(OSError):
-                            storage.remove(child)
-                            removed += 1
-        finally:
-            listing.close()
+    for directory, name, _ in non_directories(storage, path):
+        if name.startswith(TEMP_PREFIX):
+            owner = _owner_pid(name)
+            if owner is not None and _alive(owner):
+                continue
+            with contextlib.suppress(OSError):
+                storage.remove(vpath.normalize(name, directory))
+                removed += 1
     return removed

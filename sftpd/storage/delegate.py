@@ -132,3 +132,19 @@ class DelegatingStorage:
 
     def close(self) -> None:
         self.inner.close()
+
+
+class OpeningStorage(DelegatingStorage):
+    """A DelegatingStorage that changes how files open, in one ``_opened`` serving both
+    ``open`` and ``open_nowait`` (``nowait``: the jail may answer None, "would block")."""
+
+    def _opened(self, path: str, flags: int, mode: int, nowait: bool) -> File | None:
+        raise NotImplementedError
+
+    def open(self, path: str, flags: int, mode: int) -> File:
+        file = self._opened(path, flags, mode, nowait=False)
+        assert file is not None
+        return file
+
+    def open_nowait(self, path: str, flags: int, mode: int) -> File | None:
+        return self._opened(path, flags, mode, nowait=True)

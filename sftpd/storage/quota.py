@@ -23,7 +23,8 @@ from typing import Generic, Protocol, TypeVar
 
 from sftpd.storage.atomic import is_own_temporary
 from sftpd.storage.base import File, Storage
-from sftpd.storage.delegate import DelegatingFile, DelegatingStorage
+from sftpd.storage.delegate import DelegatingFile, DelegatingStorage, OpeningStorage
+from sftpd.storage.walk import non_directories
 
 U = TypeVar("U")
 
@@ -156,28 +157,11 @@ class MemoryQuotaUsage:
 def scan_usage(storage: Storage, path: str = "/") -> tuple[int, int]:
     """(bytes, files) of the regular files under ``path``, sftpd's temporaries left out
     of the file count (their bytes are on disk: they count)."""
-    from sftpd.storage import vpath
-
     nbytes = files = 0
-    pending = [path]
-    while pending:
-        directory = pending.pop()
-        try:
-            listing = storage.opendir(directory)
-        except OSError:
-            continue
-        try:
-            while batch := listing.read(256):
-                for name, st in batch:
-                    if name in (".", ".."):
-                        continue
-                    if stat.S_ISDIR(st.st_mode):
-                        pending.append(vpath.normalize(name, directory))
-                    elif stat.S_ISREG(st.st_mode):
-                        nbytes += st.st_size
-                        files += 0 if is_own_temporary(name) else 1
-        finally:
-            listing.close()
+    for _, name, st in non_directories(storage, path):
+        if stat.S_ISREG(st.st_mode):
+            nbytes += st.st_size
+            files += 0 if is_own_temporary(name) else 1
     return nbytes, files
 
 
@@ -293,7 +277,7 @@ def _regular_size(st: os.stat_result | None) -> int | None:
     return st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None
 
 
-class QuotaStorage(DelegatingStorage):
+class QuotaStorage(OpeningStorage):
     """Every change through it is checked against ``limits`` and counted in ``usage``."""
 
     def __init__(self, inner: Storage, limits: Limits, usage: QuotaUsage) -> None:
@@ -368,14 +352,6 @@ class QuotaStorage(DelegatingStorage):
         return QuotaFile(
             file, self, size, append=bool(flags & os.O_APPEND), temporary=is_own_temporary(path)
         )
-
-    def open(self, path: str, flags: int, mode: int) -> File:
-        file = self._opened(path, flags, mode, nowait=False)
-        assert file is not None
-        return file
-
-    def open_nowait(self, path: str, flags: int, mode: int) -> File | None:
-        return self._opened(path, flags, mode, nowait=True)
 
     def truncate(self, path: str, size: int) -> None:
         self.usage.wait()

@@ -76,7 +76,8 @@ from sftpd.apps.rsync.stop import (
 )
 from sftpd.log import clip
 from sftpd.storage.base import Storage
-from sftpd.storage.rules import RsyncGrant, RsyncRefusal, RulesStorage
+from sftpd.storage.enforce import RulesStorage
+from sftpd.storage.rules import RsyncGrant, RsyncRefusal
 
 __all__ = ["UNAVAILABLE", "daemon_arguments", "daemon_config", "make_rsync_app", "parse_ldd"]
 

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 from sftpd.auth.stores import schema
 from sftpd.auth.stores.schema import Cursor
 from sftpd.auth.users import User, user_from_config
-from sftpd.config.model import ConfigErrors, UserConfig, check_user_table
+from sftpd.config.loader import ConfigErrors, check_user_table
+from sftpd.config.model import UserConfig
 from sftpd.errors import ConfigError
 
 
