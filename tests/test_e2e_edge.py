@@ -3,8 +3,10 @@ sessions, idle timeout, from real client source addresses (127.0.0.1 and 127.0.0
 
 from __future__ import annotations
 
+import re
 import socket
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -132,6 +134,109 @@ def test_silent_flood_does_not_stop_an_openssh_login(make_server: Any) -> None:
     finally:
         for s in flood:
             s.close()
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _flood_once(env: Env, source: str) -> socket.socket | None:
+    """One silent connection from ``source``: the socket if the server admitted it (it
+    sent its banner), else None (closed unanswered at accept)."""
+    try:
+        s = _sock(env, source)
+    except OSError:
+        return None
+    try:
+        s.settimeout(10)
+        if s.recv(4).startswith(b"SSH-"):
+            return s
+    except OSError:
+        pass
+    s.close()
+    return None
+
+
+def test_flood_from_many_sources_does_not_stop_an_openssh_login(make_server: Any) -> None:
+    """12 flooding sources can fill max_startups' full (100) with the defaults
+    (max_connections_per_source 20). A newcomer then evicts a flooding connection instead
+    of being refused until login_grace_time; the flood goes on during the login, and
+    its sources, holding several each, evict one another, never the newcomer."""
+    import resource
+    import threading
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+    if soft < want:  # ours and the server's (inherited): 300 flood sockets and more
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    held: list[socket.socket] = []
+    try:
+        env = make_server(
+            server_extra="login_grace_time = 60",
+            # 127.0.0.1 is not safe-listed here; a high threshold keeps every flooding
+            # source unbanned (evicted connections score no_auth), the flood at its worst
+            tail='[metrics]\nlisten = "127.0.0.1:0"\n'
+            "[defender]\nsafe_list = []\nthreshold = 100000\n",
+        )
+        pid = env.server.proc.pid
+        base = _rss_kib(pid)
+        sources = [f"127.0.0.{i}" for i in range(2, 14)]
+        attempts = 0
+        while len(held) < 300 and attempts < 3000:
+            s = _flood_once(env, sources[attempts % len(sources)])
+            attempts += 1
+            if s is not None:
+                held.append(s)
+        log = env.server.log_text()
+        assert "reason=max_startups" in log, log[-2000:]  # the flood got to full
+
+        stop = threading.Event()
+
+        def go_on() -> None:
+            i = 0
+            while not stop.is_set() and i < 2000:
+                s = _flood_once(env, sources[i % len(sources)])
+                i += 1
+                if s is not None:
+                    held.append(s)
+
+        flooding = threading.Thread(target=go_on, daemon=True)
+        flooding.start()
+        try:
+            started = time.monotonic()
+            env.sftp("put /etc/hostname flooded-many.txt\n", timeout=30)
+            took = time.monotonic() - started
+        finally:
+            stop.set()
+            flooding.join(30)
+        got = (env.alice.root / "flooded-many.txt").read_bytes()
+        assert got == open("/etc/hostname", "rb").read()
+        assert took < 5, f"login took {took:.1f} s under the flood"
+        log = env.server.log_text()
+        assert "connection evicted: peer=127.0.0." in log
+        assert "connection evicted: peer=127.0.0.1 " not in log
+        assert len(held) >= 300  # admitted over time; the server holds at most 100
+        # every eviction is counted, and logged one line per 10 s (with a count)
+        assert 1 <= log.count("connection evicted: ") < 10
+        url = next(
+            line.split("metrics on ", 1)[1].strip()
+            for line in env.server.lines
+            if "metrics on http://" in line
+        )
+        with urllib.request.urlopen(url, timeout=10) as r:
+            text = r.read().decode()
+        counted = re.search(r'sftpd_connections_refused_total\{reason="evicted"\} (\S+)', text)
+        assert counted is not None and float(counted.group(1)) >= len(held) - 100, text
+        grown = _rss_kib(pid) - base
+        assert grown < 64 * 1024, f"the server grew {grown} KiB under the flood"
+    finally:
+        for s in held:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_allowed_sources_checked_with_the_client_address(make_server: Any) -> None:

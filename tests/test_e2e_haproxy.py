@@ -4,6 +4,7 @@ whose node dies resumes its upload on the other one with OpenSSH's `reput`."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import ALICE_PASSWORD, Env, have, wait_for
+from tests.support import ALICE_PASSWORD, Env, have, toml_str, wait_for
 
 paramiko = pytest.importorskip("paramiko")
 HAPROXY = "/usr/sbin/haproxy"
@@ -64,8 +65,10 @@ def cluster(make_server: Any, tmp_path: Path) -> Iterator[tuple[int, list[Env]]]
     # upload_mode = "direct": a file written in place is what a retry on another node can
     # resume (an atomic upload cut off by a dying node leaves the old file, not a partial)
     direct = 'upload_mode = "direct"'
-    a = make_server(server_extra=NODE, tail=DEFENDER, alice_extra=direct)
-    b = make_server(server_extra=NODE, tail=DEFENDER, alice_extra=direct)  # same root and keys
+    a, b = (
+        make_server(server_extra=NODE, tail=DEFENDER + _audit(tmp_path, n), alice_extra=direct)
+        for n in "ab"
+    )  # the same root and host keys; an audit file each
     port = free_port()
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(haproxy_config(port, [a.port, b.port]))
@@ -78,6 +81,17 @@ def cluster(make_server: Any, tmp_path: Path) -> Iterator[tuple[int, list[Env]]]
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _audit(tmp_path: Path, node: str) -> str:
+    return f"[audit]\nfile = {toml_str(str(tmp_path / f'audit-{node}.jsonl'))}\n"
+
+
+def _audit_records(env: Env, node: str = "a") -> list[dict[str, Any]]:
+    path = env.tmp / f"audit-{node}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _connect(port: int, source: str) -> socket.socket:
@@ -114,12 +128,37 @@ def test_nodes_see_and_ban_the_client_address(cluster: tuple[int, list[Env]]) ->
     assert wait_for(lambda: "auth ok:" in a.server.log_text())
     log = a.server.log_text()
     assert "connection open: conn=" in log and " peer=127.0.0.2:" in log
+    t = paramiko.Transport(_connect(port, "127.0.0.2"))  # an operation, for the audit log
+    t.start_client(timeout=20)
+    t.auth_publickey("alice", paramiko.Ed25519Key.from_private_key_file(str(a.key_path)))
+    sftp = paramiko.SFTPClient.from_transport(t)
+    assert sftp is not None
+    with sftp.open("/audited.txt", "wb") as f:
+        f.write(b"through haproxy\n")
+    t.close()
+    assert (a.alice.root / "audited.txt").read_bytes() == b"through haproxy\n"
+
+    def uploads() -> list[dict[str, Any]]:
+        return [e for e in _audit_records(a) if e["op"] == "upload"]
+
+    assert wait_for(lambda: len(uploads()) == 1)
+    (up,) = uploads()
+    assert up["path"] == "/audited.txt" and up["client"].startswith("127.0.0.2:"), up
+    logins = [e for e in _audit_records(a) if e["op"] == "login"]
+    assert len(logins) == 2 and all(e["client"].startswith("127.0.0.2:") for e in logins)
     for i in range(3):
         assert not _login(port, "127.0.0.3", f"wrong-{i}")
     assert wait_for(lambda: "source banned: source=127.0.0.3 " in a.server.log_text())
     assert _banner(port, "127.0.0.3") is None  # through HAProxy: closed before the banner
     assert _login(port, "127.0.0.2")  # HAProxy itself (127.0.0.1) is never banned
     assert "source=127.0.0.1" not in a.server.log_text().split("source banned")[-1]
+    assert wait_for(lambda: any(e["op"] == "ban" for e in _audit_records(a)))
+    records = _audit_records(a)
+    failed = [e for e in records if e["op"] == "login_failed"]
+    assert len(failed) == 3 and all(e["client"].startswith("127.0.0.3:") for e in failed)
+    assert [e["client"] for e in records if e["op"] == "ban"] == ["127.0.0.3"]
+    clients = {e["client"].rsplit(":", 1)[0] for e in records}
+    assert clients == {"127.0.0.2", "127.0.0.3"}, clients  # never HAProxy's 127.0.0.1
 
 
 def test_proxy_header_from_outside_proxy_allowed_is_refused(

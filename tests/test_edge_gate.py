@@ -9,7 +9,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
 
-from sftpd.edge.config import DefenderConfig, EdgeConfig, ProxyConfig
+from sftpd.edge.config import DefenderConfig, EdgeConfig, ProxyConfig, UserEdge
 from sftpd.edge.gate import Edge, EdgeConnection, EdgeFactory, Tracked, make_edge
 from sftpd.edge.limits import LimitsConfig, Startups
 from sftpd.edge.networks import Networks
@@ -124,10 +124,11 @@ def test_authentication_frees_a_startup_slot() -> None:
         limits=LimitsConfig(max_connections_per_source=0, max_startups=Startups(2, 100, 2))
     )
     a, _ = connect(factory, "192.0.2.1")
-    connect(factory, "192.0.2.2")
-    assert connect(factory, "192.0.2.3")[0] is None
+    _, b = connect(factory, "192.0.2.2")
+    assert connect(factory, "192.0.2.1")[0] is None  # full, and its source holds the most
     a.inner.edge.auth_succeeded("password")
-    assert connect(factory, "192.0.2.3")[0] is not None
+    assert connect(factory, "192.0.2.1")[0] is not None
+    assert not b.disconnecting  # a free place: nobody evicted
 
 
 def test_per_source_limit_at_the_gate() -> None:
@@ -351,3 +352,69 @@ def test_ssh_factory_declining_does_not_score() -> None:
     assert connect(factory, "192.0.2.1")[0] is None
     assert edge.defender is not None and not edge.defender.is_banned("192.0.2.1")
     assert edge.limits.connections == 0
+
+
+def test_at_full_a_newcomer_evicts_a_flooding_connection_closed_counted_logged() -> None:
+    events: list[tuple[str, Any]] = []
+    clock = task.Clock()
+    cfg = EdgeConfig(
+        limits=LimitsConfig(max_connections_per_source=0, max_startups=Startups(10, 100, 10)),
+        defender=DefenderConfig(safe_list=Networks(), threshold=1),
+    )
+    edge = make_edge(cfg, clock=clock, on_event=lambda n, f: events.append((n, f)))
+    factory = EdgeFactory(FakeFactory(), edge)
+    flood = [connect(factory, "192.0.2.66", 40000 + i) for i in range(10)]
+    seen: list[LogEvent] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        legit, legit_tcp = connect(factory, "198.51.100.7")
+        assert legit is not None and legit_tcp.value() == BANNER
+        oldest, oldest_tcp = flood[0]
+        assert oldest_tcp.disconnecting and oldest.conn.evicted  # aborted, not just counted
+        assert not any(tcp.disconnecting for _, tcp in flood[1:])
+        admitted = 0
+        for i in range(30):  # two more flooding sources: they evict, and each other, in turn
+            admitted += connect(factory, f"203.0.113.{i % 2}")[0] is not None
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert not legit_tcp.disconnecting  # the flooding sources always held more than it
+    assert [edge.limits.startup_count(h) for h in ("192.0.2.66", "203.0.113.0")] == [3, 3]
+    assert admitted == 6  # 203.0.113.0 and .1 at 3 each: then they hold the most
+    reasons = [f["reason"] for n, f in events if n == "connection_refused"]
+    assert reasons.count("evicted") == 1 + admitted
+    assert reasons.count("max_startups") == 30 - admitted
+    lines = [e for e in seen if e.get("event") == "connection_evicted"]
+    assert len(lines) == 1 and lines[0]["peer"] == "192.0.2.66" and lines[0]["held"] == 10
+    assert edge.limits.startups == 10 and edge.limits.connections == 10
+    oldest.connectionLost(None)  # the reactor's close of the evicted one: no double count
+    assert edge.limits.startups == 10 and edge.limits.connections == 10
+    assert edge.defender is not None  # it never tried to log in: score_no_auth (threshold 1)
+    assert edge.defender.is_banned("192.0.2.66") and not edge.defender.is_banned("198.51.100.7")
+
+
+def test_an_evicted_connection_gives_back_the_session_it_took() -> None:
+    factory, edge, _, _ = setup(
+        limits=LimitsConfig(max_connections_per_source=0, max_startups=Startups(1, 100, 1))
+    )
+    first, tcp = connect(factory, "192.0.2.1")
+    rules = UserEdge(max_sessions=1)
+    assert first.inner.edge.login("alice", rules) is None  # checked, success not yet logged
+    assert connect(factory, "192.0.2.2")[0] is not None  # evicts the first
+    assert tcp.disconnecting
+    first.connectionLost(None)
+    assert edge.sessions.count("alice") == 0
+
+
+def test_eviction_behind_a_proxy_aborts_the_tcp_connection() -> None:
+    clock = task.Clock()
+    cfg = EdgeConfig(
+        limits=LimitsConfig(max_connections_per_source=0, max_startups=Startups(1, 100, 1)),
+        proxy=ProxyConfig(mode="required", allowed=Networks(["10.0.0.5"])),
+    )
+    factory = EdgeFactory(FakeFactory(), make_edge(cfg, clock=clock))
+    first, tcp = connect(factory, "10.0.0.5")
+    first.dataReceived(b"PROXY TCP4 192.0.2.1 10.0.0.11 5000 22\r\n")
+    assert tcp.value() == BANNER and not tcp.disconnecting
+    second, tcp2 = connect(factory, "10.0.0.5")
+    second.dataReceived(b"PROXY TCP4 192.0.2.2 10.0.0.11 5001 22\r\n")
+    assert tcp.disconnecting and not tcp2.disconnecting

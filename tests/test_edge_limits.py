@@ -116,14 +116,27 @@ def test_early_drop_rate_matches_openssh_statistically() -> None:
     assert 500 < dropped < 700
 
 
-def test_at_full_everyone_is_refused_even_new_sources() -> None:
+def test_at_full_a_new_source_evicts_the_oldest_of_the_top_source() -> None:
     limits = Limits(
         LimitsConfig(max_connections_per_source=0, max_startups=Startups(2, 50, 4)),
         randbelow=fixed(99),
     )
-    admit_all(limits, "192.0.2.1", 4)
+    flood = admit_all(limits, "192.0.2.1", 4)
+    evicted: list[Slot] = []
+    for s in flood:
+        assert isinstance(s, Slot)
+        s.on_evict = evicted.append
     assert limits.startups == 4
-    assert limits.admit("198.51.100.1") == "max_startups"
+    assert limits.admit("192.0.2.1") == "max_startups"  # the top source cannot evict itself
+    legit = limits.admit("198.51.100.1")
+    assert isinstance(legit, Slot)
+    assert evicted == [flood[0]] and flood[0].released  # the oldest, given back first
+    assert limits.startups == 4 and limits.connections == 4
+    assert limits.startup_count("192.0.2.1") == 3
+    flood[0].release()  # the close that follows the eviction changes nothing
+    assert limits.startups == 4 and limits.connections == 4
+    legit.authenticate()
+    assert limits.startups == 3
 
 
 def test_authentication_leaves_the_startup_count() -> None:
@@ -187,15 +200,81 @@ def test_a_300_connection_flood_does_not_stop_a_login_from_elsewhere(draw: str) 
     assert limits.startups == len(held)
 
 
-def test_a_flood_from_many_sources_is_capped_at_full() -> None:
-    """Five flooding sources x 20 = full (100): then nobody new gets in until one leaves
-    (its grace timer or its close): the guarantee OpenSSH gives, and ours, ends at full."""
+def _flood(limits: Limits, sources: list[str], attempts: int, rng: random.Random) -> dict:
+    """Silent connections from random ``sources``; each evicted one is seen closing."""
+    held: dict[Slot, str] = {}
+    for _ in range(attempts):
+        host = rng.choice(sources)
+        got = limits.admit(host)
+        if isinstance(got, Slot):
+            held[got] = host
+            got.on_evict = lambda s: held.pop(s)
+    return held
+
+
+def test_a_flood_from_many_sources_cannot_hold_full_against_a_newcomer() -> None:
+    """Five flooding sources x 20 = full (100). OpenSSH then refuses everyone until a
+    silent connection's grace time ends; here a newcomer evicts a flooding connection."""
     limits = Limits(LimitsConfig(), randbelow=fixed(99))
     for i in range(5):
         admit_all(limits, f"192.0.2.{i}", 20)
     assert limits.startups == 100
-    assert limits.admit("198.51.100.7") == "max_startups"
-    assert limits.connections == 100  # memory: nothing beyond what is admitted
+    legit = limits.admit("198.51.100.7")
+    assert isinstance(legit, Slot)
+    assert limits.startups == 100 and limits.connections == 100  # memory: bounded by full
+    assert limits.startup_count("192.0.2.0") == 19  # the first to reach 20 loses first
+    assert limits.admit("192.0.2.1") == "max_connections_per_source"
+    assert isinstance(limits.admit("198.51.100.8"), Slot)
+    assert limits.startup_count("192.0.2.1") == 19  # round the top sources in turn
+    assert isinstance(limits.admit("192.0.2.0"), Slot)  # 19 < 20: evicts 192.0.2.2's oldest
+    assert [limits.startup_count(f"192.0.2.{i}") for i in range(5)] == [20, 19, 19, 20, 20]
+    assert limits.admit("192.0.2.3") == "max_connections_per_source"
+    for _ in range(3):  # evicts from 3, 4, then 0 (the last to reach 20)
+        assert isinstance(limits.admit("198.51.100.9"), Slot)
+    assert [limits.startup_count(f"192.0.2.{i}") for i in range(5)] == [19] * 5
+    assert limits.admit("192.0.2.0") == "max_startups"  # at the top: nothing to gain
+    assert limits.startups == 100 and limits.connections == 100
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_newcomer_survives_a_flood_whose_sources_hold_two_or_more(seed: int) -> None:
+    """40 sources flood at random (a source that evicts is evicted back in turn): the
+    counts stay above one at the top, so the newcomer's single connection is never the
+    victim, whatever the flood does while it logs in."""
+    rng = random.Random(seed)
+    limits = Limits(LimitsConfig(), randbelow=rng.randrange)
+    sources = [f"203.0.113.{i}" for i in range(40)]
+    held = _flood(limits, sources, 3000, rng)
+    assert limits.startups == 100 == len(held)
+    legit = limits.admit("198.51.100.7")
+    assert isinstance(legit, Slot)
+    legit.on_evict = lambda s: pytest.fail("the newcomer was evicted")
+    more = _flood(limits, sources, 20_000, rng)
+    assert more and not legit.released
+    assert limits.startups == 100 and limits.connections == 100
+    legit.authenticate()
+    assert limits.startups == 99
+
+
+def test_a_flood_of_one_connection_per_address_evicts_the_oldest_first() -> None:
+    """The limit: 300 addresses holding one each. The newcomer gets in at once, and then
+    lives until full - 1 (99) more newcomers have been admitted."""
+    limits = Limits(LimitsConfig(), randbelow=fixed(99))
+    for i in range(300):
+        got = limits.admit(f"10.0.{i // 256}.{i % 256}")
+        if isinstance(got, Slot):
+            got.on_evict = lambda s: None
+    assert limits.startups == 100
+    legit = limits.admit("198.51.100.7")
+    assert isinstance(legit, Slot)
+    gone: list[Slot] = []
+    legit.on_evict = gone.append
+    for i in range(99):
+        assert isinstance(limits.admit(f"10.1.0.{i}"), Slot)
+    assert not gone
+    assert isinstance(limits.admit("10.1.1.1"), Slot)
+    assert gone == [legit]
+    assert limits.startups == 100 and len(limits._by_count) == 1
 
 
 @pytest.mark.parametrize("limit", [0, 2])

@@ -25,11 +25,25 @@ class EdgeConnection:
     """One admitted connection, as the SSH layer reports on it.
 
     The userauth service calls ``auth_failed``/``auth_succeeded``; the gate calls
-    ``closed`` (idempotent). A connection that closes without success and without a
-    single failed attempt scores ``score_no_auth``.
+    ``attach`` with the transport and ``closed`` (idempotent). A connection that closes
+    without success and without a single failed attempt scores ``score_no_auth``. When
+    the limits evict it (a newcomer needs its max_startups place) its transport is
+    aborted and ``on_evicted`` told.
     """
 
-    __slots__ = ("_defender", "_sessions", "_slot", "failures", "host", "method", "user")
+    __slots__ = (
+        "_closed",
+        "_defender",
+        "_on_evicted",
+        "_sessions",
+        "_slot",
+        "_transport",
+        "evicted",
+        "failures",
+        "host",
+        "method",
+        "user",
+    )
 
     def __init__(
         self,
@@ -37,14 +51,33 @@ class EdgeConnection:
         slot: Slot,
         defender: Defender | None,
         sessions: UserSessions | None = None,
+        on_evicted: Callable[[EdgeConnection], None] | None = None,
     ) -> None:
         self.host = host
         self._slot = slot
         self._defender = defender
         self._sessions = sessions if sessions is not None else UserSessions()
+        self._on_evicted = on_evicted
+        self._transport: Any = None
+        self._closed = False
+        self.evicted = False
         self.failures = 0
         self.method: str | None = None
         self.user: str | None = None
+        slot.on_evict = self._evict
+
+    def attach(self, transport: Any) -> None:
+        """The connection's transport, to abort it if it is evicted."""
+        self._transport = transport
+        if self.evicted:
+            transport.abortConnection()
+
+    def _evict(self, slot: Slot) -> None:
+        self.evicted = True
+        if self._on_evicted is not None:
+            self._on_evicted(self)
+        if self._transport is not None:
+            self._transport.abortConnection()
 
     def login(self, user: str, rules: UserEdge) -> str | None:
         """Before a login succeeds: None if ``user`` may log in from this connection's
@@ -80,8 +113,9 @@ class EdgeConnection:
         self._slot.release()
 
     def closed(self) -> None:
-        if self._slot.released:
+        if self._closed:
             return
+        self._closed = True
         self._slot.release()
         if self.user is not None:
             self._sessions.close(self.user)
@@ -118,7 +152,9 @@ class Edge:
         if reason is None:
             got = self.limits.admit(host)
             if isinstance(got, Slot):
-                return EdgeConnection(host, got, self.defender, self.sessions)
+                return EdgeConnection(
+                    host, got, self.defender, self.sessions, on_evicted=self._evicted
+                )
             reason = got
         self.refused(host, reason)
         return None
@@ -127,22 +163,45 @@ class Edge:
         """Count a refused connection (event) and log it, one line per reason per period."""
         if self._on_event is not None:
             self._on_event("connection_refused", {"source": host, "reason": reason})
-        # A flood must not become a log flood: one line per reason per period, with a count.
-        now = self.clock.seconds()
-        if now < self._quiet_until.get(reason, 0.0):
-            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+        if self._quiet(reason):
             return
-        self._quiet_until[reason] = now + REFUSAL_LOG_EVERY
-        more = self._suppressed.pop(reason, 0)
         log.info(
             "connection refused: peer={peer} reason={reason}{detail} "
             "(and {more} more since the last line)",
             peer=host,
             reason=reason,
             detail=f" ({detail})" if detail else "",
-            more=more,
+            more=self._suppressed.pop(reason, 0),
             event="connection_refused",
         )
+
+    def _evicted(self, conn: EdgeConnection) -> None:
+        """The limits closed ``conn`` (unauthenticated) for a newcomer at max_startups full:
+        counted as a refusal with reason "evicted", logged one line per period."""
+        if self._on_event is not None:
+            self._on_event("connection_refused", {"source": conn.host, "reason": "evicted"})
+        if self._quiet("evicted"):
+            return
+        log.info(
+            "connection evicted: peer={peer} reason=max_startups full ({full}), its source "
+            "held the most unauthenticated connections ({held}); a newcomer takes its place "
+            "(and {more} more since the last line)",
+            peer=conn.host,
+            full=self.limits.config.max_startups.full,
+            held=self.limits.startup_count(conn.host) + 1,
+            more=self._suppressed.pop("evicted", 0),
+            event="connection_evicted",
+        )
+
+    def _quiet(self, reason: str) -> bool:
+        """True (and counted) if a line for ``reason`` was logged less than a period ago:
+        a flood must not become a log flood."""
+        now = self.clock.seconds()
+        if now < self._quiet_until.get(reason, 0.0):
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            return True
+        self._quiet_until[reason] = now + REFUSAL_LOG_EVERY
+        return False
 
 
 class Tracked(Protocol):
@@ -161,6 +220,7 @@ class Tracked(Protocol):
         self.connected = True
         self.dataReceived = self.inner.dataReceived  # type: ignore[method-assign]
         self.inner.makeConnection(transport)
+        self.conn.attach(transport)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         try:
