@@ -2,7 +2,8 @@
 """Logins per second while 300 silent connections flood the server: sftpd vs OpenSSH sshd.
 
 Each target is measured quiet and flooded: the flood is 300 TCP connections from
-127.0.0.2..127.0.0.4 (100 each) that send nothing and are held open; the logins are
+127.0.0.2..127.0.0.4 (100 each; `--sources N`: from N addresses) that send nothing and are
+held open; the logins are
 sequential OpenSSH `sftp -b` sessions (`ls /`) from 127.0.0.1. Both servers keep their
 own defaults for unauthenticated connections (sshd: MaxStartups 10:30:100, sftpd:
 max_startups = "10:30:100" and max_connections_per_source = 20) but the sshd from
@@ -28,7 +29,6 @@ SFTP_OPTS = (
     "-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
     "-o BatchMode=yes -o IdentitiesOnly=yes -q -o LogLevel=ERROR -o ConnectTimeout=30"
 ).split()
-SOURCES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 
 
 class Ctx:
@@ -56,12 +56,16 @@ class Ctx:
             return 124, f"timeout after {timeout} s"
 
 
-def flood(port, n):
+def sources(n):
+    return [f"127.0.0.{2 + i}" for i in range(n)]
+
+
+def flood(port, n, addresses):
     socks = []
     for i in range(n):
         s = socket.socket()
         s.setblocking(False)
-        s.bind((SOURCES[i % len(SOURCES)], 0))
+        s.bind((addresses[i % len(addresses)], 0))
         try:
             s.connect(("127.0.0.1", port))
         except BlockingIOError:
@@ -85,11 +89,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--logins", type=int, default=20)
     ap.add_argument("--flood", type=int, default=300)
+    ap.add_argument("--sources", type=int, default=3, help="flood source addresses (1-250)")
     ap.add_argument("--timeout", type=float, default=30)
     ap.add_argument("--markdown")
     ap.add_argument("--sftpd-cmd", default=f"{sys.executable} -m sftpd")
     args = ap.parse_args()
     args.sftpd_set = []
+    if not 1 <= args.sources <= 250:
+        raise SystemExit("--sources: 1 to 250 addresses (127.0.0.2 and up)")
+    addresses = sources(args.sources)
     work = tempfile.mkdtemp(
         prefix="sftpd-flood-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
     )
@@ -116,7 +124,7 @@ def main():
         t.start()
         try:
             for label, n in (("quiet", 0), (f"{args.flood} silent connections", args.flood)):
-                held = flood(t.port, n) if n else []
+                held = flood(t.port, n, addresses) if n else []
                 try:
                     ok, wall, worst = logins(ctx, t, args.logins, args.timeout)
                 finally:
@@ -134,7 +142,8 @@ def main():
         f"# Logins during a {args.flood}-connection flood",
         "",
         f"{args.logins} sequential OpenSSH `sftp -b` logins (`ls /`, ed25519 key) from 127.0.0.1;",
-        f"flood: {args.flood} silent TCP connections from {', '.join(SOURCES)}, held open.",
+        f"flood: {args.flood} silent TCP connections from {addresses[0]}..{addresses[-1]} "
+        f"({len(addresses)} addresses), held open.",
         "Both servers with their default limits for unauthenticated connections.",
         "",
         "| server | load | logins ok | logins/s | slowest login (s) |",
