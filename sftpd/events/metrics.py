@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from sftpd.events.model import Event
+from sftpd.log import hostport
 
 _log = Logger(namespace="sftpd.metrics")
 _MAX_GAUGES = ("sftpd_event_loop_lag_seconds",)
@@ -321,3 +322,26 @@ class MetricsServer:
 
     def stop(self) -> Any:
         return self.port.stopListening() if self.port is not None else None
+
+
+class SummedMetrics:
+    """With ``workers > 1``, the supervisor's ``[metrics] listen``: /metrics sums the
+    workers' snapshots in ``directory``, /healthz answers 503 once draining starts."""
+
+    def __init__(self, reactor: Any, listen: tuple[str, int], directory: Path) -> None:
+        registry = CollectorRegistry()
+        registry.register(SummedCollector(directory))
+        self.web = MetricsServer(reactor, registry)
+        self._listen = listen
+
+    def start(self) -> None:
+        host, port = self._listen
+        listening = self.web.listen(host, port)
+        shown = hostport(host, listening.getHost().port)
+        _log.info("metrics on http://{address}/metrics", address=shown)
+
+    def set_draining(self) -> None:
+        self.web.set_draining()
+
+    def stop(self) -> Any:
+        return self.web.stop()
