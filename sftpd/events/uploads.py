@@ -182,6 +182,18 @@ class SessionTransfers:
         w.bytes += len(data)
         w.size = max(w.size, end)
 
+    def copied(self, handle: object, offset: int, count: int) -> None:
+        """``count`` bytes whose content is not seen here arrived at ``offset`` through
+        ``handle`` (a server-side copy): counted, and the SHA-256 is dropped."""
+        w = self._writes.get(handle)
+        if w is None:
+            return
+        w.hasher = None
+        w.held.clear()
+        w.held_bytes = 0
+        w.bytes += count
+        w.size = max(w.size, offset + count)
+
     def read(self, handle: object, count: int) -> None:
         r = self._reads.get(handle)
         if r is not None:
