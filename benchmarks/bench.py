@@ -38,6 +38,7 @@ from targets import (
     OpenSSH,
     Sftpd,
     SftpdDb,
+    SftpdEvents,
     client_cpu_s,
     keygen,
     say,
@@ -48,6 +49,8 @@ from targets import (
     tree,
     tree_cpu_s,
 )
+
+TARGETS = {"openssh": OpenSSH, "sftpd": Sftpd, "sftpd+events": SftpdEvents}
 
 MiB, GiB = 1 << 20, 1 << 30
 DN = subprocess.DEVNULL
@@ -370,7 +373,12 @@ def machine():
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add = ap.add_argument
-    add("--targets", default="openssh,sftpd", help="comma list (default openssh,sftpd)")
+    add(
+        "--targets",
+        default="openssh,sftpd",
+        help="comma list of openssh, sftpd, sftpd+events (sftpd with [audit] file and\n"
+        "[metrics] listen on); default openssh,sftpd",
+    )
     add("--workloads", default=",".join(WORKLOADS), help="comma list of W1..W9 (default W1..W8)")
     add("--rounds", type=int, help="interleaved rounds (default 3; 1 with --quick)")
     add("--size-mib", type=int, help="W1/W2 size (default 512; 64 with --quick); W7: 8 x size/8")
@@ -463,8 +471,8 @@ def main():
     w9 = latency.ids(rtts) if "W9" in wls else {}
     wls = [x for w in wls for x in (w9 if w == "W9" else [w])]
     wl = WORKLOADS | latency.workloads(rtts)
-    if set(args.targets.split(",")) - {"sftpd", "openssh"}:
-        raise SystemExit("--targets: a comma list of sftpd and openssh")
+    if set(args.targets.split(",")) - set(TARGETS):
+        raise SystemExit(f"--targets: a comma list of {', '.join(TARGETS)}")
     dbs = [k for k in args.users_db.split(",") if k]
     if set(dbs) - {"sqlite", "postgres"}:
         raise SystemExit("--users-db: a comma list of sqlite and postgres")
@@ -521,7 +529,7 @@ def main():
                     url, pg_stop = start_postgres()
                     made.append(SftpdDb(b, "postgres", url))
                 else:
-                    made.append({"sftpd": Sftpd, "openssh": OpenSSH}[name](b))
+                    made.append(TARGETS[name](b))
                 made[-1].start()
                 algos[name] = negotiated(b, made[-1])
                 say(f"started {name} on port {made[-1].port}: {algos[name]}")

@@ -98,14 +98,27 @@ class Metrics:
             registry=r,
         )
 
+        # Each label set's child, looked up once: ``labels()`` validates and locks on every
+        # call, and emit runs once per file of a ``put -r``. (Two threads filling the same
+        # key at once get the same child from prometheus-client: no lock needed here.)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Counter, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     # -- EventSink
 
     def emit(self, event: Event) -> None:
-        self.operations.labels(event.op, event.outcome).inc()
-        if event.op == "upload" and event.bytes:
-            self.received.labels(event.who.protocol).inc(event.bytes)
-        elif event.op == "download" and event.bytes:
-            self.sent.labels(event.who.protocol).inc(event.bytes)
+        self._child(self.operations, event.op, event.outcome).inc()
+        if event.bytes:
+            if event.op == "upload":
+                self._child(self.received, event.who.protocol).inc(event.bytes)
+            elif event.op == "download":
+                self._child(self.sent, event.who.protocol).inc(event.bytes)
         if event.op in ("login", "login_failed"):
             method = "password" if event.who.auth == "password" else "publickey"
             if not event.who.auth:
