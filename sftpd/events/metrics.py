@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,17 +53,18 @@ class Metrics:
         self.sessions_open = Gauge(
             "sftpd_sessions_open", "App sessions running now, by protocol", ["protocol"], registry=r
         )
-        self.received = Counter(
-            "sftpd_received_bytes", "File bytes uploaded, by protocol", ["protocol"], registry=r
+        # Counted once per event (a file of a ``put -r``): plain tallies, exported at scrape
+        self.received = _Tally(
+            r, "sftpd_received_bytes", "File bytes uploaded, by protocol", ("protocol",)
         )
-        self.sent = Counter(
-            "sftpd_sent_bytes", "File bytes downloaded, by protocol", ["protocol"], registry=r
+        self.sent = _Tally(
+            r, "sftpd_sent_bytes", "File bytes downloaded, by protocol", ("protocol",)
         )
-        self.operations = Counter(
+        self.operations = _Tally(
+            r,
             "sftpd_operations",
             "Completed operations by kind (upload, download, delete, ...) and outcome",
-            ["operation", "outcome"],
-            registry=r,
+            ("operation", "outcome"),
         )
         self.quota_denials = Counter(
             "sftpd_quota_denials", "Operations refused by a quota", registry=r
@@ -98,27 +100,15 @@ class Metrics:
             registry=r,
         )
 
-        # Each label set's child, looked up once: ``labels()`` validates and locks on every
-        # call, and emit runs once per file of a ``put -r``. (Two threads filling the same
-        # key at once get the same child from prometheus-client: no lock needed here.)
-        self._children: dict[tuple[Any, ...], Any] = {}
-
-    def _child(self, metric: Counter, *labels: str) -> Any:
-        key = (metric, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
-
     # -- EventSink
 
     def emit(self, event: Event) -> None:
-        self._child(self.operations, event.op, event.outcome).inc()
+        self.operations.add((event.op, event.outcome), 1)
         if event.bytes:
             if event.op == "upload":
-                self._child(self.received, event.who.protocol).inc(event.bytes)
+                self.received.add((event.who.protocol,), event.bytes)
             elif event.op == "download":
-                self._child(self.sent, event.who.protocol).inc(event.bytes)
+                self.sent.add((event.who.protocol,), event.bytes)
         if event.op in ("login", "login_failed"):
             method = "password" if event.who.auth == "password" else "publickey"
             if not event.who.auth:
@@ -159,6 +149,34 @@ class Metrics:
     def watch_worker_queue(self, length: Callable[[], int]) -> None:
         """Read the worker pool's queue length at each scrape."""
         self.worker_queue.set_function(lambda: float(length()))
+
+
+class _Tally:
+    """A counter family kept as a dict of label values -> total, for the counters every
+    event adds to: one small lock and a dict update per event, where a prometheus-client
+    child costs a ``labels()`` lookup (validation, a lock) and a lock of its own. Exported
+    at each scrape as a counter family (``NAME_total``), like a Counter."""
+
+    def __init__(
+        self, registry: CollectorRegistry, name: str, doc: str, labels: tuple[str, ...]
+    ) -> None:
+        self._name, self._doc, self._labels = name, doc, list(labels)
+        self._totals: dict[tuple[str, ...], float] = {}
+        self._lock = threading.Lock()  # events come from the reactor and storage threads
+        registry.register(self)
+
+    def add(self, labels: tuple[str, ...], amount: float) -> None:
+        with self._lock:
+            totals = self._totals
+            totals[labels] = totals.get(labels, 0) + amount
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._doc, labels=self._labels)
+        with self._lock:
+            items = sorted(self._totals.items())
+        for labels, total in items:
+            family.add_metric(list(labels), total)
+        yield family
 
 
 class LoopLag:

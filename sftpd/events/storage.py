@@ -151,10 +151,8 @@ class EventsStorage(DelegatingStorage):
     # -- files
 
     def wrap_file(self, file: File, path: str, flags: int) -> File:
-        with self._lock:
-            rec = self._rec()
-        if rec is None:
-            return file
+        if self._login.base is None:
+            return file  # not identified yet (an app's own files before login)
         write = bool(flags & _WRITING)
         truncate = bool(flags & os.O_TRUNC)
         size = 0
@@ -163,8 +161,11 @@ class EventsStorage(DelegatingStorage):
                 size = file.fstat().st_size
             except OSError:
                 size = 1  # unknown: not a fresh file, no SHA-256
-        wrapped = EventsFile(file, rec, self._lock, write=write, owner=self._files)
-        with self._lock:
+        with self._lock:  # once per open: the recorder, and the file recorded in it
+            rec = self._rec()
+            if rec is None:
+                return file
+            wrapped = EventsFile(file, rec, self._lock, write=write, owner=self._files)
             rec.opened(wrapped, path, write=write, truncate=truncate, size=size)
             self._files.add(wrapped)
         return wrapped

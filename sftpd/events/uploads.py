@@ -11,7 +11,6 @@ one handle onto a new or truncated file; otherwise it is null. Time comes from a
 from __future__ import annotations
 
 import hashlib
-import posixpath
 import re
 from collections import OrderedDict
 from collections.abc import Callable
@@ -43,7 +42,7 @@ class TempNames:
         self._extra = extra
 
     def __call__(self, path: str) -> bool:
-        name = posixpath.basename(path)
+        name = path.rpartition("/")[2]
         if not name or name in (".", ".."):
             return False
         lower = name.lower()
@@ -51,7 +50,7 @@ class TempNames:
             return True
         if name[0] == "." and _RSYNC_TEMP.fullmatch(name):
             return True
-        return bool(self._extra and self._extra(path))
+        return self._extra is not None and self._extra(path)
 
 
 @dataclass(eq=False)
