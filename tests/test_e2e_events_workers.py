@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,28 @@ def test_workers_figures_are_summed_and_healthz_turns_503_while_draining(
     assert env.server.proc.wait(30) == 0
     assert wait_for(lambda: not t.is_active(), timeout=10)
     t.close()
+
+
+def test_a_metrics_port_taken_is_an_error_before_listening(
+    tmp_path: Path, host_keys_dir: Path
+) -> None:
+    from tests.support import User, write_config
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "sftpd.toml"
+        user = User("alice", tmp_path / "root", password="pw")
+        write_config(
+            cfg, [user], host_keys_dir, "workers = 2", f'[metrics]\nlisten = "127.0.0.1:{port}"'
+        )
+        res = subprocess.run(
+            [sys.executable, "-m", "sftpd", "serve", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert res.returncode == 1
+    assert f"sftpd: [metrics] listen: Couldn't listen on 127.0.0.1:{port}" in res.stderr
+    assert "listening on" not in res.stderr + res.stdout

@@ -138,12 +138,17 @@ class Supervisor:
         # SIGHUP before "listening on", as in sftpd.assembly; the reactor installs its own
         # SIGINT/SIGTERM handlers as it starts: ours replace them once it runs.
         signal.signal(signal.SIGHUP, self._signal(self.hangup))
+        if endpoint is not None:
+            try:
+                endpoint.start()
+            except Exception as exc:  # CannotListenError: the port is taken, say
+                print(f"sftpd: [metrics] listen: {exc}", file=sys.stderr, flush=True)
+                self._close_sockets()
+                return 1
+            r.addSystemEventTrigger("before", "shutdown", endpoint.stop)
         for s in self._sockets[0]:
             host, port = s.getsockname()[:2]
             announce_listening(host, port, self._format)
-        if endpoint is not None:
-            endpoint.start()
-            r.addSystemEventTrigger("before", "shutdown", endpoint.stop)
         r.callWhenRunning(self._started)
         r.run()
         self._close_sockets()
