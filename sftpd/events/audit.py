@@ -93,19 +93,27 @@ class AuditFile:
             stop = self._stopping
             if not self._reopen.is_set():
                 self._hurry.clear()
-            take = self._queue.popleft
-            lines = []
-            try:
-                while True:
-                    lines.append(take().to_json())
-            except IndexError:
-                pass
+            lines = self._encode_queued()
             if lines:
                 self._write("\n".join(lines) + "\n", len(lines))
             self._flush()
             if stop:
                 self._close()
                 return
+
+    def _encode_queued(self) -> list[str]:
+        take = self._queue.popleft
+        lines: list[str] = []
+        while True:
+            try:
+                event = take()
+            except IndexError:
+                return lines
+            try:
+                lines.append(event.to_json())
+            except Exception:  # never the writer thread's end: the line is lost, counted
+                self.dropped += 1
+                _log.failure("audit line not encoded")
 
     def _write(self, text: str, count: int) -> None:
         if self._file is None:
