@@ -119,6 +119,14 @@ def test_workers_figures_are_summed_and_healthz_turns_503_while_draining(
     assert _matches(url, want)
     assert wait_for(lambda: _samples(url).get(("sftpd_connections_open", ())) == 0)
 
+    # SIGHUP is passed on: every worker reloads (and the supervisor keeps serving)
+    (new,) = set(_children(sup)) - workers
+    workers = set(_children(sup))
+    assert wait_for(lambda: f"worker ready: pid={new}" in env.server.log_text(), timeout=20)
+    env.server.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: env.server.log_text().count("SIGHUP received; reloading") == 2)
+    assert set(_children(sup)) == workers and _status(url.replace("metrics", "healthz")) == "200"
+
     # SIGTERM with a session open: the workers drain, /healthz answers 503 meanwhile
     t = paramiko.Transport(("127.0.0.1", env.port))
     t.start_client(timeout=30)
