@@ -38,6 +38,7 @@ from targets import (
     OpenSSH,
     Sftpd,
     SftpdDb,
+    SftpdEvents,
     SftpdRules,
     client_cpu_s,
     keygen,
@@ -49,6 +50,13 @@ from targets import (
     tree,
     tree_cpu_s,
 )
+
+TARGETS = {
+    "openssh": OpenSSH,
+    "sftpd": Sftpd,
+    "sftpd+events": SftpdEvents,
+    "sftpd-rules": SftpdRules,
+}
 
 MiB, GiB = 1 << 20, 1 << 30
 DN = subprocess.DEVNULL
@@ -374,8 +382,9 @@ def parse_args():
     add(
         "--targets",
         default="openssh,sftpd",
-        help="comma list of openssh, sftpd, sftpd-rules (a user with per-directory\n"
-        "permissions and a quota) (default openssh,sftpd)",
+        help="comma list of openssh, sftpd, sftpd+events (sftpd with [audit] file and\n"
+        "[metrics] listen on), sftpd-rules (a user with per-directory permissions and a\n"
+        "quota); default openssh,sftpd",
     )
     add("--workloads", default=",".join(WORKLOADS), help="comma list of W1..W9 (default W1..W8)")
     add("--rounds", type=int, help="interleaved rounds (default 3; 1 with --quick)")
@@ -469,8 +478,8 @@ def main():
     w9 = latency.ids(rtts) if "W9" in wls else {}
     wls = [x for w in wls for x in (w9 if w == "W9" else [w])]
     wl = WORKLOADS | latency.workloads(rtts)
-    if set(args.targets.split(",")) - {"sftpd", "openssh", "sftpd-rules"}:
-        raise SystemExit("--targets: a comma list of sftpd, openssh and sftpd-rules")
+    if set(args.targets.split(",")) - set(TARGETS):
+        raise SystemExit(f"--targets: a comma list of {', '.join(TARGETS)}")
     dbs = [k for k in args.users_db.split(",") if k]
     if set(dbs) - {"sqlite", "postgres"}:
         raise SystemExit("--users-db: a comma list of sqlite and postgres")
@@ -527,8 +536,7 @@ def main():
                     url, pg_stop = start_postgres()
                     made.append(SftpdDb(b, "postgres", url))
                 else:
-                    kinds = {"sftpd": Sftpd, "openssh": OpenSSH, "sftpd-rules": SftpdRules}
-                    made.append(kinds[name](b))
+                    made.append(TARGETS[name](b))
                 made[-1].start()
                 algos[name] = negotiated(b, made[-1])
                 say(f"started {name} on port {made[-1].port}: {algos[name]}")

@@ -246,6 +246,23 @@ class SftpdRules(Sftpd):
         super().__init__(ctx, REPO, "sftpd-rules")
 
 
+class SftpdEvents(Sftpd):
+    """sftpd with the audit log (``[audit] file`` in its state directory) and the metrics
+    endpoint (``[metrics] listen`` on a free port) on: what they cost, next to ``sftpd``."""
+
+    def __init__(self, ctx):
+        super().__init__(ctx, REPO, "sftpd+events")
+        self.audit = os.path.join(self.state, "audit.jsonl")
+
+    def command(self):
+        argv, env = super().command()
+        with open(os.path.join(self.state, "sftpd.toml"), "a") as f:
+            f.write(
+                f'\n[audit]\nfile = "{self.audit}"\n[metrics]\nlisten = "127.0.0.1:{free_port()}"\n'
+            )
+        return argv, env
+
+
 def _knows(checkout, key):
     """Whether the sftpd at ``checkout`` has the config key (a --baseline may predate it)."""
     for dirpath, _dirs, files in os.walk(os.path.join(checkout, "sftpd")):

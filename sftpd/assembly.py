@@ -30,7 +30,7 @@ from sftpd.reload import build_store, reload_on_hangup, watch_sessions
 from sftpd.runtime.drain import Drain
 from sftpd.runtime.listening import ListenError, bind_all
 from sftpd.runtime.notify import sd_notify
-from sftpd.runtime.processes import RUNTIME_DIR_ENV
+from sftpd.runtime.processes import RUNTIME_DIR_ENV, snapshot_dir
 from sftpd.runtime.threads import Blocking, WorkerPool
 from sftpd.ssh.channel import SessionChannel
 from sftpd.ssh.factory import Factory
@@ -186,7 +186,17 @@ def serve(
 
     inherited = os.environ.get(WORKER_FDS_ENV)
     if inherited is None and config.server.workers > 1:
-        return supervise(config, log_format=log_format, sockets=sockets)
+        # The supervisor serves [metrics] listen: the workers' snapshots, summed.
+        from sftpd.events.service import summed_metrics
+
+        start_logging(log_format or config.server.log_format, config.server.log_level)
+        return supervise(
+            config,
+            log_format=log_format,
+            sockets=sockets,
+            reactor=reactor,
+            metrics=summed_metrics(config.events),
+        )
     if inherited is None and sockets is None:
         try:
             sockets = bind_all(config.server.listen)
@@ -211,13 +221,17 @@ def serve(
     if config.events.enabled:
         from sftpd.events.service import EventsService
 
-        # With workers > 1 the figures are not summed across workers yet: no worker serves
-        # [metrics] listen (they would all bind it), the audit log and hooks work as usual.
+        # With workers > 1 the supervisor serves [metrics] listen; each worker writes a
+        # snapshot of its figures for it to sum (the audit log and hooks are the worker's).
+        runtime_dir = os.environ.get(RUNTIME_DIR_ENV)
+        shared = inherited and runtime_dir and config.events.metrics_listen is not None
         events = EventsService(
-            reactor, config.events, serve_metrics=not inherited, temp=is_own_temporary
+            reactor,
+            config.events,
+            serve_metrics=not inherited,
+            snapshot_dir=snapshot_dir(runtime_dir) if shared and runtime_dir else None,
+            temp=is_own_temporary,
         )
-        if inherited and config.events.metrics_listen is not None:
-            log.warn("[metrics] listen is not served with workers > 1 yet", event="metrics_off")
     start_logging(log_format, config.server.log_level)
     if events is not None:
         events.start()

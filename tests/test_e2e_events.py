@@ -408,3 +408,38 @@ def test_a_failed_login_is_a_login_failed_event(make_server: Any, tmp_path: Path
     hooked = tmp_path / "hooked.jsonl"
     assert wait_for(lambda: len(_lines(hooked)) >= 1, timeout=10)
     assert _lines(hooked)[0]["op"] == "login_failed"
+
+
+def test_openssh_cp_copy_data_counts_its_bytes_as_a_read_and_a_write(
+    make_server: Any, tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    env = _events_server(make_server, tmp_path)
+    data = os.urandom(200_000)
+    (tmp_path / "c.bin").write_bytes(data)
+    # OpenSSH's sftp `cp` needs copy-data: the server copies, no byte crosses the wire
+    env.sftp("put c.bin /c.bin\ncp /c.bin /copy.bin\n")
+    assert (env.alice.root / "copy.bin").read_bytes() == data
+    audit = tmp_path / "audit.jsonl"
+    assert wait_for(lambda: len(_ops(_lines(audit), "upload", "download")) == 3)
+    events = {(e["op"], e["path"]): e for e in _ops(_lines(audit), "upload", "download")}
+    first, down = events[("upload", "/c.bin")], events[("download", "/c.bin")]
+    copy = events[("upload", "/copy.bin")]
+    assert (first["op"], first["path"], first["bytes"]) == ("upload", "/c.bin", len(data))
+    assert (down["op"], down["path"], down["bytes"]) == ("download", "/c.bin", len(data))
+    assert (copy["op"], copy["path"], copy["outcome"]) == ("upload", "/copy.bin", "ok")
+    assert copy["bytes"] == copy["size"] == len(data) and copy["sha256"] is None
+    url = next(
+        line.split("metrics on ", 1)[1].strip()
+        for line in env.server.lines
+        if "metrics on http://" in line
+    )
+    res = subprocess.run(["curl", "-sf", url], capture_output=True, text=True, timeout=30)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(res.stdout)
+        for s in family.samples
+    }
+    assert samples[("sftpd_received_bytes_total", (("protocol", "sftp"),))] == 2 * len(data)
+    assert samples[("sftpd_sent_bytes_total", (("protocol", "sftp"),))] == len(data)

@@ -34,6 +34,44 @@ def test_json_is_one_line_even_with_a_newline_in_a_name() -> None:
     assert json.loads(line)["path"] == "/a\nb\u2028c"
 
 
+@pytest.mark.parametrize(
+    "event",
+    [
+        Event("upload", WHO, 1733000000.1234, "/a\u2028b\x00", bytes=5, duration=0.0),
+        Event(
+            "rename",
+            WHO,
+            0.0,
+            "/a",
+            "/b\ud800",
+            duration=12.34567,
+            outcome="error",
+            reason='No "such" file\\',
+        ),
+        Event(
+            "upload",
+            Identity("\u00e9\n", "SHA256:x/y+", "scp", "h:1", "c"),
+            1e9,
+            "/x",
+            bytes=10**12,
+            size=10**12,
+            duration=1e-9,
+            sha256="ab" * 32,
+        ),
+        Event(
+            "ban",
+            Identity("", "", "ssh", "10.0.0.0/8", ""),
+            5.0,
+            duration=float("inf"),
+            outcome="denied",
+            reason="score",
+        ),
+    ],
+)
+def test_json_is_what_json_dumps_writes(event: Event) -> None:
+    assert event.to_json() == json.dumps(event.to_dict(), separators=(",", ":"))
+
+
 def test_environment_variables() -> None:
     env = Event("rename", WHO, 0.0, "/a", "/b").environment()
     assert env["SFTPD_OP"] == "rename" and env["SFTPD_TARGET"] == "/b"

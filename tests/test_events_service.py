@@ -13,7 +13,7 @@ from twisted.internet.testing import MemoryReactorClock
 from sftpd.config.values import Values
 from sftpd.events.config import parse_events
 from sftpd.events.model import Identity
-from sftpd.events.service import EventsService
+from sftpd.events.service import EventsService, summed_metrics
 
 
 class Reactor(MemoryReactorClock):
@@ -83,8 +83,13 @@ def test_workers_snapshot_and_summing(tmp_path: Path) -> None:
     assert worker.web is None and worker.metrics is not None
     worker.metrics.connection_opened()
     reactor.advance(1)
-    supervisor = EventsService(reactor, cfg, summed_from=snaps)
-    assert supervisor.web is not None
+    make = summed_metrics(cfg)
+    assert make is not None and summed_metrics(config(tmp_path, "")) is None
+    supervisor = make(reactor, snaps)
+    supervisor.start()
+    assert [port for port, *_ in reactor.tcpServers] == [0]
     text = generate_latest(supervisor.web._registry).decode()
     assert "sftpd_connections_total 1.0" in text
+    supervisor.set_draining()
+    assert supervisor.web.draining()
     worker.stop()

@@ -63,17 +63,22 @@ def test_events_come_only_once_the_login_is_identified(tmp_path: Path) -> None:
     assert [(e.op, e.path) for e in sink.events] == [("mkdir", "/late")]
 
 
-def test_a_server_side_copy_into_a_file_drops_its_sha(tmp_path: Path) -> None:
+def test_a_server_side_copy_counts_as_a_read_and_a_write_and_drops_the_sha(
+    tmp_path: Path,
+) -> None:
     storage, sink = _storage(tmp_path)
     (tmp_path / "src").write_bytes(b"0123456789")
     src = storage.open("/src", os.O_RDONLY, 0)
     dst = storage.open("/dst", WRITE_NEW, 0o644)
-    storage.copy_range(src, 0, 0, dst, 0)
+    storage.copy_range(src, 0, 0, dst, 0)  # 0: to the end of the source
+    storage.copy_range(src, 8, 100, dst, 10)  # a length past the end: what there is
     src.close()
     dst.close()
-    assert (tmp_path / "dst").read_bytes() == b"0123456789"
-    up = next(e for e in sink.events if e.op == "upload")
-    assert up.size == 10 and up.sha256 is None
+    assert (tmp_path / "dst").read_bytes() == b"012345678989"
+    (down,) = [e for e in sink.events if e.op == "download"]
+    (up,) = [e for e in sink.events if e.op == "upload"]
+    assert (down.path, down.bytes) == ("/src", 12)
+    assert (up.path, up.bytes, up.size, up.sha256) == ("/dst", 12, 12, None)
 
 
 def test_refusals_are_denied_and_errors_carry_the_errno_text(tmp_path: Path) -> None:

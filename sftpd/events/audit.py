@@ -1,9 +1,11 @@
 """The audit log: one JSON line per completed operation, written by a thread off the reactor.
 
-The reactor only puts the encoded line on a bounded queue (a full queue drops the line and
-counts it, never blocks a client). The writer thread wakes once per ``flush_interval``
-while lines come, writing and flushing the whole batch, so a crash loses at most about a
-second, and a busy server pays one wake-up a second, not one per line.
+The emitting thread (the reactor's or a storage thread) only appends the event to a bounded
+deque: no lock, no wake-up, no encoding (a full deque drops the event and counts it, never
+blocks a client). The writer thread wakes once per ``flush_interval``, encodes the whole
+batch and writes and flushes it, so a crash loses at most about a second, and a busy
+server pays one wake-up a second, not one per line (``put -r`` of small files: an event
+per file, benchmarks/results/2026-12-04-events-cost.md).
 At each flush it checks the path: renamed or removed (logrotate ``create``) means reopen
 under the name; a file shorter than what was written (``copytruncate``) is noted in the
 server log and writing continues at its new end (the file is opened in append mode).
@@ -13,8 +15,8 @@ server log and writing continues at its new end (the file is opened in append mo
 from __future__ import annotations
 
 import os
-import queue
 import threading
+from collections import deque
 from pathlib import Path
 from typing import IO
 
@@ -24,7 +26,6 @@ from sftpd.events.model import Event
 from sftpd.log import clip
 
 _log = Logger(namespace="sftpd.audit")
-_STOP = object()
 
 
 class AuditFile:
@@ -37,9 +38,13 @@ class AuditFile:
         self.flush_interval = flush_interval
         self.dropped = 0  # lines lost to a full queue or a failing file
         self.reopened = 0
-        self._queue: queue.Queue[object] = queue.Queue(queue_size)
+        self._size = queue_size
+        # deque.append and popleft are atomic: the emitting threads and the writer share it
+        # without a lock (one writer thread takes from the left).
+        self._queue: deque[Event] = deque()
         self._reopen = threading.Event()
         self._hurry = threading.Event()  # write the batch now (stop, reopen)
+        self._stopping = False
         self._thread: threading.Thread | None = None
         self._file: IO[str] | None = None
         self._written = 0  # bytes written since opening (to notice a truncation)
@@ -48,21 +53,17 @@ class AuditFile:
     # -- reactor thread
 
     def emit(self, event: Event) -> None:
-        try:
-            self._queue.put_nowait(event.to_json() + "\n")
-        except queue.Full:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 10_000 == 0:
-                _log.warn("audit queue full: {dropped} lines dropped", dropped=self.dropped)
+        if len(self._queue) < self._size:
+            self._queue.append(event)  # encoded by the writer thread
+            return
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 10_000 == 0:
+            _log.warn("audit queue full: {dropped} lines dropped", dropped=self.dropped)
 
     def reopen(self) -> None:
         """Reopen the file at the next flush (SIGHUP after log rotation)."""
         self._reopen.set()
-        self._hurry.set()
-        try:
-            self._queue.put_nowait(None)  # wake the writer
-        except queue.Full:
-            pass  # the writer is busy and will see the flag at its next flush
+        self._hurry.set()  # wake the writer
 
     def start(self) -> None:
         self._open()
@@ -73,56 +74,57 @@ class AuditFile:
         """Write what is queued, close the file and end the thread."""
         if self._thread is None:
             return
+        self._stopping = True
         self._hurry.set()
-        self._queue.put(_STOP)
         self._thread.join(timeout)
         self._thread = None
 
     def queued(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
 
     # -- writer thread
 
     def _run(self) -> None:
-        # One wake-up per batch, not per line: after the first line the writer sleeps out
-        # the flush interval (unless stopped or asked to reopen), then writes and flushes
-        # everything queued at once. Idle, it still looks at the path once an interval.
+        # One wake-up per interval (sooner when stopped or asked to reopen): encode, write
+        # and flush everything queued at once, then look at the path. Idle, it only looks
+        # at the path once an interval.
         while True:
-            try:
-                first = self._queue.get(timeout=self.flush_interval)
-            except queue.Empty:
-                first = None
-            if first is not None and first is not _STOP:
-                self._hurry.wait(self.flush_interval)
-            batch = [first]
-            while True:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = False
-            for item in batch:
-                if item is _STOP:
-                    stop = True
-                elif isinstance(item, str):
-                    self._write(item)
+            self._hurry.wait(self.flush_interval)
+            stop = self._stopping
+            if not self._reopen.is_set():
+                self._hurry.clear()
+            lines = self._encode_queued()
+            if lines:
+                self._write("\n".join(lines) + "\n", len(lines))
             self._flush()
             if stop:
                 self._close()
                 return
-            if not self._reopen.is_set():
-                self._hurry.clear()
 
-    def _write(self, line: str) -> None:
+    def _encode_queued(self) -> list[str]:
+        take = self._queue.popleft
+        lines: list[str] = []
+        while True:
+            try:
+                event = take()
+            except IndexError:
+                return lines
+            try:
+                lines.append(event.to_json())
+            except Exception:  # never the writer thread's end: the line is lost, counted
+                self.dropped += 1
+                _log.failure("audit line not encoded")
+
+    def _write(self, text: str, count: int) -> None:
         if self._file is None:
-            self.dropped += 1
+            self.dropped += count
             return
         try:
-            self._file.write(line)
-            self._written += len(line)
+            self._file.write(text)
+            self._written += len(text)
         except OSError as e:
             self._failed("write", e)
-            self.dropped += 1
+            self.dropped += count
 
     def _flush(self) -> None:
         if self._file is not None:

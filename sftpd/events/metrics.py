@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from sftpd.events.model import Event
+from sftpd.log import hostport
 
 _log = Logger(namespace="sftpd.metrics")
 _MAX_GAUGES = ("sftpd_event_loop_lag_seconds",)
@@ -51,17 +53,18 @@ class Metrics:
         self.sessions_open = Gauge(
             "sftpd_sessions_open", "App sessions running now, by protocol", ["protocol"], registry=r
         )
-        self.received = Counter(
-            "sftpd_received_bytes", "File bytes uploaded, by protocol", ["protocol"], registry=r
+        # Counted once per event (a file of a ``put -r``): plain tallies, exported at scrape
+        self.received = _Tally(
+            r, "sftpd_received_bytes", "File bytes uploaded, by protocol", ("protocol",)
         )
-        self.sent = Counter(
-            "sftpd_sent_bytes", "File bytes downloaded, by protocol", ["protocol"], registry=r
+        self.sent = _Tally(
+            r, "sftpd_sent_bytes", "File bytes downloaded, by protocol", ("protocol",)
         )
-        self.operations = Counter(
+        self.operations = _Tally(
+            r,
             "sftpd_operations",
             "Completed operations by kind (upload, download, delete, ...) and outcome",
-            ["operation", "outcome"],
-            registry=r,
+            ("operation", "outcome"),
         )
         self.quota_denials = Counter(
             "sftpd_quota_denials", "Operations refused by a quota", registry=r
@@ -100,11 +103,12 @@ class Metrics:
     # -- EventSink
 
     def emit(self, event: Event) -> None:
-        self.operations.labels(event.op, event.outcome).inc()
-        if event.op == "upload" and event.bytes:
-            self.received.labels(event.who.protocol).inc(event.bytes)
-        elif event.op == "download" and event.bytes:
-            self.sent.labels(event.who.protocol).inc(event.bytes)
+        self.operations.add((event.op, event.outcome), 1)
+        if event.bytes:
+            if event.op == "upload":
+                self.received.add((event.who.protocol,), event.bytes)
+            elif event.op == "download":
+                self.sent.add((event.who.protocol,), event.bytes)
         if event.op in ("login", "login_failed"):
             method = "password" if event.who.auth == "password" else "publickey"
             if not event.who.auth:
@@ -145,6 +149,34 @@ class Metrics:
     def watch_worker_queue(self, length: Callable[[], int]) -> None:
         """Read the worker pool's queue length at each scrape."""
         self.worker_queue.set_function(lambda: float(length()))
+
+
+class _Tally:
+    """A counter family kept as a dict of label values -> total, for the counters every
+    event adds to: one small lock and a dict update per event, where a prometheus-client
+    child costs a ``labels()`` lookup (validation, a lock) and a lock of its own. Exported
+    at each scrape as a counter family (``NAME_total``), like a Counter."""
+
+    def __init__(
+        self, registry: CollectorRegistry, name: str, doc: str, labels: tuple[str, ...]
+    ) -> None:
+        self._name, self._doc, self._labels = name, doc, list(labels)
+        self._totals: dict[tuple[str, ...], float] = {}
+        self._lock = threading.Lock()  # events come from the reactor and storage threads
+        registry.register(self)
+
+    def add(self, labels: tuple[str, ...], amount: float) -> None:
+        with self._lock:
+            totals = self._totals
+            totals[labels] = totals.get(labels, 0) + amount
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._doc, labels=self._labels)
+        with self._lock:
+            items = sorted(self._totals.items())
+        for labels, total in items:
+            family.add_metric(list(labels), total)
+        yield family
 
 
 class LoopLag:
@@ -321,3 +353,26 @@ class MetricsServer:
 
     def stop(self) -> Any:
         return self.port.stopListening() if self.port is not None else None
+
+
+class SummedMetrics:
+    """With ``workers > 1``, the supervisor's ``[metrics] listen``: /metrics sums the
+    workers' snapshots in ``directory``, /healthz answers 503 once draining starts."""
+
+    def __init__(self, reactor: Any, listen: tuple[str, int], directory: Path) -> None:
+        registry = CollectorRegistry()
+        registry.register(SummedCollector(directory))
+        self.web = MetricsServer(reactor, registry)
+        self._listen = listen
+
+    def start(self) -> None:
+        host, port = self._listen
+        listening = self.web.listen(host, port)
+        shown = hostport(host, listening.getHost().port)
+        _log.info("metrics on http://{address}/metrics", address=shown)
+
+    def set_draining(self) -> None:
+        self.web.set_draining()
+
+    def stop(self) -> Any:
+        return self.web.stop()

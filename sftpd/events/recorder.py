@@ -115,6 +115,10 @@ class SessionEvents:
     def wrote(self, handle: object, offset: int, data: bytes | bytearray | memoryview) -> None:
         self._transfers.wrote(handle, offset, data)
 
+    def copied(self, handle: object, offset: int, count: int) -> None:
+        """``count`` bytes of unknown content arrived at ``offset`` (a server-side copy)."""
+        self._transfers.copied(handle, offset, count)
+
     def read(self, handle: object, count: int) -> None:
         self._transfers.read(handle, count)
 

@@ -10,8 +10,8 @@ Assembly (one per server process)::
     signal.signal(SIGHUP, lambda *_: reactor.callFromThread(service.reopen))
     service.set_draining()               # on SIGTERM, before closing the listeners
 
-With ``workers > 1``: each worker gets ``snapshot_dir`` (and no ``[metrics] listen``), the
-supervisor builds ``EventsService(reactor, config.events, summed_from=snapshot_dir)``.
+With ``workers > 1``: each worker gets ``snapshot_dir`` and ``serve_metrics=False``; the
+supervisor serves ``[metrics] listen`` with :func:`summed_metrics` (the workers' sum).
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry
 from twisted.logger import Logger
 
 from sftpd.events.audit import AuditFile, AuditToLog
 from sftpd.events.config import EventsConfig
 from sftpd.events.hooks import Hooks
-from sftpd.events.metrics import LoopLag, Metrics, MetricsServer, SnapshotWriter, SummedCollector
+from sftpd.events.metrics import LoopLag, Metrics, MetricsServer, SnapshotWriter, SummedMetrics
 from sftpd.events.model import Event, Identity
 from sftpd.events.recorder import Events, EventSink
 from sftpd.events.storage import EventsStorage
@@ -48,7 +47,6 @@ class EventsService:
         *,
         temp: Callable[[str], bool] | None = None,
         snapshot_dir: Path | None = None,
-        summed_from: Path | None = None,
         serve_metrics: bool = True,
         hash_uploads: bool = True,
     ) -> None:
@@ -80,12 +78,8 @@ class EventsService:
         )
         self.web: MetricsServer | None = None
         if config.metrics_listen is not None and serve_metrics:
-            registry = self.metrics.registry if self.metrics is not None else None
-            if summed_from is not None:
-                registry = CollectorRegistry()
-                registry.register(SummedCollector(summed_from))
-            assert registry is not None
-            self.web = MetricsServer(reactor, registry)
+            assert self.metrics is not None
+            self.web = MetricsServer(reactor, self.metrics.registry)
 
     def wrap_storage(self, storage: Storage) -> EventsStorage:
         """One login's storage, recording its operations (see :mod:`sftpd.events.storage`)."""
@@ -166,6 +160,15 @@ class EventsService:
             self.web.stop()
         if self.audit is not None:
             self.audit.stop()
+
+
+def summed_metrics(config: EventsConfig) -> Callable[[Any, Path], SummedMetrics] | None:
+    """For the supervisor of ``workers > 1``: what builds its ``[metrics] listen`` endpoint
+    from (reactor, the workers' snapshot directory); None without ``[metrics] listen``."""
+    listen = config.metrics_listen
+    if listen is None:
+        return None
+    return lambda reactor, directory: SummedMetrics(reactor, listen, directory)
 
 
 def _text(value: Any) -> str:

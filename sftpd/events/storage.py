@@ -45,6 +45,15 @@ def _text(exc: OSError) -> str:
     return exc.strerror or os.strerror(exc.errno or 0) or type(exc).__name__
 
 
+def _range_length(src: File, offset: int, length: int) -> int:
+    """The bytes a copy of ``length`` (0: to the end) from ``offset`` of ``src`` moves."""
+    try:
+        available = max(src.fstat().st_size - offset, 0)
+    except OSError:
+        return length
+    return min(length, available) if length else available
+
+
 class _Login:
     """What the views of one login share: the identity and one recorder per protocol."""
 
@@ -142,10 +151,8 @@ class EventsStorage(DelegatingStorage):
     # -- files
 
     def wrap_file(self, file: File, path: str, flags: int) -> File:
-        with self._lock:
-            rec = self._rec()
-        if rec is None:
-            return file
+        if self._login.base is None:
+            return file  # not identified yet (an app's own files before login)
         write = bool(flags & _WRITING)
         truncate = bool(flags & os.O_TRUNC)
         size = 0
@@ -154,8 +161,11 @@ class EventsStorage(DelegatingStorage):
                 size = file.fstat().st_size
             except OSError:
                 size = 1  # unknown: not a fresh file, no SHA-256
-        wrapped = EventsFile(file, rec, self._lock, write=write, owner=self._files)
-        with self._lock:
+        with self._lock:  # once per open: the recorder, and the file recorded in it
+            rec = self._rec()
+            if rec is None:
+                return file
+            wrapped = EventsFile(file, rec, self._lock, write=write, owner=self._files)
             rec.opened(wrapped, path, write=write, truncate=truncate, size=size)
             self._files.add(wrapped)
         return wrapped
@@ -191,9 +201,14 @@ class EventsStorage(DelegatingStorage):
     def copy_range(
         self, src: File, src_offset: int, length: int, dst: File, dst_offset: int
     ) -> None:
+        # A server-side copy (SFTP copy-data) counts as the client reading the range and
+        # writing it: download bytes on the source, upload bytes on the target.
+        count = _range_length(src, src_offset, length)
         super().copy_range(src, src_offset, length, dst, dst_offset)
+        if isinstance(src, EventsFile):
+            src.copied_from(count)
         if isinstance(dst, EventsFile):
-            dst.copied_into()
+            dst.copied_into(dst_offset, count)
 
     # -- names
 
@@ -302,12 +317,16 @@ class EventsFile(DelegatingFile):
                 self._rec.wrote(self, offset, data)
         return done
 
-    def copied_into(self) -> None:
-        """Bytes arrived by a server-side copy: the content is no longer known here.
-
-        An offset that no write can continue from (-1) drops the SHA-256."""
+    def copied_from(self, count: int) -> None:
+        """``count`` bytes were read from this file by a server-side copy."""
         with self._own:
-            self._rec.wrote(self, -1, b"")
+            self._rec.read(self, count)
+
+    def copied_into(self, offset: int, count: int) -> None:
+        """``count`` bytes arrived at ``offset`` by a server-side copy: counted as written,
+        and the content is no longer known here (no SHA-256)."""
+        with self._own:
+            self._rec.copied(self, offset, count)
 
     def _closing_size(self) -> int | None:
         if not self._write:

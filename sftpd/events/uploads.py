@@ -11,7 +11,6 @@ one handle onto a new or truncated file; otherwise it is null. Time comes from a
 from __future__ import annotations
 
 import hashlib
-import posixpath
 import re
 from collections import OrderedDict
 from collections.abc import Callable
@@ -43,7 +42,7 @@ class TempNames:
         self._extra = extra
 
     def __call__(self, path: str) -> bool:
-        name = posixpath.basename(path)
+        name = path.rpartition("/")[2]
         if not name or name in (".", ".."):
             return False
         lower = name.lower()
@@ -51,7 +50,7 @@ class TempNames:
             return True
         if name[0] == "." and _RSYNC_TEMP.fullmatch(name):
             return True
-        return bool(self._extra and self._extra(path))
+        return self._extra is not None and self._extra(path)
 
 
 @dataclass(eq=False)
@@ -181,6 +180,18 @@ class SessionTransfers:
         w.next_offset = end
         w.bytes += len(data)
         w.size = max(w.size, end)
+
+    def copied(self, handle: object, offset: int, count: int) -> None:
+        """``count`` bytes whose content is not seen here arrived at ``offset`` through
+        ``handle`` (a server-side copy): counted, and the SHA-256 is dropped."""
+        w = self._writes.get(handle)
+        if w is None:
+            return
+        w.hasher = None
+        w.held.clear()
+        w.held_bytes = 0
+        w.bytes += count
+        w.size = max(w.size, offset + count)
 
     def read(self, handle: object, count: int) -> None:
         r = self._reads.get(handle)

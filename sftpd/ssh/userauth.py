@@ -83,6 +83,15 @@ def _is_certificate(blob: bytes) -> bool:
     return kind.endswith(CERT_SUFFIX)
 
 
+def _why(reason: Failure) -> str:
+    """A refusal's reason for the login_failed event: the server's own words (the checkers'
+    and the edge's messages name the rule, never a secret), at most 200 characters."""
+    value = reason.value
+    if isinstance(value, UnauthorizedLogin) and value.args:
+        return str(value.args[0])[:200] or "refused"
+    return "refused"
+
+
 class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
     """Conch's userauth with sftpd's limits and one log line per decided attempt.
 
@@ -413,7 +422,7 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
                 if edge is not None:
                     edge.auth_failed(invalid_user=invalid)  # the defender's score
                 if events is not None:
-                    events.login_failed(fields, "unknown user" if invalid else "refused")
+                    events.login_failed(fields, "unknown user" if invalid else _why(reason))
             return reason
 
         d.addCallbacks(success, failure)
