@@ -390,6 +390,11 @@ def encode_name(request_id: int, entries: tuple[m.NameEntry, ...]) -> bytes:
     return _frame(PacketType.NAME, b"".join(body))
 
 
+def name_batch_header(request_id: int, batch: m.NameBatch) -> bytes:
+    """The 13-byte header of a NAME reply whose entries are ``batch.wire``."""
+    return _HEAD_STRING.pack(9 + len(batch.wire), PacketType.NAME, request_id, batch.entries)
+
+
 def encode_attrs_reply(request_id: int, attrs: Attrs) -> bytes:
     return _frame(PacketType.ATTRS, _U32.pack(request_id) + encode_attrs(attrs))
 
@@ -402,6 +407,8 @@ def encode_response_parts(response: m.Response) -> tuple[bytes, m.Payload]:
     """A response as (header, payload); only DATA has a payload, never copied here."""
     if isinstance(response, m.DataResponse):
         return data_header(response.id, len(response.data)), response.data
+    if isinstance(response, m.NameBatchResponse):
+        return name_batch_header(response.id, response.batch), response.batch.wire
     return encode_response(response), b""
 
 
@@ -415,6 +422,8 @@ def encode_response(response: m.Response) -> bytes:
         return encode_handle(response.id, response.handle)
     if isinstance(response, m.NameResponse):
         return encode_name(response.id, response.entries)
+    if isinstance(response, m.NameBatchResponse):
+        return name_batch_header(response.id, response.batch) + response.batch.wire
     if isinstance(response, m.AttrsResponse):
         return encode_attrs_reply(response.id, response.attrs)
     if isinstance(response, m.ExtendedReply):

@@ -433,9 +433,9 @@ class SftpHandler:
 
     async def _readdir(self, request: m.Readdir) -> m.Response:
         batch = await self.listings.next_batch(request.handle)
-        if not batch:
+        if not batch.entries:
             return status(request.id, Status.EOF)
-        return m.NameResponse(request.id, batch)
+        return m.NameBatchResponse(request.id, batch)
 
     async def setstat(self, path: str, attrs: Attrs, *, follow: bool) -> None:
         """SETSTAT / LSETSTAT of a normalised path in one blocking call."""
