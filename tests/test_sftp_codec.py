@@ -569,3 +569,28 @@ def test_name_batch_wire_is_what_encode_name_writes(tmp_path: Path) -> None:
     response = m.NameBatchResponse(7, batch)
     head, body = encode_response_parts(response)
     assert head + body == expected == encode_response(response)
+
+
+@pytest.mark.parametrize("piece", [1, 3, 1000, 32768, 70000])
+def test_big_packets_in_pieces_come_out_whole(piece: int) -> None:
+    """Big packets (gathered piece by piece, or buffered when the pieces are tiny) and
+    small ones between them come out byte for byte, and buffered() counts what is held."""
+    bodies = [bytes([i]) * n for i, n in enumerate((200_000, 5, 70_000, 16 * 1024, 9))]
+    stream = b"".join(framed(b) for b in bodies)
+    framer = Framer()
+    out: list[bytes] = []
+    fed = 0
+    for i in range(0, len(stream), piece):
+        out += [bytes(p) for p in framer.feed(stream[i : i + piece])]
+        fed += len(stream[i : i + piece])
+        taken = sum(len(b) + 4 for b in out)
+        assert framer.buffered() == fed - taken
+    assert out == bodies and framer.buffered() == 0
+
+
+def test_gathered_packet_then_oversized_length_fails() -> None:
+    framer = Framer()
+    big = framed(b"\x07" * 100_000)
+    assert framer.feed(big[:40_000]) == []
+    with pytest.raises(FramingError):
+        framer.feed(big[40_000:] + b"\xff\xff\xff\xff")
