@@ -412,6 +412,16 @@ class SftpHandler:
     def _fast_fstat(self, request: m.Fstat, reply: Reply) -> None:
         entry = self.handles.acquire_file(request.handle)
         answer = self._attrs_reply(request, reply)
+        try:
+            st = entry.file.fstat_nowait()
+        except Exception as exc:
+            self.handles.release(entry)
+            answer(False, exc)
+            return
+        if st is not None:  # a local file: the kernel answers at once, no worker hand-off
+            self.handles.release(entry)
+            answer(True, st)
+            return
 
         def done(ok: bool, st: Any) -> None:
             self.handles.release(entry)
