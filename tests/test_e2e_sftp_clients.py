@@ -753,6 +753,10 @@ def test_rclone_copy_uploads_files_above_32_kib(server: Env, tmp_path: Path) -> 
     # `rclone sync` (changed and deleted files) and `rclone test info` take the same path
     changed = os.urandom(100_000)
     (local / "f100000.bin").write_bytes(changed)
+    # Same size: rclone tells the change by the time, to a second (sftp's precision). A
+    # copy that took under a second left the old time within that: set one well after.
+    later = (remote / "f100000.bin").stat().st_mtime + 60
+    os.utime(local / "f100000.bin", (later, later))
     (local / "f40k.bin").unlink()
     res = _rclone(server, tmp_path, "sync", str(local), "SRV:rclone-up")
     assert res.returncode == 0, res.stderr + server.server.log_text()[-3000:]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from sftpd.apps.sftp.codec import (
     Framer,
     Reader,
     decode_request,
+    encode_name,
     encode_response,
     encode_response_parts,
     symlink_paths,
@@ -540,3 +542,55 @@ def test_pure_modules_do_not_import_twisted() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_name_batch_wire_is_what_encode_name_writes(tmp_path: Path) -> None:
+    """A READDIR batch made in its wire form (IdNames.wire_entries) is byte for byte the
+    NAME packet encode_name makes of the same entries: ASCII and non-UTF-8 names, a recent
+    and an old date, and a time past 2106 (attributes a v3 uint32 cannot carry)."""
+    from sftpd.apps.sftp.attrs import IdNames, attrs_from_stat
+    from sftpd.apps.sftp.codec import encode_response, encode_response_parts
+
+    names = ["plain", "ünïcode", os.fsdecode(b"raw\xff"), "old", "future"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x" * len(name))
+    os.utime(tmp_path / "old", (0, 0))
+    os.utime(tmp_path / "future", (2**33, 2**33))
+    entries = [(n, os.lstat(tmp_path / n)) for n in names]
+    now = time.time()
+    ids = IdNames()
+    expected = encode_name(
+        7, tuple(m.NameEntry(n, ids.longname(n, st, now), attrs_from_stat(st)) for n, st in entries)
+    )
+    out: list[bytes] = []
+    added = IdNames().wire_entries(entries, now, out)
+    batch = m.NameBatch(len(entries), b"".join(out))
+    assert added == len(batch.wire)
+    response = m.NameBatchResponse(7, batch)
+    head, body = encode_response_parts(response)
+    assert head + body == expected == encode_response(response)
+
+
+@pytest.mark.parametrize("piece", [1, 3, 1000, 32768, 70000])
+def test_big_packets_in_pieces_come_out_whole(piece: int) -> None:
+    """Big packets (gathered piece by piece, or buffered when the pieces are tiny) and
+    small ones between them come out byte for byte, and buffered() counts what is held."""
+    bodies = [bytes([i]) * n for i, n in enumerate((200_000, 5, 70_000, 16 * 1024, 9))]
+    stream = b"".join(framed(b) for b in bodies)
+    framer = Framer()
+    out: list[bytes] = []
+    fed = 0
+    for i in range(0, len(stream), piece):
+        out += [bytes(p) for p in framer.feed(stream[i : i + piece])]
+        fed += len(stream[i : i + piece])
+        taken = sum(len(b) + 4 for b in out)
+        assert framer.buffered() == fed - taken
+    assert out == bodies and framer.buffered() == 0
+
+
+def test_gathered_packet_then_oversized_length_fails() -> None:
+    framer = Framer()
+    big = framed(b"\x07" * 100_000)
+    assert framer.feed(big[:40_000]) == []
+    with pytest.raises(FramingError):
+        framer.feed(big[40_000:] + b"\xff\xff\xff\xff")

@@ -64,6 +64,9 @@ class OsFile:
     def fstat(self) -> os.stat_result:
         return os.fstat(self.fd)
 
+    def fstat_nowait(self) -> os.stat_result | None:
+        return None  # every fstat goes through Blocking
+
     def truncate(self, size: int) -> None:
         os.ftruncate(self.fd, size)
 

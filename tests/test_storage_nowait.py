@@ -1,4 +1,5 @@
-"""Storage calls answered on the reactor thread (open_nowait, pwrite_nowait, close_nowait):
+"""Storage calls answered on the reactor thread (open_nowait, pwrite_nowait, close_nowait,
+fstat_nowait):
 only where the kernel promises not to wait for a device, and inside the same jail."""
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ def test_a_lookup_that_crosses_a_mount_is_left_to_a_worker() -> None:
         file = storage.open("/proc/self/status", os.O_RDONLY, 0)  # a worker's open works
         try:
             assert file.pread(5, 0) == b"Name:"
+            assert file.fstat_nowait() is None  # nor its fstat
             assert file.close_nowait() is False  # not a local disk: closed on a worker
         finally:
             file.close()
@@ -127,6 +129,8 @@ def test_on_a_disk_only_cached_read_only_opens_are_inline(
         os.stat(tmp_path / "f")  # its dentry is cached now
         file = storage.open_nowait("/f", os.O_RDONLY, 0)
         assert file is not None and file.pread(10, 0) == b"on disk"
+        st = file.fstat_nowait()  # an open file's inode is in memory
+        assert st is not None and st.st_size == 7 and st.st_ino == os.stat(tmp_path / "f").st_ino
         assert file.pwrite_nowait(b"x", 0) is False  # writes may wait for the disk
         assert file.close_nowait() is True  # a read-only close does not
         for flags in (os.O_WRONLY, os.O_RDWR, WRITE_NEW, os.O_RDONLY | os.O_TRUNC):
@@ -157,8 +161,8 @@ def test_read_only_users_get_no_inline_writes(shm_root: Path) -> None:
 
 
 def test_small_upload_and_download_need_no_worker(shm_root: Path) -> None:
-    """OPEN, WRITE, CLOSE, then OPEN, READ, READ (EOF), CLOSE: all answered in order with
-    no call handed to a worker thread."""
+    """OPEN, WRITE, CLOSE, then OPEN, FSTAT, READ, READ (EOF), CLOSE: all answered in
+    order with no call handed to a worker thread."""
     blocking = QueuedBlocking()
     c = Client(shm_root, blocking=blocking)
     data = os.urandom(4096)
@@ -171,6 +175,9 @@ def test_small_upload_and_download_need_no_worker(shm_root: Path) -> None:
     assert (shm_root / "up").read_bytes() == data
     c.send(PacketType.OPEN, s("up"), u32(OpenFlag.READ), u32(0))
     h = c.replies()[0].handle
+    c.send(PacketType.FSTAT, s(h))
+    (attrs,) = c.replies()
+    assert attrs.attrs.size == 4096
     c.feed(read_packet(1, h, 0, 32768) + read_packet(2, h, 4096, 32768))
     c.send(PacketType.CLOSE, s(h))
     first, eof, closed = c.replies()

@@ -31,6 +31,9 @@ class DelegatingFile:
     def fstat(self) -> os.stat_result:
         return self.inner.fstat()
 
+    def fstat_nowait(self) -> os.stat_result | None:
+        return self.inner.fstat_nowait()
+
     def truncate(self, size: int) -> None:
         self.inner.truncate(size)
 

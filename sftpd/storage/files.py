@@ -232,6 +232,10 @@ class LocalFile:
     def fstat(self) -> os.stat_result:
         return self._do(os.fstat)
 
+    def fstat_nowait(self) -> os.stat_result | None:
+        # (NFS, CIFS, FUSE may ask their server: there a worker does it)
+        return self._do(os.fstat) if self._sized else None
+
     def truncate(self, size: int) -> None:
         _check_offsets(size)
         self._do(os.ftruncate, size)

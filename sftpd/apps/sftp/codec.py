@@ -46,6 +46,12 @@ Packet = bytes | memoryview
 # --- framing --------------------------------------------------------------------------
 
 
+# A packet at least this big that arrives in pieces is gathered, not copied into a buffer;
+# after this many pieces (a client feeding it a few bytes at a time) it is buffered after all.
+_GATHER_FROM = 16 * 1024
+_MAX_PARTS = 64
+
+
 class Framer:
     """Splits a byte stream into SFTP packets (``uint32 length`` + body).
 
@@ -60,16 +66,35 @@ class Framer:
         self.max_packet = max_packet
         self._buf = bytearray()
         self._pos = 0
+        # A big packet arriving in pieces (an upload's WRITE spans several CHANNEL_DATA):
+        # the pieces, joined once it is complete, instead of a copy into ``_buf`` and one
+        # out of it. ``_need`` is its whole size, length field included.
+        self._parts: list[bytes | memoryview] = []
+        self._have = 0
+        self._need = 0
 
     def buffered(self) -> int:
         """Bytes held for a packet not yet complete."""
-        return len(self._buf) - self._pos
+        return len(self._buf) - self._pos + self._have
 
     def feed(self, data: bytes) -> list[Packet]:
         """Add ``data``; return the packets it completed (bodies without the length)."""
         packets: list[Packet] = []
         if not isinstance(data, bytes):
             data = bytes(data)  # returned views must not alias a mutable buffer
+        parts = self._parts
+        if parts:
+            parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                if len(parts) > _MAX_PARTS:  # tiny pieces: into the buffer after all
+                    self._buf += b"".join(parts)
+                    parts.clear()
+                    self._have = self._need = 0
+                return packets
+            data = b"".join(parts)
+            parts.clear()
+            self._have = self._need = 0
         if self._pos == len(self._buf):
             # Fast path: nothing pending, frame directly from ``data``.
             if self._buf:
@@ -78,7 +103,7 @@ class Framer:
             view = memoryview(data)
             pos = self._take(view, len(view), 0, packets)
             if pos < len(view):
-                self._buf += view[pos:]
+                self._keep(view[pos:])
             return packets
         self._buf += data
         buf = self._buf
@@ -92,6 +117,16 @@ class Framer:
             pos = 0
         self._pos = pos
         return packets
+
+    def _keep(self, rest: memoryview) -> None:
+        """Hold the start of a packet not yet complete (``_take`` checked its length)."""
+        if len(rest) >= 4:
+            need = 4 + _U32.unpack_from(rest, 0)[0]
+            if need >= _GATHER_FROM:
+                self._parts.append(rest)  # a view into the fed bytes: no copy
+                self._have, self._need = len(rest), need
+                return
+        self._buf += rest
 
     def _take(
         self,
@@ -390,6 +425,11 @@ def encode_name(request_id: int, entries: tuple[m.NameEntry, ...]) -> bytes:
     return _frame(PacketType.NAME, b"".join(body))
 
 
+def name_batch_header(request_id: int, batch: m.NameBatch) -> bytes:
+    """The 13-byte header of a NAME reply whose entries are ``batch.wire``."""
+    return _HEAD_STRING.pack(9 + len(batch.wire), PacketType.NAME, request_id, batch.entries)
+
+
 def encode_attrs_reply(request_id: int, attrs: Attrs) -> bytes:
     return _frame(PacketType.ATTRS, _U32.pack(request_id) + encode_attrs(attrs))
 
@@ -402,6 +442,8 @@ def encode_response_parts(response: m.Response) -> tuple[bytes, m.Payload]:
     """A response as (header, payload); only DATA has a payload, never copied here."""
     if isinstance(response, m.DataResponse):
         return data_header(response.id, len(response.data)), response.data
+    if isinstance(response, m.NameBatchResponse):
+        return name_batch_header(response.id, response.batch), response.batch.wire
     return encode_response(response), b""
 
 
@@ -415,6 +457,8 @@ def encode_response(response: m.Response) -> bytes:
         return encode_handle(response.id, response.handle)
     if isinstance(response, m.NameResponse):
         return encode_name(response.id, response.entries)
+    if isinstance(response, m.NameBatchResponse):
+        return name_batch_header(response.id, response.batch) + response.batch.wire
     if isinstance(response, m.AttrsResponse):
         return encode_attrs_reply(response.id, response.attrs)
     if isinstance(response, m.ExtendedReply):

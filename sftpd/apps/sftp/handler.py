@@ -412,6 +412,16 @@ class SftpHandler:
     def _fast_fstat(self, request: m.Fstat, reply: Reply) -> None:
         entry = self.handles.acquire_file(request.handle)
         answer = self._attrs_reply(request, reply)
+        try:
+            st = entry.file.fstat_nowait()
+        except Exception as exc:
+            self.handles.release(entry)
+            answer(False, exc)
+            return
+        if st is not None:  # a local file: the kernel answers at once, no worker hand-off
+            self.handles.release(entry)
+            answer(True, st)
+            return
 
         def done(ok: bool, st: Any) -> None:
             self.handles.release(entry)
@@ -433,9 +443,9 @@ class SftpHandler:
 
     async def _readdir(self, request: m.Readdir) -> m.Response:
         batch = await self.listings.next_batch(request.handle)
-        if not batch:
+        if not batch.entries:
             return status(request.id, Status.EOF)
-        return m.NameResponse(request.id, batch)
+        return m.NameBatchResponse(request.id, batch)
 
     async def setstat(self, path: str, attrs: Attrs, *, follow: bool) -> None:
         """SETSTAT / LSETSTAT of a normalised path in one blocking call."""

@@ -10,10 +10,12 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from sftpd.apps.sftp import messages as m
-from sftpd.apps.sftp.attrs import IdNames, attrs_from_stat
+from sftpd.apps.sftp.attrs import IdNames
 from sftpd.apps.sftp.handles import DirHandle, FileHandle, HandleTable
 from sftpd.runtime.threads import Blocking
 from sftpd.storage.base import Directory
+
+_EMPTY = m.NameBatch(0, b"")
 
 # A READDIR answers up to this many entries, and stops adding steps of READDIR_STEP once
 # about READDIR_BYTES are in (a step is at most ~45 KB: names are at most 255 bytes), so a
@@ -26,28 +28,20 @@ READDIR_BYTES = 64 * 1024
 
 def read_names(
     directory: Directory, count: int, names: IdNames, budget: int = READDIR_BYTES
-) -> tuple[m.NameEntry, ...]:
-    """The next batch of a listing as NAME entries with ls -l longnames (blocking): up to
-    ``count`` entries, read in steps until about ``budget`` bytes of names are in."""
+) -> m.NameBatch:
+    """The next batch of a listing, NAME entries with ls -l longnames in their wire form
+    (blocking): up to ``count`` entries, read in steps until about ``budget`` bytes are in."""
     now = time.time()  # once per batch, not per entry
-    entry, line, attrs = m.NameEntry, names.longname, attrs_from_stat
-    out: list[m.NameEntry] = []
-    size = 0
-    while len(out) < count and size < budget:
-        want = min(READDIR_STEP, count - len(out))
+    wire, out = names.wire_entries, list[bytes]()
+    n = size = 0
+    while n < count and size < budget:
+        want = min(READDIR_STEP, count - n)
         step = directory.read(want)
-        for name, st in step:
-            text = line(name, st, now)
-            out.append(entry(name, text, attrs(st)))
-            # bytes on the wire: UTF-8 names can be up to 4 bytes per character
-            size += (
-                (len(name) if name.isascii() else len(name.encode("utf-8", "surrogateescape")))
-                + (len(text) if text.isascii() else len(text.encode("utf-8", "surrogateescape")))
-                + 40  # two lengths and the attributes
-            )
+        size += wire(step, now, out)
+        n += len(step)
         if len(step) < want:
             break  # the listing is exhausted
-    return tuple(out)
+    return m.NameBatch(n, b"".join(out))
 
 
 class Listings:
@@ -58,7 +52,7 @@ class Listings:
     the next batch only after that (OpenSSH's sftp keeps one READDIR out), so a big
     listing would otherwise wait for each read in turn. The read starts on the reactor
     turn after the answer went out. One directory per session is
-    read ahead at a time, as a batch can be half a megabyte of objects. An error met
+    read ahead at a time, as a batch can be ~100 KB. An error met
     reading ahead is the answer to the next READDIR, as it would have been."""
 
     def __init__(
@@ -71,13 +65,13 @@ class Listings:
         self._ahead: DirHandle | None = None  # the directory whose next batch is read ahead
         handles.on_forget = self._forget
 
-    async def next_batch(self, handle: bytes) -> tuple[m.NameEntry, ...]:
+    async def next_batch(self, handle: bytes) -> m.NameBatch:
         """The next entries of ``handle``'s listing (empty at its end)."""
         entry = self._handles.acquire_dir(handle)
         try:
             ahead, entry.ahead = entry.ahead, None
             if ahead is None:
-                batch: tuple[m.NameEntry, ...] = await self._read(entry)
+                batch: m.NameBatch = await self._read(entry)
             else:
                 ok, result = await ahead
                 if not ok:
@@ -88,7 +82,7 @@ class Listings:
             # (also after an error: else read-ahead would stop for the whole session)
             if self._ahead is entry and entry.ahead is None:
                 self._ahead = None
-        if batch:
+        if batch.entries:
             if self._clock is None:
                 self._read_ahead(handle)
             else:
@@ -97,12 +91,12 @@ class Listings:
                 self._clock.callLater(0, self._read_ahead, handle)
         return batch
 
-    def _read(self, entry: DirHandle) -> defer.Deferred[tuple[m.NameEntry, ...]]:
+    def _read(self, entry: DirHandle) -> defer.Deferred[m.NameBatch]:
         return entry.lock.run(self._read_locked, entry)
 
-    def _read_locked(self, entry: DirHandle) -> defer.Deferred[tuple[m.NameEntry, ...]]:
+    def _read_locked(self, entry: DirHandle) -> defer.Deferred[m.NameBatch]:
         if entry.forgotten:
-            return defer.succeed(())  # closed while this read waited for the lock
+            return defer.succeed(_EMPTY)  # closed while this read waited for the lock
         return self._blocking.run(read_names, entry.directory, READDIR_BATCH, self._names)
 
     def _read_ahead(self, handle: bytes) -> None:

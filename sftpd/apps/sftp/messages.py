@@ -352,6 +352,22 @@ class NameResponse:
     entries: tuple[NameEntry, ...]
 
 
+class NameBatch(NamedTuple):
+    """A listing's entries already in their wire form (what a READDIR reads on a worker):
+    ``entries`` of them, each filename, longname and attributes, in ``wire``."""
+
+    entries: int
+    wire: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NameBatchResponse:
+    """SSH_FXP_NAME for a READDIR batch; the same packet as NameResponse, made ahead."""
+
+    id: int
+    batch: NameBatch
+
+
 @dataclass(frozen=True, slots=True)
 class AttrsResponse:
     id: int
@@ -372,6 +388,7 @@ Response = (
     | HandleResponse
     | DataResponse
     | NameResponse
+    | NameBatchResponse
     | AttrsResponse
     | ExtendedReply
 )
