@@ -227,6 +227,49 @@ def test_inline_open_and_close_on_tmpfs() -> None:
         assert _temps(root) == []
 
 
+def test_quota_uploads_open_inline_on_tmpfs_and_still_count() -> None:
+    """With a quota (in this process), an atomic upload's temporary (an exclusive create)
+    opens on the caller's thread where the jail can, as without one; the count holds."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+        root = Path(d)
+        (root / "f").write_bytes(b"old")
+        probe = LocalStorage(root).open_nowait("/probe", CT | os.O_EXCL, 0o600)
+        if probe is None:
+            pytest.skip("no inline opens here (openat2 missing, or tmpfs can swap)")
+        probe.close()
+        (root / "probe").unlink()
+        st, usage = _stack(root, Limits(quota_size=100, quota_files=2))
+        f = st.open_nowait("/f", CT, 0o600)
+        assert f is not None  # as the jail alone: no worker hop for a quota in memory
+        f.pwrite(b"new!", 0)
+        assert usage.used() == (3 + 4, 1)  # the temporary's bytes count, not as a file
+        assert f.close_nowait()
+        assert (root / "f").read_bytes() == b"new!" and usage.used() == (4, 1)
+        g = st.open_nowait("/g", CT, 0o600)  # a new file: the second of two allowed
+        assert g is not None and usage.used() == (4, 1)  # it counts when it lands
+        g.close()
+        assert usage.used() == (4, 2)
+        h = st.open_nowait("/h", CT, 0o600)  # a third file, as the blocking way: its
+        assert h is not None  # landing is refused, and nothing is left behind
+        h.pwrite(b"x", 0)
+        with pytest.raises(LimitExceeded, match="quota exceeded: 2 of 2 files used"):
+            h.close()
+        assert usage.used() == (4, 2) and not (root / "h").exists() and _temps(root) == []
+        with pytest.raises(FileExistsError):  # an exclusive create of an existing name
+            st.open_nowait("/f", CT | os.O_EXCL, 0o600)
+        assert usage.used() == (4, 2)
+
+
+def test_a_quota_still_being_counted_opens_the_blocking_way() -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+        quota = QuotaStorage(LocalStorage(Path(d)), Limits(quota_size=100), MemoryQuotaUsage())
+        assert quota.open_nowait("/.sftpd-upload.1.x.tmp", CT | os.O_EXCL, 0o600) is None
+
+
 def test_the_writing_session_sees_its_upload_others_do_not(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"old")
     mine, other = AtomicStorage(LocalStorage(tmp_path)), AtomicStorage(LocalStorage(tmp_path))

@@ -332,7 +332,7 @@ class QuotaStorage(OpeningStorage):
                 else self.inner.open(path, flags, mode)
             )
         if nowait:
-            return None  # the lookups below are blocking calls
+            return self._created_nowait(path, flags, mode)
         self.usage.wait()
         self.usage.admit()
         before = _regular_size(self._stat(path, follow=True))
@@ -351,6 +351,28 @@ class QuotaStorage(OpeningStorage):
         self.usage.settle()
         return QuotaFile(
             file, self, size, append=bool(flags & os.O_APPEND), temporary=is_own_temporary(path)
+        )
+
+    def _created_nowait(self, path: str, flags: int, mode: int) -> File | None:
+        """An exclusive create (an atomic upload's temporary, an SFTP CREAT|EXCL) on the
+        caller's thread, where the jail can do it without waiting: the file is new, so no
+        lookup is needed to know what it adds. Anything else, or a usage that lives in a
+        store (queries) or is still being counted, goes the blocking way (None)."""
+        excl = os.O_CREAT | os.O_EXCL
+        if flags & excl != excl or self.usage.shared or not self.usage.ready:
+            return None
+        files = self._file_count(path)
+        self.usage.reserve(0, files, self.limits)
+        try:
+            file = self.inner.open_nowait(path, flags, mode)
+        except BaseException:
+            self.usage.change(0, -files)
+            raise
+        if file is None:
+            self.usage.change(0, -files)
+            return None
+        return QuotaFile(
+            file, self, 0, append=bool(flags & os.O_APPEND), temporary=is_own_temporary(path)
         )
 
     def truncate(self, path: str, size: int) -> None:
