@@ -353,6 +353,21 @@ def test_configured_handle_limit(make_server: Any) -> None:
 # ---- a client that stops reading ----------------------------------------------------------
 
 
+def _reads_unread(raw: RawSftp, handle: bytes, count: int, pid: int, peak: int) -> int:
+    """Send ``count`` READs of 255 KiB and read nothing for a few seconds; the peak of the
+    server's RSS (KiB) meanwhile."""
+    raw.send(
+        b"".join(
+            _packet(READ, 10 + i, _string(handle) + struct.pack(">QI", i * READ_MAX, READ_MAX))
+            for i in range(count)
+        )
+    )
+    for _ in range(30):
+        time.sleep(0.1)
+        peak = max(peak, _rss_kib(pid))
+    return peak
+
+
 def test_slow_reader_keeps_server_memory_bounded(server: Env, raw: RawSftp) -> None:
     """1,000 READs of 255 KiB (about 255 MB of replies) from a client that reads nothing
     for a while: the server buffers a bounded amount and serves a second client meanwhile;
@@ -364,16 +379,7 @@ def test_slow_reader_keeps_server_memory_bounded(server: Env, raw: RawSftp) -> N
     pid = server.server.proc.pid
     handle = raw.open_handle(1, "/abuse-sparse.bin")
     rss_before = _rss_kib(pid)
-    raw.send(
-        b"".join(
-            _packet(READ, 10 + i, _string(handle) + struct.pack(">QI", i * READ_MAX, READ_MAX))
-            for i in range(count)
-        )
-    )
-    peak = rss_before
-    for _ in range(30):  # a few seconds of not reading, sampling the server's memory
-        time.sleep(0.1)
-        peak = max(peak, _rss_kib(pid))
+    peak = _reads_unread(raw, handle, count, pid, rss_before)
     _second_client_is_served(server, "abuse-during-slow.bin")
     for _ in range(10):
         time.sleep(0.1)
@@ -454,16 +460,7 @@ def test_a_client_that_stops_reading_its_socket_with_a_4_gib_window(server: Env)
         pid = server.server.proc.pid
         rss_before = _rss_kib(pid)
         relay.flowing.clear()
-        raw.send(
-            b"".join(
-                _packet(READ, 10 + i, _string(handle) + struct.pack(">QI", i * READ_MAX, READ_MAX))
-                for i in range(count)
-            )
-        )
-        peak = rss_before
-        for _ in range(30):  # a few seconds of not reading, sampling the server's memory
-            time.sleep(0.1)
-            peak = max(peak, _rss_kib(pid))
+        peak = _reads_unread(raw, handle, count, pid, rss_before)
         _second_client_is_served(server, "abuse-during-stall.bin")
         peak = max(peak, _rss_kib(pid))
         assert peak - rss_before < 100 * 1024, (

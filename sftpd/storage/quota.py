@@ -338,20 +338,14 @@ class QuotaStorage(OpeningStorage):
         before = _regular_size(self._stat(path, follow=True))
         new = before is None and bool(flags & os.O_CREAT)
         files = self._file_count(path) if new else 0
-        self.usage.reserve(0, files, self.limits)
-        try:
-            file = self.inner.open(path, flags, mode)
-        except BaseException:
-            self.usage.change(0, -files)
-            raise
+        file = self._reserving(files, lambda: self.inner.open(path, flags, mode))
+        assert file is not None
         size = file.fstat().st_size
         if before is None and not new:
             before = size
         self.usage.change(size - (before or 0), 0)
         self.usage.settle()
-        return QuotaFile(
-            file, self, size, append=bool(flags & os.O_APPEND), temporary=is_own_temporary(path)
-        )
+        return self._counted(file, path, flags, size)
 
     def _created_nowait(self, path: str, flags: int, mode: int) -> File | None:
         """An exclusive create (an atomic upload's temporary, an SFTP CREAT|EXCL) on the
@@ -361,19 +355,27 @@ class QuotaStorage(OpeningStorage):
         excl = os.O_CREAT | os.O_EXCL
         if flags & excl != excl or self.usage.shared or not self.usage.ready:
             return None
-        files = self._file_count(path)
+        file = self._reserving(
+            self._file_count(path), lambda: self.inner.open_nowait(path, flags, mode)
+        )
+        return None if file is None else self._counted(file, path, flags, 0)
+
+    def _reserving(self, files: int, opener: Callable[[], File | None]) -> File | None:
+        """``opener()`` with ``files`` new files reserved first (given back if it fails or
+        answers None)."""
         self.usage.reserve(0, files, self.limits)
         try:
-            file = self.inner.open_nowait(path, flags, mode)
+            file = opener()
         except BaseException:
             self.usage.change(0, -files)
             raise
         if file is None:
             self.usage.change(0, -files)
-            return None
-        return QuotaFile(
-            file, self, 0, append=bool(flags & os.O_APPEND), temporary=is_own_temporary(path)
-        )
+        return file
+
+    def _counted(self, file: File, path: str, flags: int, size: int) -> QuotaFile:
+        temporary = is_own_temporary(path)
+        return QuotaFile(file, self, size, append=bool(flags & os.O_APPEND), temporary=temporary)
 
     def truncate(self, path: str, size: int) -> None:
         self.usage.wait()
