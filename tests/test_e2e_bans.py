@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.pgcluster import Cluster, start_cluster
+from tests.sources import connect_from, refused_at_accept, wrong_passwords_until_refused
 from tests.support import (
     ALICE_PASSWORD,
     SftpdProcess,
@@ -122,12 +123,7 @@ def nodes(cluster: Cluster, tmp_path: Path, host_keys_dir: Path) -> Iterator[lis
             n.proc.stop()
 
 
-def _sock(port: int, source: str) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind((source, 0))  # the client's source address: 127.0.0.1 or 127.0.0.2
-    s.settimeout(30)
-    s.connect(("127.0.0.1", port))
-    return s
+_sock = connect_from  # the client's source address: 127.0.0.1 or 127.0.0.2
 
 
 def _login(port: int, source: str, password: str = ALICE_PASSWORD) -> bool:
@@ -142,32 +138,12 @@ def _login(port: int, source: str, password: str = ALICE_PASSWORD) -> bool:
         t.close()
 
 
-def _refused(port: int, source: str) -> bool:
-    """Closed at accept, before a byte of SSH (no banner)."""
-    s = _sock(port, source)
-    try:
-        return s.recv(64) == b""
-    except ConnectionResetError:
-        return True
-    finally:
-        s.close()
+_refused = refused_at_accept  # closed at accept, before a byte of SSH
 
 
 def test_a_ban_earned_at_node_a_is_refused_at_node_b(nodes: list[Node]) -> None:
     a, b = nodes
-    tries = 0
-    while tries < 50:  # fresh connections, one wrong password each
-        try:
-            t = paramiko.Transport(_sock(a.port, "127.0.0.1"))
-            t.start_client(timeout=30)
-        except (paramiko.SSHException, EOFError, OSError):
-            break  # refused at accept: banned
-        tries += 1
-        try:
-            with pytest.raises(paramiko.AuthenticationException):
-                t.auth_password("alice", f"wrong-{tries}", fallback=False)
-        finally:
-            t.close()
+    tries = wrong_passwords_until_refused(a.port, "127.0.0.1")
     assert tries == THRESHOLD, a.proc.log_text()[-2000:]
     # Node B reads the ban from the database at its next tick (every 5 s).
     assert wait_for(lambda: _refused(b.port, "127.0.0.1"), timeout=15, interval=1.0), (

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.sources import connect_from, refused_at_accept, wrong_passwords_until_refused
 from tests.support import ALICE_PASSWORD, Env, wait_for
 
 paramiko = pytest.importorskip("paramiko")
@@ -20,11 +21,7 @@ NO_DELAY = "auth_failure_delay = 0"
 
 
 def _sock(env: Env, source: str = "127.0.0.1") -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind((source, 0))
-    s.settimeout(30)
-    s.connect(("127.0.0.1", env.port))
-    return s
+    return connect_from(env.port, source)
 
 
 def _transport(env: Env, source: str = "127.0.0.1") -> Any:
@@ -45,14 +42,7 @@ def _password_login(env: Env, source: str, password: str = ALICE_PASSWORD) -> bo
 
 
 def _refused_at_accept(env: Env, source: str = "127.0.0.1") -> bool:
-    """True if the server closes the connection without sending a byte (no SSH banner)."""
-    s = _sock(env, source)
-    try:
-        return s.recv(64) == b""
-    except ConnectionResetError:
-        return True
-    finally:
-        s.close()
+    return refused_at_accept(env.port, source)
 
 
 def test_failed_logins_ban_the_source_not_others_and_the_ban_ends(make_server: Any) -> None:
@@ -61,18 +51,7 @@ def test_failed_logins_ban_the_source_not_others_and_the_ban_ends(make_server: A
         # 6 s: long enough that a loaded machine still sees the ban before it ends
         tail="[defender]\nsafe_list = []\nthreshold = 15\nban_time = 0.1\n",
     )
-    tries = 0
-    while tries < 50:
-        try:
-            t = _transport(env, "127.0.0.1")
-        except (paramiko.SSHException, EOFError, OSError):
-            break  # refused at accept: banned
-        tries += 1
-        try:
-            with pytest.raises(paramiko.AuthenticationException):
-                t.auth_password("alice", f"wrong-{tries}", fallback=False)
-        finally:
-            t.close()
+    tries = wrong_passwords_until_refused(env.port, "127.0.0.1")
     assert tries == 15, env.server.log_text()[-2000:]
     assert _refused_at_accept(env, "127.0.0.1")
     assert _password_login(env, "127.0.0.2")  # another source is not banned

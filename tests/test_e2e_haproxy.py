@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.sources import connect_from
 from tests.support import ALICE_PASSWORD, Env, have, toml_str, wait_for
 
 paramiko = pytest.importorskip("paramiko")
@@ -95,11 +96,7 @@ def _audit_records(env: Env, node: str = "a") -> list[dict[str, Any]]:
 
 
 def _connect(port: int, source: str) -> socket.socket:
-    s = socket.socket()
-    s.bind((source, 0))
-    s.settimeout(20)
-    s.connect(("127.0.0.1", port))
-    return s
+    return connect_from(port, source, timeout=20)
 
 
 def _banner(port: int, source: str = "127.0.0.1") -> bytes | None:
