@@ -203,6 +203,25 @@ def test_the_backup_key_adds_but_never_destroys(env: tuple[Env, Path]) -> None:
             timeout=120,
         )
         assert res.returncode != 0 and '"delete"' in res.stderr, res.stderr
+        # -a would set modes and times on what exists (the directory /d) and times on what
+        # it creates; the key has neither "chmod" nor "chtimes", as for SFTP's SETSTAT.
+        os.chmod(root / "d", 0o750)
+        (e.tmp / "tree" / "d").mkdir(exist_ok=True)
+        (e.tmp / "tree" / "d" / "new").write_bytes(b"new in d")
+        os.chmod(e.tmp / "tree" / "d", 0o700)
+        old = 1_000_000_000  # 2001
+        os.utime(e.tmp / "tree" / "d" / "new", (old, old))
+        res = subprocess.run(
+            ["rsync", "-a", "-e", rsh, f"{e.tmp}/tree/", "alice@127.0.0.1:/"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert res.returncode == 0, res.stderr + e.server.log_text()[-2000:]
+        assert (root / "d" / "new").read_bytes() == b"new in d"
+        assert (root / "d").stat().st_mode & 0o777 == 0o750  # no chmod of what exists
+        assert (root / "d" / "new").stat().st_mtime > old  # no chtimes
+        assert (root / "f").read_bytes() == b"old"
         line = "user=alice key=SHA256:"
         assert wait_for(
             lambda: line in e.server.log_text() and "option --delete" in e.server.log_text()

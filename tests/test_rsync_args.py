@@ -22,6 +22,7 @@ from sftpd.apps.rsync.args import (
     map_path,
     parse_command,
     read_protected_args,
+    restrict,
     validate,
 )
 from sftpd.apps.rsync.bridge import (
@@ -148,6 +149,24 @@ def test_separate_values_are_joined() -> None:
         b"--partial-dir=.p",
         b"--link-dest=../prev",
     )
+
+
+def test_restrict_maps_each_missing_permission_onto_the_receiver() -> None:
+    receiver = check("rsync --server -logDtpre.iLsfxCIvu . d")
+    full = restrict(receiver, delete=True, overwrite=True, symlinks=True)
+    assert full == receiver
+    narrowed = restrict(
+        receiver, delete=True, overwrite=False, symlinks=False, chmod=False, chtimes=False
+    )
+    assert narrowed.options == (
+        b"-logDtpre.iLsfxCIvu",
+        b"--ignore-existing",
+        b"--no-links",
+        b"--no-perms",
+        b"--no-times",
+    )  # after the client's: rsync's last word wins
+    sender = check("rsync --server --sender -logDtpre.iLsfxCIvu . d")
+    assert restrict(sender, delete=True, overwrite=False, symlinks=False, chmod=False) == sender
 
 
 def test_absolute_path_values_are_normalised_inside_the_root() -> None:

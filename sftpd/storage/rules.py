@@ -75,6 +75,8 @@ class RsyncGrant:
     delete: bool = True
     overwrite: bool = True
     symlinks: bool = True
+    chmod: bool = True  # without it the receiver sets no modes on what exists (--no-perms)
+    chtimes: bool = True  # without it the receiver sets no times (--no-times)
     max_size: int = 0  # the receiver's --max-size (max_upload_size); 0 = none
     # rrsync DIR: the sandbox is rooted at this directory (as the user sees it) instead of
     # the user's root; the jail resolves it when rsync starts (see open_root).
@@ -252,4 +254,6 @@ class Rules:
             delete=all(self.allowed_everywhere(op) for op in (Op.DELETE_FILES, Op.DELETE_DIRS)),
             overwrite=self.allowed_everywhere(Op.OVERWRITE),
             symlinks=self.allowed_everywhere(Op.CREATE_SYMLINKS),
+            chmod=self.allowed_everywhere(Op.CHMOD),
+            chtimes=self.allowed_everywhere(Op.CHTIMES),
         )

@@ -35,11 +35,23 @@ class RsyncRuleError(RsyncArgError):
 _DELETING = (b"--del", b"--delete", b"--remove-source-files", b"--remove-sent-files", b"--force")
 
 
-def restrict(args: ServerArgs, *, delete: bool, overwrite: bool, symlinks: bool) -> ServerArgs:
+def restrict(
+    args: ServerArgs,
+    *,
+    delete: bool,
+    overwrite: bool,
+    symlinks: bool,
+    chmod: bool = True,
+    chtimes: bool = True,
+) -> ServerArgs:
     """``args`` made to obey the rules rsync can express: without ``delete`` every --delete*,
     --remove-source-files and --force is refused; without ``overwrite`` the receiver gets
     --ignore-existing (an existing file is never replaced or written into, --inplace or
-    not); without ``symlinks`` it gets --no-links."""
+    not); without ``symlinks`` it gets --no-links; without ``chmod`` --no-perms (new files
+    get their creation mode, as an SFTP OPEN gives them, and nothing that exists changes
+    mode: -a would otherwise set the modes of existing directories; rsync has no negation
+    of -E, which a client may still send to keep a replaced file's executable bits);
+    without ``chtimes`` --no-times (no file or directory gets its times set)."""
     if not delete:
         for option in args.options:
             name = option.split(b"=", 1)[0]
@@ -52,6 +64,10 @@ def restrict(args: ServerArgs, *, delete: bool, overwrite: bool, symlinks: bool)
             extra.append(b"--ignore-existing")
         if not symlinks:
             extra.append(b"--no-links")
+        if not chmod:
+            extra.append(b"--no-perms")
+        if not chtimes:
+            extra.append(b"--no-times")
     if not extra:
         return args
     return ServerArgs(sender=args.sender, options=(*args.options, *extra), paths=args.paths)

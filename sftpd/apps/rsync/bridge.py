@@ -247,6 +247,8 @@ class RsyncApp:
                 delete=grant.delete,
                 overwrite=grant.overwrite,
                 symlinks=grant.symlinks,
+                chmod=grant.chmod,
+                chtimes=grant.chtimes,
             )
             if self._args.sender and not grant.send:
                 reason = 'rsync downloads need "download", which is not allowed'
