@@ -66,7 +66,12 @@ def _user_options(p: argparse.ArgumentParser, *, adding: bool) -> None:
     p.add_argument("--quota-files", metavar="N", type=count, help="0: unlimited")
     p.add_argument("--max-upload-size", metavar="BYTES", type=size, help="per file; 0: unlimited")
     p.add_argument("--upload-mode", metavar="atomic|direct", help="how uploads land")
-    p.add_argument("--max-sessions", metavar="N", type=count, help="0: no limit")
+    p.add_argument(
+        "--max-sessions",
+        metavar="N",
+        type=count,
+        help="sessions at once, counted per server process (each worker and node); 0: no limit",
+    )
     p.add_argument(
         "--allowed-sources", metavar="NETS", help='10.0.0.0/8,192.0.2.7 ("": any source)'
     )
