@@ -387,3 +387,41 @@ def test_unknown_next_service_disconnects_before_checking(tmp_path: Path) -> Non
         svc.ssh_USERAUTH_REQUEST(NS(b"alice") + NS(service) + NS(b"password") + b"\x00" + NS(PW))
     assert t.disconnected[0][0] == transport.DISCONNECT_SERVICE_NOT_AVAILABLE
     assert counting.calls == 0 and t.avatar is None
+
+
+class HeldBlocking(InlineBlocking):
+    """Holds each call until ``release`` (a bcrypt check still running in its thread)."""
+
+    def __init__(self) -> None:
+        self.held: list[Any] = []
+
+    def run(self, fn: Any, /, *a: Any, **k: Any) -> Any:
+        from twisted.internet import defer
+
+        d: Any = defer.Deferred()
+        self.held.append((d, fn, a, k))
+        return d
+
+    def release(self) -> None:
+        for d, fn, a, k in self.held:
+            d.callback(fn(*a, **k))
+        self.held.clear()
+
+
+def test_a_password_accepted_after_the_connection_closed_is_given_back(tmp_path: Path) -> None:
+    """The check finished after the client hung up (or the edge evicted the connection):
+    no SUCCESS, no avatar on the dead transport, and the login's logout runs at once."""
+    held = HeldBlocking()
+    svc, t, clock = _service(tmp_path, AuthSettings(), held)
+    logouts: list[bool] = []
+
+    class Realm:
+        def requestAvatar(self, avatar_id: bytes, mind: Any, *ifaces: Any) -> Any:
+            return ifaces[0], object(), lambda: logouts.append(True)
+
+    svc.portal.realm = Realm()
+    svc.ssh_USERAUTH_REQUEST(_password_request(b"alice", PW))
+    t._closed = True  # type: ignore[attr-defined]  # ServerTransport.connectionLost ran
+    held.release()
+    assert userauth.MSG_USERAUTH_SUCCESS not in t.replies()
+    assert t.avatar is None and logouts == [True]

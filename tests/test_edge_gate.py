@@ -418,3 +418,19 @@ def test_eviction_behind_a_proxy_aborts_the_tcp_connection() -> None:
     second, tcp2 = connect(factory, "10.0.0.5")
     second.dataReceived(b"PROXY TCP4 192.0.2.2 10.0.0.11 5001 22\r\n")
     assert tcp.disconnecting and not tcp2.disconnecting
+
+
+def test_a_login_checked_after_eviction_takes_no_session() -> None:
+    """The password check of an evicted connection can finish after its close (bcrypt
+    runs in a thread): it must not take a max_sessions place that nothing would give back."""
+    factory, edge, _, _ = setup(
+        limits=LimitsConfig(max_connections_per_source=0, max_startups=Startups(1, 100, 1))
+    )
+    first, tcp = connect(factory, "192.0.2.1")
+    assert connect(factory, "192.0.2.2")[0] is not None  # evicts the first
+    rules = UserEdge(max_sessions=1)
+    assert first.inner.edge.login("alice", rules) == "connection closed"  # before the close
+    first.connectionLost(None)
+    assert first.inner.edge.login("alice", rules) == "connection closed"  # and after it
+    assert edge.sessions.count("alice") == 0
+    assert edge.sessions.open("alice", 1)  # the user can still log in elsewhere

@@ -74,10 +74,13 @@ class EdgeConnection:
 
     def _evict(self, slot: Slot) -> None:
         self.evicted = True
-        if self._on_evicted is not None:
-            self._on_evicted(self)
-        if self._transport is not None:
+        if self._transport is not None:  # first: the slot is given back already
             self._transport.abortConnection()
+        if self._on_evicted is not None:
+            try:
+                self._on_evicted(self)
+            except Exception:
+                log.failure("reporting an evicted connection")
 
     def login(self, user: str, rules: UserEdge) -> str | None:
         """Before a login succeeds: None if ``user`` may log in from this connection's
@@ -85,6 +88,10 @@ class EdgeConnection:
         else why not."""
         if not rules.allows(self.host):
             return "source not in allowed_sources"
+        if self._closed or self.evicted:
+            # A check that finished after the connection went (evicted, or the client hung
+            # up during the hash): a session taken now would never be given back.
+            return "connection closed"
         if self.user is not None:
             return None  # this connection holds its session already
         if not self._sessions.open(user, rules.max_sessions):

@@ -87,7 +87,9 @@ class Metrics:
         self.connections_refused = Counter(
             "sftpd_connections_refused",
             "Connections closed at accept, by reason (banned, blocked, max_connections, "
-            "max_connections_per_source, max_startups, proxy_*)",
+            "max_connections_per_source, max_startups, proxy_*); evicted: accepted, then "
+            "closed unauthenticated at max_startups full to admit a newcomer (it is in "
+            "sftpd_connections_total too)",
             ["reason"],
             registry=r,
         )

@@ -386,6 +386,16 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
         events = getattr(getattr(self.transport, "factory", None), "login_events", None)
 
         def success(result: Any) -> Any:
+            if _gone(self.transport, edge):
+                # The checker accepted after the connection went (the client hung up, or
+                # the edge evicted it, during the hash). Conch would give the avatar to the
+                # dead transport, whose logout already ran: the login (and its place in
+                # max_sessions) would never be given back. Give it back; answer nothing.
+                result[2]()
+                log.info(
+                    "auth ok after the connection closed: " + head, event="auth_late", **fields
+                )
+                raise IgnoreAuthentication()
             log.info("auth ok: " + head, event="auth_success", invalid_user=False, **fields)
             if edge is not None:
                 edge.auth_succeeded(kind.decode("ascii", "replace"))
@@ -403,6 +413,8 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
                     **fields,
                 )
                 return reason
+            if reason.check(IgnoreAuthentication) and _gone(self.transport, edge):
+                return reason  # logged by ``success`` ("auth ok after the connection closed")
             if reason.check(IgnoreAuthentication) and kind == b"keyboard-interactive":
                 log.info("auth abandoned: " + head, event="auth_failure", **fields)
                 return reason
@@ -432,6 +444,8 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
         """The edge's per-user checks (allowed_sources against the client's real address,
         max_sessions), after the checker accepted: a refusal is a failed attempt."""
         _iface, avatar, logout = result
+        if _gone(self.transport, edge):
+            return result  # ``success`` gives the login back: no session is taken for it
         record = getattr(avatar, "user", None)
         rules = getattr(record, "edge", None)
         if record is None or rules is None:
@@ -449,3 +463,8 @@ class UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
         refused = UnauthorizedLogin(why)
         refused.user_known = True  # type: ignore[attr-defined]
         raise refused
+
+
+def _gone(transport: Any, edge: Any) -> bool:
+    """Whether the connection is closed, or the edge evicted it (its abort is on its way)."""
+    return bool(getattr(transport, "_closed", False) or getattr(edge, "evicted", False))
