@@ -150,6 +150,7 @@ class Supervisor:
             host, port = s.getsockname()[:2]
             announce_listening(host, port, self._format)
         r.callWhenRunning(self._started)
+        r.addSystemEventTrigger("before", "shutdown", self._reactor_stopping)
         r.run()
         self._close_sockets()
         return 0
@@ -213,6 +214,15 @@ class Supervisor:
         self._close_sockets()
         self._kill(signum)
         self._done()
+
+    def _reactor_stopping(self) -> None:
+        """The reactor stops without our ``stop``: a SIGTERM or SIGINT came while it was
+        starting, before ``_started`` replaced its handlers. Pass it on, so no worker keeps
+        serving after its supervisor has gone (each drains as on our own SIGTERM)."""
+        if not self.stopping:
+            self.stopping = True
+            self._close_sockets()
+            self._kill(signal.SIGTERM)
 
     def reap(self) -> None:
         while True:
